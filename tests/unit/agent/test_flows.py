@@ -1,0 +1,256 @@
+"""The flow compiler, checked by running packets through its flows (tests/support/flowsim)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alcor.agent.flows import (
+    COOKIE_TAG,
+    COOKIE_TAG_MASK,
+    T_CLASSIFY,
+    FlowSet,
+    Output,
+    compile_flows,
+    cookie_for,
+    tap_name,
+)
+from tests.support.flowsim import arp_request, ipv4, simulate
+from tests.support.goals import GoalBuilder
+
+A, B = "node-a", "node-b"
+B_IP = "172.31.255.2"
+GW1, GW2, GW3 = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02", "fa:16:3e:00:00:03"
+# port ids: the first 11 characters name the tap
+PA1, PA2, PA3 = "aaaa0001-0000-4000-8000-000000000001", "aaaa0002-0000", "aaaa0003-0000"
+PB1, PB2 = "bbbb0001-0000", "bbbb0002-0000"
+QA1, QB1 = "cccc0001-0000", "dddd0001-0000"
+MAC = {
+    PA1: "fa:16:3e:0a:00:05",
+    PA2: "fa:16:3e:0a:01:05",
+    PA3: "fa:16:3e:0a:00:07",
+    PB1: "fa:16:3e:0b:00:06",
+    PB2: "fa:16:3e:0b:01:06",
+    QA1: "fa:16:3e:0c:00:05",
+    QB1: "fa:16:3e:0d:00:06",
+}
+VX = 9
+OFPORTS = {tap_name(PA1): 1, tap_name(PA2): 2, tap_name(PA3): 4, tap_name(QA1): 3, "vxlan0": VX}
+
+
+def two_vpcs() -> GoalBuilder:
+    """VPC1 (VNI 100): s1, s2 joined by r1. VPC2 (VNI 200): same CIDR as s1. Host B is remote."""
+    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, B_IP)
+    g.vpc("vpc1", 100).vpc("vpc2", 200)
+    g.subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1)
+    g.subnet("s2", "vpc1", "10.0.1.0/24", "10.0.1.1", GW2)
+    g.subnet("t1", "vpc2", "10.0.0.0/24", "10.0.0.1", GW3)
+    g.router("r1", ["s1", "s2"])
+    g.port(PA1, "vpc1", "s1", "10.0.0.5", MAC[PA1], node=A)
+    g.port(PA2, "vpc1", "s2", "10.0.1.5", MAC[PA2], node=A)
+    g.port(PA3, "vpc1", "s1", "10.0.0.7", MAC[PA3], node=A)
+    g.port(PB1, "vpc1", "s1", "10.0.0.6", MAC[PB1], node=B)
+    g.port(PB2, "vpc1", "s2", "10.0.1.6", MAC[PB2], node=B)
+    g.port(QA1, "vpc2", "t1", "10.0.0.5", MAC[QA1], node=A)
+    g.port(QB1, "vpc2", "t1", "10.0.0.6", MAC[QB1], node=B)
+    return g
+
+
+@pytest.fixture
+def fs() -> FlowSet:
+    return compile_flows(two_vpcs().goal(), OFPORTS)
+
+
+def ask(fs: FlowSet, in_port: int, mac: str, spa: str, tpa: str) -> str | None:
+    """The MAC the datapath answers for tpa, or None when nobody answers from the datapath."""
+    outs = simulate(fs, arp_request(in_port, mac, spa, tpa))
+    replies = [p for port, p in outs if port == in_port and p["arp_op"] == 2]
+    assert len(replies) <= 1
+    if not replies:
+        return None
+    r = replies[0]
+    assert (r["eth_dst"], r["arp_tha"], r["arp_tpa"]) == (mac, mac, spa)
+    assert r["arp_spa"] == tpa and r["eth_src"] == r["arp_sha"]
+    return str(r["arp_sha"])
+
+
+def test_arp_answered_for_local_port_l2_neighbour_and_gateway(fs: FlowSet) -> None:
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.7") == MAC[PA3]  # local port
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.6") == MAC[PB1]  # L2 neighbour on host B
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.1") == GW1  # gateway IP
+
+
+def test_arp_for_l3_neighbour_is_answered_with_the_gateway_mac(fs: FlowSet) -> None:
+    # 10.0.1.6 sits in s2, on the router with s1: the asker must send through its gateway.
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.1.6") == GW1
+    assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.0.6") == GW2
+    # while a same-subnet asker gets the port's own MAC
+    assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.1.6") == MAC[PB2]
+
+
+def test_port_asking_for_its_own_ip_is_not_answered_but_flooded(fs: FlowSet) -> None:
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.5") is None
+    outs = simulate(fs, arp_request(1, MAC[PA1], "0.0.0.0", "10.0.0.5"))
+    assert {port for port, _ in outs} == {2, 4, VX}
+
+
+def test_unknown_ip_is_flooded_in_the_vpc_only(fs: FlowSet) -> None:
+    outs = simulate(fs, arp_request(1, MAC[PA1], "10.0.0.5", "10.0.0.99"))
+    assert sorted(port for port, _ in outs) == [2, 4, VX]
+    tunnelled = [p for port, p in outs if port == VX]
+    assert [(p["tunnel_id"], p["tun_ipv4_dst"]) for p in tunnelled] == [(100, B_IP)]
+    assert all(p["arp_op"] == 1 for _, p in outs)
+
+
+def test_l2_local_and_across_hosts(fs: FlowSet) -> None:
+    outs = simulate(fs, ipv4(1, MAC[PA1], MAC[PA3], "10.0.0.5", "10.0.0.7"))
+    assert [port for port, _ in outs] == [4]
+    outs = simulate(fs, ipv4(1, MAC[PA1], MAC[PB1], "10.0.0.5", "10.0.0.6"))
+    assert [(port, p["tunnel_id"], p["tun_ipv4_dst"]) for port, p in outs] == [(VX, 100, B_IP)]
+    assert outs[0][1]["ttl"] == 64
+
+
+def test_distributed_routing_rewrites_macs_and_decrements_ttl(fs: FlowSet) -> None:
+    outs = simulate(fs, ipv4(1, MAC[PA1], GW1, "10.0.0.5", "10.0.1.6"))
+    [(port, p)] = outs
+    assert (port, p["tunnel_id"], p["tun_ipv4_dst"]) == (VX, 100, B_IP)
+    assert (p["eth_src"], p["eth_dst"], p["ttl"]) == (GW2, MAC[PB2], 63)
+    [(port, p)] = simulate(fs, ipv4(1, MAC[PA1], GW1, "10.0.0.5", "10.0.1.5"))
+    assert (port, p["eth_dst"], p["ttl"]) == (2, MAC[PA2], 63)
+    # to the gateway MAC but nowhere routable: dropped, not flooded
+    assert simulate(fs, ipv4(1, MAC[PA1], GW1, "10.0.0.5", "192.0.2.1")) == []
+
+
+def test_gateway_answers_ping(fs: FlowSet) -> None:
+    [(port, p)] = simulate(fs, ipv4(1, MAC[PA1], GW1, "10.0.0.5", "10.0.0.1"))
+    assert port == 1
+    assert (p["eth_src"], p["eth_dst"]) == (GW1, MAC[PA1])
+    assert (p["ipv4_src"], p["ipv4_dst"], p["icmpv4_type"]) == ("10.0.0.1", "10.0.0.5", 0)
+
+
+def test_tunnelled_traffic_is_classified_by_vni(fs: FlowSet) -> None:
+    pkt = ipv4(VX, MAC[PB1], MAC[PA1], "10.0.0.6", "10.0.0.5", tunnel_id=100)
+    assert [port for port, _ in simulate(fs, pkt)] == [1]
+    pkt = ipv4(VX, MAC[QB1], MAC[QA1], "10.0.0.6", "10.0.0.5", tunnel_id=200)
+    assert [port for port, _ in simulate(fs, pkt)] == [3]
+    # VPC1's VNI cannot reach VPC2's port, an unknown VNI reaches nothing
+    pkt = ipv4(VX, MAC[PB1], MAC[QA1], "10.0.0.6", "10.0.0.5", tunnel_id=100)
+    assert 3 not in [port for port, _ in simulate(fs, pkt)]
+    pkt = ipv4(VX, MAC[PB1], MAC[PA1], "10.0.0.6", "10.0.0.5", tunnel_id=999)
+    assert simulate(fs, pkt) == []
+    # tunnelled broadcast goes to local ports only (never back into the tunnel)
+    outs = simulate(fs, arp_request(VX, MAC[PB1], "10.0.0.6", "10.0.0.99", tunnel_id=100))
+    assert sorted(port for port, _ in outs) == [1, 2, 4]
+
+
+def test_vpcs_with_the_same_cidr_are_isolated(fs: FlowSet) -> None:
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.0.6") == MAC[QB1]
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.0.7") is None  # VPC1's local port
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.0.1") == GW3
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.1.6") is None  # VPC1's L3 neighbour
+    outs = simulate(fs, arp_request(3, MAC[QA1], "10.0.0.5", "10.0.0.99"))
+    assert [(port, p["tunnel_id"]) for port, p in outs] == [(VX, 200)]
+    # VPC1's MAC is unknown in VPC2: flooded within VPC2 (tunnel only), never out port 1
+    outs = simulate(fs, ipv4(3, MAC[QA1], MAC[PA1], "10.0.0.5", "10.0.0.5"))
+    assert [(port, p["tunnel_id"]) for port, p in outs] == [(VX, 200)]
+    outs = simulate(fs, ipv4(1, MAC[PA1], MAC[QA1], "10.0.0.5", "10.0.0.5"))
+    assert 3 not in [port for port, _ in outs]
+
+
+def test_nothing_goes_to_the_controller(fs: FlowSet) -> None:
+    controller = 0xFFFFFFFD
+    assert not [f for f in fs.flows if Output(controller) in f.actions]
+
+
+def test_port_without_interface_has_no_flows_until_it_appears() -> None:
+    ofports = {k: v for k, v in OFPORTS.items() if k != tap_name(PA3)}
+    fs = compile_flows(two_vpcs().goal(), ofports)
+    assert not [f for f in fs.flows if f.cookie == cookie_for("port", PA3)]
+    assert fs.port_problems[PA3] == f"interface {tap_name(PA3)} not on the bridge"
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.7") is None
+    fs = compile_flows(two_vpcs().goal(), OFPORTS)
+    assert fs.port_problems[PA3] == ""
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.7") == MAC[PA3]
+
+
+def test_deleted_port_takes_its_flows_with_it() -> None:
+    before = compile_flows(two_vpcs().goal(), OFPORTS)
+    after = compile_flows(two_vpcs().remove("port", PB1).goal(), OFPORTS)
+    gone = before.flows - after.flows
+    assert {f.cookie for f in gone if f.cookie != cookie_for("vpc", "vpc1")} == {
+        cookie_for("port", PB1)
+    }
+    assert not [f for f in after.flows if f.cookie == cookie_for("port", PB1)]
+
+
+def test_admin_down_port_gets_no_ingress() -> None:
+    g = two_vpcs()
+    g.res["port"][PA1]["admin_state_up"] = False
+    fs = compile_flows(g.goal(), OFPORTS)
+    assert fs.port_problems[PA1] == "admin_state_up is false"
+    assert simulate(fs, arp_request(1, MAC[PA1], "10.0.0.5", "10.0.0.7")) == []
+
+
+def test_router_interface_port_is_a_gateway_not_a_vm() -> None:
+    g = two_vpcs()
+    g.res["subnet"]["s1"]["gateway_mac"] = None
+    g.port("rif1", "vpc1", "s1", "10.0.0.1", "fa:16:3e:99:99:01", node=A)
+    g.res["port"]["rif1"]["device_owner"] = "network:router_interface"
+    fs = compile_flows(g.goal(), OFPORTS)
+    assert "rif1" not in fs.local_ports
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.1") == "fa:16:3e:99:99:01"
+
+
+def test_static_route_via_a_next_hop_port() -> None:
+    g = two_vpcs().router(
+        "r1", ["s1", "s2"], [{"destination": "192.168.0.0/16", "nexthop": "10.0.1.6"}]
+    )
+    fs = compile_flows(g.goal(), OFPORTS)
+    [(port, p)] = simulate(fs, ipv4(1, MAC[PA1], GW1, "10.0.0.5", "192.168.3.4"))
+    assert (port, p["eth_dst"], p["eth_src"], p["ttl"]) == (VX, MAC[PB2], GW2, 63)
+
+
+def test_without_a_tunnel_port_only_local_traffic_is_compiled() -> None:
+    ofports = {k: v for k, v in OFPORTS.items() if k != "vxlan0"}
+    fs = compile_flows(two_vpcs().goal(), ofports)
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.6") is None
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.0.7") == MAC[PA3]
+
+
+def test_cookies_are_ours_and_deterministic(fs: FlowSet) -> None:
+    assert all(f.cookie & COOKIE_TAG_MASK == COOKIE_TAG for f in fs.flows)
+    again = compile_flows(two_vpcs().goal(), OFPORTS)
+    assert again.flows == fs.flows
+    assert len({f.key for f in fs.flows}) == len(fs.flows)
+    assert fs.conflicts == ()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["vpc1", "vpc2"]),
+            st.sampled_from([A, B]),
+            st.integers(min_value=2, max_value=250),
+        ),
+        max_size=12,
+        unique_by=lambda t: (t[0], t[2]),
+    )
+)
+def test_every_flow_past_classification_is_scoped_to_a_vpc(
+    ports: list[tuple[str, str, int]],
+) -> None:
+    g = GoalBuilder(A).node(B, B_IP).vpc("vpc1", 100).vpc("vpc2", 200)
+    g.subnet("s-vpc1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1)
+    g.subnet("s-vpc2", "vpc2", "10.0.0.0/24", "10.0.0.1", GW3)
+    ofports = {"vxlan0": VX}
+    for i, (vpc, node, host) in enumerate(ports):
+        pid = f"{vpc}-{host:04d}-port"
+        g.port(pid, vpc, f"s-{vpc}", f"10.0.0.{host}", f"fa:16:3e:00:{i:02x}:{host:02x}", node=node)
+        ofports[tap_name(pid)] = 10 + i
+    fs = compile_flows(g.goal(), ofports)
+    assert fs.conflicts == ()
+    for f in fs.flows:
+        if f.table != T_CLASSIFY and f.match:
+            assert dict(f.match)["metadata"] in (100, 200)
