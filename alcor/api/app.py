@@ -1,0 +1,324 @@
+"""The Neutron v2.0 HTTP API: routes, the request path (auth → parse → manager → JSON), errors.
+
+A request's path is short on purpose: a handler authenticates, parses the body against the resource's
+schema, calls its manager (which does everything in one transaction) and renders Neutron's envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import structlog
+from aiohttp import web
+
+from alcor.api import query as q
+from alcor.api.auth import Context, authenticate
+from alcor.api.errors import BadRequest, NeutronError, ServiceUnavailable
+from alcor.db.store import StoreError
+from alcor.resources.base import Manager, parse_if_match
+
+if TYPE_CHECKING:
+    from alcor.kernel import Kernel
+
+log = structlog.get_logger("alcor.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The extensions whose attributes and semantics this API honours (and no others).
+EXTENSIONS = [
+    ("agent-resources-synced", "Agent resources synced", "Port status follows the host agent's report."),
+    ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
+    ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
+    ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
+    ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
+    ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
+    ("network-availability-zone", "Network Availability Zone", "Availability zone support for network."),
+    ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
+    ("port-security", "Port Security", "Provides port security"),
+    ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
+    ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
+    ("revision-if-match", "If-Match constraints based on revision_number",
+     "Extension indicating that If-Match based on revision_number is supported."),
+    ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
+    ("security-group", "security-group", "The security groups extension."),
+    ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
+    ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
+    ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
+    ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
+    ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
+    ("alcor-nodes", "Alcor nodes", "Compute hosts and their tunnel endpoints, at /v2.0/alcor/nodes."),
+    ("alcor-changes", "Alcor change log", "The revision-ordered change log, at /v2.0/alcor/changes."),
+]
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    text = body if isinstance(body, str) else q.dumps(body)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def error_response(e: NeutronError) -> web.Response:
+    return json_response(e.body(), e.status)
+
+
+_HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
+               404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 413: "HTTPRequestEntityTooLarge",
+               415: "HTTPUnsupportedMediaType"}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as Neutron's error body; a bug is a logged 500, never a traceback."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except NeutronError as e:
+        response = error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = {404: "The resource could not be found.",
+                   405: f"The method {request.method} is not allowed for this resource.",
+                   413: "Request body too large."}.get(e.status, e.reason)
+        response = error_response(NeutronError(message, type=_HTTP_TYPES.get(e.status, "HTTPError"),
+                                               status=e.status))
+    except StoreError as e:
+        log.error("api.store_unavailable", error=str(e))
+        response = error_response(ServiceUnavailable("The database is not available; retry later."))
+    except Exception:
+        log.exception("api.unhandled", method=request.method, path=request.path)
+        response = error_response(NeutronError("Request Failed: internal server error while "
+                                               "processing your request.", type="HTTPInternalServerError"))
+    metrics = request.app.get("metrics")
+    if metrics is not None:
+        route = request.match_info.route.resource
+        metrics(request.method, route.canonical if route is not None else "unmatched",
+                response.status, time.perf_counter() - started)
+    return response
+
+
+class Api:
+    """Routes for every resource manager, bound to the kernel's modules."""
+
+    def __init__(self, kernel: Kernel, managers: list[Manager], prefixes: dict[str, str]) -> None:
+        self.kernel = kernel
+        self.cfg = kernel.config["api"]
+        self.managers = {m.res.collection: m for m in managers}
+        self.prefixes = prefixes  # collection → URL path
+
+    def ctx(self, request: web.Request) -> Context:
+        return authenticate(request.headers, self.cfg)
+
+    async def body(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise NeutronError(f"Request body is larger than {self.cfg['max_body_bytes']} bytes.",
+                               type="RequestEntityTooLarge", status=413) from None
+        if not raw:
+            raise BadRequest("Resource body required")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("Malformed request body", type="MalformedRequestBody") from None
+
+    def routes(self) -> list[web.RouteDef]:
+        r = [web.get("/", self.versions), web.get("/v2.0", self.index), web.get("/v2.0/", self.index),
+             web.get("/v2.0/extensions", self.extensions),
+             web.get("/v2.0/extensions/{alias}", self.extension)]
+        for collection, path in self.prefixes.items():
+            m = self.managers[collection]
+            r += [
+                web.get(path, self._list(m)), web.post(path, self._create(m)),
+                web.get(path + "/{id}", self._show(m)), web.put(path + "/{id}", self._update(m)),
+                web.delete(path + "/{id}", self._delete(m)),
+            ]
+        routers = self.managers.get("routers")
+        if routers is not None:
+            r += [web.put("/v2.0/routers/{id}/add_router_interface", self._interface(routers, True)),
+                  web.put("/v2.0/routers/{id}/remove_router_interface", self._interface(routers, False))]
+        return r
+
+    # Discovery -----------------------------------------------------------------------------------
+
+    def base_url(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}"
+
+    async def versions(self, request: web.Request) -> web.Response:
+        href = f"{self.base_url(request)}/v2.0/"
+        return json_response({"versions": [{"id": "v2.0", "status": "CURRENT",
+                                             "links": [{"rel": "self", "href": href}]}]})
+
+    async def index(self, request: web.Request) -> web.Response:
+        base = self.base_url(request)
+        return json_response({"resources": [
+            {"name": m.res.name, "collection": c,
+             "links": [{"rel": "self", "href": f"{base}{self.prefixes[c]}"}]}
+            for c, m in self.managers.items() if c in self.prefixes]})
+
+    async def extensions(self, request: web.Request) -> web.Response:
+        self.ctx(request)
+        return json_response({"extensions": [_ext(*e) for e in EXTENSIONS]})
+
+    async def extension(self, request: web.Request) -> web.Response:
+        self.ctx(request)
+        alias = request.match_info["alias"]
+        for e in EXTENSIONS:
+            if e[0] == alias:
+                return json_response({"extension": _ext(*e)})
+        raise NeutronError(f"Extension with alias {alias} does not exist", type="HTTPNotFound", status=404)
+
+    # Generic resource handlers ------------------------------------------------------------------
+
+    def _list(self, m: Manager) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            lq = q.parse(m.res, request.query)
+            bodies, full = await m.list_raw(ctx, lq)
+            coll = m.res.collection
+            if lq.fields:
+                items = q.dumps([q.project(json.loads(b), lq.fields) for b in bodies])
+            else:
+                items = "[" + ",".join(bodies) + "]"
+            text = f'{{"{coll}":{items}'
+            links = self._links(request, m, lq, bodies, full)
+            if links:
+                text += f',"{coll}_links":{q.dumps(links)}'
+            return json_response(text + "}")
+        return handler
+
+    def _links(self, request: web.Request, m: Manager, lq: q.ListQuery, bodies: list[str],
+               full: bool) -> list[dict[str, str]]:
+        if not lq.limit or not bodies:
+            return []
+        idf = m.res.id_field
+        base = f"{self.base_url(request)}{request.path}"
+        params = [(k, v) for k, v in request.query.items() if k not in ("marker", "page_reverse")]
+        first, last = json.loads(bodies[0])[idf], json.loads(bodies[-1])[idf]
+        forward = [("marker", last)]
+        backward = [("marker", first), ("page_reverse", "True")]
+        # Walking forwards, a full page has a next page and a marker means there is a previous one;
+        # walking backwards (page_reverse) the roles swap.
+        more_next = full if not lq.page_reverse else bool(lq.marker)
+        more_prev = bool(lq.marker) if not lq.page_reverse else full
+        links = []
+        if more_next:
+            links.append({"rel": "next", "href": f"{base}?{urlencode(params + forward)}"})
+        if more_prev:
+            links.append({"rel": "previous", "href": f"{base}?{urlencode(params + backward)}"})
+        return links
+
+    def _show(self, m: Manager) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            body = await m.get(ctx, request.match_info["id"])
+            fields = [f for f in request.query.getall("fields", []) if f]
+            if fields:
+                body = q.project(body, fields)
+            extra = getattr(m, "show_extra", None)
+            if extra is not None and not fields:
+                body = {**body, **extra(body)}
+            return json_response({m.res.name: body})
+        return handler
+
+    def _create(self, m: Manager) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            data = await self.body(request)
+            single, plural = m.res.name, m.res.collection
+            if not isinstance(data, dict) or len(data) != 1 or not (single in data or plural in data):
+                raise BadRequest(f"Unable to find '{single}' in request body")
+            if plural in data:
+                items = data[plural]
+                if not isinstance(items, list) or not items:
+                    raise BadRequest(f"Invalid input: '{plural}' must be a non-empty list")
+                created = await m.create_many(ctx, items)
+                log.info(f"{single}.created", count=len(created), project=ctx.project_id)
+                return json_response({plural: created}, 201)
+            created = await m.create_many(ctx, [data[single]])
+            log.info(f"{single}.created", id=created[0][m.res.id_field], project=ctx.project_id)
+            return json_response({single: created[0]}, 201)
+        return handler
+
+    def _update(self, m: Manager) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            if_match = parse_if_match(request.headers.get("If-Match"))
+            data = await self.body(request)
+            if not isinstance(data, dict) or m.res.name not in data or len(data) != 1:
+                raise BadRequest(f"Unable to find '{m.res.name}' in request body")
+            body = await m.update_one(ctx, request.match_info["id"], data[m.res.name], if_match)
+            log.info(f"{m.res.name}.updated", id=request.match_info["id"],
+                     revision_number=body.get("revision_number"))
+            return json_response({m.res.name: body})
+        return handler
+
+    def _delete(self, m: Manager) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            if_match = parse_if_match(request.headers.get("If-Match"))
+            await m.delete_one(ctx, request.match_info["id"], if_match)
+            log.info(f"{m.res.name}.deleted", id=request.match_info["id"])
+            return web.Response(status=204)
+        return handler
+
+    def _interface(self, routers: Any, add: bool) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            ctx = self.ctx(request)
+            data = await self.body(request)
+            rid = request.match_info["id"]
+            if add:
+                info = await routers.add_interface(ctx, rid, data)
+            else:
+                info = await routers.remove_interface(ctx, rid, data)
+            log.info("router.interface_" + ("added" if add else "removed"), id=rid, port=info["port_id"])
+            return json_response(info)
+        return handler
+
+
+def _ext(alias: str, name: str, description: str) -> dict[str, Any]:
+    return {"alias": alias, "name": name, "description": description, "links": [],
+            "updated": "2026-11-01T00:00:00-00:00"}
+
+
+def make_app(api: Api, extra_routes: list[web.RouteDef], max_body: int) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_body)
+    app.add_routes(api.routes())
+    app.add_routes(extra_routes)
+    return app
+
+
+def changes_routes(kernel: Kernel, api: Api) -> list[web.RouteDef]:
+    """`GET /v2.0/alcor/changes?since=N&limit=M[&wait=S]`: the change log, for operators (admin)."""
+    changes = kernel.get("store").store.changes
+
+    async def handler(request: web.Request) -> web.Response:
+        ctx = api.ctx(request)
+        if not ctx.is_admin:
+            raise NeutronError("(rule:get_changes) is disallowed by policy",
+                               type="PolicyNotAuthorized", status=403)
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = min(int(request.query.get("limit", "1000")), 10000)
+            wait = min(float(request.query.get("wait", "0")), 60.0)
+        except ValueError:
+            raise BadRequest("since and limit must be integers, wait a number of seconds") from None
+        if since < 0 or limit <= 0:
+            raise BadRequest("since must be >= 0 and limit > 0")
+        if wait > 0:
+            await changes.wait(since, wait)
+        rows = await changes.read(since, limit)
+        out: dict[str, Any] = {"changes": [c.as_dict() for c in rows], "last_rev": changes.last_rev,
+                               "horizon": changes.horizon}
+        if len(rows) == limit:
+            nxt = urlencode({"since": rows[-1].rev, "limit": limit})
+            out["changes_links"] = [{"rel": "next", "href": f"{api.base_url(request)}{request.path}?{nxt}"}]
+        return json_response(out)
+
+    return [web.get("/v2.0/alcor/changes", handler)]
+

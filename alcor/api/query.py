@@ -1,0 +1,197 @@
+"""List requests: Neutron's filters, fields, sorting and pagination, turned into one SQL query.
+
+`?name=a&name=b&status=ACTIVE` is (name = a OR name = b) AND status = ACTIVE; a parameter that is not
+an attribute of the resource is a 400, as in Neutron with filter validation on. Filters run in SQLite
+on the stored JSON bodies, so a list never loads rows it will not return.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import MultiMapping
+
+from alcor.api.errors import BadRequest
+from alcor.resources.schema import Invalid, Resource
+
+RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
+MAX_LIMIT = 10000
+_SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def path(key: str) -> str:
+    """The JSON path SQLite needs for an attribute (quoted when it has a colon, as binding:host_id)."""
+    return f"$.{key}" if _SIMPLE.match(key) else f'$."{key}"'
+
+
+@dataclass
+class ListQuery:
+    filters: dict[str, list[Any]] = field(default_factory=dict)
+    fields: list[str] = field(default_factory=list)
+    limit: int | None = None
+    marker: str | None = None
+    page_reverse: bool = False
+    sort: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse(res: Resource, params: MultiMapping[str], extra_filters: frozenset[str] = frozenset()) -> ListQuery:
+    q = ListQuery()
+    for key in params:
+        if key in RESERVED or key in q.filters:
+            continue
+        attr = res.attrs.get(key)
+        values = params.getall(key)
+        if key in extra_filters:
+            q.filters[key] = list(values)
+            continue
+        if attr is None or not attr.filterable:
+            raise BadRequest(f"{key} is invalid attribute for filtering", type="HTTPBadRequest")
+        conv = attr.filter or attr.validate
+        out = []
+        for v in values:
+            if attr.kind == "integer":
+                try:
+                    out.append(int(v))
+                    continue
+                except ValueError:
+                    raise BadRequest(f"Invalid input for {key}. Reason: '{v}' is not an integer.") from None
+            if attr.kind == "boolean":
+                if v.lower() not in ("true", "false", "1", "0"):
+                    raise BadRequest(f"Invalid input for {key}. Reason: '{v}' cannot be converted to boolean.")
+                out.append(v.lower() in ("true", "1"))
+                continue
+            if attr.kind in ("array", "object") and attr.filter is None:
+                raise BadRequest(f"{key} is invalid attribute for filtering")
+            try:
+                out.append(conv(v) if attr.filter else v)
+            except Invalid as e:
+                raise BadRequest(f"Invalid input for {key}. Reason: {e}.") from None
+        q.filters[key] = out
+    q.fields = [f for f in params.getall("fields", []) if f]
+    for f in q.fields:
+        if f not in res.attrs:
+            # Neutron ignores unknown fields silently; we refuse, so a typo is visible.
+            raise BadRequest(f"{f} is not a valid field for {res.collection}")
+    if "limit" in params:
+        try:
+            q.limit = int(params["limit"])
+        except ValueError:
+            raise BadRequest(f"Bad limit request: Limit must be an integer, got {params['limit']!r}.") from None
+        if q.limit < 0:
+            raise BadRequest(f"Bad limit request: Limit must be an integer 0 or greater and not '{q.limit}'.")
+        q.limit = min(q.limit, MAX_LIMIT) or None
+    q.marker = params.get("marker") or None
+    q.page_reverse = params.get("page_reverse", "false").lower() in ("true", "1")
+    keys = params.getall("sort_key", [])
+    dirs = params.getall("sort_dir", [])
+    if dirs and len(dirs) != len(keys):
+        raise BadRequest("The number of sort_keys and sort_dirs must be same")
+    for i, k in enumerate(keys):
+        attr = res.attrs.get(k)
+        if attr is None or not attr.sortable or attr.kind in ("array", "object"):
+            raise BadRequest(f"{k} is an invalid attribute for sort_keys")
+        d = dirs[i].lower() if dirs else "asc"
+        if d not in ("asc", "desc"):
+            raise BadRequest(f"{d} is an invalid value for sort_dirs, valid values are: asc, desc")
+        q.sort.append((k, d))
+    return q
+
+
+@dataclass
+class SQL:
+    where: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.where.append(clause)
+        self.params.extend(params)
+
+
+def filter_sql(res: Resource, q: ListQuery, sql: SQL) -> None:
+    for key, values in q.filters.items():
+        attr = res.attrs.get(key)
+        if key == "fixed_ips":
+            _fixed_ips_filter(values, sql)
+            continue
+        if attr is not None and attr.kind == "array":
+            marks = ",".join("?" * len(values))
+            sql.add(f"EXISTS (SELECT 1 FROM json_each(body, '{path(key)}') WHERE value IN ({marks}))", *values)
+            continue
+        if key == res.id_field or key == "id":
+            col = "id"
+        elif key in ("project_id", "tenant_id"):
+            col = "project_id"
+        elif res.parent_field and key == res.parent_field:
+            col = "parent_id"
+        else:
+            col = f"json_extract(body, '{path(key)}')"
+        has_null = any(v is None or v == "" for v in values) and attr is not None and attr.kind != "string"
+        vals = [int(v) if isinstance(v, bool) else v for v in values if not (has_null and v in (None, ""))]
+        parts = []
+        if vals:
+            parts.append(f"{col} IN ({','.join('?' * len(vals))})")
+        if has_null:
+            parts.append(f"{col} IS NULL")
+        sql.add("(" + " OR ".join(parts) + ")", *vals)
+
+
+def _fixed_ips_filter(values: list[str], sql: SQL) -> None:
+    ors = []
+    params: list[Any] = []
+    for v in values:
+        key, _, value = str(v).partition("=")
+        if key not in ("ip_address", "subnet_id", "ip_address_substr"):
+            raise BadRequest(f"Invalid fixed_ips filter {v!r}: use ip_address=…, subnet_id=… or ip_address_substr=…")
+        if key == "ip_address_substr":
+            ors.append("instr(json_extract(j.value, '$.ip_address'), ?) > 0")
+        else:
+            ors.append(f"json_extract(j.value, '$.{key}') = ?")
+        params.append(value)
+    sql.add(
+        f"EXISTS (SELECT 1 FROM json_each(body, '$.fixed_ips') AS j WHERE {' OR '.join(ors)})", *params
+    )
+
+
+def order_sql(res: Resource, q: ListQuery) -> tuple[list[tuple[str, str]], str]:
+    """The sort columns as (expression, direction), always ending with id for a stable order."""
+    cols: list[tuple[str, str]] = []
+    for key, d in q.sort:
+        if key == res.id_field:
+            continue
+        cols.append((f"json_extract(body, '{path(key)}')", d))
+    last = q.sort[-1][1] if q.sort else "asc"
+    cols.append(("id", dict(q.sort).get(res.id_field, last)))
+    if q.page_reverse:
+        cols = [(c, "desc" if d == "asc" else "asc") for c, d in cols]
+    return cols, ", ".join(f"{c} {d.upper()}" for c, d in cols)
+
+
+def marker_sql(cols: list[tuple[str, str]], marker_row: dict[str, Any], res: Resource, q: ListQuery,
+               sql: SQL) -> None:
+    """Rows strictly after the marker in the sort order (lexicographic over the sort columns)."""
+    values = []
+    for key, _ in q.sort:
+        if key != res.id_field:
+            v = marker_row.get(key)
+            values.append(int(v) if isinstance(v, bool) else v)
+    values.append(marker_row[res.id_field])
+    ors = []
+    params: list[Any] = []
+    for i, (col, d) in enumerate(cols):
+        eqs = [f"{cols[j][0]} IS ?" for j in range(i)]
+        op = ">" if d == "asc" else "<"
+        ors.append("(" + " AND ".join([*eqs, f"{col} {op} ?"]) + ")")
+        params.extend(values[:i])
+        params.append(values[i])
+    sql.add("(" + " OR ".join(ors) + ")", *params)
+
+
+def project(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    return {f: item[f] for f in fields if f in item}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,89 @@
+"""The `alcor` command and `python main.py`: run a role of the program.
+
+    python main.py                 # dev run: controller + in-process transport + embedded agent
+    python main.py controller      # the controller alone (RabbitMQ transport from config)
+    python main.py agent           # the node agent alone
+    alcor --config /etc/alcor/alcor.toml controller
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from alcor import config as config_mod
+from alcor import log as log_mod
+from alcor.config import Config, ConfigError
+from alcor.db.store import StoreError
+from alcor.kernel import Kernel, Module, load_plugin
+
+ROLES = ("dev", "controller", "agent")
+
+
+def modules_for(role: str, cfg: Config) -> list[Module]:
+    from alcor.controller import controller_modules
+
+    modules: list[Module] = []
+    if role in ("dev", "controller"):
+        modules += controller_modules(cfg)
+    extra = _role_modules(role, cfg)
+    modules += extra
+    for name in cfg["kernel"]["plugins"]:
+        modules.append(load_plugin(name, cfg))
+    return modules
+
+
+def _role_modules(role: str, cfg: Config) -> list[Module]:
+    """Southbound and agent modules, when those packages provide them."""
+    try:
+        from alcor import roles  # type: ignore[attr-defined]
+    except ImportError:
+        if role == "agent":
+            raise ConfigError("the agent role is not available in this build") from None
+        return []
+    result: list[Module] = roles.modules(role, cfg)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alcor", description="Alcor-py SDN control plane")
+    p.add_argument("role", nargs="?", default="dev", choices=ROLES,
+                   help="dev (default): controller, in-process transport and a local agent; "
+                        "controller; agent")
+    p.add_argument("--config", "-c", help="TOML file layered over config/alcor.toml "
+                                          "(also ALCOR_CONFIG)")
+    p.add_argument("--port", type=int, help="HTTP API port (overrides api.port)")
+    p.add_argument("--db", help="SQLite file (overrides store.path)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+        if args.port is not None:
+            cfg["api"]["port"] = args.port
+        if args.db is not None:
+            cfg["store"]["path"] = args.db
+        log_mod.setup(cfg["log"]["level"], cfg["log"]["format"])
+        kernel = Kernel(cfg, modules_for(args.role, cfg))
+    except ConfigError as e:
+        print(f"alcor: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(kernel.run())
+    except ConfigError as e:
+        print(f"alcor: config error: {e}", file=sys.stderr)
+        return 2
+    except (StoreError, OSError) as e:
+        print(f"alcor: cannot start: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run(argv: Any = None) -> None:
+    sys.exit(main(argv))

@@ -1,0 +1,107 @@
+"""The change log: every committed mutation, in rev order, readable since any rev and awaitable.
+
+Rows are appended by `Store.transaction()` in the same transaction as the resource they describe;
+this class is the reading side: page through rows after a rev, wait for the next rev without
+polling, and compact below a watermark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alcor.db.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    rev: int
+    ts: float
+    type: str
+    id: str
+    op: str  # "create" | "update" | "delete"
+    project_id: str | None
+    vpc_id: str | None
+    revision_number: int | None
+    body: dict[str, Any] | None
+
+    def row(self) -> tuple[Any, ...]:
+        body = None if self.body is None else json.dumps(self.body, separators=(",", ":"))
+        return (self.rev, self.ts, self.type, self.id, self.op, self.project_id, self.vpc_id,
+                self.revision_number, body)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Change:
+        body = None if row[8] is None else json.loads(row[8])
+        return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], body)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rev": self.rev, "time": self.ts, "type": self.type, "id": self.id, "op": self.op,
+            "project_id": self.project_id, "vpc_id": self.vpc_id,
+            "revision_number": self.revision_number, "body": self.body,
+        }
+
+
+class ChangeLog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.last_rev = 0
+        # Rows below the horizon were compacted away; a reader behind it needs a full snapshot.
+        self.horizon = 0
+        self._new_rev = asyncio.Condition()
+
+    async def load(self) -> None:
+        row = await self._store.fetchone("SELECT MAX(rev) FROM changes")
+        h = await self._store.fetchone("SELECT value FROM meta WHERE key = 'changes.horizon'")
+        self.horizon = int(h[0]) if h else 0
+        self.last_rev = max(row[0] or 0, self.horizon)
+
+    def committed(self, changes: list[Change]) -> None:
+        self.last_rev = changes[-1].rev
+        # Wake the waiters from the loop, not from inside the writer's critical section.
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._new_rev:
+            self._new_rev.notify_all()
+
+    async def read(self, since: int, limit: int = 1000) -> list[Change]:
+        """Changes with rev > since, oldest first, at most `limit`."""
+        rows = await self._store.fetchall(
+            "SELECT rev, ts, type, id, op, project_id, vpc_id, revision_number, body "
+            "FROM changes WHERE rev > ? ORDER BY rev LIMIT ?",
+            (since, limit),
+        )
+        return [Change.from_row(r) for r in rows]
+
+    async def wait(self, after: int, timeout: float | None = None) -> int:
+        """Return once last_rev > after (or on timeout); returns last_rev."""
+        if self.last_rev > after:
+            return self.last_rev
+        async with self._new_rev:
+            try:
+                await asyncio.wait_for(
+                    self._new_rev.wait_for(lambda: self.last_rev > after), timeout
+                )
+            except TimeoutError:
+                pass
+        return self.last_rev
+
+    async def compact(self, below: int) -> int:
+        """Delete rows with rev < below (never the newest row). Returns how many went."""
+        below = min(below, self.last_rev)
+        if below <= self.horizon:
+            return 0
+        async with self._store.transaction() as tx:
+            n = await tx.execute("DELETE FROM changes WHERE rev < ?", (below,))
+            await tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('changes.horizon', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(below - 1),),
+            )
+        self.horizon = below - 1
+        return n

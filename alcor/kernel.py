@@ -1,0 +1,135 @@
+"""The kernel: loads modules, starts them in dependency order, stops them in reverse.
+
+A module is any object with `name`, `requires` (names of modules it needs), `async start(kernel)`
+and `async stop()`; it may also offer `routes()` (aiohttp route definitions) that the API module
+mounts. Modules find each other through `kernel.get(name)`, never through globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import socket
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from alcor.config import Config, ConfigError
+
+log = structlog.get_logger("alcor.kernel")
+
+
+@runtime_checkable
+class Module(Protocol):
+    name: str
+    requires: tuple[str, ...]
+
+    async def start(self, kernel: Kernel) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def notify(message: str) -> None:
+    """Tell systemd about our state (Type=notify); a no-op when not under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("systemd.notify_failed", error=str(e))
+
+
+def order(modules: Iterable[Module]) -> list[Module]:
+    """Dependency order (a module after everything it requires). ConfigError on a missing or cyclic need."""
+    by_name = {m.name: m for m in modules}
+    done: list[Module] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ConfigError(f"modules depend on each other in a cycle: {' -> '.join(chain + (name,))}")
+        if name not in by_name:
+            raise ConfigError(f"module {chain[-1]!r} needs {name!r}, which is not loaded")
+        state[name] = "visiting"
+        for dep in by_name[name].requires:
+            visit(dep, chain + (name,))
+        state[name] = "done"
+        done.append(by_name[name])
+
+    for name in by_name:
+        visit(name, ())
+    return done
+
+
+def load_plugin(name: str, config: Config) -> Module:
+    """Instantiate plugins/<name> by its `create(config)` factory."""
+    if not name.replace("_", "").isalnum():
+        raise ConfigError(f"kernel.plugins: {name!r} is not a plugin name")
+    try:
+        mod = importlib.import_module(f"plugins.{name}")
+    except ModuleNotFoundError as e:
+        if e.name in (f"plugins.{name}", "plugins"):
+            raise ConfigError(f"kernel.plugins: no plugin named {name!r}") from None
+        raise
+    module: Module = mod.create(config)
+    return module
+
+
+class Kernel:
+    """Owns the modules' lifecycle; the event loop runs in `run()`."""
+
+    def __init__(self, config: Config, modules: Iterable[Module]) -> None:
+        self.config = config
+        self.modules = order(modules)
+        self._by_name = {m.name: m for m in self.modules}
+        self._started: list[Module] = []
+        self._stop = asyncio.Event()
+
+    def get(self, name: str) -> Any:
+        return self._by_name[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
+    async def start(self) -> None:
+        for m in self.modules:
+            log.info("module.starting", module=m.name)
+            await m.start(self)
+            self._started.append(m)
+        log.info("kernel.ready", modules=[m.name for m in self.modules])
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        while self._started:
+            m = self._started.pop()
+            try:
+                await m.stop()
+                log.info("module.stopped", module=m.name)
+            except Exception:
+                log.exception("module.stop_failed", module=m.name)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start everything, serve until SIGTERM/SIGINT, then stop in reverse order."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            notify("READY=1")
+            await self._stop.wait()
+            log.info("kernel.stopping")
+        finally:
+            await self.stop()

@@ -1,0 +1,225 @@
+"""What every resource manager shares: scoped reads, and writes that carry their change-log row.
+
+A manager owns one resource type: its rows, its in-memory indexes and its rules. It writes only inside
+`store.transaction()` and always through `insert`/`replace`/`remove` here, so the row and its change-log
+entry commit together and `revision_number`/`updated_at` move as Neutron's do.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from alcor.api import query as q
+from alcor.api.auth import Context
+from alcor.api.errors import BadRequest, PreconditionFailed, not_found, policy
+from alcor.db.store import Store, Tx
+from alcor.resources.schema import Resource, check_create, check_update, tenant_of
+
+if TYPE_CHECKING:
+    from alcor.kernel import Kernel
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def dumps(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+class Manager:
+    """Base of the resource managers (each is also a kernel module)."""
+
+    res: Resource
+    type: str                     # change-log type: network, subnet, port, …
+    requires: tuple[str, ...] = ("store",)
+    admin_only_create = False     # e.g. nodes
+
+    def __init__(self) -> None:
+        self.name = self.res.collection
+        self.store: Store = None  # type: ignore[assignment]
+        self.kernel: Kernel = None  # type: ignore[assignment]
+
+    async def start(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.store = kernel.get("store").store
+        await self.load()
+
+    async def stop(self) -> None:
+        pass
+
+    async def load(self) -> None:
+        """Rebuild in-memory indexes from the store (override where a manager keeps any)."""
+
+    # Reads -------------------------------------------------------------------------------------
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        """Restrict to what the caller may see: its own project, unless admin."""
+        if not ctx.is_admin:
+            sql.add("project_id = ?", ctx.project_id)
+
+    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
+        return ctx.is_admin or body.get("project_id") == ctx.project_id
+
+    async def fetch(self, id: str, tx: Tx | None = None) -> dict[str, Any] | None:
+        sql = "SELECT body FROM resources WHERE type = ? AND id = ?"
+        row = await (tx.fetchone(sql, (self.type, id)) if tx else self.store.fetchone(sql, (self.type, id)))
+        return json.loads(row[0]) if row else None
+
+    async def get(self, ctx: Context, id: str, tx: Tx | None = None) -> dict[str, Any]:
+        body = await self.fetch(id, tx)
+        if body is None or not self.visible(ctx, body):
+            raise not_found(self.res.neutron_name, id)
+        return body
+
+    async def list_raw(self, ctx: Context, lq: q.ListQuery) -> tuple[list[str], bool]:
+        """Stored JSON bodies (text) in order, and whether a full page was returned."""
+        sql = q.SQL()
+        sql.add("type = ?", self.type)
+        self.scope(ctx, sql)
+        q.filter_sql(self.res, lq, sql)
+        cols, order = q.order_sql(self.res, lq)
+        if lq.marker:
+            marker = await self.fetch(lq.marker)
+            if marker is None or not self.visible(ctx, marker):
+                raise not_found(self.res.neutron_name, lq.marker)
+            q.marker_sql(cols, marker, self.res, lq, sql)
+        text = f"SELECT body FROM resources WHERE {' AND '.join(sql.where)} ORDER BY {order}"
+        if lq.limit:
+            text += f" LIMIT {int(lq.limit)}"
+        rows = await self.store.fetchall(text, sql.params)
+        bodies = [r[0] for r in rows]
+        if lq.page_reverse:
+            bodies.reverse()
+        return bodies, bool(lq.limit) and len(bodies) == lq.limit
+
+    async def list(self, ctx: Context, lq: q.ListQuery | None = None) -> list[dict[str, Any]]:
+        bodies, _ = await self.list_raw(ctx, lq or q.ListQuery())
+        return [json.loads(b) for b in bodies]
+
+    # Writes ------------------------------------------------------------------------------------
+
+    def vpc_of(self, body: dict[str, Any]) -> str | None:
+        return body.get("network_id")
+
+    def parent_of(self, body: dict[str, Any]) -> str | None:
+        return body.get(self.res.parent_field) if self.res.parent_field else None
+
+    def new_body(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        """Standard attributes for a new resource: id, project, revision 1, timestamps."""
+        project = tenant_of(self.res, given, ctx.project_id, ctx.is_admin)
+        ts = now()
+        body = {self.res.id_field: new_id()}
+        body.update(given)
+        body.update(project_id=project, tenant_id=project, revision_number=1, created_at=ts, updated_at=ts)
+        return body
+
+    async def insert(self, tx: Tx, body: dict[str, Any]) -> None:
+        id = body[self.res.id_field]
+        await tx.execute(
+            "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
+            (self.type, id, body.get("project_id"), self.parent_of(body), dumps(body)),
+        )
+        tx.record(self.type, id, "create", body, project_id=body.get("project_id"),
+                  vpc_id=self.vpc_of(body), revision_number=body.get("revision_number"))
+
+    async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply changes to a stored body: revision_number + 1, updated_at now, one change-log row."""
+        new = dict(body)
+        new.update(changes)
+        new["revision_number"] = body.get("revision_number", 0) + 1
+        new["updated_at"] = now()
+        id = new[self.res.id_field]
+        await tx.execute(
+            "UPDATE resources SET body = ?, parent_id = ?, project_id = ? WHERE type = ? AND id = ?",
+            (dumps(new), self.parent_of(new), new.get("project_id"), self.type, id),
+        )
+        tx.record(self.type, id, "update", new, project_id=new.get("project_id"),
+                  vpc_id=self.vpc_of(new), revision_number=new["revision_number"])
+        return new
+
+    async def remove(self, tx: Tx, body: dict[str, Any]) -> None:
+        id = body[self.res.id_field]
+        await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (self.type, id))
+        tx.record(self.type, id, "delete", None, project_id=body.get("project_id"),
+                  vpc_id=self.vpc_of(body), revision_number=body.get("revision_number", 0) + 1)
+
+    # The API's entry points (overridden per resource) -------------------------------------------
+
+    def check_create(self, ctx: Context, body: Any) -> dict[str, Any]:
+        if self.admin_only_create and not ctx.is_admin:
+            raise policy(f"create_{self.res.name}")
+        return check_create(self.res, body, is_admin=ctx.is_admin)
+
+    def check_update(self, ctx: Context, body: Any) -> dict[str, Any]:
+        return check_update(self.res, body, is_admin=ctx.is_admin)
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        body = self.new_body(ctx, given)
+        await self.insert(tx, body)
+        return body
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        return await self.replace(tx, current, changes)
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        await self.remove(tx, current)
+
+    # Orchestration: one transaction per request ---------------------------------------------
+
+    async def create_many(self, ctx: Context, bodies: list[Any]) -> list[dict[str, Any]]:
+        """Create one or many (bulk) atomically: all commit or none does."""
+        checked = [self.check_create(ctx, b) for b in bodies]
+        async with self.store.transaction() as tx:
+            return [await self.create(ctx, c, tx) for c in checked]
+
+    async def update_one(self, ctx: Context, id: str, body: Any, if_match: int | None) -> dict[str, Any]:
+        changes = self.check_update(ctx, body)
+        async with self.store.transaction() as tx:
+            current = await self.get(ctx, id, tx)
+            self.check_owner_write(ctx, current)
+            check_revision(current, if_match)
+            if not changes:
+                return current
+            return await self.update(ctx, current, changes, tx)
+
+    async def delete_one(self, ctx: Context, id: str, if_match: int | None) -> None:
+        async with self.store.transaction() as tx:
+            current = await self.get(ctx, id, tx)
+            self.check_owner_write(ctx, current)
+            check_revision(current, if_match)
+            await self.delete(ctx, current, tx)
+
+    def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
+        """A resource seen through sharing may still not be changed by a non-owner."""
+        if not ctx.is_admin and current.get("project_id") != ctx.project_id:
+            raise not_found(self.res.neutron_name, current[self.res.id_field])
+
+
+def check_revision(current: dict[str, Any], if_match: int | None) -> None:
+    if if_match is not None and current.get("revision_number") != if_match:
+        raise PreconditionFailed(
+            f"Constrained to {if_match}, but current revision is {current.get('revision_number')}"
+        )
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """`If-Match: revision_number=N` (Neutron's revision-if-match extension); other ETags are ignored."""
+    if not header:
+        return None
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "revision_number":
+            try:
+                return int(value)
+            except ValueError:
+                raise BadRequest(f"Invalid If-Match value {header!r}: revision_number must be an integer") from None
+    return None

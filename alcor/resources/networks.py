@@ -1,0 +1,143 @@
+"""Networks (Alcor's VPCs): a VXLAN segment each, its VNI allocated uniquely from the configured range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alcor.api import query as q
+from alcor.api.auth import Context
+from alcor.api.errors import Conflict, NeutronError, invalid_input, not_found
+from alcor.db.store import Tx
+from alcor.resources.base import Manager
+from alcor.resources.ipam import VniAllocator
+from alcor.resources.schema import (
+    Attr,
+    Resource,
+    boolean,
+    integer,
+    list_of,
+    nullable,
+    one_of,
+    standard,
+    string,
+)
+
+NETWORK = standard(Resource("network", "networks", "Network")).add(
+    Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
+    Attr("status", string(), post=False),
+    Attr("subnets", list_of(string()), post=False, kind="array"),
+    Attr("shared", boolean, default=False, put=True, admin_only=True, kind="boolean"),
+    Attr("router:external", boolean, default=False, put=True, admin_only=True, kind="boolean"),
+    Attr("mtu", integer(68, 9000), put=True, kind="integer"),
+    Attr("port_security_enabled", boolean, default=True, put=True, kind="boolean"),
+    Attr("provider:network_type", one_of("vxlan"), default="vxlan", admin_only=True),
+    Attr("provider:physical_network", nullable(string()), default=None, admin_only=True),
+    Attr("provider:segmentation_id", integer(1, 2**24 - 1), admin_only=True, kind="integer"),
+    Attr("availability_zone_hints", list_of(string(255)), default=list, kind="array"),
+    Attr("availability_zones", list_of(string()), post=False, kind="array"),
+    Attr("ipv4_address_scope", nullable(string()), post=False),
+    Attr("ipv6_address_scope", nullable(string()), post=False),
+    Attr("l2_adjacency", boolean, post=False, kind="boolean"),
+    Attr("tags", list_of(string()), post=False, kind="array"),
+)
+
+
+class NetworkInUse(NeutronError):
+    status = 409
+    type = "NetworkInUse"
+
+
+class Networks(Manager):
+    res = NETWORK
+    type = "network"
+
+    def __init__(self, vni_min: int, vni_max: int, mtu: int) -> None:
+        super().__init__()
+        self.vnis = VniAllocator(vni_min, vni_max)
+        self.default_mtu = mtu
+        # id → body; networks are few and every port and subnet request checks one.
+        self.index: dict[str, dict[str, Any]] = {}
+
+    async def load(self) -> None:
+        rows = await self.store.fetchall("SELECT vni FROM vni_allocations")
+        self.vnis.used = {r[0] for r in rows}
+        for body in await self.list(Context("", True)):
+            self.index[body["id"]] = body
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        if not ctx.is_admin:
+            sql.add("(project_id = ? OR json_extract(body, '$.shared') = 1)", ctx.project_id)
+
+    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
+        return ctx.is_admin or body.get("project_id") == ctx.project_id or bool(body.get("shared"))
+
+    def vpc_of(self, body: dict[str, Any]) -> str | None:
+        return body["id"]
+
+    def lookup(self, ctx: Context, id: str) -> dict[str, Any]:
+        body = self.index.get(id)
+        if body is None or not self.visible(ctx, body):
+            raise not_found("Network", id)
+        return body
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        vni = given.pop("provider:segmentation_id", None)
+        if vni is not None:
+            if vni in self.vnis.used:
+                raise Conflict(f"Unable to create the network. The tunnel ID {vni} is in use.",
+                               type="TunnelIdInUse")
+            self.vnis.used.add(vni)
+        else:
+            vni = self.vnis.allocate()
+            if vni is None:
+                raise NeutronError("Unable to create the network. No tenant network is available "
+                                   "for allocation.", type="NoNetworkAvailable", status=503)
+        tx.after_rollback(lambda: self.vnis.used.discard(vni))
+        given.setdefault("mtu", self.default_mtu)
+        body = self.new_body(ctx, given)
+        body.update({
+            "status": "ACTIVE", "subnets": [], "provider:segmentation_id": vni,
+            "availability_zones": [], "ipv4_address_scope": None, "ipv6_address_scope": None,
+            "l2_adjacency": True, "tags": [],
+        })
+        await tx.execute("INSERT INTO vni_allocations(vni, network_id) VALUES (?, ?)", (vni, body["id"]))
+        await self.insert(tx, body)
+        tx.after_commit(lambda: self.index.__setitem__(body["id"], body))
+        return body
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        for key in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
+            if key in changes and changes[key] != current.get(key):
+                raise invalid_input("Plugin does not support updating provider attributes")
+        new = await self.replace(tx, current, changes)
+        tx.after_commit(lambda: self.index.__setitem__(new["id"], new))
+        return new
+
+    async def set_subnets(self, tx: Tx, network_id: str, subnets: list[str]) -> None:
+        """Record the network's subnet list (a change of the network, as in Neutron)."""
+        current = await self.fetch(network_id, tx)
+        if current is None:
+            raise not_found("Network", network_id)
+        new = await self.replace(tx, current, {"subnets": subnets})
+        tx.after_commit(lambda: self.index.__setitem__(network_id, new))
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        nid = current["id"]
+        ports = self.kernel.get("ports")
+        if await ports.count_on_network(tx, nid):
+            raise NetworkInUse(f"Unable to complete operation on network {nid}. There are one or "
+                               f"more ports still in use on the network.")
+        subnets = self.kernel.get("subnets")
+        for sid in current.get("subnets", []):
+            sub = await subnets.fetch(sid, tx)
+            if sub is not None:
+                await subnets.drop(tx, sub)
+        await tx.execute("DELETE FROM vni_allocations WHERE network_id = ?", (nid,))
+        await self.remove(tx, current)
+        vni = current["provider:segmentation_id"]
+
+        def forget() -> None:
+            self.index.pop(nid, None)
+            self.vnis.used.discard(vni)
+        tx.after_commit(forget)

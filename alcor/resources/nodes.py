@@ -1,0 +1,130 @@
+"""Nodes (Alcor's node manager): the compute hosts, their tunnel endpoint and their own MQ settings.
+
+Ports bind to a node by `node_name`. Only admins see or change nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alcor.api.auth import Context
+from alcor.api.errors import Conflict, policy
+from alcor.db.store import Tx
+from alcor.resources.base import Manager
+from alcor.resources.schema import (
+    Attr,
+    Resource,
+    ip_address,
+    mac_address,
+    standard,
+    string,
+    uuid_str,
+)
+
+NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=False).add(
+    Attr("node_id", uuid_str),
+    Attr("node_name", string(255), optional=False, put=True),
+    Attr("local_ip", ip_address, optional=False, put=True),
+    Attr("mac_address", mac_address, default=None, put=True),
+    Attr("mq_url", string(1024), put=True),
+    Attr("mq_vhost", string(255), put=True),
+    Attr("mq_exchange", string(255), put=True),
+    Attr("mq_queue", string(255), put=True),
+)
+del NODE.attrs["id"]
+
+
+class Nodes(Manager):
+    res = NODE
+    type = "node"
+
+    def __init__(self, mq_defaults: dict[str, Any]) -> None:
+        super().__init__()
+        self.mq = mq_defaults
+        self._by_name: dict[str, dict[str, Any]] = {}
+
+    async def load(self) -> None:
+        for body in await self.list(Context("", True)):
+            self._by_name[body["node_name"]] = body
+
+    def by_name(self, name: str) -> dict[str, Any] | None:
+        return self._by_name.get(name)
+
+    def vpc_of(self, body: dict[str, Any]) -> str | None:
+        return None
+
+    def require_admin(self, ctx: Context, action: str) -> None:
+        if not ctx.is_admin:
+            raise policy(f"{action}_node")
+
+    def check_create(self, ctx: Context, body: Any) -> dict[str, Any]:
+        self.require_admin(ctx, "create")
+        return super().check_create(ctx, body)
+
+    def check_update(self, ctx: Context, body: Any) -> dict[str, Any]:
+        self.require_admin(ctx, "update")
+        return super().check_update(ctx, body)
+
+    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
+        self.require_admin(ctx, "get")
+        return True
+
+    def scope(self, ctx: Context, sql: Any) -> None:
+        self.require_admin(ctx, "get")
+
+    def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
+        self.require_admin(ctx, "update")
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        wanted_id = given.pop("node_id", None)
+        if given["node_name"] in self._by_name:
+            raise Conflict(f"Node name {given['node_name']} is in use.", type="NodeNameInUse")
+        body = self.new_body(ctx, given)
+        if wanted_id:
+            if await self.fetch(wanted_id, tx) is not None:
+                raise Conflict(f"Node {wanted_id} already exists.", type="NodeExists")
+            body = {"node_id": wanted_id, **{k: v for k, v in body.items() if k != "node_id"}}
+        body.setdefault("mq_url", self.mq["url"])
+        body.setdefault("mq_vhost", self.mq["vhost"])
+        body.setdefault("mq_exchange", self.mq["exchange"])
+        body.setdefault("mq_queue", f"alcor.node.{body['node_id']}")
+        await self.insert(tx, body)
+        tx.after_commit(lambda: self._by_name.__setitem__(body["node_name"], body))
+        return body
+
+    async def _bound_ports(self, tx: Tx, name: str) -> int:
+        row = await tx.fetchone(
+            "SELECT COUNT(*) FROM resources WHERE type = 'port' AND "
+            "json_extract(body, '$.\"binding:host_id\"') = ?", (name,))
+        return int(row[0])
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        old_name = current["node_name"]
+        new_name = changes.get("node_name", old_name)
+        if new_name != old_name:
+            if new_name in self._by_name:
+                raise Conflict(f"Node name {new_name} is in use.", type="NodeNameInUse")
+            if await self._bound_ports(tx, old_name):
+                raise Conflict(f"Node {old_name} has ports bound to it; it cannot be renamed.",
+                               type="NodeInUse")
+        new = await self.replace(tx, current, changes)
+
+        def reindex() -> None:
+            self._by_name.pop(old_name, None)
+            self._by_name[new["node_name"]] = new
+        tx.after_commit(reindex)
+        return new
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        if await self._bound_ports(tx, current["node_name"]):
+            raise Conflict(f"Node {current['node_name']} has ports bound to it.", type="NodeInUse")
+        await self.remove(tx, current)
+        tx.after_commit(lambda: self._by_name.pop(current["node_name"], None))
+
+    def show_extra(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the southbound knows of this node's sync state, when it is loaded."""
+        if self.kernel.has("southbound"):
+            sync: dict[str, Any] = self.kernel.get("southbound").node_sync(body["node_id"])
+            return sync
+        return {}

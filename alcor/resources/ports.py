@@ -1,0 +1,354 @@
+"""Ports: a MAC unique in its network, fixed IPs by Neutron's request rules, security groups, binding.
+
+A port is bound by `binding:host_id` to a node's `node_name`; bound to a name no node has, it gets
+`binding:vif_type` `binding_failed`, as in Neutron. `status` stays DOWN until the node's agent reports
+the port programmed (`set_statuses`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any
+
+from alcor.api.auth import Context
+from alcor.api.errors import BadRequest, Conflict, NeutronError, invalid_input, not_found
+from alcor.db.store import Tx
+from alcor.resources import ipam
+from alcor.resources.base import Manager
+from alcor.resources.schema import (
+    Attr,
+    Resource,
+    any_dict,
+    boolean,
+    dict_of,
+    ip_address,
+    ip_or_cidr,
+    list_of,
+    mac_address,
+    one_of,
+    standard,
+    string,
+    uuid_str,
+)
+
+ROUTER_INTERFACE = "network:router_interface"
+MAX_FIXED_IPS = 5
+
+FIXED_IP = dict_of({"subnet_id": (uuid_str, False), "ip_address": (ip_address, False)})
+ADDRESS_PAIR = dict_of({"ip_address": (ip_or_cidr, True), "mac_address": (mac_address, False)})
+VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "virtio-forwarder",
+              "smart-nic", "remote-managed")
+
+
+def fixed_ip_filter(value: str) -> str:
+    return value
+
+
+PORT = standard(Resource("port", "ports", "Port", parent_field="network_id")).add(
+    Attr("network_id", uuid_str, optional=False),
+    Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
+    Attr("mac_address", mac_address, put=True),
+    Attr("fixed_ips", list_of(FIXED_IP), put=True, kind="array", filter=fixed_ip_filter),
+    Attr("device_id", string(255), default="", put=True),
+    Attr("device_owner", string(255), default="", put=True),
+    Attr("status", string(), post=False),
+    Attr("security_groups", list_of(uuid_str, unique=True), put=True, kind="array"),
+    Attr("allowed_address_pairs", list_of(ADDRESS_PAIR), default=list, put=True, kind="array"),
+    Attr("port_security_enabled", boolean, put=True, kind="boolean"),
+    Attr("binding:host_id", string(255), default="", put=True, admin_only=True),
+    Attr("binding:profile", any_dict, default=dict, put=True, admin_only=True, kind="object",
+         filterable=False),
+    Attr("binding:vnic_type", one_of(*VNIC_TYPES), default="normal", put=True),
+    Attr("binding:vif_type", string(), post=False),
+    Attr("binding:vif_details", any_dict, post=False, kind="object", filterable=False),
+    Attr("extra_dhcp_opts", list_of(any_dict), default=list, put=True, kind="array", filterable=False),
+    Attr("tags", list_of(string()), post=False, kind="array"),
+)
+
+
+def in_use(kind: str, network_id: str, value: str) -> Conflict:
+    label = "IP address" if kind == "IpAddressInUse" else "mac address"
+    return Conflict(f"Unable to complete operation for network {network_id}. The {label} {value} "
+                    f"is in use.", type=kind)
+
+
+class Ports(Manager):
+    res = PORT
+    type = "port"
+    requires = ("store", "networks", "subnets", "security_groups", "nodes")
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__()
+        self.macs: dict[str, set[str]] = {}
+        self.rng = random.Random(seed)
+
+    async def load(self) -> None:
+        for nid, mac in await self.store.fetchall("SELECT network_id, mac_address FROM mac_allocations"):
+            self.macs.setdefault(nid, set()).add(mac)
+
+    def vpc_of(self, body: dict[str, Any]) -> str | None:
+        return body["network_id"]
+
+    # Create ------------------------------------------------------------------------------------
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        network = self.kernel.get("networks").lookup(ctx, given["network_id"])
+        nid = network["id"]
+        body = self.new_body(ctx, given)
+        if "port_security_enabled" not in given:
+            body["port_security_enabled"] = network.get("port_security_enabled", True)
+        body["mac_address"] = self._take_mac(tx, nid, given.get("mac_address"))
+        owner = body["device_owner"]
+        body["fixed_ips"] = self._take_ips(tx, network, given.get("fixed_ips"), owner, body["mac_address"])
+        body["security_groups"] = await self._security_groups(ctx, tx, body, given.get("security_groups"))
+        self._check_port_security(body)
+        body.update(self._binding(body["binding:host_id"]))
+        body["status"] = "ACTIVE" if owner == ROUTER_INTERFACE else "DOWN"
+        body["tags"] = []
+        await self.insert(tx, body)
+        await self._write_ips(tx, body)
+        await tx.execute(
+            "INSERT INTO mac_allocations(network_id, mac_address, port_id) VALUES (?, ?, ?)",
+            (nid, body["mac_address"], body["id"]))
+        return body
+
+    def _take_mac(self, tx: Tx, network_id: str, wanted: str | None) -> str:
+        taken = self.macs.setdefault(network_id, set())
+        if wanted is not None:
+            if wanted in taken:
+                raise in_use("MacAddressInUse", network_id, wanted)
+            mac = wanted
+        else:
+            for _ in range(16):
+                mac = ipam.random_mac(self.rng)
+                if mac not in taken:
+                    break
+            else:
+                raise NeutronError("Unable to generate unique mac on network.",
+                                   type="MacAddressGenerationFailure", status=503)
+        taken.add(mac)
+        tx.after_rollback(lambda: taken.discard(mac))
+        return mac
+
+    def _take_ips(self, tx: Tx, network: dict[str, Any], requested: list[dict[str, str]] | None,
+                  owner: str, mac: str, keep: frozenset[tuple[str, str]] = frozenset()
+                  ) -> list[dict[str, str]]:
+        """Neutron's fixed_ips rules. `keep` holds (subnet, ip) pairs the port already has."""
+        subnets = self.kernel.get("subnets")
+        nid = network["id"]
+        on_net = subnets.on_network(nid)
+        result: list[dict[str, str]] = []
+        taken: list[tuple[ipam.SubnetAllocator, int]] = []
+
+        def undo() -> None:
+            for alloc, ip in taken:
+                alloc.release(ip)
+        tx.after_rollback(undo)
+
+        def take(alloc: ipam.SubnetAllocator, ip: int) -> None:
+            if (alloc.subnet_id, str(ipaddress.ip_address(ip))) in keep:
+                return
+            if not alloc.take(ip):
+                raise in_use("IpAddressInUse", nid, str(ipaddress.ip_address(ip)))
+            taken.append((alloc, ip))
+
+        def allocate(alloc: ipam.SubnetAllocator) -> int:
+            if alloc.net.version == 6 and alloc.slaac:
+                ip = int(eui64(alloc.net, mac))
+                take(alloc, ip)
+                return ip
+            ip = alloc.allocate()
+            taken.append((alloc, ip))
+            return ip
+
+        if requested is None:
+            v4 = [a for a in on_net if a.net.version == 4]
+            for alloc in v4:
+                if alloc.free > 0:
+                    result.append(fixed(alloc, allocate(alloc)))
+                    break
+            else:
+                if v4:
+                    raise ipam.IpExhausted(f"No more IP addresses available on network {nid}.")
+            for alloc in (a for a in on_net if a.net.version == 6):
+                if alloc.slaac or alloc.free > 0:
+                    result.append(fixed(alloc, allocate(alloc)))
+                    break
+            return result
+
+        if len(requested) > MAX_FIXED_IPS:
+            raise BadRequest(f"Exceeded maximum amount of fixed ips per port ({MAX_FIXED_IPS}).")
+        by_id = {a.subnet_id: a for a in on_net}
+        seen: set[tuple[str, str]] = set()
+        for entry in requested:
+            sid, ip_s = entry.get("subnet_id"), entry.get("ip_address")
+            if sid is None and ip_s is None:
+                raise invalid_input("fixed_ips entries need a subnet_id or an ip_address")
+            if sid is not None:
+                alloc = by_id.get(sid)
+                if alloc is None:
+                    raise invalid_input(f"Failed to create port on network {nid}, because fixed_ips "
+                                        f"included invalid subnet {sid}")
+            else:
+                addr = ipaddress.ip_address(ip_s)
+                match = [a for a in on_net if a.net.version == addr.version and addr in a.net]
+                if not match:
+                    raise invalid_input(f"IP address {ip_s} is not a valid IP for any subnet on "
+                                        f"network {nid}")
+                alloc = match[0]
+            if ip_s is None:
+                result.append(fixed(alloc, allocate(alloc)))
+                continue
+            ip = int(ipaddress.ip_address(ip_s))
+            if not alloc.contains(ip):
+                raise invalid_input(f"IP address {ip_s} is not a valid IP for the specified subnet")
+            lo, hi = ipam.usable_range(alloc.net)
+            if not lo <= ip <= hi:
+                raise invalid_input(f"IP address {ip_s} is not a valid IP for the specified subnet")
+            if ip == alloc.gateway and owner != ROUTER_INTERFACE:
+                raise invalid_input(f"IP address {ip_s} is the gateway IP of subnet {alloc.subnet_id}")
+            key = (alloc.subnet_id, str(ipaddress.ip_address(ip)))
+            if key in seen:
+                raise invalid_input(f"Duplicate IP address {ip_s} in fixed_ips")
+            seen.add(key)
+            take(alloc, ip)
+            result.append(fixed(alloc, ip))
+        return result
+
+    async def _security_groups(self, ctx: Context, tx: Tx, body: dict[str, Any],
+                               given: list[str] | None) -> list[str]:
+        sgs = self.kernel.get("security_groups")
+        if given is not None:
+            await sgs.check_ids(ctx, tx, given, body["project_id"])
+            return given
+        if body["device_owner"].startswith("network:") or not body["port_security_enabled"]:
+            return []
+        return [await sgs.default_for(tx, body["project_id"])]
+
+    def _check_port_security(self, body: dict[str, Any]) -> None:
+        if body["port_security_enabled"]:
+            return
+        if body["security_groups"]:
+            raise Conflict("Port has security group associated. Cannot disable port security or ip "
+                           "address until security group is removed",
+                           type="PortSecurityPortHasSecurityGroup")
+        if body["allowed_address_pairs"]:
+            raise Conflict("Port Security must be enabled in order to have allowed address pairs on "
+                           "a port.", type="AddressPairAndPortSecurityRequired")
+
+    def _binding(self, host: str) -> dict[str, Any]:
+        if not host:
+            return {"binding:vif_type": "unbound", "binding:vif_details": {}}
+        if self.kernel.get("nodes").by_name(host) is None:
+            return {"binding:vif_type": "binding_failed", "binding:vif_details": {}}
+        return {"binding:vif_type": "ovs",
+                "binding:vif_details": {"port_filter": True, "connectivity": "l2",
+                                        "bridge_name": "br-int", "datapath_type": "system"}}
+
+    async def _write_ips(self, tx: Tx, body: dict[str, Any],
+                         skip: frozenset[tuple[str, str]] = frozenset()) -> None:
+        rows = [(f["subnet_id"], f["ip_address"], body["id"]) for f in body["fixed_ips"]
+                if (f["subnet_id"], f["ip_address"]) not in skip]
+        if rows:
+            await tx.executemany(
+                "INSERT INTO ip_allocations(subnet_id, ip_address, port_id) VALUES (?, ?, ?)", rows)
+
+    # Update ------------------------------------------------------------------------------------
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        nid = current["network_id"]
+        if "mac_address" in changes and changes["mac_address"] != current["mac_address"]:
+            if current["binding:vif_type"] not in ("unbound", "binding_failed"):
+                raise Conflict(f"Port {current['id']} is bound; its MAC address cannot be updated.",
+                               type="PortBound")
+            self._take_mac(tx, nid, changes["mac_address"])
+            old_mac = current["mac_address"]
+            await tx.execute("UPDATE mac_allocations SET mac_address = ? WHERE network_id = ? AND "
+                             "mac_address = ?", (changes["mac_address"], nid, old_mac))
+            tx.after_commit(lambda: self.macs[nid].discard(old_mac))
+        merged = {**current, **changes}
+        if "fixed_ips" in changes:
+            network = self.kernel.get("networks").lookup(Context("", True), nid)
+            have = frozenset((f["subnet_id"], f["ip_address"]) for f in current["fixed_ips"])
+            new_ips = self._take_ips(tx, network, changes["fixed_ips"], merged["device_owner"],
+                                     merged["mac_address"], keep=have)
+            wanted = frozenset((f["subnet_id"], f["ip_address"]) for f in new_ips)
+            gone = have - wanted
+            if gone:
+                await tx.executemany("DELETE FROM ip_allocations WHERE subnet_id = ? AND ip_address = ?",
+                                     list(gone))
+                subnets = self.kernel.get("subnets")
+                tx.after_commit(lambda: [subnets.allocators[s].release(int(ipaddress.ip_address(i)))
+                                         for s, i in gone if s in subnets.allocators])
+            changes["fixed_ips"] = new_ips
+            merged["fixed_ips"] = new_ips
+            await self._write_ips(tx, merged, skip=have)
+        if "security_groups" in changes:
+            await self.kernel.get("security_groups").check_ids(ctx, tx, changes["security_groups"],
+                                                                 current["project_id"])
+        if any(k in changes for k in ("port_security_enabled", "security_groups", "allowed_address_pairs")):
+            self._check_port_security(merged)
+        if "binding:host_id" in changes:
+            changes.update(self._binding(changes["binding:host_id"]))
+            if changes["binding:host_id"] != current["binding:host_id"] and \
+                    current["device_owner"] != ROUTER_INTERFACE:
+                changes["status"] = "DOWN"
+        return await self.replace(tx, current, changes)
+
+    # Delete ------------------------------------------------------------------------------------
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        if current["device_owner"] == ROUTER_INTERFACE:
+            raise Conflict(f"Port {current['id']} cannot be deleted directly via the port API: has "
+                           f"device owner {ROUTER_INTERFACE}.", type="ServicePortInUse")
+        await self.drop(tx, current)
+
+    async def drop(self, tx: Tx, body: dict[str, Any]) -> None:
+        """Remove a port and its allocations (routers use this for their interface ports)."""
+        await tx.execute("DELETE FROM ip_allocations WHERE port_id = ?", (body["id"],))
+        await tx.execute("DELETE FROM mac_allocations WHERE network_id = ? AND mac_address = ?",
+                         (body["network_id"], body["mac_address"]))
+        await self.remove(tx, body)
+        subnets = self.kernel.get("subnets")
+
+        def release() -> None:
+            self.macs.get(body["network_id"], set()).discard(body["mac_address"])
+            for f in body["fixed_ips"]:
+                alloc = subnets.allocators.get(f["subnet_id"])
+                if alloc is not None:
+                    alloc.release(int(ipaddress.ip_address(f["ip_address"])))
+        tx.after_commit(release)
+
+    # Asked by other modules -------------------------------------------------------------------
+
+    async def count_on_network(self, tx: Tx, network_id: str) -> int:
+        row = await tx.fetchone("SELECT COUNT(*) FROM resources WHERE type = 'port' AND parent_id = ?",
+                                (network_id,))
+        return int(row[0])
+
+    async def set_statuses(self, statuses: dict[str, str]) -> None:
+        """Agent feedback: set ports' `status` (ACTIVE/ERROR/DOWN); unknown ids are ignored."""
+        async with self.store.transaction() as tx:
+            for port_id, status in statuses.items():
+                current = await self.fetch(port_id, tx)
+                if current is not None and current.get("status") != status:
+                    await self.replace(tx, current, {"status": status})
+
+    async def get_or_404(self, tx: Tx, ctx: Context, id: str) -> dict[str, Any]:
+        body = await self.fetch(id, tx)
+        if body is None or not self.visible(ctx, body):
+            raise not_found("Port", id)
+        return body
+
+
+def fixed(alloc: ipam.SubnetAllocator, ip: int) -> dict[str, str]:
+    return {"subnet_id": alloc.subnet_id, "ip_address": str(ipaddress.ip_address(ip))}
+
+
+def eui64(net: ipaddress.IPv6Network | ipaddress.IPv4Network, mac: str) -> ipaddress.IPv6Address:
+    """The SLAAC address a host with this MAC takes in a /64."""
+    b = bytearray(int(x, 16) for x in mac.split(":"))
+    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return ipaddress.IPv6Address(int(net.network_address) | int.from_bytes(iid, "big"))

@@ -1,0 +1,301 @@
+"""Security groups and their rules, with a default group per project and Neutron's rule validation.
+
+Rules are rows of their own (the `/security-group-rules` API) and also part of their group's body; a
+rule's create or delete is recorded in the change log as an update of its group, which is what a node
+needs to reprogram.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from alcor.api import query as q
+from alcor.api.auth import Context
+from alcor.api.errors import BadRequest, Conflict, NeutronError, not_found
+from alcor.db.store import Tx
+from alcor.resources.base import Manager, new_id, now
+from alcor.resources.schema import (
+    Attr,
+    Resource,
+    any_dict,
+    boolean,
+    cidr,
+    integer,
+    list_of,
+    nullable,
+    one_of,
+    standard,
+    string,
+    uuid_str,
+)
+
+SECURITY_GROUP = standard(Resource("security_group", "security_groups", "SecurityGroup")).add(
+    Attr("security_group_rules", list_of(any_dict), post=False, kind="array", filterable=False),
+    Attr("stateful", boolean, default=True, kind="boolean"),
+    Attr("shared", boolean, post=False, kind="boolean"),
+    Attr("tags", list_of(string()), post=False, kind="array"),
+)
+
+PROTOCOLS = {
+    "ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "icmp": 1, "icmpv6": 58, "igmp": 2,
+    "ipip": 4, "ipv6-encap": 41, "ipv6-frag": 44, "ipv6-icmp": 58, "ipv6-nonxt": 59,
+    "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46, "sctp": 132, "tcp": 6,
+    "udp": 17, "udplite": 136, "vrrp": 112,
+}
+PORT_PROTOCOLS = {6, 17, 33, 132, 136}
+ICMP = {1, 58}
+
+
+def protocol(value: Any) -> str | None:
+    if value is None or value in ("any", ""):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        v = value.lower()
+        if v in PROTOCOLS:
+            return v
+        if v.isdigit() and 0 <= int(v) <= 255:
+            return v
+    from alcor.resources.schema import Invalid
+    raise Invalid(f"Security group rule protocol {value} not supported. Only protocol values "
+                  f"{sorted(PROTOCOLS)} and integer representations [0 to 255] are supported")
+
+
+RULE = Resource("security_group_rule", "security_group_rules", "SecurityGroupRule",
+                parent_field="security_group_id").add(
+    Attr("id", uuid_str, post=False),
+    Attr("project_id", string(255)),
+    Attr("tenant_id", string(255)),
+    Attr("security_group_id", uuid_str, optional=False),
+    Attr("direction", one_of("ingress", "egress"), optional=False),
+    Attr("ethertype", one_of("IPv4", "IPv6"), default="IPv4"),
+    Attr("protocol", protocol, default=None),
+    Attr("port_range_min", nullable(integer(0, 65535)), default=None, kind="integer"),
+    Attr("port_range_max", nullable(integer(0, 65535)), default=None, kind="integer"),
+    Attr("remote_ip_prefix", nullable(cidr), default=None),
+    Attr("remote_group_id", nullable(uuid_str), default=None),
+    Attr("remote_address_group_id", nullable(uuid_str), default=None),
+    Attr("normalized_cidr", nullable(string()), post=False),
+    Attr("description", string(255), default=""),
+    Attr("belongs_to_default_sg", boolean, post=False, kind="boolean"),
+    Attr("revision_number", integer(), post=False, kind="integer"),
+    Attr("created_at", string(), post=False),
+    Attr("updated_at", string(), post=False),
+)
+
+
+def _proto_number(p: str | None) -> int | None:
+    if p is None:
+        return None
+    return PROTOCOLS.get(p, int(p) if p.isdigit() else None)
+
+
+def check_rule(r: dict[str, Any]) -> None:
+    """Neutron's checks of one rule's fields (not of its group)."""
+    num = _proto_number(r["protocol"])
+    lo, hi = r["port_range_min"], r["port_range_max"]
+    if num is None and (lo is not None or hi is not None):
+        raise BadRequest("Must also specify protocol if port range is given.",
+                         type="SecurityGroupProtocolRequiredWithPorts")
+    if num in PORT_PROTOCOLS:
+        if (lo is None) != (hi is None) and lo is None:
+            raise BadRequest("For TCP/UDP protocols, port_range_min must be <= port_range_max",
+                             type="SecurityGroupInvalidPortRange")
+        if lo is not None and hi is not None and lo > hi:
+            raise BadRequest("For TCP/UDP protocols, port_range_min must be <= port_range_max",
+                             type="SecurityGroupInvalidPortRange")
+        for v in (lo, hi):
+            if v == 0:
+                raise BadRequest("Invalid value for port 0", type="SecurityGroupInvalidPortValue")
+    elif num in ICMP:
+        for name, v in (("type", lo), ("code", hi)):
+            if v is not None and v > 255:
+                raise BadRequest(f"Invalid value for ICMP {name} ({'port_range_min' if name == 'type' else 'port_range_max'}) {v}. It must be 0 to 255.",
+                                 type="SecurityGroupInvalidIcmpValue")
+        if lo is None and hi is not None:
+            raise BadRequest(f"ICMP code (port-range-max) {hi} is provided but ICMP type "
+                             f"(port-range-min) is missing.", type="SecurityGroupMissingIcmpType")
+        if num == 58 and r["ethertype"] == "IPv4":
+            raise BadRequest(f"Protocol {r['protocol']} is only supported for IPv6 (ethertype IPv6)",
+                             type="SecurityGroupEthertypeConflictWithProtocol")
+    elif lo is not None or hi is not None:
+        raise BadRequest(f"Protocol {r['protocol']} does not support port ranges",
+                         type="SecurityGroupInvalidProtocolForPort")
+    if r["remote_ip_prefix"] and r["remote_group_id"]:
+        raise BadRequest("Only remote_ip_prefix or remote_group_id may be provided.",
+                         type="SecurityGroupRemoteGroupAndRemoteIpPrefix")
+    if r["remote_ip_prefix"]:
+        version = ipaddress.ip_network(r["remote_ip_prefix"]).version
+        if f"IPv{version}" != r["ethertype"]:
+            raise BadRequest(f"Conflicting value ethertype {r['ethertype']} for CIDR "
+                             f"{r['remote_ip_prefix']}", type="SecurityGroupRuleParameterConflict")
+
+
+def rule_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two rules the same rule (protocol by number, prefix canonical)."""
+    num = _proto_number(r["protocol"])
+    return (r["direction"], r["ethertype"], num, r["port_range_min"], r["port_range_max"],
+            r.get("normalized_cidr") or r["remote_ip_prefix"], r["remote_group_id"],
+            r.get("remote_address_group_id"))
+
+
+class SecurityGroups(Manager):
+    res = SECURITY_GROUP
+    type = "security_group"
+
+    async def list_raw(self, ctx: Context, lq: q.ListQuery) -> tuple[list[str], bool]:
+        # Neutron creates a project's default group the first time the project looks.
+        if not ctx.is_admin:
+            await self.ensure_default(ctx.project_id)
+        return await super().list_raw(ctx, lq)
+
+    async def ensure_default(self, project_id: str) -> str:
+        row = await self._default_row(project_id, None)
+        if row:
+            return row
+        async with self.store.transaction() as tx:
+            return await self.default_for(tx, project_id)
+
+    async def _default_row(self, project_id: str, tx: Tx | None) -> str | None:
+        sql = ("SELECT id FROM resources WHERE type = 'security_group' AND project_id = ? AND "
+               "json_extract(body, '$.name') = 'default' LIMIT 1")
+        row = await (tx.fetchone(sql, (project_id,)) if tx else self.store.fetchone(sql, (project_id,)))
+        return row[0] if row else None
+
+    async def default_for(self, tx: Tx, project_id: str) -> str:
+        """The project's default group, created (with Neutron's default rules) in tx if missing."""
+        existing = await self._default_row(project_id, tx)
+        if existing:
+            return existing
+        sg_id = new_id()
+        ts = now()
+        rules = []
+        for ethertype in ("IPv4", "IPv6"):
+            for direction, remote in (("egress", None), ("ingress", sg_id)):
+                rules.append(self._rule_body(project_id, {
+                    "security_group_id": sg_id, "direction": direction, "ethertype": ethertype,
+                    "protocol": None, "port_range_min": None, "port_range_max": None,
+                    "remote_ip_prefix": None, "remote_group_id": remote,
+                    "remote_address_group_id": None, "description": "",
+                }, default=True))
+        body = {
+            "id": sg_id, "name": "default", "description": "Default security group",
+            "project_id": project_id, "tenant_id": project_id, "security_group_rules": rules,
+            "stateful": True, "shared": False, "tags": [], "revision_number": 1,
+            "created_at": ts, "updated_at": ts,
+        }
+        await self.insert(tx, body)
+        rules_mgr = self.kernel.get("security_group_rules")
+        for r in rules:
+            await rules_mgr.put_row(tx, r)
+        return sg_id
+
+    def _rule_body(self, project_id: str, given: dict[str, Any], default: bool) -> dict[str, Any]:
+        ts = now()
+        body = {"id": new_id(), **given}
+        body.update(project_id=project_id, tenant_id=project_id, revision_number=0,
+                    created_at=ts, updated_at=ts, belongs_to_default_sg=default,
+                    normalized_cidr=given.get("remote_ip_prefix"))
+        return body
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        body = self.new_body(ctx, given)
+        if body["name"] == "default":
+            # A second group named default would be ambiguous; Neutron refuses it too.
+            await self.default_for(tx, body["project_id"])
+            raise Conflict("Default security group already exists.", type="SecurityGroupDefaultAlreadyExists")
+        await self.default_for(tx, body["project_id"])
+        rules = []
+        for ethertype in ("IPv4", "IPv6"):
+            rules.append(self._rule_body(body["project_id"], {
+                "security_group_id": body["id"], "direction": "egress", "ethertype": ethertype,
+                "protocol": None, "port_range_min": None, "port_range_max": None,
+                "remote_ip_prefix": None, "remote_group_id": None, "remote_address_group_id": None,
+                "description": "",
+            }, default=False))
+        body.update(security_group_rules=rules, shared=False, tags=[])
+        await self.insert(tx, body)
+        rules_mgr = self.kernel.get("security_group_rules")
+        for r in rules:
+            await rules_mgr.put_row(tx, r)
+        return body
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        if current["name"] == "default" and changes.get("name", "default") != "default":
+            raise Conflict("Updating default security group not allowed.",
+                           type="SecurityGroupCannotUpdateDefault")
+        return await self.replace(tx, current, changes)
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        if current["name"] == "default" and not ctx.is_admin:
+            raise Conflict("Insufficient rights for removing default security group.",
+                           type="SecurityGroupCannotRemoveDefault")
+        row = await tx.fetchone(
+            "SELECT 1 FROM resources WHERE type = 'port' AND EXISTS (SELECT 1 FROM "
+            "json_each(body, '$.security_groups') WHERE value = ?) LIMIT 1", (current["id"],))
+        if row:
+            raise NeutronError(f"Security Group {current['id']} in use.", type="SecurityGroupInUse",
+                               status=409)
+        await tx.execute("DELETE FROM resources WHERE type = 'security_group_rule' AND parent_id = ?",
+                         (current["id"],))
+        await self.remove(tx, current)
+
+    async def check_ids(self, ctx: Context, tx: Tx, ids: list[str], project_id: str) -> None:
+        for sg_id in ids:
+            body = await self.fetch(sg_id, tx)
+            if body is None or not (ctx.is_admin or body["project_id"] == project_id):
+                raise not_found("SecurityGroup", sg_id)
+
+
+class SecurityGroupRules(Manager):
+    res = RULE
+    type = "security_group_rule"
+    requires = ("store", "security_groups")
+
+    async def put_row(self, tx: Tx, body: dict[str, Any]) -> None:
+        # Written without a change-log row of its own: the group's update carries it.
+        await tx.execute(
+            "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
+            (self.type, body["id"], body["project_id"], body["security_group_id"],
+             q.dumps(body)))
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sg = await sgs.fetch(given["security_group_id"], tx)
+        if sg is None or not sgs.visible(ctx, sg):
+            raise not_found("SecurityGroup", given["security_group_id"])
+        sgs.check_owner_write(ctx, sg)
+        project = given.pop("project_id", None) or given.pop("tenant_id", None) or sg["project_id"]
+        given.pop("tenant_id", None)
+        if project != sg["project_id"] and not ctx.is_admin:
+            raise BadRequest("Specifying 'project_id' or 'tenant_id' other than the authenticated "
+                             "project in request requires admin privileges")
+        check_rule(given)
+        if given["remote_group_id"]:
+            remote = await sgs.fetch(given["remote_group_id"], tx)
+            if remote is None or not sgs.visible(ctx, remote):
+                raise not_found("SecurityGroup", given["remote_group_id"])
+        body = sgs._rule_body(sg["project_id"], given, default=sg["name"] == "default")
+        body["revision_number"] = 0
+        for existing in sg["security_group_rules"]:
+            if rule_key(existing) == rule_key(body):
+                raise Conflict(f"Security group rule already exists. Rule id is {existing['id']}.",
+                               type="SecurityGroupRuleExists")
+        await self.put_row(tx, body)
+        await sgs.replace(tx, sg, {"security_group_rules": [*sg["security_group_rules"], body]})
+        return body
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        raise BadRequest("Security group rules cannot be updated.")
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sg = await sgs.fetch(current["security_group_id"], tx)
+        await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (self.type, current["id"]))
+        if sg is not None:
+            await sgs.replace(tx, sg, {"security_group_rules": [
+                r for r in sg["security_group_rules"] if r["id"] != current["id"]]})

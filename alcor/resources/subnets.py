@@ -1,0 +1,196 @@
+"""Subnets: CIDRs of a network, their gateway and allocation pools, and the IP allocators behind ports."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from alcor.api.auth import Context
+from alcor.api.errors import NeutronError, invalid_input, not_found, policy
+from alcor.db.store import Tx
+from alcor.resources import ipam
+from alcor.resources.base import Manager
+from alcor.resources.schema import (
+    Attr,
+    Resource,
+    boolean,
+    cidr,
+    dict_of,
+    ip_address,
+    list_of,
+    nullable,
+    one_of,
+    standard,
+    string,
+    uuid_str,
+)
+
+POOL = dict_of({"start": (ip_address, True), "end": (ip_address, True)})
+ROUTE = dict_of({"destination": (cidr, True), "nexthop": (ip_address, True)})
+V6_MODES = nullable(one_of("slaac", "dhcpv6-stateful", "dhcpv6-stateless"))
+
+SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_id")).add(
+    Attr("network_id", uuid_str, optional=False),
+    Attr("ip_version", one_of(4, 6), optional=False, kind="integer"),
+    Attr("cidr", cidr, optional=False),
+    Attr("gateway_ip", nullable(ip_address), put=True),
+    Attr("allocation_pools", list_of(POOL), put=True, kind="array"),
+    Attr("dns_nameservers", list_of(ip_address, unique=True), default=list, put=True, kind="array"),
+    Attr("host_routes", list_of(ROUTE), default=list, put=True, kind="array"),
+    Attr("enable_dhcp", boolean, default=True, put=True, kind="boolean"),
+    Attr("ipv6_ra_mode", V6_MODES, default=None),
+    Attr("ipv6_address_mode", V6_MODES, default=None),
+    Attr("subnetpool_id", nullable(uuid_str), post=False),
+    Attr("segment_id", nullable(uuid_str), post=False),
+    Attr("service_types", list_of(string()), post=False, kind="array"),
+    Attr("tags", list_of(string()), post=False, kind="array"),
+)
+
+
+class SubnetInUse(NeutronError):
+    status = 409
+    type = "SubnetInUse"
+
+
+class Subnets(Manager):
+    res = SUBNET
+    type = "subnet"
+    requires = ("store", "networks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocators: dict[str, ipam.SubnetAllocator] = {}
+        self.by_network: dict[str, list[str]] = {}
+
+    async def load(self) -> None:
+        for body in await self.list(Context("", True)):
+            self._register(body)
+        for sid, ip in await self.store.fetchall("SELECT subnet_id, ip_address FROM ip_allocations"):
+            alloc = self.allocators.get(sid)
+            if alloc is not None:
+                alloc.take(int(ipaddress.ip_address(ip)))
+
+    def _register(self, body: dict[str, Any]) -> None:
+        net = ipaddress.ip_network(body["cidr"])
+        gw = int(ipaddress.ip_address(body["gateway_ip"])) if body.get("gateway_ip") else None
+        pools = [(int(ipaddress.ip_address(p["start"])), int(ipaddress.ip_address(p["end"])))
+                 for p in body["allocation_pools"]]
+        old = self.allocators.get(body["id"])
+        alloc = ipam.SubnetAllocator(body["id"], body["network_id"], net, pools, gw,
+                                     taken=old.taken if old else set(),
+                                     slaac=body.get("ipv6_address_mode") in ("slaac", "dhcpv6-stateless"))
+        self.allocators[body["id"]] = alloc
+        ids = self.by_network.setdefault(body["network_id"], [])
+        if body["id"] not in ids:
+            ids.append(body["id"])
+
+    def _forget(self, body: dict[str, Any]) -> None:
+        self.allocators.pop(body["id"], None)
+        ids = self.by_network.get(body["network_id"], [])
+        if body["id"] in ids:
+            ids.remove(body["id"])
+
+    def on_network(self, network_id: str) -> list[ipam.SubnetAllocator]:
+        return [self.allocators[s] for s in self.by_network.get(network_id, [])]
+
+    def vpc_of(self, body: dict[str, Any]) -> str | None:
+        return body["network_id"]
+
+    async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        networks = self.kernel.get("networks")
+        network = networks.lookup(ctx, given["network_id"])
+        if not ctx.is_admin and network["project_id"] != ctx.project_id:
+            raise policy("create_subnet:network_id")
+        net = ipaddress.ip_network(given["cidr"])
+        if net.version != given["ip_version"]:
+            raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
+        if given["ip_version"] == 4 and (given.get("ipv6_ra_mode") or given.get("ipv6_address_mode")):
+            raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when ip_version is 4")
+        for other in self.on_network(network["id"]):
+            if other.net.version == net.version and other.net.overlaps(net):
+                raise invalid_input(f"Requested subnet with cidr: {net} for network: {network['id']} "
+                                    f"overlaps with another subnet")
+        if "gateway_ip" in given:
+            gw = self._ip_in(net, given["gateway_ip"], "gateway_ip")
+        else:
+            gw = ipam.default_gateway(net)
+        if given.get("allocation_pools") is not None and "allocation_pools" in given:
+            pools = self._pools(net, given["allocation_pools"])
+        else:
+            pools = ipam.default_pools(net, gw)
+        ipam.check_gateway(net, gw, pools)
+        self._check_routes(net, given.get("host_routes", []))
+        given["cidr"] = str(net)
+        given["gateway_ip"] = None if gw is None else str(ipaddress.ip_address(gw))
+        given["allocation_pools"] = ipam.pools_json(pools)
+        body = self.new_body(ctx, given)
+        body.update({"subnetpool_id": None, "segment_id": None, "service_types": [], "tags": []})
+        await self.insert(tx, body)
+        await networks.set_subnets(tx, network["id"], [*network["subnets"], body["id"]])
+        tx.after_commit(lambda: self._register(body))
+        return body
+
+    def _ip_in(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, ip: str | None,
+               attr: str) -> int | None:
+        if ip is None:
+            return None
+        addr = ipaddress.ip_address(ip)
+        if addr.version != net.version:
+            raise invalid_input(f"{attr} {ip} does not match the subnet's IP version")
+        return int(addr)
+
+    def _pools(self, net: Any, given: list[dict[str, str]]) -> list[ipam.Pool]:
+        return ipam.parse_pools(net, given)
+
+    def _check_routes(self, net: Any, routes: list[dict[str, str]]) -> None:
+        for r in routes:
+            if ipaddress.ip_network(r["destination"]).version != net.version or \
+                    ipaddress.ip_address(r["nexthop"]).version != net.version:
+                raise invalid_input(f"host_routes {r} do not match the subnet's IP version")
+
+    async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
+                     tx: Tx) -> dict[str, Any]:
+        net = ipaddress.ip_network(current["cidr"])
+        alloc = self.allocators[current["id"]]
+        gw_changed = "gateway_ip" in changes and changes["gateway_ip"] != current["gateway_ip"]
+        gw = self._ip_in(net, changes["gateway_ip"], "gateway_ip") if "gateway_ip" in changes else alloc.gateway
+        pools = self._pools(net, changes["allocation_pools"]) if "allocation_pools" in changes else alloc.pools
+        ipam.check_gateway(net, gw, pools)
+        if gw_changed and current["gateway_ip"] is not None:
+            if await self.kernel.get("routers").subnet_attached(tx, current["id"]):
+                raise NeutronError(f"Gateway {current['gateway_ip']} in subnet {current['id']} is "
+                                   f"used by a router interface.", type="GatewayIpInUse", status=409)
+        if gw_changed and gw is not None and gw in alloc.taken:
+            raise NeutronError(f"Gateway ip {ipaddress.ip_address(gw)} is in use by a port.",
+                               type="GatewayIpInUse", status=409)
+        self._check_routes(net, changes.get("host_routes", []))
+        if "allocation_pools" in changes:
+            changes["allocation_pools"] = ipam.pools_json(pools)
+        new = await self.replace(tx, current, changes)
+        tx.after_commit(lambda: self._register(new))
+        return new
+
+    async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
+        row = await tx.fetchone("SELECT port_id FROM ip_allocations WHERE subnet_id = ? LIMIT 1",
+                                (current["id"],))
+        if row is not None:
+            raise SubnetInUse(f"Unable to complete operation on subnet {current['id']}: One or more "
+                              f"ports have an IP allocation from this subnet.")
+        networks = self.kernel.get("networks")
+        network = await networks.fetch(current["network_id"], tx)
+        await self.drop(tx, current)
+        if network is not None:
+            await networks.set_subnets(tx, network["id"],
+                                       [s for s in network["subnets"] if s != current["id"]])
+
+    async def drop(self, tx: Tx, body: dict[str, Any]) -> None:
+        """Remove a subnet whose network is going away (no port can be on it)."""
+        await tx.execute("DELETE FROM ip_allocations WHERE subnet_id = ?", (body["id"],))
+        await self.remove(tx, body)
+        tx.after_commit(lambda: self._forget(body))
+
+    def lookup(self, id: str) -> ipam.SubnetAllocator:
+        alloc = self.allocators.get(id)
+        if alloc is None:
+            raise not_found("Subnet", id)
+        return alloc
