@@ -129,7 +129,14 @@ class Group:
     group_id: int
 
 
-Action = Output | SetField | Move | DecTtl | Group
+@dataclass(frozen=True, slots=True)
+class Opaque:
+    """An action read back from the switch that the compiler never emits (so never "equal")."""
+
+    text: str
+
+
+Action = Output | SetField | Move | DecTtl | Group | Opaque
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,188 @@
+"""Flows to OpenFlow 1.3 messages and back, with os-ken's codecs (parser classes only).
+
+The compiler's `Flow` is plain data; this module is the one place that knows os-ken's classes, so
+that a flow read back from the switch compares equal to the desired one when they are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from alcor.agent.flows import (
+    Action,
+    DecTtl,
+    Flow,
+    Group,
+    Match,
+    MatchValue,
+    Move,
+    Opaque,
+    Output,
+    SetField,
+)
+
+ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
+
+
+class CodecDatapath:
+    """The stand-in os-ken's message classes want: a protocol module, a parser, no I/O."""
+
+    ofproto = ofp
+    ofproto_parser = parser
+    id = 0
+
+    def send_msg(self, msg: Any) -> None:  # os-ken calls this only from its own app framework
+        raise RuntimeError("CodecDatapath does not send; use the OpenFlow channel")
+
+
+DP = CodecDatapath()
+
+
+def to_match(m: Match) -> parser.OFPMatch:
+    return parser.OFPMatch(**dict(m))
+
+
+def to_action(a: Action) -> Any:
+    if isinstance(a, Output):
+        return parser.OFPActionOutput(a.port, ofp.OFPCML_NO_BUFFER)
+    if isinstance(a, SetField):
+        return parser.OFPActionSetField(**{a.field: a.value})
+    if isinstance(a, Move):
+        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
+    if isinstance(a, DecTtl):
+        return parser.OFPActionDecNwTtl()
+    if isinstance(a, Group):
+        return parser.OFPActionGroup(a.group_id)
+    raise ValueError(f"cannot encode {a!r}")
+
+
+def to_instructions(flow: Flow) -> list[Any]:
+    inst: list[Any] = []
+    if flow.actions:
+        actions = [to_action(a) for a in flow.actions]
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+    if flow.write_metadata is not None:
+        inst.append(parser.OFPInstructionWriteMetadata(*flow.write_metadata))
+    if flow.goto_table is not None:
+        inst.append(parser.OFPInstructionGotoTable(flow.goto_table))
+    return inst
+
+
+def add_msg(flow: Flow) -> parser.OFPFlowMod:
+    """OFPFC_ADD: installs the flow, or replaces the one with the same (table, priority, match)
+    atomically (new actions and cookie, no window without a flow)."""
+    return parser.OFPFlowMod(
+        DP,
+        cookie=flow.cookie,
+        table_id=flow.table,
+        command=ofp.OFPFC_ADD,
+        idle_timeout=flow.idle_timeout,
+        hard_timeout=flow.hard_timeout,
+        priority=flow.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        match=to_match(flow.match),
+        instructions=to_instructions(flow),
+    )
+
+
+def delete_msg(flow: Flow) -> parser.OFPFlowMod:
+    """OFPFC_DELETE_STRICT of exactly this flow: table, priority, match and our full cookie."""
+    return parser.OFPFlowMod(
+        DP,
+        cookie=flow.cookie,
+        cookie_mask=ALL_ONES64,
+        table_id=flow.table,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=flow.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=to_match(flow.match),
+    )
+
+
+def _match_value(value: Any) -> MatchValue:
+    if isinstance(value, tuple):
+        v, mask = value
+        if isinstance(v, int):
+            return (v, int(mask))
+        return (str(v).lower(), str(mask).lower())
+    if isinstance(value, str):
+        return value.lower()
+    return int(value)
+
+
+def from_match(m: parser.OFPMatch) -> Match:
+    return tuple(sorted((name, _match_value(value)) for name, value in m.items()))
+
+
+def from_action(a: Any) -> Action:
+    if isinstance(a, parser.OFPActionOutput):
+        return Output(a.port)
+    if isinstance(a, parser.OFPActionSetField):
+        value = a.value
+        return SetField(a.key, value.lower() if isinstance(value, str) else int(value))
+    if isinstance(a, parser.NXActionRegMove) and a.src_ofs == 0 and a.dst_ofs == 0:
+        return Move(a.src_field, a.dst_field, a.n_bits)
+    if isinstance(a, parser.OFPActionDecNwTtl):
+        return DecTtl()
+    if isinstance(a, parser.OFPActionGroup):
+        return Group(a.group_id)
+    return Opaque(repr(a))
+
+
+def from_stats(stat: parser.OFPFlowStats) -> Flow:
+    """A flow as the switch reports it, in the compiler's terms."""
+    actions: tuple[Action, ...] = ()
+    write_metadata: tuple[int, int] | None = None
+    goto: int | None = None
+    for inst in stat.instructions:
+        if isinstance(inst, parser.OFPInstructionActions) and inst.type == ofp.OFPIT_APPLY_ACTIONS:
+            actions += tuple(from_action(a) for a in inst.actions)
+        elif isinstance(inst, parser.OFPInstructionWriteMetadata):
+            write_metadata = (inst.metadata, inst.metadata_mask)
+        elif isinstance(inst, parser.OFPInstructionGotoTable):
+            goto = inst.table_id
+        else:
+            actions += (Opaque(repr(inst)),)
+    return Flow(
+        table=stat.table_id,
+        priority=stat.priority,
+        match=from_match(stat.match),
+        actions=actions,
+        write_metadata=write_metadata,
+        goto_table=goto,
+        cookie=stat.cookie,
+        idle_timeout=stat.idle_timeout,
+        hard_timeout=stat.hard_timeout,
+    )
+
+
+def error_name(err_type: int, code: int) -> str:
+    """OFPET_BAD_MATCH/OFPBMC_BAD_FIELD style name of an OpenFlow error."""
+    tname = _ERROR_TYPES.get(err_type, f"type {err_type}")
+    prefix = _CODE_PREFIX.get(err_type)
+    cname = _codes(prefix).get(code, f"code {code}") if prefix else f"code {code}"
+    return f"{tname}/{cname}"
+
+
+_ERROR_TYPES = {getattr(ofp, n): n for n in dir(ofp) if n.startswith("OFPET_")}
+_CODE_PREFIX = {
+    ofp.OFPET_HELLO_FAILED: "OFPHFC_",
+    ofp.OFPET_BAD_REQUEST: "OFPBRC_",
+    ofp.OFPET_BAD_ACTION: "OFPBAC_",
+    ofp.OFPET_BAD_INSTRUCTION: "OFPBIC_",
+    ofp.OFPET_BAD_MATCH: "OFPBMC_",
+    ofp.OFPET_FLOW_MOD_FAILED: "OFPFMFC_",
+    ofp.OFPET_GROUP_MOD_FAILED: "OFPGMFC_",
+    ofp.OFPET_PORT_MOD_FAILED: "OFPPMFC_",
+    ofp.OFPET_TABLE_MOD_FAILED: "OFPTMFC_",
+    ofp.OFPET_SWITCH_CONFIG_FAILED: "OFPSCFC_",
+}
+
+
+def _codes(prefix: str) -> dict[int, str]:
+    return {getattr(ofp, n): n for n in dir(ofp) if n.startswith(prefix)}

@@ -1,0 +1,445 @@
+"""An asyncio OpenFlow 1.3 channel: the agent listens, the host's ovs-vswitchd connects.
+
+Only os-ken's message codecs are used (no app_manager, hub or eventlet). One `Switch` per
+connection does the handshake (hello, features, port descriptions), answers echoes, and offers
+the requests the reconciler needs: flow-mod batches closed by a barrier (every error reported
+with the flow-mod that caused it), paged flow-stats read-back, group-mods and packet-outs.
+Port-status and packet-in messages go to a `SwitchHandler`.
+
+    server = OpenFlowServer("tcp:127.0.0.1:6653", handler)
+    await server.start()      # handler.switch_connected(switch) once the handshake is done
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import os
+import socket
+import struct
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from os_ken.ofproto import ofproto_parser as ofproto_msg
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from alcor.agent import codec
+from alcor.agent.flows import Flow
+
+log = structlog.get_logger("alcor.agent.openflow")
+
+HEADER = struct.Struct("!BBHI")  # version, type, length, xid
+OFP13 = ofp.OFP_VERSION
+
+
+class SwitchHandler(Protocol):
+    async def switch_connected(self, switch: Switch) -> None: ...
+    def switch_disconnected(self, switch: Switch) -> None: ...
+    def port_changed(self, switch: Switch, reason: str, name: str, ofport: int) -> None: ...
+    def packet_in(self, switch: Switch, msg: parser.OFPPacketIn) -> None: ...
+
+
+class SwitchGone(ConnectionError):
+    """The switch disconnected while a request was outstanding."""
+
+
+@dataclass
+class FlowModError:
+    """An OpenFlow error, with the flow-mod that caused it."""
+
+    command: str  # "add" | "delete" | "group" | ...
+    flow: Flow | None
+    error: str  # e.g. OFPET_BAD_MATCH/OFPBMC_BAD_PREREQ
+    request: Any = None  # the os-ken message that was sent
+
+    def __str__(self) -> str:
+        return f"{self.command} {self.flow or self.request}: {self.error}"
+
+
+@dataclass
+class _Batch:
+    """Flow-mods sent together; the barrier that closes them resolves `done`."""
+
+    xids: dict[int, tuple[str, Flow | None, Any]] = field(default_factory=dict)
+    errors: list[FlowModError] = field(default_factory=list)
+
+
+class Switch:
+    """One connected switch. Owned by the server; the handler uses its request methods."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._xids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[list[Any]]] = {}
+        self._partial: dict[int, list[Any]] = {}
+        self._inflight: dict[int, _Batch] = {}
+        self.datapath_id = 0
+        self.ports: dict[str, int] = {}  # interface name -> ofport
+        self.closed = asyncio.Event()
+        self.peer = str(writer.get_extra_info("peername") or writer.get_extra_info("sockname"))
+        self.stats = {"flow_mods": 0, "packet_in": 0, "errors": 0}
+
+    # --- sending ---
+
+    def _next_xid(self) -> int:
+        return next(self._xids) & 0xFFFFFFFF or next(self._xids)
+
+    def _encode(self, msg: Any) -> bytes:
+        if msg.xid is None:
+            msg.set_xid(self._next_xid())
+        msg.serialize()
+        return bytes(msg.buf)
+
+    def _write(self, data: bytes) -> None:
+        if self.closed.is_set():
+            raise SwitchGone(f"switch {self.datapath_id:#x} disconnected")
+        self._writer.write(data)
+
+    async def send(self, msg: Any) -> None:
+        self._write(self._encode(msg))
+        await self._writer.drain()
+
+    async def request(self, msg: Any, timeout: float = 10.0) -> list[Any]:
+        """Send a request and wait for its reply; a multipart reply comes back as all its pages."""
+        data = self._encode(msg)
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg.xid] = fut
+        try:
+            self._write(data)
+            await self._writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(msg.xid, None)
+            self._partial.pop(msg.xid, None)
+
+    async def barrier(self, timeout: float = 30.0) -> None:
+        await self.request(parser.OFPBarrierRequest(codec.DP), timeout)
+
+    async def flow_mods(
+        self, adds: Iterable[Flow] = (), deletes: Iterable[Flow] = (), timeout: float = 60.0
+    ) -> list[FlowModError]:
+        """Send adds then deletes in one write, close with a barrier, return the errors.
+
+        Adds go first: a flow that replaces another (same match, new actions) is atomic, and a
+        stale flow is deleted only once its successor is in place (make before break).
+        """
+        batch = _Batch()
+        chunks: list[bytes] = []
+        for command, flows, build in (
+            ("add", adds, codec.add_msg),
+            ("delete", deletes, codec.delete_msg),
+        ):
+            for flow in flows:
+                msg = build(flow)
+                data = self._encode(msg)
+                batch.xids[msg.xid] = (command, flow, msg)
+                chunks.append(data)
+        if not chunks:
+            return []
+        for xid in batch.xids:
+            self._inflight[xid] = batch
+        try:
+            self._write(b"".join(chunks))
+            self.stats["flow_mods"] += len(chunks)
+            await self.barrier(timeout)
+        finally:
+            for xid in batch.xids:
+                self._inflight.pop(xid, None)
+        return batch.errors
+
+    async def group_mod(self, msg: parser.OFPGroupMod) -> list[FlowModError]:
+        """A group-mod closed by a barrier; errors come back like flow-mod errors."""
+        batch = _Batch()
+        data = self._encode(msg)
+        batch.xids[msg.xid] = ("group", None, msg)
+        self._inflight[msg.xid] = batch
+        try:
+            self._write(data)
+            await self.barrier()
+        finally:
+            self._inflight.pop(msg.xid, None)
+        return batch.errors
+
+    async def packet_out(self, data: bytes, actions: list[Any], in_port: int | None = None) -> None:
+        msg = parser.OFPPacketOut(
+            codec.DP,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=ofp.OFPP_CONTROLLER if in_port is None else in_port,
+            actions=actions,
+            data=data,
+        )
+        await self.send(msg)
+
+    async def flow_stats(
+        self, cookie: int = 0, cookie_mask: int = 0, table_id: int = ofp.OFPTT_ALL
+    ) -> list[Flow]:
+        """The switch's flows whose cookie matches, across all pages of the reply."""
+        req = parser.OFPFlowStatsRequest(
+            codec.DP, table_id=table_id, cookie=cookie, cookie_mask=cookie_mask
+        )
+        pages = await self.request(req, timeout=60.0)
+        return [codec.from_stats(stat) for page in pages for stat in page.body]
+
+    async def flow_stats_many(self, cookies: Iterable[int]) -> list[Flow]:
+        """Read back the flows of several exact cookies with pipelined requests."""
+        reqs = [
+            self.flow_stats(cookie=c, cookie_mask=codec.ALL_ONES64) for c in sorted(set(cookies))
+        ]
+        pages = await asyncio.gather(*reqs)
+        return [f for page in pages for f in page]
+
+    # --- receiving ---
+
+    async def handshake(self, timeout: float = 10.0) -> None:
+        await self.send(parser.OFPHello(codec.DP))
+        version, mtype, _, _, _ = await asyncio.wait_for(self._read(), timeout)
+        if mtype != ofp.OFPT_HELLO or version < OFP13:
+            raise ConnectionError(f"switch speaks OpenFlow version {version}, need 1.3 (0x04)")
+        reader = asyncio.create_task(self._read_loop())
+        reader.add_done_callback(lambda _t: None)
+        self._reader_task = reader
+        [features] = await self.request(parser.OFPFeaturesRequest(codec.DP), timeout)
+        self.datapath_id = features.datapath_id
+        pages = await self.request(parser.OFPPortDescStatsRequest(codec.DP, 0), timeout)
+        for page in pages:
+            for port in page.body:
+                self._learn_port(port)
+
+    async def _read(self) -> tuple[int, int, int, int, bytes]:
+        head = await self._reader.readexactly(HEADER.size)
+        version, mtype, length, xid = HEADER.unpack(head)
+        body = await self._reader.readexactly(length - HEADER.size)
+        return version, mtype, length, xid, head + body
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                version, mtype, length, xid, buf = await self._read()
+                if mtype == ofp.OFPT_ECHO_REQUEST:
+                    self._write(HEADER.pack(OFP13, ofp.OFPT_ECHO_REPLY, length, xid) + buf[8:])
+                    continue
+                msg = ofproto_msg.msg(codec.DP, version, mtype, length, xid, buf)
+                self._dispatch(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("openflow.read_failed", dpid=self.datapath_id)
+        finally:
+            self._close()
+
+    def _dispatch(self, msg: Any) -> None:
+        xid = msg.xid
+        if isinstance(msg, parser.OFPErrorMsg):
+            self._on_error(msg)
+            return
+        if isinstance(msg, parser.OFPPortStatus):
+            name, ofport = self._learn_port(msg.desc, deleted=msg.reason == ofp.OFPPR_DELETE)
+            reason = {ofp.OFPPR_ADD: "add", ofp.OFPPR_DELETE: "delete"}.get(msg.reason, "modify")
+            if self.handler is not None and name:
+                self.handler.port_changed(self, reason, name, ofport)
+            return
+        if isinstance(msg, parser.OFPPacketIn):
+            self.stats["packet_in"] += 1
+            if self.handler is not None:
+                self.handler.packet_in(self, msg)
+            return
+        fut = self._pending.get(xid)
+        if fut is None:
+            if not isinstance(msg, parser.OFPEchoReply):
+                log.debug("openflow.unsolicited", type=type(msg).__name__, xid=xid)
+            return
+        if isinstance(msg, parser.OFPMultipartReply):
+            pages = self._partial.setdefault(xid, [])
+            pages.append(msg)
+            if msg.flags & ofp.OFPMPF_REPLY_MORE:
+                return
+            result = pages
+        else:
+            result = [msg]
+        if not fut.done():
+            fut.set_result(result)
+
+    def _on_error(self, msg: parser.OFPErrorMsg) -> None:
+        self.stats["errors"] += 1
+        name = codec.error_name(msg.type, msg.code)
+        batch = self._inflight.get(msg.xid)
+        if batch is not None:
+            command, flow, request = batch.xids[msg.xid]
+            err = FlowModError(command, flow, name, request)
+            batch.errors.append(err)
+            log.warning(
+                "openflow.flow_mod_failed",
+                dpid=self.datapath_id,
+                xid=msg.xid,
+                command=command,
+                error=name,
+                flow=str(flow),
+            )
+            return
+        fut = self._pending.get(msg.xid)
+        if fut is not None and not fut.done():
+            fut.set_exception(RuntimeError(f"OpenFlow error {name} for request xid {msg.xid}"))
+            return
+        log.warning("openflow.error", dpid=self.datapath_id, xid=msg.xid, error=name)
+
+    def _learn_port(self, port: Any, deleted: bool = False) -> tuple[str, int]:
+        name = port.name.rstrip(b"\0").decode(errors="replace")
+        if port.port_no > ofp.OFPP_MAX:  # LOCAL and other reserved ports are not ours to map
+            return "", port.port_no
+        if deleted:
+            if self.ports.get(name) == port.port_no:
+                del self.ports[name]
+        else:
+            self.ports[name] = port.port_no
+        return name, port.port_no
+
+    handler: SwitchHandler | None = None
+
+    def _close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        gone = SwitchGone(f"switch {self.datapath_id:#x} disconnected")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(gone)
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    async def close(self) -> None:
+        self._close()
+        task = getattr(self, "_reader_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def parse_listen(listen: str) -> tuple[str, str, int]:
+    """ "tcp:HOST:PORT" | "unix:PATH" -> (kind, host-or-path, port)."""
+    kind, _, rest = listen.partition(":")
+    if kind == "unix" and rest:
+        return ("unix", rest, 0)
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        return ("tcp", host.strip("[]") or "127.0.0.1", int(port or 6653))
+    raise ValueError(f"listen address {listen!r}: expected tcp:HOST:PORT or unix:PATH")
+
+
+def listening_socket(listen: str, netns: str | None = None) -> socket.socket:
+    """A bound, listening socket; inside network namespace `netns` when given.
+
+    The socket is made on a short-lived thread that enters the namespace, so the agent's own
+    thread never changes namespace, yet the socket keeps serving switches inside it.
+    """
+    kind, where, port = parse_listen(listen)
+
+    def make() -> socket.socket:
+        if kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(where)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(where)
+        else:
+            family = socket.AF_INET6 if ":" in where else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((where, port))
+        sock.listen(16)
+        sock.setblocking(False)
+        return sock
+
+    if netns is None:
+        return make()
+    result: list[socket.socket | BaseException] = []
+
+    def in_netns() -> None:
+        try:
+            _setns(f"/var/run/netns/{netns}")
+            result.append(make())
+        except BaseException as exc:  # handed back to the caller's thread
+            result.append(exc)
+
+    t = threading.Thread(target=in_netns, name=f"netns-{netns}")
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _setns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class OpenFlowServer:
+    """Accepts switch connections; one `Switch` each, handed to the handler after the handshake."""
+
+    def __init__(self, listen: str, handler: SwitchHandler, *, netns: str | None = None) -> None:
+        self.listen = listen
+        self.netns = netns
+        self.handler = handler
+        self.switches: set[Switch] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        sock = listening_socket(self.listen, self.netns)
+        if sock.family == socket.AF_UNIX:
+            self._server = await asyncio.start_unix_server(self._accept, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        log.info("openflow.listening", listen=self.listen, netns=self.netns)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for sw in list(self.switches):
+            await sw.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        sw = Switch(reader, writer)
+        sw.handler = self.handler
+        try:
+            await sw.handshake()
+            self.switches.add(sw)
+            log.info("openflow.switch_connected", dpid=f"{sw.datapath_id:#x}", ports=len(sw.ports))
+            await self.handler.switch_connected(sw)
+            await sw.closed.wait()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            log.warning("openflow.handshake_failed", peer=sw.peer, error=str(exc))
+        finally:
+            await sw.close()
+            if sw in self.switches:
+                self.switches.discard(sw)
+                log.info("openflow.switch_disconnected", dpid=f"{sw.datapath_id:#x}")
+                self.handler.switch_disconnected(sw)
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+
+Callback = Callable[[], Awaitable[None]]

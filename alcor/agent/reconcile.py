@@ -1,0 +1,122 @@
+"""Bring a switch's flows to the desired set: read ours back by cookie, send only the difference.
+
+Level-triggered, like a Kubernetes controller: desired flows in, the smallest set of flow-mods
+out. After a (re)connect the whole set of our flows (cookie tag) is read back and diffed; after a
+goal-state delta only the flows of the touched cookies are read back. Unchanged flows are never
+touched, stale ones are deleted one by one (DELETE_STRICT on cookie, table, priority and match),
+and flows without our cookie tag are left alone. A barrier closes every batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from alcor.agent.flows import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Match
+from alcor.agent.openflow import FlowModError, Switch
+
+log = structlog.get_logger("alcor.agent.reconcile")
+
+Key = tuple[int, int, Match]
+
+
+@dataclass
+class Report:
+    """What one reconcile did."""
+
+    full: bool
+    read_back: int = 0
+    adds: int = 0
+    deletes: int = 0
+    errors: list[FlowModError] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed_cookies(self) -> set[int]:
+        return {e.flow.cookie for e in self.errors if e.flow is not None}
+
+
+def plan(
+    desired: Mapping[Key, Flow], installed: Mapping[Key, Flow], scope: Collection[Key] | None = None
+) -> tuple[list[Flow], list[Flow]]:
+    """(adds, deletes) that turn `installed` into `desired`, over `scope` keys or all of them.
+
+    A flow whose key is installed with other actions, cookie or timeouts is re-added: OFPFC_ADD
+    on the same (table, priority, match) replaces it atomically.
+    """
+    if scope is None:
+        adds = [f for k, f in desired.items() if installed.get(k) != f]
+        deletes = [f for k, f in installed.items() if k not in desired]
+        return adds, deletes
+    adds, deletes = [], []
+    for k in scope:
+        want, have = desired.get(k), installed.get(k)
+        if want is not None and want != have:
+            adds.append(want)
+        elif want is None and have is not None:
+            deletes.append(have)
+    return adds, deletes
+
+
+class Reconciler:
+    """One per switch connection; `installed` is the switch's state as last read or confirmed."""
+
+    def __init__(self, switch: Switch, *, barrier_timeout: float = 60.0) -> None:
+        self.switch = switch
+        self.installed: dict[Key, Flow] | None = None  # unknown until the first full read-back
+        self.barrier_timeout = barrier_timeout
+
+    async def full(self, desired: Mapping[Key, Flow]) -> Report:
+        start = time.perf_counter()
+        flows = await self.switch.flow_stats(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
+        self.installed = {f.key: f for f in flows}
+        report = Report(full=True, read_back=len(flows))
+        adds, deletes = plan(desired, self.installed)
+        await self._send(adds, deletes, report)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    async def partial(
+        self, desired: Mapping[Key, Flow], keys: Collection[Key], cookies: Collection[int]
+    ) -> Report:
+        """Reconcile the flows under `keys` (changed in the desired set) after reading back the
+        switch's flows of `cookies` (the resources those keys belong to, before and after)."""
+        if self.installed is None:
+            return await self.full(desired)
+        start = time.perf_counter()
+        truth = await self.switch.flow_stats_many(cookies) if cookies else []
+        installed = self.installed
+        for f in truth:
+            installed[f.key] = f
+        # a cached flow of a read-back cookie that the switch no longer has is gone
+        seen = {f.key for f in truth}
+        cookie_set = set(cookies)
+        scope = set(keys) | seen
+        for k in list(scope):
+            have = installed.get(k)
+            if have is not None and have.cookie in cookie_set and k not in seen:
+                del installed[k]
+        report = Report(full=False, read_back=len(truth))
+        adds, deletes = plan(desired, installed, scope)
+        await self._send(adds, deletes, report)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    async def _send(self, adds: list[Flow], deletes: list[Flow], report: Report) -> None:
+        assert self.installed is not None
+        report.adds, report.deletes = len(adds), len(deletes)
+        if not adds and not deletes:
+            return
+        errors = await self.switch.flow_mods(adds, deletes, timeout=self.barrier_timeout)
+        report.errors = errors
+        failed = {e.flow.key for e in errors if e.flow is not None}
+        for f in adds:
+            if f.key in failed:
+                self.installed.pop(f.key, None)  # unknown: read back next time
+            else:
+                self.installed[f.key] = f
+        for f in deletes:
+            self.installed.pop(f.key, None)
