@@ -78,7 +78,6 @@ class HttpModule:
             if routes is not None and m is not self:
                 extra += routes()
         self.app = make_app(api, extra, self.cfg["max_body_bytes"])
-        self.app["kernel"] = kernel
         self.runner = web.AppRunner(self.app, access_log=None,
                                     shutdown_timeout=float(self.cfg["drain_seconds"]))
         await self.runner.setup()

@@ -1,0 +1,98 @@
+"""The API conventions real clients rely on: discovery, extensions, filters, fields, paging, sorting."""
+
+
+async def test_version_document_for_keystoneauth(ctl):
+    r = await ctl.get("/")
+    v = r.body["versions"][0]
+    assert v["id"] == "v2.0" and v["status"] == "CURRENT"
+    assert v["links"][0]["rel"] == "self" and v["links"][0]["href"] == f"{ctl.base}/v2.0/"
+
+
+async def test_extensions_list_what_is_honoured(ctl):
+    exts = (await ctl.get("/v2.0/extensions")).body["extensions"]
+    aliases = {e["alias"] for e in exts}
+    for a in ("binding", "provider", "router", "security-group", "pagination", "sorting",
+              "revision-if-match", "standard-attr-revisions", "external-net", "extraroute"):
+        assert a in aliases
+    assert "dhcp_agent_scheduler" not in aliases
+    one = await ctl.get("/v2.0/extensions/router")
+    assert one.body["extension"]["alias"] == "router"
+    assert (await ctl.get("/v2.0/extensions/nope")).status == 404
+
+
+async def test_filters_and_or_and_unknown(ctl):
+    for name, shared in (("a", False), ("b", True), ("c", False)):
+        await ctl.create("network", "/v2.0/networks", name=name, shared=shared)
+    names = lambda r: sorted(n["name"] for n in r.body["networks"])  # noqa: E731
+    assert names(await ctl.get("/v2.0/networks?name=a&name=b")) == ["a", "b"]
+    assert names(await ctl.get("/v2.0/networks?name=a&name=b&shared=true")) == ["b"]
+    assert names(await ctl.get("/v2.0/networks?shared=False")) == ["a", "c"]
+    r = await ctl.get("/v2.0/networks?colour=blue")
+    assert r.status == 400 and r.error["type"] == "HTTPBadRequest"
+    r = await ctl.get("/v2.0/networks?shared=perhaps")
+    assert r.status == 400
+
+
+async def test_port_filters_fixed_ips_and_device(ctl, net):
+    network, subnet = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], device_id="vm-7",
+                         fixed_ips=[{"ip_address": "10.0.0.40"}])
+    await ctl.create("port", "/v2.0/ports", network_id=network["id"])
+    ids = lambda r: [x["id"] for x in r.body["ports"]]  # noqa: E731
+    assert ids(await ctl.get("/v2.0/ports?device_id=vm-7")) == [p["id"]]
+    assert ids(await ctl.get("/v2.0/ports?fixed_ips=ip_address%3D10.0.0.40")) == [p["id"]]
+    assert len(ids(await ctl.get(f"/v2.0/ports?fixed_ips=subnet_id%3D{subnet['id']}"))) == 2
+    assert ids(await ctl.get(f"/v2.0/ports?mac_address={p['mac_address']}")) == [p["id"]]
+    assert len(ids(await ctl.get(f"/v2.0/ports?network_id={network['id']}"))) == 2
+    assert ids(await ctl.get("/v2.0/ports?binding%3Ahost_id=nowhere")) == []
+
+
+async def test_fields(ctl):
+    n = await ctl.create("network", "/v2.0/networks", name="f")
+    r = await ctl.get("/v2.0/networks?fields=id&fields=name")
+    assert r.body["networks"] == [{"id": n["id"], "name": "f"}]
+    r = await ctl.get(f"/v2.0/networks/{n['id']}?fields=name")
+    assert r.body["network"] == {"name": "f"}
+
+
+async def test_pagination_and_sorting(ctl):
+    made = []
+    for i in range(7):
+        made.append(await ctl.create("network", "/v2.0/networks", name=f"n{i % 3}-{i}"))
+    seen, url = [], "/v2.0/networks?limit=3&sort_key=name&sort_dir=asc"
+    while url:
+        r = await ctl.get(url.replace(ctl.base, ""))
+        page = r.body["networks"]
+        seen += [n["name"] for n in page]
+        nxt = [link for link in r.body.get("networks_links", []) if link["rel"] == "next"]
+        url = nxt[0]["href"] if nxt and page else None
+    assert seen == sorted(n["name"] for n in made)
+    r = await ctl.get("/v2.0/networks?sort_key=name&sort_dir=desc")
+    assert [n["name"] for n in r.body["networks"]] == sorted((n["name"] for n in made), reverse=True)
+    # A previous link walks back.
+    first = await ctl.get("/v2.0/networks?limit=3&sort_key=name")
+    second = await ctl.get(first.body["networks_links"][0]["href"].replace(ctl.base, ""))
+    prev = [link for link in second.body["networks_links"] if link["rel"] == "previous"][0]
+    back = await ctl.get(prev["href"].replace(ctl.base, ""))
+    assert [n["id"] for n in back.body["networks"]] == [n["id"] for n in first.body["networks"]]
+    assert (await ctl.get("/v2.0/networks?sort_key=bogus")).status == 400
+    assert (await ctl.get("/v2.0/networks?sort_key=name&sort_dir=up")).status == 400
+    assert (await ctl.get("/v2.0/networks?limit=x")).status == 400
+    assert (await ctl.get("/v2.0/networks?marker=4c5d0f5e-0000-4000-8000-000000000000")).status == 404
+
+
+async def test_token_mode(tmp_path):
+    from tests.support.controller import running_controller
+    tokens = {"s3cret-admin": {"project": "ops", "role": "admin"},
+              "s3cret-t": {"project": "tenant-x", "role": "member"}}
+    async with running_controller(tmp_path, api__auth="token", api__tokens=tokens) as (_, c):
+        r = await c.get("/v2.0/networks")
+        assert r.status == 401 and r.error["type"] == "HTTPUnauthorized"
+        r = await c.get("/v2.0/networks", headers={"X-Auth-Token": "wrong"})
+        assert r.status == 401
+        r = await c.post("/v2.0/networks", {"network": {"name": "t"}}, headers={"X-Auth-Token": "s3cret-t"})
+        assert r.status == 201 and r.body["network"]["project_id"] == "tenant-x"
+        r = await c.post("/v2.0/networks", {"network": {"shared": True}}, headers={"X-Auth-Token": "s3cret-t"})
+        assert r.status == 403
+        r = await c.get("/v2.0/networks", headers={"X-Auth-Token": "s3cret-admin"})
+        assert len(r.body["networks"]) == 1

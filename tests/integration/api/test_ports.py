@@ -1,0 +1,188 @@
+"""Ports over HTTP: MACs, fixed_ips rules, security groups, binding, status, concurrency."""
+
+import asyncio
+
+
+def last_rev(ctl):
+    return ctl.kernel.get("store").store.changes.last_rev
+
+
+async def test_defaults(ctl, net):
+    network, subnet = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], name="vm1")
+    assert p["mac_address"].startswith("fa:16:3e:")
+    assert p["fixed_ips"] == [{"subnet_id": subnet["id"], "ip_address": "10.0.0.2"}]
+    assert p["status"] == "DOWN"
+    assert p["binding:vif_type"] == "unbound" and p["binding:host_id"] == ""
+    assert len(p["security_groups"]) == 1
+    sg = (await ctl.get(f"/v2.0/security-groups/{p['security_groups'][0]}")).body["security_group"]
+    assert sg["name"] == "default"
+    for key in ("device_id", "device_owner", "allowed_address_pairs", "admin_state_up",
+                "port_security_enabled", "revision_number", "created_at", "project_id", "tenant_id"):
+        assert key in p
+
+
+async def test_fixed_ips_request_semantics(ctl, net):
+    network, subnet = net
+    nid, sid = network["id"], subnet["id"]
+    p = await ctl.create("port", "/v2.0/ports", network_id=nid, fixed_ips=[{"subnet_id": sid}])
+    assert p["fixed_ips"][0]["subnet_id"] == sid
+    p = await ctl.create("port", "/v2.0/ports", network_id=nid, fixed_ips=[{"ip_address": "10.0.0.77"}])
+    assert p["fixed_ips"] == [{"subnet_id": sid, "ip_address": "10.0.0.77"}]
+    p = await ctl.create("port", "/v2.0/ports", network_id=nid,
+                         fixed_ips=[{"subnet_id": sid, "ip_address": "10.0.0.78"}])
+    assert p["fixed_ips"][0]["ip_address"] == "10.0.0.78"
+    p = await ctl.create("port", "/v2.0/ports", network_id=nid, fixed_ips=[])
+    assert p["fixed_ips"] == []
+    before = last_rev(ctl)
+    for fixed, status, kind in [
+        ([{"ip_address": "10.0.0.77"}], 409, "IpAddressInUse"),
+        ([{"ip_address": "10.5.0.7"}], 400, "InvalidInput"),
+        ([{"subnet_id": sid, "ip_address": "10.0.1.7"}], 400, "InvalidInput"),
+        ([{"subnet_id": "2b1f0e4c-0000-4000-8000-000000000000"}], 400, "InvalidInput"),
+        ([{"ip_address": "10.0.0.1"}], 400, "InvalidInput"),  # the gateway
+        ([{"ip_address": "10.0.0.255"}], 400, "InvalidInput"),  # broadcast
+        ([{"ip_address": "nope"}], 400, "HTTPBadRequest"),
+        ([{"bogus": 1}], 400, "HTTPBadRequest"),
+    ]:
+        r = await ctl.post("/v2.0/ports", {"port": {"network_id": nid, "fixed_ips": fixed}})
+        assert (r.status, r.error["type"]) == (status, kind), (fixed, r.body)
+    assert last_rev(ctl) == before
+
+
+async def test_mac_rules(ctl, net):
+    network, _ = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], mac_address="FA:16:3E:00:00:01")
+    assert p["mac_address"] == "fa:16:3e:00:00:01"
+    before = last_rev(ctl)
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "mac_address": "fa:16:3e:00:00:01"}})
+    assert r.status == 409 and r.error["type"] == "MacAddressInUse"
+    for bad in ("zz:16:3e:00:00:01", "01:00:5e:00:00:01", "fa:16:3e:00:01", 5):
+        r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "mac_address": bad}})
+        assert r.status == 400, bad
+    assert last_rev(ctl) == before
+    # The same MAC on another network is fine.
+    other = await ctl.create("network", "/v2.0/networks")
+    await ctl.create("port", "/v2.0/ports", network_id=other["id"], mac_address="fa:16:3e:00:00:01")
+
+
+async def test_exhausted_subnet(ctl):
+    n = await ctl.create("network", "/v2.0/networks")
+    await ctl.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.3.0.0/29", ip_version=4)
+    ips = set()
+    for _ in range(5):  # .2 … .6
+        ips.add((await ctl.create("port", "/v2.0/ports", network_id=n["id"]))["fixed_ips"][0]["ip_address"])
+    assert len(ips) == 5
+    before = last_rev(ctl)
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": n["id"]}})
+    assert r.status == 409 and r.error["type"] == "IpAddressGenerationFailure"
+    assert last_rev(ctl) == before
+
+
+async def test_update_fixed_ips_releases_and_takes(ctl, net):
+    network, subnet = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"])
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"fixed_ips": [{"ip_address": "10.0.0.99"}]}})
+    assert r.status == 200 and r.body["port"]["fixed_ips"][0]["ip_address"] == "10.0.0.99"
+    q = await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                         fixed_ips=[{"ip_address": p["fixed_ips"][0]["ip_address"]}])
+    assert q["fixed_ips"][0]["ip_address"] == p["fixed_ips"][0]["ip_address"]
+    r = await ctl.put(f"/v2.0/ports/{q['id']}", {"port": {"fixed_ips": [{"ip_address": "10.0.0.99"}]}})
+    assert r.status == 409
+
+
+async def test_concurrent_creates_never_share_ip_or_mac(ctl):
+    n = await ctl.create("network", "/v2.0/networks")
+    await ctl.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.4.0.0/26", ip_version=4)
+
+    async def one():
+        r = await ctl.post("/v2.0/ports", {"port": {"network_id": n["id"]}})
+        return r
+
+    results = await asyncio.gather(*(one() for _ in range(80)))
+    ok = [r.body["port"] for r in results if r.status == 201]
+    failed = [r for r in results if r.status != 201]
+    assert len(ok) == 61  # a /26 has 62 usable addresses, one is the gateway
+    assert all(r.status == 409 and r.error["type"] == "IpAddressGenerationFailure" for r in failed)
+    assert len({p["fixed_ips"][0]["ip_address"] for p in ok}) == 61
+    assert len({p["mac_address"] for p in ok}) == 61
+
+
+async def test_binding_to_node_and_unknown_host(ctl, net):
+    network, _ = net
+    await ctl.create("node", "/v2.0/alcor/nodes", node_name="host1", local_ip="172.16.0.1")
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "host1"})
+    assert p["binding:vif_type"] == "ovs"
+    q = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "nohost"})
+    assert q["binding:vif_type"] == "binding_failed"
+    r = await ctl.put(f"/v2.0/ports/{q['id']}", {"port": {"binding:host_id": "host1"}})
+    assert r.body["port"]["binding:vif_type"] == "ovs"
+    t = ctl.as_project("tenant-a")
+    tn = await t.create("network", "/v2.0/networks")
+    r = await t.post("/v2.0/ports", {"port": {"network_id": tn["id"], "binding:host_id": "host1"}})
+    assert r.status == 403
+    tp = await t.create("port", "/v2.0/ports", network_id=tn["id"])
+    r = await t.put(f"/v2.0/ports/{tp['id']}", {"port": {"binding:host_id": "host1"}})
+    assert r.status == 403
+
+
+async def test_status_is_set_by_agent_feedback(ctl, net):
+    network, _ = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"])
+    await ctl.kernel.get("ports").set_statuses({p["id"]: "ACTIVE", "unknown-id": "ACTIVE"})
+    got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
+    assert got["status"] == "ACTIVE" and got["revision_number"] == 2
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"status": "DOWN"}})
+    assert r.status == 400
+
+
+async def test_security_groups_and_port_security(ctl, net):
+    network, _ = net
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"],
+                                                "security_groups": ["5b5e0f5e-0000-4000-8000-000000000000"]}})
+    assert r.status == 404 and r.error["type"] == "SecurityGroupNotFound"
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], port_security_enabled=False)
+    assert p["security_groups"] == []
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"allowed_address_pairs": [{"ip_address": "10.0.0.200"}]}})
+    assert r.status == 409
+    q = await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                         allowed_address_pairs=[{"ip_address": "10.0.0.0/28", "mac_address": "fa:16:3e:aa:bb:cc"}])
+    assert q["allowed_address_pairs"][0]["ip_address"] == "10.0.0.0/28"
+
+
+async def test_tenant_ports_isolated_and_shared_network(ctl):
+    pub = await ctl.create("network", "/v2.0/networks", shared=True)
+    await ctl.create("subnet", "/v2.0/subnets", network_id=pub["id"], cidr="10.6.0.0/24", ip_version=4)
+    a, b = ctl.as_project("ta"), ctl.as_project("tb")
+    pa = await a.create("port", "/v2.0/ports", network_id=pub["id"])
+    assert pa["project_id"] == "ta"
+    assert (await b.get(f"/v2.0/ports/{pa['id']}")).status == 404
+    assert (await b.get("/v2.0/ports")).body["ports"] == []
+    assert len((await a.get("/v2.0/ports")).body["ports"]) == 1
+    private = await a.create("network", "/v2.0/networks")
+    r = await b.post("/v2.0/ports", {"port": {"network_id": private["id"]}})
+    assert r.status == 404
+
+
+async def test_delete_releases_ip_and_mac(ctl, net):
+    network, _ = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], mac_address="fa:16:3e:11:22:33",
+                         fixed_ips=[{"ip_address": "10.0.0.9"}])
+    assert (await ctl.delete(f"/v2.0/ports/{p['id']}")).status == 204
+    assert (await ctl.get(f"/v2.0/ports/{p['id']}")).status == 404
+    await ctl.create("port", "/v2.0/ports", network_id=network["id"], mac_address="fa:16:3e:11:22:33",
+                     fixed_ips=[{"ip_address": "10.0.0.9"}])
+
+
+async def test_state_survives_restart(tmp_path):
+    from tests.support.controller import running_controller
+    async with running_controller(tmp_path) as (_, c):
+        n = await c.create("network", "/v2.0/networks")
+        await c.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.7.0.0/24", ip_version=4)
+        p = await c.create("port", "/v2.0/ports", network_id=n["id"])
+    async with running_controller(tmp_path) as (k, c):
+        r = await c.post("/v2.0/ports", {"port": {"network_id": n["id"], "mac_address": p["mac_address"]}})
+        assert r.status == 409
+        q = await c.create("port", "/v2.0/ports", network_id=n["id"])
+        assert q["fixed_ips"][0]["ip_address"] != p["fixed_ips"][0]["ip_address"]
+        assert k.get("store").store.changes.last_rev >= 4

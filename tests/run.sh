@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone: installs what the tests need (Debian packages, a venv with
+# the project and its test extras), makes sure RabbitMQ is up, then lint, types and pytest.
+# Usage: bash tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+command -v ovs-vswitchd >/dev/null || missing+=(openvswitch-switch)
+command -v arping >/dev/null || missing+=(arping)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v tcpdump >/dev/null || missing+=(tcpdump)
+command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! port_open; then
+  echo "== starting RabbitMQ"
+  $SUDO rabbitmq-server -detached || true
+  for _ in $(seq 1 90); do port_open && break; sleep 1; done
+  port_open || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+fi
+
+echo "== ruff"
+.venv/bin/ruff check alcor plugins tests bench main.py
+echo "== mypy"
+.venv/bin/mypy $(ls -d alcor/southbound alcor/agent/flows.py 2>/dev/null)
+echo "== pytest"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,94 @@
+"""A controller running in the test's event loop on a temp SQLite file and an ephemeral port."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from alcor import config as config_mod
+from alcor.controller import controller_modules
+from alcor.kernel import Kernel
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: Any
+
+    @property
+    def error(self) -> dict[str, str]:
+        return self.body["NeutronError"]
+
+
+class Client:
+    """Plain HTTP against the API, as any Neutron client would speak it."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, project: str | None = None
+    ) -> None:
+        self.session = session
+        self.base = base
+        self.project = project
+
+    def as_project(self, project: str) -> Client:
+        return Client(self.session, self.base, project)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        h = {"Content-Type": "application/json", **(headers or {})}
+        if self.project:
+            h["X-Project-Id"] = self.project
+        data = raw if raw is not None else (None if body is None else json.dumps(body))
+        async with self.session.request(method, self.base + path, data=data, headers=h) as r:
+            text = await r.text()
+            return Reply(r.status, json.loads(text) if text else None, r.headers)
+
+    async def get(self, path: str, **kw: Any) -> Reply:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return await self.request("POST", path, body, **kw)
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return await self.request("PUT", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Reply:
+        return await self.request("DELETE", path, **kw)
+
+    async def create(self, kind: str, path: str, **attrs: Any) -> dict[str, Any]:
+        r = await self.post(path, {kind: attrs})
+        assert r.status == 201, (r.status, r.body)
+        return r.body[kind]
+
+
+@asynccontextmanager
+async def running_controller(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[Kernel, Client]]:
+    cfg = config_mod.load(env={})
+    cfg["store"]["path"] = str(tmp / "alcor.db")
+    cfg["store"]["synchronous"] = "NORMAL"
+    cfg["api"]["port"] = 0
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        cfg[section][key] = value
+    kernel = Kernel(cfg, controller_modules(cfg))
+    await kernel.start()
+    try:
+        port = kernel.get("api").port
+        async with aiohttp.ClientSession() as session:
+            yield kernel, Client(session, f"http://127.0.0.1:{port}")
+    finally:
+        await kernel.stop()
