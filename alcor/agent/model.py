@@ -1,0 +1,210 @@
+"""The agent's local goal state and the ordering rule of DESIGN.md §2, as a pure state machine.
+
+`AgentModel.receive(message)` decides, for one controller message, whether it is a duplicate, a
+gap (ask for a snapshot), a delta to apply op by op, or a snapshot that replaces the model. Each
+resource keeps the `revision_number` it was written with; an op older than what is held is stale and
+ignored; a delete leaves a tombstone so a late, older upsert cannot bring the resource back. The
+model keeps its digest current op by op (see `alcor.southbound.goalstate.digest`).
+
+    >>> m = AgentModel("n1")
+    >>> m.receive(parse_message(b'{"v":1,"node_id":"n1","kind":"snapshot","prev_rev":0,"rev":5,"ops":[]}'))
+    <Outcome.SNAPSHOT: 'snapshot'>
+    >>> m.applied_rev
+    5
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from alcor.southbound.goalstate import WIRE_TYPES, combine, hex_digest, resource_hash
+
+WIRE_VERSION = 1
+_TYPES = frozenset(WIRE_TYPES)
+
+
+class MalformedMessage(ValueError):
+    """A node-queue message that is not a valid v1 controller message; it is rejected, never applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireOp:
+    rev: int
+    type: str
+    id: str
+    op: str  # "upsert" | "delete"
+    revision_number: int
+    body: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    node_id: str
+    kind: str  # "delta" | "snapshot"
+    prev_rev: int
+    rev: int
+    ops: tuple[WireOp, ...]
+
+
+def _int(v: Any, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise MalformedMessage(f"{what} must be a non-negative integer")
+    return v
+
+
+def parse_message(raw: bytes) -> Message:
+    """Decode and validate a whole message before any of it is applied."""
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedMessage(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise MalformedMessage("not a JSON object")
+    if d.get("v") != WIRE_VERSION:
+        raise MalformedMessage(f"unsupported version {d.get('v')!r}")
+    node_id = d.get("node_id")
+    if not isinstance(node_id, str) or not node_id:
+        raise MalformedMessage("node_id must be a string")
+    kind = d.get("kind")
+    if kind not in ("delta", "snapshot"):
+        raise MalformedMessage(f"unknown kind {kind!r}")
+    prev_rev = _int(d.get("prev_rev"), "prev_rev")
+    rev = _int(d.get("rev"), "rev")
+    if rev < prev_rev:
+        raise MalformedMessage("rev is below prev_rev")
+    raw_ops = d.get("ops")
+    if not isinstance(raw_ops, list):
+        raise MalformedMessage("ops must be a list")
+    ops = []
+    for o in raw_ops:
+        if not isinstance(o, dict):
+            raise MalformedMessage("an op must be an object")
+        op_rev = _int(o.get("rev"), "op rev")
+        if op_rev > rev or (kind == "delta" and op_rev <= prev_rev):
+            raise MalformedMessage(f"op rev {op_rev} outside ({prev_rev}, {rev}]")
+        t, i, verb = o.get("type"), o.get("id"), o.get("op")
+        if t not in _TYPES:
+            raise MalformedMessage(f"unknown resource type {t!r}")
+        if not isinstance(i, str) or not i:
+            raise MalformedMessage("op id must be a string")
+        if verb not in ("upsert", "delete") or (kind == "snapshot" and verb != "upsert"):
+            raise MalformedMessage(f"bad op {verb!r} in a {kind}")
+        body = o.get("body")
+        if verb == "upsert" and not isinstance(body, dict):
+            raise MalformedMessage("an upsert needs an object body")
+        rn = _int(o.get("revision_number", 0), "revision_number")
+        ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None))
+    return Message(node_id, kind, prev_rev, rev, tuple(ops))
+
+
+class Outcome(enum.Enum):
+    DUPLICATE = "duplicate"  # already applied: ack and drop
+    GAP = "gap"  # something was lost: ask for a snapshot
+    WAITING = "waiting"  # a delta while a snapshot is awaited: dropped
+    APPLIED = "applied"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass
+class AgentModel:
+    """One node's goal state as the agent holds it, with per-resource revisions and tombstones."""
+
+    node_id: str
+    applied_rev: int = 0
+    # A fresh agent has nothing: it asks for a snapshot (hello) and applies no delta before it.
+    awaiting_snapshot: bool = True
+    resources: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: {t: {} for t in WIRE_TYPES}
+    )
+    revisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+    stale_ops: int = 0
+    _hashes: dict[tuple[str, str], int] = field(default_factory=dict)
+    _total: int = 0
+
+    def receive(self, msg: Message) -> Outcome:
+        """The ordering rule. The caller acknowledges the message whatever the outcome."""
+        if msg.kind == "snapshot":
+            # A snapshot replaces the model whatever its prev_rev, unless it is an old one
+            # redelivered after newer deltas were applied.
+            if not self.awaiting_snapshot and msg.rev < self.applied_rev:
+                return Outcome.DUPLICATE
+            self._replace(msg)
+            return Outcome.SNAPSHOT
+        if msg.rev <= self.applied_rev:
+            return Outcome.DUPLICATE
+        if self.awaiting_snapshot:
+            return Outcome.WAITING
+        if msg.prev_rev > self.applied_rev:
+            self.awaiting_snapshot = True
+            return Outcome.GAP
+        for op in msg.ops:
+            if op.rev > self.applied_rev:
+                self._apply(op)
+        self.applied_rev = msg.rev
+        return Outcome.APPLIED
+
+    def _apply(self, op: WireOp) -> None:
+        key = (op.type, op.id)
+        held = self.revisions.get(key, self.tombstones.get(key, -1))
+        if op.revision_number < held:
+            self.stale_ops += 1
+            return
+        if op.op == "upsert":
+            assert op.body is not None
+            self.tombstones.pop(key, None)
+            self._set(key, op.body, op.revision_number)
+        else:
+            self._drop(key)
+            self.tombstones[key] = op.revision_number
+
+    def _set(self, key: tuple[str, str], body: dict[str, Any], revision_number: int) -> None:
+        old = self._hashes.get(key)
+        if old is not None:
+            self._total = combine(self._total, old, -1)
+        h = resource_hash(key[0], key[1], body)
+        self._hashes[key] = h
+        self._total = combine(self._total, h)
+        self.resources[key[0]][key[1]] = body
+        self.revisions[key] = revision_number
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        old = self._hashes.pop(key, None)
+        if old is not None:
+            self._total = combine(self._total, old, -1)
+        self.resources[key[0]].pop(key[1], None)
+        self.revisions.pop(key, None)
+
+    def _replace(self, msg: Message) -> None:
+        self.resources = {t: {} for t in WIRE_TYPES}
+        self.revisions.clear()
+        self.tombstones.clear()
+        self._hashes.clear()
+        self._total = 0
+        for op in msg.ops:
+            assert op.body is not None
+            self._set((op.type, op.id), op.body, op.revision_number)
+        self.applied_rev = msg.rev
+        self.awaiting_snapshot = False
+
+    def goal(self) -> dict[str, Any]:
+        """The goal state for the flow compiler (docs/wire.md): live resources only, copied."""
+        goal: dict[str, Any] = {"node_id": self.node_id}
+        for t, items in self.resources.items():
+            goal[t] = dict(items)
+        return goal
+
+    def digest(self) -> str:
+        return hex_digest(self._total)
+
+    def local_ports(self) -> list[str]:
+        """Ids of the ports this node hosts (the ones it reports a status for)."""
+        return sorted(
+            pid
+            for pid, p in self.resources["port"].items()
+            if p.get("node_id") == self.node_id
+            and p.get("device_owner") != "network:router_interface"
+        )

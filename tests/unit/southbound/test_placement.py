@@ -1,0 +1,131 @@
+"""Placement: incremental ops, applied in order, always equal each node's goal state from scratch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alcor.southbound.goalstate import WIRE_TYPES, Topology, digest, goal_state
+from alcor.southbound.placement import place
+from tests.unit.southbound.world import KINDS, World
+
+Held = dict[str, dict[tuple[str, str], Any]]
+
+
+def apply_ops(held: Held, ops_by_node: dict[str, list[dict[str, Any]]]) -> None:
+    for node, ops in ops_by_node.items():
+        model = held.setdefault(node, {})
+        for op in ops:
+            key = (op["type"], op["id"])
+            if op["op"] == "upsert":
+                model[key] = op["body"]
+            else:
+                assert key in model, f"delete of {key} that {node} does not hold"
+                del model[key]
+
+
+def as_goal(node: str, model: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    goal: dict[str, Any] = {"node_id": node, **{t: {} for t in WIRE_TYPES}}
+    for (t, i), body in model.items():
+        goal[t][i] = body
+    return goal
+
+
+def check_converged(t: Topology, held: Held, nodes: set[str]) -> None:
+    for n in nodes | set(held):
+        assert as_goal(n, held.get(n, {})) == goal_state(t, n), n
+
+
+actions = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 50), st.integers(0, 50)),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions)
+def test_incremental_ops_equal_goal_state(acts: list[tuple[str, int, int]]) -> None:
+    w = World()
+    t = Topology()
+    held: Held = {}
+    nodes: set[str] = set()
+    # A seed topology so most random actions hit something.
+    seed = [w.add_node("host-0"), w.add_node("host-1"), w.add_network(), w.add_sg()]
+    seed.append(w.add_subnet(seed[2].id))
+    for c in seed:
+        apply_ops(held, place(t, c))
+    for kind, a, b in acts:
+        for c in w.act(kind, a, b):
+            apply_ops(held, place(t, c))
+            nodes |= set(w.res["node"])
+        check_converged(t, held, nodes)
+
+
+def _ports_on(held: Held, node: str) -> dict[str, Any]:
+    return {i: b for (t, i), b in held.get(node, {}).items() if t == "port"}
+
+
+def test_port_goes_full_to_host_and_as_neighbour_elsewhere() -> None:
+    w, t, held = World(), Topology(), {}
+    a, b, c = w.add_node("ha"), w.add_node("hb"), w.add_node("hc")
+    net = w.add_network(1234)
+    sub = w.add_subnet(net.id)
+    for ch in (a, b, c, net, sub):
+        apply_ops(held, place(t, ch))
+    p1 = w.add_port(w.res["subnet"][sub.id], "ha", [])
+    ops = place(t, p1)
+    # Only ha is a member: it gets the VPC's whole state with its first port (a join).
+    assert set(ops) == {a.id}
+    kinds = {(o["type"], o["id"]) for o in ops[a.id]}
+    assert {("vpc", net.id), ("subnet", sub.id), ("port", p1.id)} <= kinds
+    apply_ops(held, ops)
+    p2 = w.add_port(w.res["subnet"][sub.id], "hb", [])
+    ops = place(t, p2)
+    apply_ops(held, ops)
+    assert set(ops) == {a.id, b.id}
+    assert "admin_state_up" in _ports_on(held, b.id)[p2.id]  # local: in full
+    assert "admin_state_up" not in _ports_on(held, a.id)[p2.id]  # neighbour
+    assert _ports_on(held, a.id)[p2.id]["node_id"] == b.id
+    # ha learns hb's tunnel endpoint, hb learns ha's.
+    assert ("node", b.id) in held[a.id] and ("node", a.id) in held[b.id]
+    assert c.id not in ops
+    check_converged(t, held, {a.id, b.id, c.id})
+
+
+def test_status_update_costs_no_message() -> None:
+    w, t, held = World(), Topology(), {}
+    for ch in (w.add_node("ha"), w.add_network()):
+        apply_ops(held, place(t, ch))
+    sub = w.add_subnet(next(iter(w.res["network"])))
+    apply_ops(held, place(t, sub))
+    p = w.add_port(w.res["subnet"][sub.id], "ha", [])
+    apply_ops(held, place(t, p))
+    assert place(t, w.update("port", w.res["port"][p.id], status="ACTIVE")) == {}
+
+
+def test_rebind_moves_port_and_leaving_node_gets_deletes() -> None:
+    w, t, held = World(), Topology(), {}
+    a, b = w.add_node("ha"), w.add_node("hb")
+    net = w.add_network()
+    sub = w.add_subnet(net.id)
+    for ch in (a, b, net, sub):
+        apply_ops(held, place(t, ch))
+    p = w.add_port(w.res["subnet"][sub.id], "ha", [])
+    apply_ops(held, place(t, p))
+    ops = place(t, w.update("port", w.res["port"][p.id], **{"binding:host_id": "hb"}))
+    apply_ops(held, ops)
+    # ha hosted the VPC's only port: it leaves and drops everything of the VPC.
+    assert [o["op"] for o in ops[a.id]] == ["delete"] * len(ops[a.id])
+    assert not any(t_ in ("vpc", "subnet", "port") for t_, _ in held[a.id])
+    assert _ports_on(held, b.id)[p.id]["node_id"] == b.id
+    check_converged(t, held, {a.id, b.id})
+
+
+def test_digest_is_order_independent() -> None:
+    g1 = {"node_id": "n", "port": {"a": {"x": 1}, "b": {"y": 2}}}
+    g2 = {"node_id": "n", "port": {"b": {"y": 2}, "a": {"x": 1}}}
+    assert digest(g1) == digest(g2)
+    assert digest(g1) != digest({"node_id": "n", "port": {"a": {"x": 1}}})
