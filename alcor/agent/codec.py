@@ -126,12 +126,17 @@ def from_action(a: Any) -> Action:
         value = a.value
         return SetField(a.key, value.lower() if isinstance(value, str) else int(value))
     if isinstance(a, parser.NXActionRegMove) and a.src_ofs == 0 and a.dst_ofs == 0:
-        return Move(a.src_field, a.dst_field, a.n_bits)
+        return Move(_oxm_name(a.src_field), _oxm_name(a.dst_field), a.n_bits)
     if isinstance(a, parser.OFPActionDecNwTtl):
         return DecTtl()
     if isinstance(a, parser.OFPActionGroup):
         return Group(a.group_id)
     return Opaque(repr(a))
+
+
+def _oxm_name(name: str) -> str:
+    # OVS reports register moves with NXM headers; os-ken names those fields "eth_src_nxm", …
+    return name.removesuffix("_nxm")
 
 
 def from_stats(stat: parser.OFPFlowStats) -> Flow:

@@ -22,8 +22,13 @@ def free_port() -> int:
 
 
 class Program:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, port: int | None = None,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.args = [sys.executable, str(ROOT / "main.py"), *args, "--port", str(self.port)]
         self.env = {**os.environ, "ALCOR_LOG__FORMAT": "json", **(env or {})}
@@ -36,12 +41,15 @@ class Program:
 
     def start(self, timeout: float = 30.0) -> Program:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args} exited with {self.proc.returncode}; log: {self.log}")
+                raise RuntimeError(
+                    f"{self.args} exited with {self.proc.returncode}; log: {self.log}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=1) as r:
                     json.load(r)

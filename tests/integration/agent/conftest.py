@@ -1,0 +1,12 @@
+"""Agent tests need root and Open vSwitch; they skip on a laptop and fail under CI=true."""
+
+import pytest
+
+from tests.conftest import require
+from tests.support.ovs import have_ovs, is_root
+
+
+@pytest.fixture(autouse=True)
+def _needs_ovs_and_root() -> None:
+    require(is_root(), "agent integration tests need root (network namespaces, OVS)")
+    require(have_ovs(), "agent integration tests need openvswitch-switch installed")

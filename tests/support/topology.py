@@ -1,0 +1,160 @@
+"""Hosts and VMs for agent tests: OVS sandboxes joined by an underlay, VMs as namespaces.
+
+    host_a = Host.start(tmp / "a", "node-a", "172.31.255.1", of_port=6711)
+    host_b = Host.start(tmp / "b", "node-b", "172.31.255.2", of_port=6712)
+    join_underlay(host_a, host_b)              # veth + br-ul on each side, tunnel ARP set
+    await host_a.start_agent()                 # a Datapath listening inside host A's namespace
+    vm = host_a.add_vm(port_id, "10.0.0.5/24", mac, gateway="10.0.0.1")
+    vm.exec("ping", "-c", "1", "10.0.0.6")
+
+Every `Host`/`Vm` is torn down by `close()`, processes and namespaces included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alcor.agent.datapath import Datapath, DatapathConfig
+from alcor.agent.flows import tap_name
+from tests.support.ovs import Netns, OvsSandbox, unique
+
+UNDERLAY_PREFIX = 24
+
+
+@dataclass
+class Vm:
+    port_id: str
+    netns: Netns
+    ip: str
+    mac: str
+
+    def exec(self, *cmd: str, check: bool = True, timeout: float = 20) -> str:
+        return self.netns.exec(*cmd, check=check, timeout=timeout)
+
+    def ping(self, ip: str, count: int = 1, interval: float = 0.2, wait: float = 2) -> bool:
+        out = self.exec(
+            "ping", "-c", str(count), "-i", str(interval), "-W", str(wait), "-q", ip, check=False
+        )
+        return f"{count} received" in out
+
+    def arping(self, ip: str, wait: float = 2) -> str | None:
+        """The MAC that answered an ARP request for ip, or None."""
+        out = self.exec("arping", "-c", "1", "-w", str(wait), "-i", "eth0", ip, check=False)
+        for line in out.splitlines():
+            if "bytes from" in line:
+                return line.split("bytes from ")[1].split()[0].lower()
+        return None
+
+
+@dataclass
+class Host:
+    name: str  # node id
+    ovs: OvsSandbox
+    underlay_ip: str
+    of_port: int
+    vms: dict[str, Vm] = field(default_factory=dict)
+    agent: Datapath | None = None
+
+    @classmethod
+    def start(cls, root: Path, name: str, underlay_ip: str, of_port: int) -> Host:
+        ovs = OvsSandbox(root)
+        try:
+            ovs.start()
+        except Exception:
+            ovs.stop()
+            raise
+        return cls(name, ovs, underlay_ip, of_port)
+
+    @property
+    def netns(self) -> Netns:
+        return self.ovs.netns
+
+    def config(self) -> DatapathConfig:
+        return DatapathConfig(
+            node_id=self.name,
+            listen=f"tcp:127.0.0.1:{self.of_port}",
+            netns=self.netns.name,
+            ovs_db=self.ovs.db,
+        )
+
+    async def start_agent(self, *, wait: bool = True) -> Datapath:
+        self.agent = Datapath(self.config())
+        await self.agent.start()
+        if wait:
+            await self.agent.wait_connected(10)
+        return self.agent
+
+    async def stop_agent(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+
+    def add_vm(self, port_id: str, cidr_ip: str, mac: str, gateway: str | None = None) -> Vm:
+        """A VM: a namespace whose eth0 is a veth; the other end, tap<id[:11]>, is on br-int."""
+        vm_ns = Netns(unique("vm"))
+        tap, tmp = tap_name(port_id), unique("v")
+        try:
+            self.netns.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", tmp)
+            self.netns.exec("ip", "link", "set", tmp, "netns", vm_ns.name)
+            self.netns.exec("ip", "link", "set", tap, "up")
+            vm_ns.exec("ip", "link", "set", tmp, "name", "eth0")
+            vm_ns.exec("ip", "link", "set", "eth0", "address", mac, "mtu", "1400", "up")
+            vm_ns.exec("ip", "addr", "add", cidr_ip, "dev", "eth0")
+            if gateway:
+                vm_ns.exec("ip", "route", "add", "default", "via", gateway)
+            self.ovs.vsctl("add-port", "br-int", tap)
+        except Exception:
+            vm_ns.delete()
+            raise
+        vm = Vm(port_id, vm_ns, cidr_ip.split("/")[0], mac)
+        self.vms[port_id] = vm
+        return vm
+
+    def remove_vm(self, port_id: str) -> None:
+        vm = self.vms.pop(port_id)
+        self.ovs.vsctl("--if-exists", "del-port", "br-int", tap_name(port_id))
+        vm.netns.delete()
+        self.netns.exec("ip", "link", "del", tap_name(port_id), check=False)
+
+    def configure_underlay_ip(self) -> None:
+        """The tunnel endpoint lives on br-ul (the userspace datapath needs it on an OVS bridge)."""
+        self.netns.exec(
+            "ip", "addr", "replace", f"{self.underlay_ip}/{UNDERLAY_PREFIX}", "dev", "br-ul"
+        )
+        self.netns.exec("ip", "link", "set", "br-ul", "up")
+
+    def mac_of(self, dev: str) -> str:
+        info = json.loads(self.netns.exec("ip", "-j", "link", "show", dev))
+        return str(info[0]["address"])
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop_agent()
+        for vm in list(self.vms.values()):
+            vm.netns.delete()
+        self.vms.clear()
+        self.ovs.stop()
+
+
+def join_underlay(a: Host, b: Host) -> None:
+    """br-ul on both hosts, a veth between them, each side's tunnel ARP entry for the other."""
+    peer = unique("ul")
+    a.netns.exec("ip", "link", "add", "ul0", "type", "veth", "peer", "name", peer)
+    a.netns.exec("ip", "link", "set", peer, "netns", b.netns.name)
+    b.netns.exec("ip", "link", "set", peer, "name", "ul0")
+    for h in (a, b):
+        h.netns.exec("ip", "link", "set", "ul0", "mtu", "1600", "up")
+        h.ovs.vsctl(
+            "--may-exist", "add-br", "br-ul", "--", "set", "bridge", "br-ul", "datapath_type=netdev"
+        )
+        h.ovs.vsctl("--may-exist", "add-port", "br-ul", "ul0")
+        h.configure_underlay_ip()
+    learn_tunnel_neighbours(a, b)
+
+
+def learn_tunnel_neighbours(a: Host, b: Host) -> None:
+    for h, other in ((a, b), (b, a)):
+        h.ovs.appctl("tnl/arp/set", "br-ul", other.underlay_ip, other.mac_of("br-ul"))
