@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,7 @@ class Datapath:
     def __init__(self, config: DatapathConfig, on_status: StatusCallback | None = None) -> None:
         self.config = config
         self.on_status = on_status
-        self.goal: GoalState | None = None
+        self.goal: GoalState | Mapping[str, Any] | None = None
         self.switch: Switch | None = None
         self.statuses: dict[str, PortStatus] = {}
         self.connected = asyncio.Event()
@@ -115,7 +115,7 @@ class Datapath:
 
     # --- the stream side's entry point ---
 
-    async def apply(self, goal: GoalState) -> dict[str, PortStatus]:
+    async def apply(self, goal: GoalState | Mapping[str, Any]) -> dict[str, PortStatus]:
         """Make the switch forward as `goal` says; the local ports' status once it does."""
         self.goal = goal
         async with self._lock:

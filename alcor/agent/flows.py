@@ -299,7 +299,7 @@ def _base_flows(b: _Builder) -> None:
 
 
 def compile_flows(
-    goal: GoalState, ofports: Mapping[str, int], *, tunnel_port: str = "vxlan0"
+    goal: GoalState | Mapping[str, Any], ofports: Mapping[str, int], *, tunnel_port: str = "vxlan0"
 ) -> FlowSet:
     """The flows this host's switch should hold for `goal`, given its ofports by interface name."""
     me = goal.get("node_id", "")

@@ -192,6 +192,14 @@ class OvsSandbox:
     def trace(self, bridge: str, flow: str) -> str:
         return self.appctl("ofproto/trace", bridge, flow)
 
+    def dp_port(self, iface: str) -> int:
+        """The datapath port number of an interface (what trace's "Datapath actions" print)."""
+        for line in self.appctl("dpif/show").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == iface and "/" in parts[1]:
+                return int(parts[1].rstrip(":").split("/")[1])
+        raise KeyError(iface)
+
     def ofport(self, iface: str) -> int:
         return int(self.vsctl("get", "interface", iface, "ofport").strip())
 

@@ -1,0 +1,243 @@
+"""One host, one agent, a real ovs-vswitchd: the pipeline under ofproto/trace, and the channel's
+and reconciler's behaviour across reconnects, errors, port changes and paged read-back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from alcor.agent.bridge import BridgeConfig, ensure_bridge
+from alcor.agent.datapath import Datapath, DatapathConfig
+from alcor.agent.flows import (
+    COOKIE_TAG,
+    COOKIE_TAG_MASK,
+    ETH_ARP,
+    T_RESPOND,
+    Flow,
+    Output,
+    cookie_for,
+    match,
+    tap_name,
+)
+from tests.support.ovs import OvsSandbox
+from tests.unit.agent.test_flows import GW1, MAC, PA1, PA2, PA3, PB1, PB2, QA1, QB1, two_vpcs
+
+pytestmark = pytest.mark.ovs
+
+PORTS = (PA1, PA2, PA3, QA1)
+
+
+class Host:
+    def __init__(self, ovs: OvsSandbox, dp: Datapath, statuses: list[dict]) -> None:
+        self.ovs, self.dp, self.status_events = ovs, dp, statuses
+
+    def add_tap(self, port_id: str) -> int:
+        name = tap_name(port_id)
+        self.ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
+        return self.ovs.ofport(name)
+
+    def dp_port(self, port_id: str) -> int:
+        return self.ovs.dp_port(tap_name(port_id))
+
+    def trace(self, flow: str) -> tuple[str, str]:
+        """(final flow, datapath actions) of a packet traced through br-int."""
+        out = self.ovs.trace("br-int", flow)
+        final = next((ln for ln in out.splitlines() if ln.startswith("Final flow:")), "")
+        actions = next(ln for ln in out.splitlines() if ln.startswith("Datapath actions:"))
+        return final, actions.removeprefix("Datapath actions: ")
+
+    async def wait(self, cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, "condition not met in time"
+            await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture
+async def host(tmp_path: Path, unused_tcp_port: int) -> AsyncIterator[Host]:
+    with OvsSandbox.started(tmp_path / "ovs") as ovs:
+        events: list[dict] = []
+        dp = Datapath(
+            DatapathConfig(
+                node_id="node-a",
+                listen=f"tcp:127.0.0.1:{unused_tcp_port}",
+                netns=ovs.netns.name,
+                ovs_db=ovs.db,
+            ),
+            on_status=events.append,
+        )
+        await dp.start()
+        try:
+            await dp.wait_connected(10)
+            yield Host(ovs, dp, events)
+        finally:
+            await dp.stop()
+
+
+async def with_ports(h: Host, ports: tuple[str, ...] = PORTS) -> dict[str, int]:
+    ofports = {p: h.add_tap(p) for p in ports}
+    await h.wait(lambda: h.dp.switch and all(tap_name(p) in h.dp.switch.ports for p in ports))
+    statuses = await h.dp.apply(two_vpcs().goal())
+    assert all(statuses[p] == ("ACTIVE", "") for p in ports), statuses
+    return ofports
+
+
+def arp(in_port: int, mac: str, spa: str, tpa: str) -> str:
+    return (
+        f"in_port={in_port},arp,dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
+        f"arp_spa={spa},arp_tpa={tpa},arp_sha={mac}"
+    )
+
+
+async def test_trace_arp_responder(host: Host) -> None:
+    of = await with_ports(host)
+    p1 = of[PA1]
+    for tpa, mac in (
+        ("10.0.0.7", MAC[PA3]),  # local port
+        ("10.0.0.6", MAC[PB1]),  # L2 neighbour
+        ("10.0.1.6", GW1),  # L3 neighbour, answered with the router's MAC
+        ("10.0.0.1", GW1),  # gateway
+    ):
+        final, actions = host.trace(arp(p1, MAC[PA1], "10.0.0.5", tpa))
+        assert f"arp_op=2,arp_sha={mac},arp_tha={MAC[PA1]}" in final, (tpa, final)
+        assert f"arp_spa={tpa},arp_tpa=10.0.0.5" in final
+        assert f"dl_src={mac},dl_dst={MAC[PA1]}" in final
+        # straight back out of the asking port, never to the controller
+        assert actions.split(",")[-1] == str(host.dp_port(PA1)) and "userspace" not in actions
+    # own IP: no answer, flooded like any broadcast
+    final, actions = host.trace(arp(p1, MAC[PA1], "10.0.0.5", "10.0.0.5"))
+    assert "arp_op=1" in final and str(host.dp_port(PA3)) in actions.split(",")
+
+
+async def test_trace_l2_l3_and_isolation(host: Host) -> None:
+    of = await with_ports(host)
+    vx = host.ovs.ofport("vxlan0")
+    ip = f"in_port={of[PA1]},icmp,dl_src={MAC[PA1]},nw_src=10.0.0.5,nw_ttl=64"
+    _, actions = host.trace(f"{ip},dl_dst={MAC[PA3]},nw_dst=10.0.0.7")
+    assert actions == str(host.dp_port(PA3))
+    out = host.ovs.trace("br-int", f"{ip},dl_dst={MAC[PB1]},nw_dst=10.0.0.6")
+    assert "set_field:0x64->tun_id" in out and "set_field:172.31.255.2->tun_dst" in out
+    assert f"output:{vx}" in out and "tun_dst=172.31.255.2" in out
+    # routed on this host: MACs rewritten, TTL decremented, then to the tunnel
+    out = host.ovs.trace("br-int", f"{ip},dl_dst={GW1},nw_dst=10.0.1.6")
+    assert "dec_ttl" in out and f"set_field:{MAC[PB2]}->eth_dst" in out
+    assert f"output:{vx}" in out
+    _, actions = host.trace(f"{ip},dl_dst={GW1},nw_dst=10.0.1.5")
+    assert actions.split(",")[-1] == str(host.dp_port(PA2)) and "ttl=63" in actions
+    # VPC2's port with the same IP as PA1 hears only VPC2's answers
+    final, _ = host.trace(arp(of[QA1], MAC[QA1], "10.0.0.5", "10.0.0.6"))
+    assert f"arp_sha={MAC[QB1]}" in final
+    final, actions = host.trace(arp(of[QA1], MAC[QA1], "10.0.0.5", "10.0.0.7"))
+    assert "arp_op=1" in final and str(host.dp_port(PA3)) not in actions.split(",")
+    # a VNI nobody uses reaches nothing
+    _, actions = host.trace(f"in_port={vx},tun_id=0x999,ip,dl_dst={MAC[PA1]}")
+    assert actions == "drop"
+
+
+async def test_reconnect_with_nothing_changed_sends_no_flow_mods(host: Host) -> None:
+    await with_ports(host)
+    installed = len(host.ovs.dump_flows())
+    full = host.dp.counters["full"]
+    assert host.dp.switch is not None
+    await host.dp.switch.close()  # the switch comes back on its own (max_backoff 1 s)
+    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    report = host.dp.last_report
+    assert report is not None and report.full
+    assert (report.read_back, report.adds, report.deletes) == (installed, 0, 0)
+
+
+async def test_drift_is_repaired_on_reconnect_and_foreign_flows_are_kept(host: Host) -> None:
+    await with_ports(host)
+    want = sorted(host.ovs.dump_flows())
+    sw = host.dp.switch
+    assert sw is not None
+    await sw.close()
+    # while the agent is away: one of our flows lost, a stale one of ours, and an operator's
+    host.ovs.ofctl(
+        "del-flows",
+        "br-int",
+        "--strict",
+        "table=10,priority=100,arp,metadata=100,arp_op=1,arp_tpa=10.0.0.6",
+    )
+    host.ovs.ofctl(
+        "add-flow",
+        "br-int",
+        f"cookie={COOKIE_TAG | 7:#x},table=30,priority=7,dl_dst=02:00:00:00:00:07,actions=drop",
+    )
+    host.ovs.ofctl(
+        "add-flow",
+        "br-int",
+        "cookie=0x42,table=30,priority=5,dl_dst=02:00:00:00:00:05,actions=drop",
+    )
+    full = host.dp.counters["full"]
+    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    report = host.dp.last_report
+    assert report is not None and (report.adds, report.deletes) == (1, 1)
+    now = host.ovs.dump_flows()
+    assert sorted(f for f in now if "cookie=0x42" not in f) == want
+    assert [f for f in now if "cookie=0x42" in f]
+
+
+async def test_rejected_flow_mod_is_reported_with_its_flow(host: Host) -> None:
+    sw = host.dp.switch
+    assert sw is not None
+    good = Flow(
+        T_RESPOND,
+        5,
+        match(eth_type=ETH_ARP, arp_tpa="10.9.9.9"),
+        (Output(1),),
+        cookie=COOKIE_TAG | 1,
+    )
+    bad = Flow(T_RESPOND, 5, match(arp_tpa="10.9.9.8"), (Output(1),), cookie=COOKIE_TAG | 2)
+    errors = await sw.flow_mods([good, bad])
+    assert [e.flow for e in errors] == [bad]
+    assert "OFPET_BAD_MATCH" in errors[0].error
+    back = await sw.flow_stats(COOKIE_TAG | 1, 0xFFFFFFFFFFFFFFFF)
+    assert back == [good]
+
+
+async def test_port_appearing_later_turns_active(host: Host) -> None:
+    statuses = await host.dp.apply(two_vpcs().goal())
+    assert statuses[PA1] == ("ERROR", f"interface {tap_name(PA1)} not on the bridge")
+    host.add_tap(PA1)
+    await host.wait(lambda: any(e.get(PA1) == ("ACTIVE", "") for e in host.status_events))
+    assert [f for f in host.ovs.dump_flows() if f"{cookie_for('port', PA1):#x}" in f]
+    host.ovs.vsctl("del-port", "br-int", tap_name(PA1))
+    await host.wait(lambda: host.status_events[-1].get(PA1, ("",))[0] == "ERROR")
+    assert not [
+        f for f in host.ovs.dump_flows() if f"{cookie_for('port', PA1):#x}," in f and "in_port" in f
+    ]
+
+
+async def test_bridge_setup_is_idempotent(host: Host) -> None:
+    cfg = BridgeConfig(controller=host.dp.controller_target(), db=host.ovs.db)
+    assert await ensure_bridge(cfg) is False
+    vs = host.ovs.vsctl
+    assert vs("get", "bridge", "br-int", "fail_mode").strip() == "secure"
+    assert vs("get", "bridge", "br-int", "datapath_type").strip() == "netdev"
+    assert "OpenFlow13" in vs("get", "bridge", "br-int", "protocols")
+    assert vs("get", "interface", "vxlan0", "type").strip() == "vxlan"
+    assert vs("get-controller", "br-int").strip() == host.dp.controller_target()
+
+
+async def test_flow_stats_read_back_spans_pages(host: Host) -> None:
+    sw = host.dp.switch
+    assert sw is not None
+    flows = [
+        Flow(
+            T_RESPOND,
+            50,
+            match(eth_type=ETH_ARP, arp_tpa=f"10.8.{i // 250}.{i % 250 + 1}"),
+            (Output(1),),
+            cookie=COOKIE_TAG | 3,
+        )
+        for i in range(3000)
+    ]
+    assert await sw.flow_mods(flows) == []
+    back = await sw.flow_stats(COOKIE_TAG, COOKIE_TAG_MASK)
+    assert set(back) == set(flows)  # ~600 kB: many multipart pages
