@@ -1,0 +1,121 @@
+"""Port provisioning through the HTTP API, against `python main.py controller` on a fresh SQLite file.
+
+With 50 nodes registered and one /16 subnet: 2,000 port creates sequential, then 2,000 with 8
+concurrent clients (ports/s, p50, p99), listing 2,000 ports, and the controller's RSS after 100,000
+ports. Run: .venv/bin/python bench/api_ports.py [--ports 2000] [--rss-ports 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.process import Program  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
+    prog = Program(["controller", "--db", str(tmp / "alcor.db")], log=tmp / "alcor.log",
+                   env={"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous})
+    prog.start()
+    base = prog.url
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+            async def post(path: str, body: dict) -> dict:
+                async with s.post(base + path, json=body) as r:
+                    data = await r.json()
+                    assert r.status == 201, data
+                    return data
+
+            for i in range(50):
+                await post("/v2.0/alcor/nodes", {"node": {"node_name": f"host-{i}",
+                                                          "local_ip": f"172.16.{i // 250}.{i % 250 + 1}"}})
+            net = (await post("/v2.0/networks", {"network": {"name": "bench"}}))["network"]
+            await post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "cidr": "10.0.0.0/16",
+                                                    "ip_version": 4}})
+            counter = iter(range(10**9))
+
+            async def create_one(lat: list[float]) -> None:
+                i = next(counter)
+                t = time.perf_counter()
+                await post("/v2.0/ports", {"port": {"network_id": net["id"], "name": f"p{i}",
+                                                    "binding:host_id": f"host-{i % 50}"}})
+                lat.append(time.perf_counter() - t)
+
+            seq: list[float] = []
+            t0 = time.perf_counter()
+            for _ in range(args.ports):
+                await create_one(seq)
+            seq_s = time.perf_counter() - t0
+
+            list_times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                async with s.get(base + "/v2.0/ports") as r:
+                    body = await r.read()
+                list_times.append(time.perf_counter() - t)
+            listed = body.count(b'"mac_address"')
+
+            conc: list[float] = []
+
+            async def worker(n: int) -> None:
+                for _ in range(n):
+                    await create_one(conc)
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(args.ports // 8) for _ in range(8)))
+            conc_s = time.perf_counter() - t0
+
+            print(f"sequential creates: {args.ports / seq_s:8.1f} ports/s  p50 {pct(seq, .5)*1e3:6.2f} ms"
+                  f"  p99 {pct(seq, .99)*1e3:6.2f} ms")
+            print(f"8 concurrent:       {len(conc) / conc_s:8.1f} ports/s  p50 {pct(conc, .5)*1e3:6.2f} ms"
+                  f"  p99 {pct(conc, .99)*1e3:6.2f} ms")
+            print(f"list {listed} ports:   median {statistics.median(list_times)*1e3:6.1f} ms "
+                  f"(min {min(list_times)*1e3:.1f} ms, {len(body)/1e6:.1f} MB)")
+
+            if args.rss_ports:
+                have = args.ports + len(conc)
+                batch = 500
+                t0 = time.perf_counter()
+                while have < args.rss_ports:
+                    n = min(batch, args.rss_ports - have)
+                    await post("/v2.0/ports", {"ports": [
+                        {"network_id": net["id"], "binding:host_id": f"host-{j % 50}"} for j in range(n)]})
+                    have += n
+                bulk_s = time.perf_counter() - t0
+                t = time.perf_counter()
+                async with s.get(base + "/v2.0/ports?limit=2000") as r:
+                    await r.read()
+                page = time.perf_counter() - t
+                print(f"bulk to {have} ports: {(have - args.ports - len(conc)) / bulk_s:8.1f} ports/s; "
+                      f"controller RSS {rss_mb(prog.proc.pid):.0f} MB; first page of 2000 at "
+                      f"{have} ports: {page*1e3:.1f} ms")
+    finally:
+        prog.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ports", type=int, default=2000)
+    ap.add_argument("--rss-ports", type=int, default=100000)
+    ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    asyncio.run(main(ap.parse_args()))
