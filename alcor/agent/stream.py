@@ -1,0 +1,286 @@
+"""The agent's stream side: consume this node's queue, keep the model, report back.
+
+`AgentStream` says `hello` on start (the controller answers with a snapshot), hands each message
+to the model's ordering rule (alcor/agent/model.py), lets the datapath apply the new goal state,
+acknowledges, then reports `status` (applied_rev, digest, port states; coalesced under load). A
+message that is not a valid v1 message for this node is rejected (never requeued) and counted.
+While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one arrives.
+
+    stream = AgentStream(transport, node_id, node_address, controller_address, apply=datapath.apply)
+    await stream.start()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
+from alcor.southbound.transport import Address, Delivery, Subscription, Transport
+
+log = structlog.get_logger("alcor.agent.stream")
+
+# The datapath: goal state in, {port id: (status, reason)} out; sync or async.
+Apply = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class StreamCounters:
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    waiting: int = 0
+    snapshots: int = 0
+    rejected: int = 0
+    foreign: int = 0
+    statuses: int = 0
+
+
+class AgentStream:
+    def __init__(
+        self,
+        transport: Transport,
+        node_id: str,
+        address: Address,
+        controller: Address,
+        *,
+        apply: Apply | None = None,
+        prefetch: int = 64,
+        resync_interval: float = 5.0,
+        status_delay: float = 0.05,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.transport = transport
+        self.node_id = node_id
+        self.address = address
+        self.controller = controller
+        self.apply = apply
+        self.prefetch = prefetch
+        self.resync_interval = resync_interval
+        self.status_delay = status_delay
+        self.publish_timeout = publish_timeout
+        self.model = AgentModel(node_id)
+        self.boot_id = uuid.uuid4().hex
+        self.counters = StreamCounters()
+        self.port_status: dict[str, str] = {}
+        self.synced = asyncio.Event()  # set once a snapshot made the model whole
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_due = asyncio.Event()
+        self._asked_at = 0.0
+
+    async def start(self) -> None:
+        self._sub = await self.transport.consume(self.address, self._on_delivery, self.prefetch)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ask_loop(), name=f"agent.ask.{self.node_id}"),
+            loop.create_task(self._status_loop(), name=f"agent.status.{self.node_id}"),
+        ]
+        log.info("agent.stream_started", node=self.node_id, queue=self.address.queue)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        if self._sub is not None:
+            await self._sub.cancel()
+            self._sub = None
+
+    # -- controller → agent --------------------------------------------------------------------
+
+    async def _on_delivery(self, d: Delivery) -> None:
+        c = self.counters
+        c.received += 1
+        try:
+            msg = parse_message(d.body)
+        except MalformedMessage as e:
+            c.rejected += 1
+            log.warning("stream.rejected", node=self.node_id, error=str(e), size=len(d.body))
+            await d.reject()
+            return
+        if msg.node_id != self.node_id:
+            c.foreign += 1
+            c.rejected += 1
+            log.warning("stream.foreign", node=self.node_id, addressed_to=msg.node_id)
+            await d.reject()
+            return
+        was_awaiting = self.model.awaiting_snapshot
+        outcome = self.model.receive(msg)
+        if outcome is Outcome.DUPLICATE:
+            c.duplicates += 1
+        elif outcome is Outcome.WAITING:
+            c.waiting += 1
+        elif outcome is Outcome.GAP:
+            c.gaps += 1
+            log.warning(
+                "stream.gap",
+                node=self.node_id,
+                prev_rev=msg.prev_rev,
+                applied_rev=self.model.applied_rev,
+            )
+            await self._ask("resync")
+        else:
+            if outcome is Outcome.SNAPSHOT:
+                c.snapshots += 1
+                log.info("stream.snapshot", node=self.node_id, rev=msg.rev, ops=len(msg.ops))
+                self.synced.set()
+            else:
+                c.applied += 1
+            await self._apply()
+            self._status_due.set()
+        # Acknowledge only once applied: a crash before this redelivers, and the rule drops it.
+        await d.ack()
+        if was_awaiting and not self.model.awaiting_snapshot:
+            self._asked_at = 0.0
+
+    async def _apply(self) -> None:
+        local = self.model.local_ports()
+        if self.apply is None:
+            # No datapath (bench, tests): a port is programmed as soon as it is known.
+            self.port_status = {p: "ACTIVE" for p in local}
+            return
+        try:
+            result = self.apply(self.model.goal())
+            if inspect.isawaitable(result):
+                result = await result
+            states = {pid: st for pid, (st, _reason) in (result or {}).items()}
+        except Exception:
+            log.exception("stream.apply_failed", node=self.node_id, rev=self.model.applied_rev)
+            states = {p: "ERROR" for p in local}
+        self.port_status = {p: states.get(p, "DOWN") for p in local}
+
+    # -- agent → controller --------------------------------------------------------------------
+
+    async def _send(self, body: dict[str, Any]) -> bool:
+        raw = json.dumps({"v": 1, "node_id": self.node_id, **body}, separators=(",", ":"))
+        try:
+            ok = await self.transport.publish(
+                [(self.controller, raw.encode())], self.publish_timeout
+            )
+            return bool(ok and ok[0])
+        except Exception as e:
+            log.warning(
+                "stream.send_failed", node=self.node_id, kind=body.get("kind"), error=str(e)
+            )
+            return False
+
+    async def _ask(self, kind: str) -> None:
+        """hello (no snapshot yet) or resync (after a gap); repeated by _ask_loop until answered."""
+        self._asked_at = time.monotonic()
+        body: dict[str, Any] = {"kind": kind, "applied_rev": self.model.applied_rev}
+        if kind == "hello":
+            body["boot_id"] = self.boot_id
+        if await self._send(body):
+            log.info(f"stream.{kind}_sent", node=self.node_id, applied_rev=self.model.applied_rev)
+
+    async def _ask_loop(self) -> None:
+        await self._ask("hello")
+        while True:
+            await asyncio.sleep(min(1.0, self.resync_interval))
+            if not self.model.awaiting_snapshot:
+                continue
+            if time.monotonic() - self._asked_at >= self.resync_interval:
+                await self._ask("hello" if not self.synced.is_set() else "resync")
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._status_due.wait()
+            # Coalesce: a burst of messages yields one status with the latest applied_rev.
+            await asyncio.sleep(self.status_delay)
+            self._status_due.clear()
+            ok = await self._send(
+                {
+                    "kind": "status",
+                    "applied_rev": self.model.applied_rev,
+                    "digest": self.model.digest(),
+                    "ports": dict(self.port_status),
+                }
+            )
+            if ok:
+                self.counters.statuses += 1
+            else:
+                await asyncio.sleep(1.0)
+                self._status_due.set()
+
+
+class StreamModule:
+    """Kernel module running one AgentStream: the dev run's embedded agent, or the agent role.
+
+    Config: [node] id (or name: the dev run resolves the id from the southbound's model) and the
+    node's MQ settings [node] mq_url/mq_vhost/mq_exchange/mq_queue (default: [mq]);
+    [agent] prefetch, resync_interval. Transport: the southbound's in-process one when the
+    "southbound" module is loaded (embedded), else the "rabbitmq" plugin. The datapath, if a module
+    named "datapath" is loaded, applies each new goal state.
+    """
+
+    name = "agent_stream"
+
+    def __init__(self, config: dict[str, dict[str, Any]], embedded: bool = True) -> None:
+        self.config = config
+        self.embedded = embedded
+        self.requires: tuple[str, ...] = ("southbound",) if embedded else ("rabbitmq",)
+        self.stream: AgentStream | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, kernel: Any) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(kernel))
+
+    async def _resolve(self, kernel: Any) -> tuple[str, dict[str, Any]]:
+        node = self.config.get("node") or {}
+        if not self.embedded:
+            return str(node["id"]), node
+        topology = kernel.get("southbound").dispatcher.topology
+        name = node.get("name") or __import__("socket").gethostname()
+        while True:
+            for nid, body in topology.res["node"].items():
+                if nid == node.get("id") or body.get("node_name") == name:
+                    return nid, body
+            await asyncio.sleep(0.5)  # the local node is not registered yet
+
+    async def _run(self, kernel: Any) -> None:
+        node_id, body = await self._resolve(kernel)
+        mq = self.config.get("mq") or {}
+        agent = self.config.get("agent") or {}
+        addr = Address(
+            body.get("mq_url") or mq.get("url", ""),
+            body.get("mq_vhost") or mq.get("vhost", "/"),
+            body.get("mq_exchange") or mq.get("exchange", "alcor"),
+            body.get("mq_queue") or f"alcor.node.{node_id}",
+        )
+        queue = (self.config.get("southbound") or {}).get("controller_queue", "alcor.controller")
+        transport = kernel.get("southbound").transport if self.embedded else kernel.get("rabbitmq")
+        datapath = kernel.get("datapath") if kernel.has("datapath") else None
+        self.stream = AgentStream(
+            transport,
+            node_id,
+            addr,
+            addr.with_queue(queue),
+            apply=getattr(datapath, "apply", None),
+            prefetch=int(agent.get("prefetch", 64)),
+            resync_interval=float(agent.get("resync_interval", 5.0)),
+        )
+        await self.stream.start()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.stream is not None:
+            await self.stream.stop()

@@ -1,0 +1,656 @@
+"""The dispatcher: tails the change log and delivers ordered goal-state messages to every node.
+
+One task does the whole cycle, so the in-memory topology is always exactly "the model at the
+watermark" between batches:
+
+    read changes after the watermark W (a few ms of linger, bounded by changes and ops)
+    → place() each into per-node ops, compressed per resource
+    → one message per node {v, node_id, kind, prev_rev, rev, ops}; nodes owed a snapshot get one
+      instead (a few per batch, so a thousand restarting agents never stall the others' deltas)
+    → publish all, confirms pipelined; retry what the broker did not confirm
+    → ONE transaction: watermark = rev, each node's sent_rev, the topology rows that changed.
+
+A crash anywhere before that transaction replays the same changes from W with the node's old
+prev_rev: agents drop what they already applied (DESIGN.md §2). The topology is persisted with the
+watermark (table sb_model) because placement needs the model *at W*, not the newer one in the
+resources table. Agent feedback (hello, resync, status) arrives on the controller queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from alcor.db.changelog import Change
+from alcor.db.store import Store
+from alcor.southbound.goalstate import (
+    WIRE_TYPE,
+    Topology,
+    goal_entries,
+    goal_state,
+)
+from alcor.southbound.goalstate import (
+    digest as goal_digest,
+)
+from alcor.southbound.placement import Op, place
+from alcor.southbound.transport import Address, Delivery, Transport
+
+log = structlog.get_logger("alcor.southbound")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE sb_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sb_nodes (node_id TEXT PRIMARY KEY, sent_rev INTEGER NOT NULL,
+                           need_snapshot INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE sb_model (type TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+                           PRIMARY KEY (type, id)) WITHOUT ROWID;
+    """,
+]
+WIRE_VERSION = 1
+PORT_STATES = ("ACTIVE", "ERROR", "DOWN")
+
+
+@dataclass
+class Settings:
+    max_changes: int = 2000  # change-log rows per batch
+    max_ops: int = 200_000  # node-ops per batch (bounds message sizes and memory)
+    linger: float = 0.003  # seconds to wait for more changes before sending a small batch
+    publish_timeout: float = 5.0
+    retry_deadline: float = 15.0  # after this, a node whose publishes fail is owed a snapshot
+    snapshots_per_batch: int = 16
+    snapshot_ops_per_batch: int = 200_000
+    repair_interval: float = 30.0  # at most one digest-repair snapshot per node per interval
+    compact_interval: float = 60.0
+    retention: int = 10_000
+    stale_node_seconds: float = 3600.0
+    status_flush: float = 0.2
+    controller_queue: str = "alcor.controller"
+    mq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mq_vhost: str = "/"
+    mq_exchange: str = "alcor"
+
+    @classmethod
+    def from_config(cls, config: dict[str, dict[str, Any]]) -> Settings:
+        s = cls()
+        for k, v in (config.get("southbound") or {}).items():
+            if hasattr(s, k) and k not in ("mq_url", "mq_vhost", "mq_exchange"):
+                setattr(s, k, type(getattr(s, k))(v))
+        mq = config.get("mq") or {}
+        s.mq_url = mq.get("url", s.mq_url)
+        s.mq_vhost = mq.get("vhost", s.mq_vhost)
+        s.mq_exchange = mq.get("exchange", s.mq_exchange)
+        s.retention = int((config.get("store") or {}).get("retention", s.retention))
+        return s
+
+
+@dataclass
+class NodeState:
+    """What the dispatcher knows of one node's stream and of its agent."""
+
+    sent_rev: int = 0  # rev of the last message the broker confirmed: the next prev_rev
+    need_snapshot: bool = False
+    persisted_need: bool = False  # need_snapshot as the database has it
+    snapshot_reason: str = ""
+    applied_rev: int | None = None
+    digest: str | None = None
+    boot_id: str | None = None
+    last_report: float | None = None
+    digest_match: bool | None = None
+    expected: tuple[int, str] | None = None  # (sent_rev, digest) cache
+    last_repair: float = 0.0
+    failing_since: float | None = None
+
+
+@dataclass
+class Metrics:
+    batches: int = 0
+    changes: int = 0
+    messages: int = 0
+    ops: int = 0
+    snapshots: int = 0
+    publish_failures: int = 0
+    agent_messages: int = 0
+    agent_rejected: int = 0
+    digest_mismatches: int = 0
+    # (commit → broker-confirmed) seconds of recent changes, for the benchmark and operators.
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        settings: Settings | None = None,
+        set_statuses: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.settings = settings or Settings()
+        self.set_statuses = set_statuses
+        self.topology = Topology()
+        self.watermark = 0
+        self.nodes: dict[str, NodeState] = {}
+        self.metrics = Metrics()
+        self._buffer: list[Change] = []
+        self._kick = asyncio.Event()
+        self._verify: set[str] = set()
+        self._port_updates: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._last_compact = time.monotonic()
+        self._subscribed: set[tuple[str, str, str]] = set()
+        self._subs: list[Any] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Apply this module's migrations and load the state at the watermark."""
+        await self.store.migrate("southbound", MIGRATIONS)
+        await self._load()
+
+    async def _load(self) -> None:
+        row = await self.store.fetchone("SELECT value FROM sb_state WHERE key = 'watermark'")
+        self.topology = Topology()
+        self._buffer = []
+        if row is None:
+            if self.store.changes.horizon > 0:
+                await self._rebuild("first start on a compacted change log")
+                return
+            self.watermark = 0
+        else:
+            self.watermark = int(row[0])
+            rows = await self.store.fetchall("SELECT type, id, body FROM sb_model")
+            self.topology.load((t, i, json.loads(b)) for t, i, b in rows)
+        self.nodes = {}
+        for node_id, sent_rev, need in await self.store.fetchall(
+            "SELECT node_id, sent_rev, need_snapshot FROM sb_nodes"
+        ):
+            self.nodes[node_id] = NodeState(
+                sent_rev=sent_rev,
+                need_snapshot=bool(need),
+                persisted_need=bool(need),
+                snapshot_reason="restart" if need else "",
+            )
+        log.info("dispatch.loaded", watermark=self.watermark, nodes=len(self.nodes))
+
+    async def _rebuild(self, reason: str) -> None:
+        """Start over from the resources table (the change log no longer reaches back to W):
+        the model at the current rev, and a snapshot owed to every node."""
+        async with self.store.transaction() as tx:
+            # Inside the write transaction no other writer can move last_rev.
+            rows = await tx.fetchall(
+                "SELECT type, id, body FROM resources WHERE type IN (%s)"
+                % ",".join("?" * len(WIRE_TYPE)),
+                list(WIRE_TYPE),
+            )
+            rev = self.store.changes.last_rev
+            await tx.execute("DELETE FROM sb_model")
+            await tx.executemany(
+                "INSERT INTO sb_model(type, id, body) VALUES (?, ?, ?)", [tuple(r) for r in rows]
+            )
+            await tx.execute("UPDATE sb_nodes SET need_snapshot = 1")
+            await self._set_watermark(tx, rev)
+        self.topology = Topology()
+        self.topology.load((t, i, json.loads(b)) for t, i, b in rows)
+        self.watermark = rev
+        self._buffer = []
+        for n in set(self.topology.res["node"]) | set(self.nodes):
+            st = self.nodes.setdefault(n, NodeState())
+            st.need_snapshot = True
+            st.persisted_need = n in self.nodes
+            st.snapshot_reason = "rebuild"
+        log.warning("dispatch.rebuilt", reason=reason, rev=rev, nodes=len(self.nodes))
+
+    @staticmethod
+    async def _set_watermark(tx: Any, rev: int) -> None:
+        await tx.execute(
+            "INSERT INTO sb_state(key, value) VALUES ('watermark', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(rev),),
+        )
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.run(), name="southbound.dispatcher")
+        self._flusher = loop.create_task(self._flush_statuses(), name="southbound.statuses")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.cancel()
+            except Exception:
+                log.exception("dispatch.unsubscribe_failed")
+        self._subs.clear()
+        self._subscribed.clear()
+        for task in (self._task, self._flusher):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._flusher = None
+
+    async def run(self) -> None:
+        await self._listen_all()
+        while True:
+            await self._wait_for_work()
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The in-memory model may be ahead of W now: reload it from the database.
+                log.exception("dispatch.cycle_failed", watermark=self.watermark)
+                await asyncio.sleep(1.0)
+                await self._load()
+
+    async def _wait_for_work(self) -> None:
+        if self._buffer or self.store.changes.last_rev > self.watermark or self._owed():
+            return
+        waiter = asyncio.ensure_future(self.store.changes.wait(self.watermark, timeout=1.0))
+        kicked = asyncio.ensure_future(self._kick.wait())
+        try:
+            await asyncio.wait({waiter, kicked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            kicked.cancel()
+            self._kick.clear()
+
+    def _owed(self) -> bool:
+        return bool(self._verify) or any(
+            s.need_snapshot and n in self.topology.res["node"] for n, s in self.nodes.items()
+        )
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def address(self, node_id: str) -> Address | None:
+        body = self.topology.res["node"].get(node_id)
+        if body is None:
+            return None
+        s = self.settings
+        return Address(
+            body.get("mq_url") or s.mq_url,
+            body.get("mq_vhost") or s.mq_vhost,
+            body.get("mq_exchange") or s.mq_exchange,
+            body.get("mq_queue") or f"alcor.node.{node_id}",
+        )
+
+    async def _read(self) -> list[Change]:
+        s = self.settings
+        if self.watermark < self.store.changes.horizon:
+            await self._rebuild(f"watermark {self.watermark} is below the compaction horizon")
+        if not self._buffer:
+            last = self.store.changes.last_rev
+            if 0 < last - self.watermark < s.max_changes and s.linger > 0:
+                await asyncio.sleep(s.linger)
+            self._buffer = await self.store.changes.read(self.watermark, s.max_changes)
+        return self._buffer
+
+    async def cycle(self) -> None:
+        """One batch: read, place, publish, confirm, commit. Then digest checks and compaction."""
+        s = self.settings
+        changes = await self._read()
+        per_node: dict[str, dict[tuple[str, str], Op]] = {}
+        touched: dict[tuple[str, str], None] = {}
+        n_ops = 0
+        used = 0
+        rev = self.watermark
+        first_ts: list[float] = []
+        for c in changes:
+            if c.type in WIRE_TYPE:
+                for node, ops in place(self.topology, c).items():
+                    bucket = per_node.setdefault(node, {})
+                    for op in ops:
+                        # Only the last state of a resource matters within one message.
+                        bucket[(op["type"], op["id"])] = op
+                    n_ops += len(ops)
+                touched[(c.type, c.id)] = None
+            used += 1
+            rev = c.rev
+            first_ts.append(c.ts)
+            if n_ops >= s.max_ops:
+                break
+        del self._buffer[:used]
+
+        # Who gets a snapshot this round: owed ones, within the budget (count and ops).
+        snap = [
+            n for n, ns in self.nodes.items() if ns.need_snapshot and n in self.topology.res["node"]
+        ][: s.snapshots_per_batch]
+        messages: list[tuple[str, str, bytes]] = []  # (node, kind, body)
+        cache: dict[int, bytes] = {}
+        for node, bucket in per_node.items():
+            ns = self.nodes.get(node)
+            if ns is not None and ns.need_snapshot:
+                # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
+                continue
+            prev = ns.sent_rev if ns is not None else 0
+            messages.append(
+                (node, "delta", _encode(node, "delta", prev, rev, bucket.values(), cache))
+            )
+        snap_ops = 0
+        for node in snap:
+            if snap_ops >= s.snapshot_ops_per_batch:
+                break  # the rest wait for the next batch; deltas to others go now
+            t0 = time.perf_counter()
+            st = self.nodes[node]
+            ops = [
+                {"rev": rev, "type": t, "id": i, "op": "upsert", "revision_number": rn, "body": b}
+                for t, i, b, rn in goal_entries(self.topology, node)
+            ]
+            snap_ops += len(ops)
+            messages.append(
+                (node, "snapshot", _encode(node, "snapshot", st.sent_rev, rev, ops, {}))
+            )
+            log.info(
+                "snapshot.built",
+                node=node,
+                rev=rev,
+                ops=len(ops),
+                reason=st.snapshot_reason,
+                ms=round((time.perf_counter() - t0) * 1000, 1),
+            )
+
+        confirmed = await self._publish(messages)
+        now = time.time()
+        for ts in first_ts:
+            self.metrics.latencies.append(now - ts)
+        await self._commit(rev, messages, confirmed, touched)
+        for t, i in touched:
+            if t == "node" and (addr := self.address(i)) is not None:
+                await self.listen(addr)
+
+        self.metrics.batches += 1 if messages or used else 0
+        self.metrics.changes += used
+        self.metrics.messages += sum(1 for node, _, _ in messages if node in confirmed)
+        self.metrics.ops += n_ops
+        if messages:
+            log.debug("batch.published", rev=rev, changes=used, messages=len(messages), ops=n_ops)
+        self._verify_digests()
+        await self._maybe_compact()
+
+    async def _publish(self, messages: list[tuple[str, str, bytes]]) -> set[str]:
+        """Publish; retry what was not confirmed until the deadline. Returns the confirmed nodes."""
+        s = self.settings
+        pending: list[tuple[str, str, Address, bytes]] = []
+        for node, kind, body in messages:
+            addr = self.address(node)
+            if addr is not None:
+                pending.append((node, kind, addr, body))
+        confirmed: set[str] = set()
+        deadline = time.monotonic() + s.retry_deadline
+        delay = 0.1
+        while pending:
+            ok = await self.transport.publish([(a, b) for _, _, a, b in pending], s.publish_timeout)
+            failed = []
+            for item, good in zip(pending, ok, strict=True):
+                if good:
+                    confirmed.add(item[0])
+                else:
+                    failed.append(item)
+            if not failed:
+                break
+            self.metrics.publish_failures += len(failed)
+            if time.monotonic() >= deadline:
+                for node, kind, _, _ in failed:
+                    log.warning("delta.undeliverable", node=node, kind=kind)
+                break
+            log.warning("publish.retry", failed=len(failed), of=len(pending), delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            pending = failed
+        return confirmed
+
+    async def _commit(
+        self,
+        rev: int,
+        messages: list[tuple[str, str, bytes]],
+        confirmed: set[str],
+        touched: dict[tuple[str, str], None],
+    ) -> None:
+        sent: dict[str, int] = {}  # node → need_snapshot after this batch
+        for node, kind, _ in messages:
+            if node not in self.topology.res["node"]:
+                continue  # deleted in this batch: nobody to owe anything to
+            st = self.nodes.setdefault(node, NodeState())
+            if node in confirmed:
+                st.failing_since = None
+                sent[node] = 0 if kind == "snapshot" else int(st.need_snapshot)
+            else:
+                # The chain to this node is broken (some message may be lost): snapshot later.
+                st.need_snapshot = True
+                st.snapshot_reason = st.snapshot_reason or "undeliverable"
+        owed = [n for n, st in self.nodes.items() if st.need_snapshot and not st.persisted_need]
+        model_rows = []
+        for t, i in touched:
+            body = self.topology.get(t, i)
+            model_rows.append((t, i, None if body is None else json.dumps(body)))
+        async with self.store.transaction() as tx:
+            await self._set_watermark(tx, rev)
+            if sent:
+                await tx.executemany(
+                    "INSERT INTO sb_nodes(node_id, sent_rev, need_snapshot) VALUES (?, ?, ?) "
+                    "ON CONFLICT(node_id) DO UPDATE SET sent_rev = excluded.sent_rev, "
+                    "need_snapshot = excluded.need_snapshot",
+                    [(n, rev, need) for n, need in sent.items()],
+                )
+            if owed:
+                await tx.executemany(
+                    "INSERT INTO sb_nodes(node_id, sent_rev, need_snapshot) VALUES (?, ?, 1) "
+                    "ON CONFLICT(node_id) DO UPDATE SET need_snapshot = 1",
+                    [(n, self.nodes[n].sent_rev) for n in owed],
+                )
+            if model_rows:
+                await tx.executemany(
+                    "DELETE FROM sb_model WHERE type = ? AND id = ?",
+                    [(t, i) for t, i, b in model_rows if b is None],
+                )
+                await tx.executemany(
+                    "INSERT INTO sb_model(type, id, body) VALUES (?, ?, ?) "
+                    "ON CONFLICT(type, id) DO UPDATE SET body = excluded.body",
+                    [r for r in model_rows if r[2] is not None],
+                )
+        self.watermark = rev
+        for n in owed:
+            self.nodes[n].persisted_need = True
+        for node, kind, _ in messages:
+            if node not in confirmed:
+                continue
+            st = self.nodes[node]
+            st.sent_rev = rev
+            if kind == "snapshot":
+                st.need_snapshot = st.persisted_need = False
+                st.snapshot_reason = ""
+                self.metrics.snapshots += 1
+                log.info("snapshot.published", node=node, rev=rev)
+            else:
+                log.debug("delta.published", node=node, rev=rev)
+            # The agent's last report may now be comparable.
+            if st.applied_rev is not None:
+                self._verify.add(node)
+
+    # -- agent feedback ------------------------------------------------------------------------
+
+    async def listen(self, address: Address) -> None:
+        """Consume the controller queue on this node's broker (once per broker and exchange)."""
+        key = (address.url, address.vhost, address.exchange)
+        if key in self._subscribed:
+            return
+        self._subscribed.add(key)
+        q = address.with_queue(self.settings.controller_queue)
+        try:
+            self._subs.append(await self.transport.consume(q, self.on_agent_message, 256))
+        except Exception:
+            self._subscribed.discard(key)
+            log.exception("feedback.listen_failed", url=_safe(address.url), vhost=address.vhost)
+
+    async def _listen_all(self) -> None:
+        default = Address(
+            self.settings.mq_url, self.settings.mq_vhost, self.settings.mq_exchange, ""
+        )
+        await self.listen(default)
+        for node in list(self.topology.res["node"]):
+            addr = self.address(node)
+            if addr is not None:
+                await self.listen(addr)
+
+    async def on_agent_message(self, delivery: Delivery) -> None:
+        self.metrics.agent_messages += 1
+        try:
+            msg = json.loads(delivery.body)
+            if not isinstance(msg, dict) or msg.get("v") != WIRE_VERSION:
+                raise ValueError("not a v1 object")
+            kind = msg.get("kind")
+            node = msg.get("node_id")
+            if not isinstance(node, str) or node not in self.topology.res["node"]:
+                raise ValueError(f"unknown node {node!r}")
+            if kind == "hello":
+                st = self.nodes.setdefault(node, NodeState())
+                st.boot_id = str(msg.get("boot_id"))
+                st.last_report = time.time()
+                log.info(
+                    "agent.hello", node=node, boot_id=st.boot_id, applied_rev=msg.get("applied_rev")
+                )
+                self.request_snapshot(node, "hello")
+            elif kind == "resync":
+                log.info("agent.resync", node=node, applied_rev=msg.get("applied_rev"))
+                self.request_snapshot(node, "gap")
+            elif kind == "status":
+                self._on_status(node, msg)
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, TypeError) as e:
+            self.metrics.agent_rejected += 1
+            log.warning("feedback.rejected", error=str(e))
+            await delivery.reject()
+            return
+        await delivery.ack()
+
+    def _on_status(self, node: str, msg: dict[str, Any]) -> None:
+        applied = msg.get("applied_rev")
+        dig = msg.get("digest")
+        ports = msg.get("ports") or {}
+        if not isinstance(applied, int) or not isinstance(dig, str) or not isinstance(ports, dict):
+            raise ValueError("status needs applied_rev, digest and ports")
+        st = self.nodes.setdefault(node, NodeState())
+        st.applied_rev, st.digest, st.last_report = applied, dig, time.time()
+        self._verify.add(node)
+        ports_db = self.topology.res["port"]
+        for pid, status in ports.items():
+            # A node may only speak for the ports it hosts.
+            if status in PORT_STATES and self.topology.port_node(pid) == node:
+                if ports_db[pid].get("status") != status:
+                    self._port_updates[pid] = status
+        self._kick.set()
+
+    def request_snapshot(self, node: str, reason: str) -> None:
+        st = self.nodes.setdefault(node, NodeState())
+        if not st.need_snapshot:
+            st.need_snapshot = True
+            st.snapshot_reason = reason
+        self._kick.set()
+
+    async def _flush_statuses(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_flush)
+            if not self._port_updates or self.set_statuses is None:
+                self._port_updates.clear()
+                continue
+            batch, self._port_updates = self._port_updates, {}
+            try:
+                await self.set_statuses(batch)
+                log.debug("ports.status_set", count=len(batch))
+            except Exception:
+                log.exception("ports.status_failed", count=len(batch))
+
+    def _verify_digests(self) -> None:
+        """Compare agents' digests with the goal state (only between batches: the topology is then
+        the model at W, which is every node's goal at its sent_rev)."""
+        s = self.settings
+        while self._verify:
+            node = self._verify.pop()
+            st = self.nodes.get(node)
+            if st is None or st.applied_rev is None or st.digest is None or st.need_snapshot:
+                continue
+            if not (st.sent_rev <= st.applied_rev <= self.watermark):
+                continue  # behind (more is on its way) or not comparable
+            if st.expected is None or st.expected[0] != st.sent_rev:
+                st.expected = (st.sent_rev, goal_digest(goal_state(self.topology, node)))
+            match = st.expected[1] == st.digest
+            if match != st.digest_match:
+                log.info("node.sync", node=node, in_sync=match, applied_rev=st.applied_rev)
+            st.digest_match = match
+            if not match:
+                self.metrics.digest_mismatches += 1
+                now = time.monotonic()
+                if now - st.last_repair >= s.repair_interval:
+                    st.last_repair = now
+                    log.warning("node.digest_mismatch", node=node, applied_rev=st.applied_rev)
+                    self.request_snapshot(node, "digest")
+
+    async def _maybe_compact(self) -> None:
+        s = self.settings
+        if time.monotonic() - self._last_compact < s.compact_interval:
+            return
+        self._last_compact = time.monotonic()
+        floor = self.watermark
+        cutoff = time.time() - s.stale_node_seconds
+        for st in self.nodes.values():
+            if st.applied_rev is not None and (st.last_report or 0) >= cutoff:
+                floor = min(floor, st.applied_rev)
+        below = floor - s.retention + 1
+        if below > self.store.changes.horizon + 1:
+            n = await self.store.changes.compact(below)
+            log.info("changes.compacted", below=below, rows=n)
+
+    # -- visibility ----------------------------------------------------------------------------
+
+    def node_sync(self, node_id: str) -> dict[str, Any]:
+        """What GET /v2.0/alcor/nodes/{id} shows of this node's southbound sync."""
+        st = self.nodes.get(node_id) or NodeState()
+        last = st.last_report
+        return {
+            "goal_rev": st.sent_rev,
+            "applied_rev": st.applied_rev,
+            "in_sync": bool(st.digest_match)
+            and st.applied_rev == st.sent_rev
+            and not st.need_snapshot,
+            "digest_match": st.digest_match,
+            "snapshot_pending": st.need_snapshot,
+            "last_report_at": None
+            if last is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+        }
+
+
+def _encode(node: str, kind: str, prev: int, rev: int, ops: Any, cache: dict[int, bytes]) -> bytes:
+    """Serialise a message; an op shared by many nodes' messages is encoded once."""
+    parts = []
+    for op in ops:
+        b = cache.get(id(op))
+        if b is None:
+            b = cache[id(op)] = json.dumps(op, separators=(",", ":")).encode()
+        parts.append(b)
+    head = json.dumps(
+        {"v": WIRE_VERSION, "node_id": node, "kind": kind, "prev_rev": prev, "rev": rev},
+        separators=(",", ":"),
+    ).encode()
+    return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}"
+
+
+def _safe(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,206 @@
+"""The transport interface between dispatcher and agents, and its in-process implementation.
+
+Both sides use the same three calls: `publish` a batch of messages to queues and learn which the
+broker confirmed, `consume` a queue with manual acknowledgements and a prefetch window, `stop`.
+The in-process transport (the dev run, most tests) keeps RabbitMQ's semantics that the protocol
+relies on: durable FIFO queues that outlive their consumers, at-least-once delivery (unacked
+messages are redelivered, flagged, when a consumer goes away), reject without requeue.
+The RabbitMQ implementation is plugins/rabbitmq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("alcor.southbound.transport")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a queue lives: a broker (URL and vhost), the exchange it is bound to, its name."""
+
+    url: str
+    vhost: str
+    exchange: str
+    queue: str
+
+    @property
+    def broker(self) -> tuple[str, str]:
+        return (self.url, self.vhost)
+
+    def with_queue(self, queue: str) -> Address:
+        return Address(self.url, self.vhost, self.exchange, queue)
+
+
+class Delivery(Protocol):
+    body: bytes
+    redelivered: bool
+
+    async def ack(self) -> None: ...
+
+    async def reject(self) -> None:
+        """Drop the message for good (no requeue): it is malformed or not ours."""
+        ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(
+        self, messages: Sequence[tuple[Address, bytes]], timeout: float
+    ) -> list[bool]:
+        """Publish persistently, confirms pipelined; True per message the broker confirmed."""
+        ...
+
+    async def consume(self, address: Address, handler: Handler, prefetch: int) -> Subscription:
+        """Deliver the queue's messages to `handler` one at a time, in order; the handler acks."""
+        ...
+
+
+# -- in-process ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Queue:
+    ready: collections.deque[tuple[bytes, bool]] = field(default_factory=collections.deque)
+    consumer: _InProcessSubscription | None = None
+    rejected: int = 0
+
+
+class InProcessBroker:
+    """Queues shared by every in-process transport of one program (controller and agents)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[str, str, str], _Queue] = {}
+        # Tests flip this to make publishes fail as if the broker were unreachable.
+        self.down = False
+
+    def queue(self, a: Address) -> _Queue:
+        key = (a.url, a.vhost, a.queue)
+        q = self.queues.get(key)
+        if q is None:
+            q = self.queues[key] = _Queue()
+        return q
+
+    def depth(self, a: Address) -> int:
+        return len(self.queue(a).ready)
+
+
+class _InProcessDelivery:
+    def __init__(self, sub: _InProcessSubscription, body: bytes, redelivered: bool) -> None:
+        self.body = body
+        self.redelivered = redelivered
+        self._sub = sub
+        self._done = False
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def reject(self) -> None:
+        if self._settle():
+            self._sub.q.rejected += 1
+
+    def _settle(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        self._sub.unacked.pop(id(self), None)
+        self._sub.wake.set()
+        return True
+
+
+class _InProcessSubscription:
+    def __init__(self, q: _Queue, handler: Handler, prefetch: int) -> None:
+        self.q = q
+        self.handler = handler
+        self.prefetch = max(1, prefetch)
+        self.unacked: dict[int, _InProcessDelivery] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        while True:
+            while not self.q.ready or len(self.unacked) >= self.prefetch:
+                self.wake.clear()
+                await self.wake.wait()
+            body, redelivered = self.q.ready.popleft()
+            d = _InProcessDelivery(self, body, redelivered)
+            self.unacked[id(d)] = d
+            try:
+                await self.handler(d)
+            except Exception:
+                # A handler that raises leaves its message unacked, as with a real broker
+                # until the channel closes: the message comes back when this consumer goes.
+                log.exception("transport.handler_failed", queue="in-process")
+
+    async def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        # Unacked messages go back to the head of the queue, in order, flagged as redelivered.
+        for d in reversed(list(self.unacked.values())):
+            d._done = True
+            self.q.ready.appendleft((d.body, True))
+        self.unacked.clear()
+        if self.q.consumer is self:
+            self.q.consumer = None
+
+
+class InProcessTransport:
+    """A Transport over an InProcessBroker; publishes are confirmed at once unless the broker is down."""
+
+    name = "transport.inprocess"
+
+    def __init__(self, broker: InProcessBroker | None = None) -> None:
+        self.broker = broker or InProcessBroker()
+        self._subs: list[_InProcessSubscription] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for s in list(self._subs):
+            await s.cancel()
+        self._subs.clear()
+
+    async def publish(
+        self, messages: Sequence[tuple[Address, bytes]], timeout: float
+    ) -> list[bool]:
+        if self.broker.down:
+            return [False] * len(messages)
+        for address, body in messages:
+            q = self.broker.queue(address)
+            q.ready.append((body, False))
+            if q.consumer is not None:
+                q.consumer.wake.set()
+        await asyncio.sleep(0)
+        return [True] * len(messages)
+
+    async def consume(self, address: Address, handler: Handler, prefetch: int) -> Subscription:
+        q = self.broker.queue(address)
+        if q.consumer is not None:
+            raise RuntimeError(f"queue {address.queue} already has a consumer")
+        sub = _InProcessSubscription(q, handler, prefetch)
+        q.consumer = sub
+        sub.task = asyncio.get_running_loop().create_task(sub.run())
+        sub.wake.set()
+        self._subs.append(sub)
+        return sub
