@@ -94,6 +94,9 @@ async def main(args: argparse.Namespace) -> None:
 
             if args.rss_ports:
                 have = args.ports + len(conc)
+                # A /16 holds 65,534 ports: a second one takes the rest.
+                await post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "cidr": "10.1.0.0/16",
+                                                        "ip_version": 4}})
                 batch = 500
                 t0 = time.perf_counter()
                 while have < args.rss_ports:
