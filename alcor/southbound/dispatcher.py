@@ -430,7 +430,12 @@ class Dispatcher:
                 # The chain to this node is broken (some message may be lost): snapshot later.
                 st.need_snapshot = True
                 st.snapshot_reason = st.snapshot_reason or "undeliverable"
-        owed = [n for n, st in self.nodes.items() if st.need_snapshot and not st.persisted_need]
+        snapshotted = {n for n, kind, _ in messages if kind == "snapshot" and n in confirmed}
+        owed = [
+            n
+            for n, st in self.nodes.items()
+            if st.need_snapshot and not st.persisted_need and n not in snapshotted
+        ]
         model_rows = []
         for t, i in touched:
             body = self.topology.get(t, i)

@@ -1,0 +1,204 @@
+"""A controller's southbound and its agents in one event loop, on a real SQLite file.
+
+Changes are written the way the core writes them: resource row and change-log row in one
+transaction (`write`). The transport is in-process or RabbitMQ; "crashing" the controller
+cancels the dispatcher task wherever it is and starts a fresh one on the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from alcor.agent.stream import AgentStream
+from alcor.db.changelog import Change
+from alcor.db.store import Store
+from alcor.southbound.dispatcher import Dispatcher, Settings
+from alcor.southbound.goalstate import digest, goal_state
+from alcor.southbound.transport import Address, Transport
+from tests.unit.southbound.world import World
+
+PARENT = {"subnet": "network_id", "port": "network_id"}
+
+
+async def write(store: Store, changes: Iterable[Change]) -> int:
+    """Commit World changes into the store as the core would: rows and change log together."""
+    async with store.transaction() as tx:
+        for c in changes:
+            if c.op == "delete":
+                await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (c.type, c.id))
+            else:
+                assert c.body is not None
+                await tx.execute(
+                    "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(type, id) DO UPDATE SET body = excluded.body",
+                    (
+                        c.type,
+                        c.id,
+                        c.project_id,
+                        (c.body or {}).get(PARENT.get(c.type, ""), None),
+                        json.dumps(c.body),
+                    ),
+                )
+            tx.record(
+                c.type,
+                c.id,
+                c.op,
+                c.body,
+                project_id=c.project_id,
+                vpc_id=c.vpc_id,
+                revision_number=c.revision_number,
+            )
+    return store.changes.last_rev
+
+
+class Harness:
+    def __init__(
+        self,
+        path: Path,
+        transport_factory: Callable[[], Transport],
+        settings: Settings | None = None,
+    ) -> None:
+        self.path = path
+        self.make_transport = transport_factory
+        self.settings = settings or Settings(linger=0.001, retry_deadline=3.0, repair_interval=0.5)
+        self.world = World()
+        self.store: Store | None = None
+        self.transport: Transport | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.agents: dict[str, AgentStream] = {}
+        self.agent_transports: list[Transport] = []
+        self.statuses: dict[str, str] = {}
+
+    async def start(self) -> Dispatcher:
+        self.store = Store(self.path, "NORMAL")
+        await self.store.open()
+        self.transport = self.make_transport()
+        await self.transport.start()
+
+        async def set_statuses(s: dict[str, str]) -> None:
+            self.statuses.update(s)
+
+        self.dispatcher = Dispatcher(self.store, self.transport, self.settings, set_statuses)
+        await self.dispatcher.open()
+        self.dispatcher.start()
+        return self.dispatcher
+
+    async def crash(self) -> None:
+        """Cancel the dispatcher wherever it is (no drain, no final commit) and drop the store."""
+        assert self.dispatcher is not None and self.store is not None and self.transport is not None
+        await self.dispatcher.stop()
+        await self.transport.stop()
+        await self.store.close()
+        self.dispatcher = None
+
+    async def stop(self) -> None:
+        for a in self.agents.values():
+            await a.stop()
+        for t in self.agent_transports:
+            await t.stop()
+        if self.dispatcher is not None:
+            await self.crash()
+
+    async def commit(self, changes: Iterable[Change]) -> int:
+        assert self.store is not None
+        return await write(self.store, list(changes))
+
+    def address(self, node_id: str) -> Address:
+        assert self.dispatcher is not None
+        body = self.world.res["node"][node_id]
+        return Address(body["mq_url"], body["mq_vhost"], body["mq_exchange"], body["mq_queue"])
+
+    async def add_agent(
+        self, node_id: str, transport: Transport | None = None, **kw: Any
+    ) -> AgentStream:
+        if transport is None:
+            transport = self.make_transport()
+            await transport.start()
+            self.agent_transports.append(transport)
+        addr = self.address(node_id)
+        kw.setdefault("resync_interval", 0.5)
+        kw.setdefault("status_delay", 0.01)
+        a = AgentStream(
+            transport, node_id, addr, addr.with_queue(self.settings.controller_queue), **kw
+        )
+        await a.start()
+        self.agents[node_id] = a
+        return a
+
+    def in_sync(self, node_id: str) -> bool:
+        d = self.dispatcher
+        if d is None or self.store is None:
+            return False
+        a = self.agents[node_id]
+        if d.watermark != self.store.changes.last_rev or a.model.awaiting_snapshot:
+            return False
+        return a.model.digest() == digest(goal_state(d.topology, node_id))
+
+    async def converge(self, timeout: float = 20.0, nodes: Iterable[str] | None = None) -> None:
+        """Wait until every agent's model equals its goal state at the head of the change log."""
+        want = list(nodes) if nodes is not None else list(self.agents)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.in_sync(n) for n in want):
+                d = self.dispatcher
+                assert d is not None
+                for n in want:
+                    assert self.agents[n].model.goal() == goal_state(d.topology, n)
+                return
+            await asyncio.sleep(0.02)
+        d = self.dispatcher
+        detail = {
+            n: (
+                self.agents[n].model.applied_rev,
+                self.agents[n].model.awaiting_snapshot,
+                vars(self.agents[n].counters),
+            )
+            for n in want
+            if not self.in_sync(n)
+        }
+        raise AssertionError(
+            f"not converged: watermark={d and d.watermark} last_rev="
+            f"{self.store and self.store.changes.last_rev} behind={detail}"
+        )
+
+
+def topology(h: Harness, hosts: int, ports_per_host: int = 2) -> list[Change]:
+    """Nodes host-0..n, one network with a subnet, a router interface, ports on every host."""
+    w = h.world
+    out = [w.add_node(f"host-{i}", ip=i) for i in range(hosts)]
+    out.append(w.add_sg())
+    net = w.add_network(2000)
+    out.append(net)
+    sub = w.add_subnet(net.id)
+    out.append(sub)
+    out.append(
+        w.emit(
+            "router",
+            "router-1",
+            "create",
+            {"id": "router-1", "name": "r", "project_id": "proj", "routes": []},
+        )
+    )
+    out.append(
+        w.add_port(
+            w.res["subnet"][sub.id],
+            "",
+            [],
+            owner="network:router_interface",
+            device_id="router-1",
+            ip_last=1,
+        )
+    )
+    for i in range(hosts):
+        for _ in range(ports_per_host):
+            out.append(w.add_port(w.res["subnet"][sub.id], f"host-{i}", [out[hosts].id]))
+    return out
+
+
+def node_ids(h: Harness) -> list[str]:
+    return sorted(h.world.res["node"])

@@ -1,0 +1,268 @@
+"""The dispatcher and agents over the in-process transport, on a real SQLite file: delivery,
+crash points, gaps, an absent agent, bad messages, digest repair, compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from alcor.southbound.dispatcher import Dispatcher
+from alcor.southbound.transport import InProcessBroker, InProcessTransport
+from tests.integration.southbound.harness import Harness, node_ids, topology
+
+
+@pytest.fixture
+async def h(tmp_path: Path):
+    broker = InProcessBroker()
+    h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker))
+    h.broker = broker  # type: ignore[attr-defined]
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_agents_converge_and_ports_go_active(h: Harness) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    # Every compute port was reported programmed by its host and set ACTIVE.
+    for _ in range(100):
+        computes = [p for p in h.world.res["port"].values() if p["binding:host_id"]]
+        if all(h.statuses.get(p["id"]) == "ACTIVE" for p in computes):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"statuses: {h.statuses}")
+    d = h.dispatcher
+    assert d is not None
+    for n in node_ids(h):
+        await _until(lambda n=n: d.node_sync(n)["in_sync"])
+        sync = d.node_sync(n)
+        assert sync["applied_rev"] == sync["goal_rev"] and sync["last_report_at"]
+
+
+async def _until(pred, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_later_changes_flow_as_deltas(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, "host-1", []) for _ in range(50)])
+    victim = sorted(p for p, b in w.res["port"].items() if b["binding:host_id"] == "host-0")[0]
+    await h.commit([w.delete("port", victim)])
+    await h.converge()
+    for a in h.agents.values():
+        assert a.counters.snapshots == 1 and a.counters.applied >= 1 and a.counters.gaps == 0
+
+
+async def _crash_at(h: Harness, where: str) -> None:
+    """Make the running dispatcher block at a crash point, wait until it is there, crash it."""
+    d = h.dispatcher
+    assert d is not None
+    reached = asyncio.Event()
+    if where == "commit":  # after the broker confirmed, before the watermark transaction
+
+        async def stuck(*a, **k):
+            reached.set()
+            await asyncio.Event().wait()
+
+        d._commit = stuck  # type: ignore[method-assign]
+    else:  # "publish": mid-batch, half of the messages published
+        transport = d.transport
+        orig_pub = transport.publish
+
+        async def half(messages, timeout):
+            await orig_pub(messages[: len(messages) // 2], timeout)
+            reached.set()
+            await asyncio.Event().wait()
+
+        transport.publish = half  # type: ignore[method-assign]
+    await asyncio.wait_for(reached.wait(), 10)
+    await h.crash()
+
+
+@pytest.mark.parametrize("where", ["commit", "publish"])
+async def test_crash_points_lose_nothing(h: Harness, where: str) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    hosts = [f"host-{i}" for i in range(3)]
+    changes = [w.add_port(sub, hosts[i % 3], []) for i in range(30)]
+    crash = asyncio.create_task(_crash_at(h, where))
+    await asyncio.sleep(0)
+    await h.commit(changes)
+    await crash
+    # More changes while the controller is down; then a fresh dispatcher on the same file.
+    dead_store_changes = [w.add_port(sub, hosts[i % 3], []) for i in range(10)]
+    d = await h.start()
+    await _until(lambda: d.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
+    await h.commit(dead_store_changes)
+    await h.converge()
+    # The replay re-sent what agents already had: dropped as duplicates, never re-applied.
+    if where == "commit":
+        assert sum(a.counters.duplicates for a in h.agents.values()) >= 1
+    assert all(a.counters.gaps == 0 for a in h.agents.values())
+
+
+async def test_crash_mid_snapshot(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    d = h.dispatcher
+    assert d is not None
+    reached = asyncio.Event()
+
+    async def stuck(*a, **k):
+        reached.set()
+        await asyncio.Event().wait()
+
+    d._commit = stuck  # type: ignore[method-assign]
+    # The snapshots answering the hellos get published, then the controller dies before the commit.
+    for n in node_ids(h):
+        await h.add_agent(n, resync_interval=0.3)
+    await asyncio.wait_for(reached.wait(), 10)
+    await h.crash()
+    await h.start()
+    await h.converge()
+
+
+async def test_agent_down_during_1000_changes_gets_snapshot_on_return(h: Harness) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    away = node_ids(h)[1]
+    await h.agents.pop(away).stop()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    for _ in range(10):
+        await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(100)])
+    await h.converge(nodes=[n for n in node_ids(h) if n != away])
+    # A restarted agent (empty model) says hello: its queue's old deltas are dropped, the
+    # snapshot makes it whole.
+    a = await h.add_agent(away)
+    await h.converge()
+    assert a.counters.snapshots == 1 and a.counters.waiting >= 1
+
+
+async def test_disconnected_agent_tails_its_queue(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    n = node_ids(h)[0]
+    a = h.agents[n]
+    assert a._sub is not None
+    await a._sub.cancel()  # the agent keeps its model but stops consuming (a partition)
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, "host-1", []) for _ in range(1000)])
+    transport = h.agent_transports[0]
+    a._sub = await transport.consume(a.address, a._on_delivery, a.prefetch)
+    await h.converge()
+    assert a.counters.snapshots == 1  # caught up from the durable queue, no new snapshot
+
+
+async def test_lost_message_is_a_gap_repaired_by_snapshot(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    n = node_ids(h)[0]
+    await h.add_agent(n)
+    await h.converge()
+    a = h.agents[n]
+    await a._sub.cancel()  # type: ignore[union-attr]
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, "host-1", [])])
+    await _until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
+    await h.commit([w.add_port(sub, "host-1", [])])
+    await _until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
+    await h.converge(nodes=[n])
+    assert a.counters.gaps == 1 and a.counters.snapshots == 2
+
+
+async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    n0, n1 = node_ids(h)
+    await h.add_agent(n0)
+    await h.converge(nodes=[n0])
+    a = h.agents[n0]
+    junk = [
+        b"\x00\xff not json",
+        b'{"v": 1}',
+        json.dumps(
+            {"v": 9, "node_id": n0, "kind": "delta", "prev_rev": 0, "rev": 1, "ops": []}
+        ).encode(),
+        json.dumps(
+            {"v": 1, "node_id": n1, "kind": "snapshot", "prev_rev": 0, "rev": 10**9, "ops": []}
+        ).encode(),
+    ]
+    t = InProcessTransport(h.broker)  # type: ignore[attr-defined]
+    await t.publish([(a.address, j) for j in junk], 1.0)
+    await _until(lambda: a.counters.rejected == 4)
+    assert a.counters.foreign == 1
+    assert h.broker.queue(a.address).rejected == 4  # type: ignore[attr-defined]
+    # Still healthy: later changes apply.
+    w = h.world
+    await h.commit([w.add_port(next(iter(w.res["subnet"].values())), "host-0", [])])
+    await h.converge(nodes=[n0])
+    # Garbage on the controller queue is rejected and counted too.
+    d = h.dispatcher
+    assert d is not None
+    await t.publish([(a.address.with_queue("alcor.controller"), b"{nonsense")], 1.0)
+    await _until(lambda: d.metrics.agent_rejected >= 1)
+
+
+async def test_digest_mismatch_is_repaired(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    n = node_ids(h)[0]
+    a = await h.add_agent(n)
+    await h.converge()
+    # Drift: the agent's model loses a resource behind the protocol's back.
+    some = next(iter(a.model.resources["port"]))
+    a.model._drop(("port", some))
+    w = h.world
+    await h.commit([w.add_port(next(iter(w.res["subnet"].values())), "host-1", [])])
+    await h.converge(nodes=[n])
+    d = h.dispatcher
+    assert d is not None
+    assert d.metrics.digest_mismatches >= 1 and a.counters.snapshots == 2
+
+
+async def test_watermark_behind_compaction_rebuilds_and_snapshots(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    await h.crash()
+    # While the controller is down, many changes happen and the log is compacted past W.
+    from alcor.db.store import Store
+
+    store = Store(h.path, "NORMAL")
+    await store.open()
+    from tests.integration.southbound.harness import write
+
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await write(store, [w.add_port(sub, "host-0", []) for _ in range(20)])
+    await store.changes.compact(store.changes.last_rev)
+    await store.close()
+    d: Dispatcher = await h.start()
+    await h.converge()
+    assert all(a.counters.snapshots == 2 for a in h.agents.values())
+    assert d.watermark == h.store.changes.last_rev  # type: ignore[union-attr]
