@@ -38,3 +38,23 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
         assert call(p2.url + "/v2.0/alcor/changes?since=0&limit=1")["last_rev"] == rev + 1
     finally:
         assert p2.stop() == 0
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path):
+    import threading
+    import time
+
+    p = Program(["controller", "--db", str(tmp_path / "a.db")], log=tmp_path / "log").start()
+    result = {}
+
+    def long_poll():
+        # A long-poll on the change log is in flight when SIGTERM arrives: it must still be answered.
+        result["body"] = call(p.url + "/v2.0/alcor/changes?since=1000&wait=2")
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert p.stop() == 0
+    t.join(10)
+    assert result["body"]["changes"] == [] and time.monotonic() - started >= 1.0
