@@ -42,6 +42,10 @@ class World:
         }
         self.n = 0
         self.log: list[Change] = []
+        # Node MQ settings, so broker tests can isolate their queues and vhosts.
+        self.queue_prefix = "alcor.node."
+        self.mq_url = "amqp://guest:guest@127.0.0.1:5672/"
+        self.vhost = "/"
 
     # -- primitives ----------------------------------------------------------------------------
 
@@ -85,10 +89,10 @@ class World:
             "node_name": name,
             "local_ip": f"172.16.0.{ip % 250 + 1}",
             "mac_address": "02:00:00:00:00:01",
-            "mq_url": "amqp://guest:guest@127.0.0.1:5672/",
-            "mq_vhost": "/",
+            "mq_url": self.mq_url,
+            "mq_vhost": self.vhost,
             "mq_exchange": "alcor",
-            "mq_queue": f"alcor.node.{nid}",
+            "mq_queue": f"{self.queue_prefix}{nid}",
         }
         return self.emit("node", nid, "create", body)
 

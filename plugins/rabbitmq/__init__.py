@@ -1,0 +1,269 @@
+"""RabbitMQ transport (aio-pika): the southbound `Transport` over real brokers.
+
+One robust connection per broker (URL + vhost), shared by publishing and consuming, so nodes can
+be spread over several RabbitMQ clusters by their own MQ settings. Node queues are durable, with
+the node's fixed name, bound to the node's durable direct exchange under their own name.
+Publishing: persistent messages on a confirm channel, `mandatory` (an unroutable message is a
+failure, not a silent drop), confirms awaited in pipelined windows. Consuming: manual acks and
+a prefetch window; messages are handed to the handler one at a time, in queue order. After a
+connection loss aio-pika reconnects and restores channels, queues and consumers; unacked messages
+are redelivered by the broker, and the ordering rule drops what was already applied.
+
+Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000).
+Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rabbitmq"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from yarl import URL
+
+from alcor.southbound.transport import Address, Handler
+
+log = structlog.get_logger("alcor.rabbitmq")
+
+
+def broker_url(url: str, vhost: str, reconnect_interval: float) -> URL:
+    """The node's broker URL with its vhost as the path (aio-pika reads the vhost from there)."""
+    u = URL(url).with_path("/" if vhost in ("", "/") else "/" + vhost)
+    return u.update_query(reconnect_interval=str(reconnect_interval), name="alcor")
+
+
+def _redact(url: str) -> str:
+    return str(URL(url).with_password(None).with_user(None)) if "@" in url else url
+
+
+class _Broker:
+    """One connection and one confirm channel for publishing; consumer channels come and go."""
+
+    def __init__(self, url: str, vhost: str, settings: dict[str, Any]) -> None:
+        self.url, self.vhost, self.settings = url, vhost, settings
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.exchanges: dict[str, AbstractExchange] = {}
+        self.queues: set[tuple[str, str]] = set()
+        self.lock = asyncio.Lock()
+        self.reconnects = 0
+
+    async def connect(self) -> AbstractRobustConnection:
+        async with self.lock:
+            if self.connection is None:
+                self.connection = await aio_pika.connect_robust(
+                    broker_url(self.url, self.vhost, self.settings["reconnect_interval"]),
+                    timeout=self.settings["connect_timeout"],
+                )
+                self.connection.reconnect_callbacks.add(self._reconnected)
+                log.info("mq.connected", url=_redact(self.url), vhost=self.vhost)
+            if self.channel is None:
+                self.channel = await self.connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+            return self.connection
+
+    def _reconnected(self, *_: Any) -> None:
+        self.reconnects += 1
+        log.warning("mq.reconnected", url=_redact(self.url), vhost=self.vhost, n=self.reconnects)
+
+    async def exchange(self, channel: AbstractChannel, name: str) -> AbstractExchange:
+        return await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+
+    async def ensure(self, address: Address) -> AbstractExchange:
+        """The address's exchange on the publish channel, with its queue declared and bound."""
+        assert self.channel is not None
+        ex = self.exchanges.get(address.exchange)
+        if ex is None:
+            ex = self.exchanges[address.exchange] = await self.exchange(
+                self.channel, address.exchange
+            )
+        if (address.exchange, address.queue) not in self.queues:
+            q = await self.channel.declare_queue(address.queue, durable=True)
+            await q.bind(ex, routing_key=address.queue)
+            self.queues.add((address.exchange, address.queue))
+        return ex
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+        self.connection = self.channel = None
+        self.exchanges.clear()
+        self.queues.clear()
+
+
+class _Delivery:
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self.message = message
+        self.body = message.body
+        self.redelivered = bool(message.redelivered)
+
+    async def ack(self) -> None:
+        try:
+            await self.message.ack()
+        except Exception as e:
+            # The channel died under us: the broker redelivers, the agent drops the duplicate.
+            log.info("mq.ack_lost", error=str(e))
+
+    async def reject(self) -> None:
+        try:
+            await self.message.reject(requeue=False)
+        except Exception as e:
+            log.info("mq.reject_lost", error=str(e))
+
+
+class _Subscription:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler) -> None:
+        self.channel, self.queue, self.handler = channel, queue, handler
+        # aio-pika calls back per message; an inbox and one worker keep queue order end to end.
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.tag: str | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+        self.tag = await self.queue.consume(self._on_message, no_ack=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def _work(self) -> None:
+        while True:
+            message = await self.inbox.get()
+            try:
+                await self.handler(_Delivery(message))
+            except Exception:
+                log.exception("mq.handler_failed", queue=self.queue.name)
+
+    async def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            try:
+                await self.worker
+            except asyncio.CancelledError:
+                pass
+        try:
+            # Closing the channel hands every unacked message back to the queue.
+            await self.channel.close()
+        except Exception as e:
+            log.info("mq.channel_close_failed", error=str(e))
+
+
+class RabbitTransport:
+    name = "rabbitmq"
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, config: dict[str, dict[str, Any]] | None = None) -> None:
+        cfg = (config or {}).get("rabbitmq") or {}
+        self.settings = {
+            "reconnect_interval": float(cfg.get("reconnect_interval", 1.0)),
+            "connect_timeout": float(cfg.get("connect_timeout", 5.0)),
+            "publish_window": int(cfg.get("publish_window", 1000)),
+        }
+        self.brokers: dict[tuple[str, str], _Broker] = {}
+        self.subscriptions: list[_Subscription] = []
+        self.published = 0
+        self.failed = 0
+
+    # Module protocol: connections are opened lazily, per broker, on first use.
+    async def start(self, kernel: Any = None) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for s in self.subscriptions:
+            await s.cancel()
+        self.subscriptions.clear()
+        for b in self.brokers.values():
+            try:
+                await b.close()
+            except Exception as e:
+                log.info("mq.close_failed", error=str(e))
+        self.brokers.clear()
+
+    def broker(self, address: Address) -> _Broker:
+        b = self.brokers.get(address.broker)
+        if b is None:
+            b = self.brokers[address.broker] = _Broker(address.url, address.vhost, self.settings)
+        return b
+
+    async def publish(
+        self, messages: Sequence[tuple[Address, bytes]], timeout: float
+    ) -> list[bool]:
+        results = [False] * len(messages)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (addr, _) in enumerate(messages):
+            groups.setdefault(addr.broker, []).append(i)
+        await asyncio.gather(
+            *(self._publish_to(idx, messages, results, timeout) for idx in groups.values())
+        )
+        ok = sum(results)
+        self.published += ok
+        self.failed += len(results) - ok
+        return results
+
+    async def _publish_to(
+        self,
+        idx: list[int],
+        messages: Sequence[tuple[Address, bytes]],
+        results: list[bool],
+        timeout: float,
+    ) -> None:
+        first = messages[idx[0]][0]
+        b = self.broker(first)
+        try:
+            await asyncio.wait_for(b.connect(), timeout)
+            targets = {}
+            for i in idx:
+                addr = messages[i][0]
+                if (addr.exchange, addr.queue) not in targets:
+                    targets[(addr.exchange, addr.queue)] = await b.ensure(addr)
+        except Exception as e:
+            log.warning("mq.publish_unavailable", url=_redact(b.url), vhost=b.vhost, error=str(e))
+            return
+        window = int(self.settings["publish_window"])
+        for start in range(0, len(idx), window):
+            chunk = idx[start : start + window]
+            outcomes = await asyncio.gather(
+                *(
+                    targets[(messages[i][0].exchange, messages[i][0].queue)].publish(
+                        aio_pika.Message(
+                            messages[i][1],
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            content_type="application/json",
+                        ),
+                        routing_key=messages[i][0].queue,
+                        mandatory=True,
+                        timeout=timeout,
+                    )
+                    for i in chunk
+                ),
+                return_exceptions=True,
+            )
+            for i, out in zip(chunk, outcomes, strict=True):
+                results[i] = not isinstance(out, BaseException)
+
+    async def consume(self, address: Address, handler: Handler, prefetch: int) -> _Subscription:
+        b = self.broker(address)
+        connection = await b.connect()
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        ex = await b.exchange(channel, address.exchange)
+        queue = await channel.declare_queue(address.queue, durable=True)
+        await queue.bind(ex, routing_key=address.queue)
+        sub = _Subscription(channel, queue, handler)
+        await sub.start()
+        self.subscriptions.append(sub)
+        return sub
+
+
+def create(config: dict[str, dict[str, Any]]) -> RabbitTransport:
+    return RabbitTransport(config)

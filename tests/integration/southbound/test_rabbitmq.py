@@ -1,0 +1,245 @@
+"""Southbound over the real RabbitMQ at 127.0.0.1:5672: crash points of the controller, all
+connections closed mid-stream, an absent agent, two vhosts, bad messages on a node queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from alcor.southbound.dispatcher import Settings
+from plugins.rabbitmq import RabbitTransport
+from tests.conftest import require
+from tests.integration.southbound.harness import Harness, node_ids, topology
+from tests.integration.southbound.test_dispatch_inprocess import _crash_at, _until
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+pytestmark = pytest.mark.rabbitmq
+
+
+def _broker_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+async def _delete_queues(vhost: str, names: list[str]) -> None:
+    path = "/" if vhost == "/" else "/" + vhost
+    conn = await aio_pika.connect(URL.rstrip("/") + path)
+    async with conn:
+        for name in names:
+            ch = await conn.channel()
+            try:
+                await ch.queue_delete(name)
+            except Exception:
+                pass
+
+
+@pytest.fixture
+async def h(tmp_path: Path):
+    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
+    tag = f"test.{uuid.uuid4().hex[:8]}."
+    settings = Settings(
+        linger=0.001, retry_deadline=20.0, repair_interval=0.5, controller_queue=tag + "controller"
+    )
+    h = Harness(
+        tmp_path / "alcor.db",
+        lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+        settings,
+    )
+    h.world.queue_prefix = tag
+    await h.start()
+    yield h
+    await h.stop()
+    queues = [b["mq_queue"] for b in h.world.res["node"].values() if b["mq_vhost"] == "/"]
+    await _delete_queues("/", [*queues, tag + "controller"])
+
+
+async def test_converge_over_rabbitmq(h: Harness) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(200)])
+    await h.converge()
+    computes = [p["id"] for p in w.res["port"].values() if p["binding:host_id"]]
+    await _until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
+
+
+@pytest.mark.parametrize("where", ["commit", "publish"])
+async def test_controller_crash_points(h: Harness, where: str) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    crash = asyncio.create_task(_crash_at(h, where))
+    await asyncio.sleep(0)
+    await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(60)])
+    await crash
+    more = [w.add_port(sub, f"host-{i % 3}", []) for i in range(20)]
+    await h.start()
+    await h.commit(more)
+    await h.converge()
+    assert all(a.counters.gaps == 0 for a in h.agents.values())
+
+
+async def test_controller_crash_mid_snapshot(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    d = h.dispatcher
+    assert d is not None
+    reached = asyncio.Event()
+
+    async def stuck(*a, **k):
+        reached.set()
+        await asyncio.Event().wait()
+
+    d._commit = stuck  # type: ignore[method-assign]
+    for n in node_ids(h):
+        await h.add_agent(n, resync_interval=0.3)
+    await asyncio.wait_for(reached.wait(), 10)
+    await h.crash()
+    await h.start()
+    await h.converge()
+
+
+async def test_all_connections_closed_mid_stream(h: Harness) -> None:
+    require(shutil.which("rabbitmqctl") is not None, "rabbitmqctl is not installed")
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+
+    async def churn() -> None:
+        for _ in range(20):
+            await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(50)])
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(churn())
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(ctl, "close_all_connections", "alcor test: broker restart")
+    await task
+    await h.converge(timeout=60)
+    d = h.dispatcher
+    assert d is not None
+    reconnects = sum(b.reconnects for b in d.transport.brokers.values())  # type: ignore[attr-defined]
+    assert reconnects >= 1
+
+
+async def test_agent_down_while_1000_changes(h: Harness) -> None:
+    await h.commit(topology(h, 3))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    away = node_ids(h)[2]
+    await h.agents.pop(away).stop()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    for _ in range(10):
+        await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(100)])
+    a = await h.add_agent(away)
+    await h.converge(timeout=60)
+    assert a.counters.snapshots == 1
+
+
+async def test_two_vhosts_each_node_gets_only_its_own(tmp_path: Path) -> None:
+    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
+    require(shutil.which("rabbitmqctl") is not None, "rabbitmqctl is not installed")
+    vhost = f"alcor-test-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(ctl, "add_vhost", vhost)
+    try:
+        await asyncio.to_thread(ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        tag = f"test.{uuid.uuid4().hex[:8]}."
+        h = Harness(
+            tmp_path / "alcor.db",
+            lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+            Settings(linger=0.001, controller_queue=tag + "controller"),
+        )
+        h.world.queue_prefix = tag
+        await h.start()
+        try:
+            w = h.world
+            a = w.add_node("host-a")
+            w.vhost = vhost
+            b = w.add_node("host-b")
+            net = w.add_network(3000)
+            sub = w.add_subnet(net.id)
+            s = w.res["subnet"][sub.id]
+            ports = [w.add_port(s, "host-a", []), w.add_port(s, "host-b", [])]
+            await h.commit([a, b, net, sub, *ports])
+            for n in (a.id, b.id):
+                await h.add_agent(n)
+            await h.converge()
+            for n in (a.id, b.id):
+                c = h.agents[n].counters
+                assert c.foreign == 0 and c.rejected == 0
+            # Each queue lives on its own node's vhost only.
+            on_default = await asyncio.to_thread(ctl, "list_queues", "-p", "/", "name")
+            on_other = await asyncio.to_thread(ctl, "list_queues", "-p", vhost, "name")
+            qa, qb = w.res["node"][a.id]["mq_queue"], w.res["node"][b.id]["mq_queue"]
+            assert qa in on_default and qa not in on_other
+            assert qb in on_other and qb not in on_default
+            brokers = h.dispatcher.transport.brokers  # type: ignore[union-attr,attr-defined]
+            assert {v for _, v in brokers} == {"/", vhost}
+        finally:
+            await h.stop()
+            await _delete_queues("/", [w.res["node"][a.id]["mq_queue"], tag + "controller"])
+    finally:
+        await asyncio.to_thread(ctl, "delete_vhost", vhost)
+
+
+async def test_malformed_and_foreign_on_node_queue(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    n0, n1 = node_ids(h)
+    a = await h.add_agent(n0)
+    await h.converge(nodes=[n0])
+    junk = [
+        b"garbage",
+        json.dumps(
+            {"v": 1, "node_id": n1, "kind": "delta", "prev_rev": 0, "rev": 5, "ops": []}
+        ).encode(),
+        json.dumps(
+            {
+                "v": 1,
+                "node_id": n0,
+                "kind": "delta",
+                "prev_rev": 0,
+                "rev": 5,
+                "ops": [{"rev": 9, "type": "port"}],
+            }
+        ).encode(),
+    ]
+    conn = await aio_pika.connect(URL)
+    async with conn:
+        ch = await conn.channel()
+        for j in junk:
+            await ch.default_exchange.publish(aio_pika.Message(j), routing_key=a.address.queue)
+    await _until(lambda: a.counters.rejected == 3)
+    assert a.counters.foreign == 1
+    w = h.world
+    await h.commit([w.add_port(next(iter(w.res["subnet"].values())), "host-0", [])])
+    await h.converge(nodes=[n0])
+    # Rejected without requeue: nothing is left behind on the queue.
+    out = await asyncio.to_thread(ctl, "list_queues", "-p", "/", "name", "messages")
+    line = next(ln for ln in out.splitlines() if ln.startswith(a.address.queue))
+    assert line.split()[-1] == "0"
