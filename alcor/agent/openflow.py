@@ -80,6 +80,7 @@ class Switch:
         self._pending: dict[int, asyncio.Future[list[Any]]] = {}
         self._partial: dict[int, list[Any]] = {}
         self._inflight: dict[int, _Batch] = {}
+        self._raw_multipart: set[int] = set()  # xids whose multipart replies stay bytes
         self.datapath_id = 0
         self.ports: dict[str, int] = {}  # interface name -> ofport
         self.closed = asyncio.Event()
@@ -132,15 +133,14 @@ class Switch:
         """
         batch = _Batch()
         chunks: list[bytes] = []
-        for command, flows, build in (
-            ("add", adds, codec.add_msg),
-            ("delete", deletes, codec.delete_msg),
+        for command, flows, encode in (
+            ("add", adds, codec.encode_add),
+            ("delete", deletes, codec.encode_delete),
         ):
             for flow in flows:
-                msg = build(flow)
-                data = self._encode(msg)
-                batch.xids[msg.xid] = (command, flow, msg)
-                chunks.append(data)
+                xid = self._next_xid()
+                batch.xids[xid] = (command, flow, None)
+                chunks.append(encode(flow, xid))
         if not chunks:
             return []
         for xid in batch.xids:
@@ -184,8 +184,15 @@ class Switch:
         req = parser.OFPFlowStatsRequest(
             codec.DP, table_id=table_id, cookie=cookie, cookie_mask=cookie_mask
         )
-        pages = await self.request(req, timeout=60.0)
-        return [codec.from_stats(stat) for page in pages for stat in page.body]
+        # Pages are decoded by codec.decode_flow_stats rather than os-ken's parser: tens of
+        # thousands of flows are read back on every reconnect.
+        req.set_xid(self._next_xid())
+        self._raw_multipart.add(req.xid)
+        try:
+            pages = await self.request(req, timeout=60.0)
+        finally:
+            self._raw_multipart.discard(req.xid)
+        return [f for page in pages for f in codec.decode_flow_stats(page)]
 
     async def flow_stats_many(self, cookies: Iterable[int]) -> list[Flow]:
         """Read back the flows of several exact cookies with pipelined requests."""
@@ -224,6 +231,9 @@ class Switch:
                 version, mtype, length, xid, buf = await self._read()
                 if mtype == ofp.OFPT_ECHO_REQUEST:
                     self._write(HEADER.pack(OFP13, ofp.OFPT_ECHO_REPLY, length, xid) + buf[8:])
+                    continue
+                if mtype == ofp.OFPT_MULTIPART_REPLY and xid in self._raw_multipart:
+                    self._raw_page(xid, buf)
                     continue
                 msg = ofproto_msg.msg(codec.DP, version, mtype, length, xid, buf)
                 self._dispatch(msg)
@@ -265,6 +275,15 @@ class Switch:
             result = [msg]
         if not fut.done():
             fut.set_result(result)
+
+    def _raw_page(self, xid: int, buf: bytes) -> None:
+        """One page of a multipart reply kept as bytes (after its 16-byte multipart header)."""
+        _, flags = struct.unpack_from("!HH", buf, HEADER.size)
+        pages = self._partial.setdefault(xid, [])
+        pages.append(buf[16:])
+        fut = self._pending.get(xid)
+        if not flags & ofp.OFPMPF_REPLY_MORE and fut is not None and not fut.done():
+            fut.set_result(pages)
 
     def _on_error(self, msg: parser.OFPErrorMsg) -> None:
         self.stats["errors"] += 1
