@@ -19,6 +19,7 @@ from alcor.resources.schema import Invalid, Resource
 
 RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
 MAX_LIMIT = 10000
+SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
 _SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -54,10 +55,14 @@ def parse(res: Resource, params: MultiMapping[str], extra_filters: frozenset[str
         for v in values:
             if attr.kind == "integer":
                 try:
-                    out.append(int(v))
-                    continue
+                    n = int(v)
                 except ValueError:
                     raise BadRequest(f"Invalid input for {key}. Reason: '{v}' is not an integer.") from None
+                if not SQL_INT_MIN <= n <= SQL_INT_MAX:
+                    # No stored value lies outside SQLite's 64-bit integers, and binding one fails.
+                    raise BadRequest(f"Invalid input for {key}. Reason: '{v}' is out of range.")
+                out.append(n)
+                continue
             if attr.kind == "boolean":
                 if v.lower() not in ("true", "false", "1", "0"):
                     raise BadRequest(f"Invalid input for {key}. Reason: '{v}' cannot be converted to boolean.")
