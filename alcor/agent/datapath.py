@@ -23,9 +23,9 @@ from typing import Any
 import structlog
 
 from alcor.agent.bridge import BridgeConfig, ensure_bridge
-from alcor.agent.flows import Flow, FlowSet, GoalState, compile_flows, cookie_for
+from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
-from alcor.agent.reconcile import Key, Reconciler, Report
+from alcor.agent.reconcile import Reconciler, Report
 
 log = structlog.get_logger("alcor.agent.datapath")
 
@@ -76,7 +76,7 @@ class Datapath:
         }
         self._server = OpenFlowServer(config.listen, self, netns=config.netns)
         self._reconciler: Reconciler | None = None
-        self._flowset: FlowSet | None = None
+        self._compiler = FlowCompiler(config.tunnel_port)
         self._lock = asyncio.Lock()
         self._kick: asyncio.Task[None] | None = None
 
@@ -129,36 +129,33 @@ class Datapath:
             return {}
         switch, reconciler = self.switch, self._reconciler
         if switch is None or reconciler is None:
-            fs = compile_flows(goal, {}, tunnel_port=self.config.tunnel_port)
-            self.statuses = {
-                pid: (ERROR, f"bridge {self.config.bridge} not connected to the agent")
-                for pid in fs.local_ports
-            }
+            reason = f"bridge {self.config.bridge} not connected to the agent"
+            self.statuses = {pid: (ERROR, reason) for pid in _local_ports(goal)}
             return dict(self.statuses)
         start = time.perf_counter()
-        fs = compile_flows(goal, switch.ports, tunnel_port=self.config.tunnel_port)
+        changes = self._compiler.compile(goal, switch.ports)
         compiled = time.perf_counter() - start
-        desired = fs.by_key()
+        desired = self._compiler.desired
         try:
-            if reconciler.installed is None or self._flowset is None:
+            cookies = changes.cookies
+            if reconciler.installed is None or len(cookies) > PARTIAL_COOKIES:
                 report = await reconciler.full(desired)
             else:
-                keys, cookies = _changes(self._flowset.by_key(), desired)
-                report = await reconciler.partial(desired, keys, cookies)
+                report = await reconciler.partial(desired, changes.flows.keys(), cookies)
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
-        self._flowset = fs
         self.last_report = report
         self.counters["reconciles"] += 1
         self.counters["full"] += int(report.full)
         self.counters["flow_mods"] += report.adds + report.deletes
-        self.statuses = _statuses(fs, report)
+        self.statuses = self._statuses(report)
         log.info(
             "datapath.reconciled",
             why=why,
             full=report.full,
             flows=len(desired),
+            recompiled=changes.recomputed,
             read_back=report.read_back,
             adds=report.adds,
             deletes=report.deletes,
@@ -167,7 +164,7 @@ class Datapath:
             ms=round((time.perf_counter() - start) * 1000, 2),
         )
         for err in report.errors:
-            owner = fs.owners.get(err.flow.cookie) if err.flow else None
+            owner = self._compiler.owners.get(err.flow.cookie) if err.flow else None
             log.warning("datapath.flow_rejected", owner=owner, error=err.error, flow=str(err.flow))
         return dict(self.statuses)
 
@@ -175,6 +172,26 @@ class Datapath:
         self.switch = None
         self._reconciler = None
         return await self._reconcile(why)
+
+    def _statuses(self, report: Report) -> dict[str, PortStatus]:
+        failed = report.failed_cookies
+        out: dict[str, PortStatus] = {}
+        problems = self._compiler.port_problems
+        for pid in self._compiler.local_ports:
+            problem = problems.get(pid, "")
+            cookie = cookie_for("port", pid)
+            if problem == "admin_state_up is false":
+                out[pid] = (DOWN, problem)
+            elif problem:
+                out[pid] = (ERROR, problem)
+            elif cookie in failed:
+                errs = sorted(
+                    {e.error for e in report.errors if e.flow and e.flow.cookie == cookie}
+                )
+                out[pid] = (ERROR, "switch rejected flows: " + ", ".join(errs))
+            else:
+                out[pid] = (ACTIVE, "")
+        return out
 
     def _schedule(self, why: str) -> None:
         """Coalesce event-driven reconciles: at most one waiting behind the running one."""
@@ -205,7 +222,6 @@ class Datapath:
             return
         self.switch = switch
         self._reconciler = Reconciler(switch, barrier_timeout=self.config.barrier_timeout)
-        self._flowset = None
         self.connected.set()
         if self.goal is not None:
             self._schedule("connected")
@@ -231,40 +247,13 @@ class Datapath:
         log.debug("datapath.packet_in", reason=msg.reason, table=msg.table_id, bytes=len(data))
 
 
-def _changes(old: dict[Key, Flow], new: dict[Key, Flow]) -> tuple[set[Key], set[int]]:
-    """Keys whose desired flow changed, and the cookies of those flows before and after."""
-    keys: set[Key] = set()
-    cookies: set[int] = set()
-    for k, f in new.items():
-        o = old.get(k)
-        if o != f:
-            keys.add(k)
-            cookies.add(f.cookie)
-            if o is not None:
-                cookies.add(o.cookie)
-    for k, o in old.items():
-        if k not in new:
-            keys.add(k)
-            cookies.add(o.cookie)
-    return keys, cookies
+PARTIAL_COOKIES = 256  # beyond this many touched resources one full read-back is cheaper
 
 
-def _statuses(fs: FlowSet, report: Report) -> dict[str, PortStatus]:
-    failed = report.failed_cookies
-    out: dict[str, PortStatus] = {}
-    for pid in fs.local_ports:
-        problem = fs.port_problems.get(pid, "")
-        if problem == "admin_state_up is false":
-            out[pid] = (DOWN, problem)
-        elif problem:
-            out[pid] = (ERROR, problem)
-        elif cookie_for("port", pid) in failed:
-            errs = [
-                e.error
-                for e in report.errors
-                if e.flow and e.flow.cookie == cookie_for("port", pid)
-            ]
-            out[pid] = (ERROR, "switch rejected flows: " + ", ".join(sorted(set(errs))))
-        else:
-            out[pid] = (ACTIVE, "")
-    return out
+def _local_ports(goal: Mapping[str, Any]) -> list[str]:
+    me = goal.get("node_id")
+    return sorted(
+        pid
+        for pid, p in (goal.get("port") or {}).items()
+        if p.get("node_id") == me and p.get("device_owner") != ROUTER_INTERFACE
+    )

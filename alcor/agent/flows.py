@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -221,26 +221,6 @@ class _Subnet:
     gateway_mac: str | None
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.flows: dict[tuple[int, int, Match], Flow] = {}
-        self.owners: dict[int, tuple[str, str]] = {}
-        self.conflicts: list[tuple[Flow, Flow]] = []
-
-    def add(self, flow: Flow) -> None:
-        old = self.flows.get(flow.key)
-        if old is None:
-            self.flows[flow.key] = flow
-        elif old != flow:
-            # First one wins; input is iterated in sorted order, so the choice is deterministic.
-            self.conflicts.append((old, flow))
-
-    def own(self, rtype: str, rid: str) -> int:
-        c = cookie_for(rtype, rid)
-        self.owners[c] = (rtype, rid)
-        return c
-
-
 def _mac(value: Any) -> str | None:
     return str(value).lower() if value else None
 
@@ -290,252 +270,6 @@ def _tunnel(vni: int, remote_ip: str, tun_ofport: int) -> tuple[Action, ...]:
     return (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", remote_ip), Output(tun_ofport))
 
 
-def _base_flows(b: _Builder) -> None:
-    b.own("pipeline", "base")
-    b.add(Flow(T_CLASSIFY, P_DEFAULT, ()))  # drop: unknown in_port or tun_id
-    b.add(Flow(T_RESPOND, P_DEFAULT, (), goto_table=T_L3))
-    b.add(Flow(T_L3, P_DEFAULT, (), goto_table=T_L2))
-    b.add(Flow(T_L2, P_DEFAULT, ()))  # drop: metadata of no VPC
-
-
-def compile_flows(
-    goal: GoalState | Mapping[str, Any], ofports: Mapping[str, int], *, tunnel_port: str = "vxlan0"
-) -> FlowSet:
-    """The flows this host's switch should hold for `goal`, given its ofports by interface name."""
-    me = goal.get("node_id", "")
-    vpcs = goal.get("vpc") or {}
-    subnets_in = goal.get("subnet") or {}
-    ports = goal.get("port") or {}
-    nodes = goal.get("node") or {}
-    routers = goal.get("router") or {}
-    tun_ofport = ofports.get(tunnel_port)
-
-    b = _Builder()
-    _base_flows(b)
-    problems: dict[str, str] = {}
-    local_ports: dict[str, str] = {}
-
-    # A router interface port is never an OVS interface; it only tells us a gateway's MAC.
-    rif_mac: dict[tuple[str, str], str] = {}
-    for pid in sorted(ports):
-        p = ports[pid]
-        if p.get("device_owner") == ROUTER_INTERFACE:
-            mac = _mac(p.get("mac_address"))
-            for fip in p.get("fixed_ips") or ():
-                ip = _ipv4(fip.get("ip_address"))
-                if mac and ip:
-                    rif_mac[(str(fip.get("subnet_id")), ip)] = mac
-
-    subnets: dict[str, _Subnet] = {}
-    for sid in sorted(subnets_in):
-        body = subnets_in[sid]
-        vni = _vni(vpcs.get(str(body.get("network_id"))))
-        try:
-            net = ipaddress.ip_network(str(body.get("cidr")), strict=False)
-        except ValueError:
-            continue
-        if vni is None or net.version != 4:
-            continue  # IPv6: no NDP responder yet; such subnets get L2 flooding only
-        gw_ip = _ipv4(body.get("gateway_ip"))
-        gw_mac = _mac(body.get("gateway_mac")) or (rif_mac.get((sid, gw_ip)) if gw_ip else None)
-        assert isinstance(net, ipaddress.IPv4Network)
-        subnets[sid] = _Subnet(sid, vni, net, gw_ip, gw_mac)
-
-    # --- endpoints: every deliverable (IP, MAC) of every port ---
-    endpoints: list[_Endpoint] = []
-    vpc_local: dict[int, set[int]] = {}
-    vpc_remote: dict[int, set[str]] = {}
-    for pid in sorted(ports):
-        p = ports[pid]
-        if p.get("device_owner") == ROUTER_INTERFACE:
-            continue
-        local = p.get("node_id") == me
-        vni = _vni(vpcs.get(str(p.get("network_id"))))
-        if vni is None:
-            if local:
-                problems[pid] = f"vpc {p.get('network_id')} unknown or without segmentation_id"
-            continue
-        ofport: int | None = None
-        remote_ip: str | None = None
-        if local:
-            iface = tap_name(pid)
-            local_ports[pid] = iface
-            if p.get("admin_state_up") is False:
-                problems[pid] = "admin_state_up is false"
-                continue
-            ofport = ofports.get(iface)
-            if ofport is None:
-                problems[pid] = f"interface {iface} not on the bridge"
-                continue
-            problems[pid] = ""
-            vpc_local.setdefault(vni, set()).add(ofport)
-        else:
-            node = nodes.get(str(p.get("node_id"))) or {}
-            remote_ip = _ipv4(node.get("local_ip"))
-            if remote_ip is None or tun_ofport is None:
-                continue  # unreachable neighbour: answering its ARP would blackhole traffic
-            vpc_remote.setdefault(vni, set()).add(remote_ip)
-        mac = _mac(p.get("mac_address"))
-        if not mac:
-            continue
-        pairs: list[tuple[str, str, str]] = []  # (mac, ip, subnet_id)
-        for fip in p.get("fixed_ips") or ():
-            ip = _ipv4(fip.get("ip_address"))
-            if ip:
-                pairs.append((mac, ip, str(fip.get("subnet_id"))))
-        for aap in p.get("allowed_address_pairs") or ():
-            ip = _ipv4(str(aap.get("ip_address", "")).split("/")[0])
-            if ip:
-                pairs.append((_mac(aap.get("mac_address")) or mac, ip, ""))
-        if not pairs:
-            pairs.append((mac, "", ""))
-        for emac, ip, sid in pairs:
-            endpoints.append(_Endpoint(pid, vni, emac, ip, sid, ofport, remote_ip))
-
-    # --- per port: classify, L2 delivery, ARP ---
-    own_ips: dict[str, set[str]] = {}
-    for ep in endpoints:
-        c = b.own("port", ep.port_id)
-        meta = match(metadata=ep.vni, eth_dst=ep.mac)
-        if ep.ofport is not None:
-            b.add(
-                Flow(
-                    T_CLASSIFY,
-                    P_HOST,
-                    match(in_port=ep.ofport),
-                    write_metadata=(ep.vni, METADATA_MASK),
-                    goto_table=T_RESPOND,
-                    cookie=c,
-                )
-            )
-            b.add(Flow(T_L2, P_HOST, meta, (Output(ep.ofport),), cookie=c))
-        else:
-            assert ep.remote_ip is not None and tun_ofport is not None
-            b.add(Flow(T_L2, P_HOST, meta, _tunnel(ep.vni, ep.remote_ip, tun_ofport), cookie=c))
-        if not ep.ip:
-            continue
-        arp = match(metadata=ep.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
-        b.add(Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(ep.mac, ep.ip), cookie=c))
-        if ep.ofport is not None and ep.ip not in own_ips.setdefault(ep.port_id, set()):
-            own_ips[ep.port_id].add(ep.ip)
-            own = match(
-                in_port=ep.ofport, metadata=ep.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip
-            )
-            b.add(Flow(T_RESPOND, P_OWN_IP, own, goto_table=T_L2, cookie=c))
-
-    # --- per VPC: tunnel ingress and flooding (broadcast, multicast, unknown unicast) ---
-    for vpc_id in sorted(vpcs):
-        vni = _vni(vpcs[vpc_id])
-        if vni is None:
-            continue
-        c = b.own("vpc", vpc_id)
-        if tun_ofport is not None:
-            b.add(
-                Flow(
-                    T_CLASSIFY,
-                    P_HOST,
-                    match(in_port=tun_ofport, tunnel_id=vni),
-                    write_metadata=(vni, METADATA_MASK),
-                    goto_table=T_L2,
-                    cookie=c,
-                )
-            )
-        flood: list[Action] = [Output(o) for o in sorted(vpc_local.get(vni, ()))]
-        if tun_ofport is not None:
-            for rip in sorted(vpc_remote.get(vni, ()), key=ipaddress.IPv4Address):
-                flood.extend(_tunnel(vni, rip, tun_ofport))
-        if flood:
-            b.add(Flow(T_L2, P_FLOOD, match(metadata=vni), tuple(flood), cookie=c))
-
-    # --- per subnet: the gateway answers ARP and ping; traffic to it that is not routed drops ---
-    for s in subnets.values():
-        if not (s.gateway_ip and s.gateway_mac):
-            continue
-        c = b.own("subnet", s.id)
-        arp = match(metadata=s.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=s.gateway_ip)
-        b.add(
-            Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(s.gateway_mac, s.gateway_ip), cookie=c)
-        )
-        echo = match(
-            metadata=s.vni,
-            eth_type=ETH_IP,
-            ip_proto=IPPROTO_ICMP,
-            ipv4_dst=s.gateway_ip,
-            icmpv4_type=8,
-        )
-        b.add(
-            Flow(
-                T_RESPOND,
-                P_HOST,
-                echo,
-                icmp_echo_reply_actions(s.gateway_mac, s.gateway_ip),
-                cookie=c,
-            )
-        )
-        b.add(Flow(T_L3, P_GATEWAY_DROP, match(metadata=s.vni, eth_dst=s.gateway_mac), cookie=c))
-
-    # --- per router: distributed routing between its subnets ---
-    by_subnet: dict[str, list[_Endpoint]] = {}
-    for ep in endpoints:
-        if ep.ip:
-            for sid in (ep.subnet_id,) if ep.subnet_id else _containing(subnets, ep):
-                by_subnet.setdefault(sid, []).append(ep)
-    for rid in sorted(routers):
-        r = routers[rid]
-        joined = [
-            subnets[sid]
-            for sid in sorted(set(map(str, r.get("subnet_ids") or ())))
-            if sid in subnets and subnets[sid].gateway_mac
-        ]
-        for a in joined:
-            a_mac = a.gateway_mac
-            assert a_mac is not None
-            for bsub in joined:
-                if bsub.id == a.id or bsub.net.overlaps(a.net):
-                    continue
-                b_mac = bsub.gateway_mac
-                assert b_mac is not None
-                for ep in by_subnet.get(bsub.id, ()):
-                    c = b.own("port", ep.port_id)
-                    b.add(
-                        Flow(
-                            T_L3,
-                            P_HOST,
-                            match(metadata=a.vni, eth_type=ETH_IP, eth_dst=a_mac, ipv4_dst=ep.ip),
-                            _routed(b_mac, ep.mac),
-                            write_metadata=(bsub.vni, METADATA_MASK),
-                            goto_table=T_L2,
-                            cookie=c,
-                        )
-                    )
-                    # A VM that treats another subnet as on-link gets the router's MAC, so its
-                    # traffic is routed (TTL decremented) like everyone else's.
-                    b.add(
-                        Flow(
-                            T_RESPOND,
-                            P_PROXY_ARP,
-                            match(
-                                metadata=a.vni,
-                                eth_type=ETH_ARP,
-                                arp_op=1,
-                                arp_tpa=ep.ip,
-                                **prefix_match("arp_spa", a.net),
-                            ),
-                            arp_reply_actions(a_mac, ep.ip),
-                            cookie=c,
-                        )
-                    )
-            _static_routes(b, rid, r, a, joined, by_subnet)
-
-    return FlowSet(
-        flows=frozenset(b.flows.values()),
-        port_problems=problems,
-        local_ports=local_ports,
-        owners=b.owners,
-        conflicts=tuple(b.conflicts),
-    )
-
-
 def prefix_match(
     field_name: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
 ) -> dict[str, MatchValue]:
@@ -551,23 +285,244 @@ def _routed(src_mac: str, dst_mac: str) -> tuple[Action, ...]:
     return (SetField("eth_src", src_mac), SetField("eth_dst", dst_mac), DecTtl())
 
 
-def _containing(subnets: Mapping[str, _Subnet], ep: _Endpoint) -> Iterable[str]:
-    """Subnets of the endpoint's VPC that hold its IP (allowed address pairs name no subnet)."""
-    addr = ipaddress.IPv4Address(ep.ip)
-    return [s.id for s in subnets.values() if s.vni == ep.vni and addr in s.net]
+Key = tuple[int, int, Match]
+Ref = tuple[str, str]  # the (type, id) of the resource a group of flows belongs to
+
+_REF_ORDER = {"pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4}
 
 
-def _static_routes(
-    b: _Builder,
-    rid: str,
-    router: Body,
-    a: _Subnet,
-    joined: list[_Subnet],
-    by_subnet: Mapping[str, list[_Endpoint]],
-) -> None:
+@dataclass(frozen=True)
+class _Ctx:
+    """Everything but the ports: when any of it changes, everything is recompiled."""
+
+    me: str
+    tun_ofport: int | None
+    vni: dict[str, int]  # vpc id -> VNI
+    subnets: dict[str, _Subnet]
+    node_ip: dict[str, str]  # node id -> tunnel IP
+    # subnet B -> [(A, B)]: a port in B is reached from A through a router joining both
+    routed_to: dict[str, list[tuple[_Subnet, _Subnet]]]
+    routers: dict[str, tuple[Body, list[_Subnet]]]  # router id -> (body, its routable subnets)
+
+
+def _context(goal: Mapping[str, Any], tun_ofport: int | None) -> _Ctx:
+    vpcs = goal.get("vpc") or {}
+    vni = {vid: v for vid in vpcs if (v := _vni(vpcs[vid])) is not None}
+    # A router interface port is never an OVS interface; it only tells us a gateway's MAC.
+    rif_mac: dict[tuple[str, str], str] = {}
+    ports = goal.get("port") or {}
+    for pid in sorted(ports):
+        p = ports[pid]
+        if p.get("device_owner") == ROUTER_INTERFACE:
+            mac = _mac(p.get("mac_address"))
+            for fip in p.get("fixed_ips") or ():
+                ip = _ipv4(fip.get("ip_address"))
+                if mac and ip:
+                    rif_mac[(str(fip.get("subnet_id")), ip)] = mac
+    subnets: dict[str, _Subnet] = {}
+    subnets_in = goal.get("subnet") or {}
+    for sid in sorted(subnets_in):
+        body = subnets_in[sid]
+        v = vni.get(str(body.get("network_id")))
+        try:
+            net = ipaddress.ip_network(str(body.get("cidr")), strict=False)
+        except ValueError:
+            continue
+        if v is None or not isinstance(net, ipaddress.IPv4Network):
+            continue  # IPv6: no NDP responder yet; such subnets get L2 flooding only
+        gw_ip = _ipv4(body.get("gateway_ip"))
+        gw_mac = _mac(body.get("gateway_mac")) or (rif_mac.get((sid, gw_ip)) if gw_ip else None)
+        subnets[sid] = _Subnet(sid, v, net, gw_ip, gw_mac)
+    nodes = goal.get("node") or {}
+    node_ip = {nid: ip for nid in nodes if (ip := _ipv4((nodes[nid] or {}).get("local_ip")))}
+    routed_to: dict[str, list[tuple[_Subnet, _Subnet]]] = {}
+    routers: dict[str, tuple[Body, list[_Subnet]]] = {}
+    routers_in = goal.get("router") or {}
+    for rid in sorted(routers_in):
+        r = routers_in[rid]
+        joined = [
+            subnets[sid]
+            for sid in sorted(set(map(str, r.get("subnet_ids") or ())))
+            if sid in subnets and subnets[sid].gateway_mac
+        ]
+        routers[rid] = (r, joined)
+        for a in joined:
+            for b in joined:
+                if b.id != a.id and not b.net.overlaps(a.net):
+                    routed_to.setdefault(b.id, []).append((a, b))
+    return _Ctx(
+        me=str(goal.get("node_id", "")),
+        tun_ofport=tun_ofport,
+        vni=vni,
+        subnets=subnets,
+        node_ip=node_ip,
+        routed_to=routed_to,
+        routers=routers,
+    )
+
+
+@dataclass
+class _PortOut:
+    flows: list[Flow]
+    local: bool
+    problem: str  # local ports only: "" when the port has flows
+    vni: int | None = None
+    ofport: int | None = None
+    remote_ip: str | None = None
+    endpoints: tuple[_Endpoint, ...] = ()
+
+
+def _port_group(ctx: _Ctx, pid: str, p: Body, ofport: int | None) -> _PortOut | None:
+    """All flows of one port (cookie of the port); None for router interfaces."""
+    if p.get("device_owner") == ROUTER_INTERFACE:
+        return None
+    local = p.get("node_id") == ctx.me
+    vni = ctx.vni.get(str(p.get("network_id")))
+    if vni is None:
+        reason = f"vpc {p.get('network_id')} unknown or without segmentation_id"
+        return _PortOut([], local, reason)
+    remote_ip: str | None = None
+    if local:
+        if p.get("admin_state_up") is False:
+            return _PortOut([], local, "admin_state_up is false")
+        if ofport is None:
+            return _PortOut([], local, f"interface {tap_name(pid)} not on the bridge")
+    else:
+        remote_ip = ctx.node_ip.get(str(p.get("node_id")))
+        if remote_ip is None or ctx.tun_ofport is None:
+            # unreachable neighbour: answering its ARP would blackhole traffic
+            return _PortOut([], local, "")
+        ofport = None
+    mac = _mac(p.get("mac_address"))
+    if not mac:
+        return _PortOut([], local, "port has no MAC address", vni, ofport, remote_ip)
+    pairs: list[tuple[str, str, str]] = []  # (mac, ip, subnet_id)
+    for fip in p.get("fixed_ips") or ():
+        ip = _ipv4(fip.get("ip_address"))
+        if ip:
+            pairs.append((mac, ip, str(fip.get("subnet_id"))))
+    for aap in p.get("allowed_address_pairs") or ():
+        ip = _ipv4(str(aap.get("ip_address", "")).split("/")[0])
+        if ip:
+            pairs.append((_mac(aap.get("mac_address")) or mac, ip, ""))
+    if not pairs:
+        pairs.append((mac, "", ""))
+    c = cookie_for("port", pid)
+    flows: list[Flow] = []
+    endpoints = tuple(_Endpoint(pid, vni, m, ip, sid, ofport, remote_ip) for m, ip, sid in pairs)
+    own_ips: set[str] = set()
+    for ep in endpoints:
+        l2 = match(metadata=vni, eth_dst=ep.mac)
+        if ofport is not None:
+            flows.append(
+                Flow(
+                    T_CLASSIFY,
+                    P_HOST,
+                    match(in_port=ofport),
+                    write_metadata=(vni, METADATA_MASK),
+                    goto_table=T_RESPOND,
+                    cookie=c,
+                )
+            )
+            flows.append(Flow(T_L2, P_HOST, l2, (Output(ofport),), cookie=c))
+        else:
+            assert remote_ip is not None and ctx.tun_ofport is not None
+            flows.append(Flow(T_L2, P_HOST, l2, _tunnel(vni, remote_ip, ctx.tun_ofport), cookie=c))
+        if not ep.ip:
+            continue
+        arp = match(metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
+        flows.append(Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(ep.mac, ep.ip), cookie=c))
+        if ofport is not None and ep.ip not in own_ips:
+            own_ips.add(ep.ip)
+            own = match(in_port=ofport, metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
+            flows.append(Flow(T_RESPOND, P_OWN_IP, own, goto_table=T_L2, cookie=c))
+        # distributed routing towards this endpoint from every subnet routed to its own
+        for sid in (ep.subnet_id,) if ep.subnet_id else _containing(ctx.subnets, ep):
+            for a, b in ctx.routed_to.get(sid, ()):
+                a_mac, b_mac = a.gateway_mac, b.gateway_mac
+                assert a_mac is not None and b_mac is not None
+                flows.append(
+                    Flow(
+                        T_L3,
+                        P_HOST,
+                        match(metadata=a.vni, eth_type=ETH_IP, eth_dst=a_mac, ipv4_dst=ep.ip),
+                        _routed(b_mac, ep.mac),
+                        write_metadata=(b.vni, METADATA_MASK),
+                        goto_table=T_L2,
+                        cookie=c,
+                    )
+                )
+                # A VM that treats another subnet as on-link gets the router's MAC, so its
+                # traffic is routed (TTL decremented) like everyone else's.
+                flows.append(
+                    Flow(
+                        T_RESPOND,
+                        P_PROXY_ARP,
+                        match(
+                            metadata=a.vni,
+                            eth_type=ETH_ARP,
+                            arp_op=1,
+                            arp_tpa=ep.ip,
+                            **prefix_match("arp_spa", a.net),
+                        ),
+                        arp_reply_actions(a_mac, ep.ip),
+                        cookie=c,
+                    )
+                )
+    return _PortOut(flows, local, "", vni, ofport, remote_ip, endpoints)
+
+
+def _vpc_group(
+    ctx: _Ctx, vpc_id: str, local_ofports: Iterable[int], remote_ips: Iterable[str]
+) -> list[Flow]:
+    """Tunnel ingress and flooding (broadcast, multicast, unknown unicast) of one VPC."""
+    vni = ctx.vni[vpc_id]
+    c = cookie_for("vpc", vpc_id)
+    flows: list[Flow] = []
+    tun = ctx.tun_ofport
+    if tun is not None:
+        flows.append(
+            Flow(
+                T_CLASSIFY,
+                P_HOST,
+                match(in_port=tun, tunnel_id=vni),
+                write_metadata=(vni, METADATA_MASK),
+                goto_table=T_L2,
+                cookie=c,
+            )
+        )
+    flood: list[Action] = [Output(o) for o in sorted(local_ofports)]
+    if tun is not None:
+        for rip in sorted(remote_ips, key=ipaddress.IPv4Address):
+            flood.extend(_tunnel(vni, rip, tun))
+    if flood:
+        flows.append(Flow(T_L2, P_FLOOD, match(metadata=vni), tuple(flood), cookie=c))
+    return flows
+
+
+def _subnet_group(s: _Subnet) -> list[Flow]:
+    """The gateway answers ARP and ping; traffic to its MAC that is not routed is dropped."""
+    if not (s.gateway_ip and s.gateway_mac):
+        return []
+    c = cookie_for("subnet", s.id)
+    arp = match(metadata=s.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=s.gateway_ip)
+    echo = match(
+        metadata=s.vni, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=s.gateway_ip, icmpv4_type=8
+    )
+    return [
+        Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(s.gateway_mac, s.gateway_ip), cookie=c),
+        Flow(
+            T_RESPOND, P_HOST, echo, icmp_echo_reply_actions(s.gateway_mac, s.gateway_ip), cookie=c
+        ),
+        Flow(T_L3, P_GATEWAY_DROP, match(metadata=s.vni, eth_dst=s.gateway_mac), cookie=c),
+    ]
+
+
+def _router_group(ctx: _Ctx, rid: str, hop: Callable[[str, str], _Endpoint | None]) -> list[Flow]:
     """A router's extra routes: destination CIDR via a next hop that is a port on a joined subnet."""
-    a_mac = a.gateway_mac
-    assert a_mac is not None
+    router, joined = ctx.routers[rid]
+    c = cookie_for("router", rid)
+    flows: list[Flow] = []
     for route in router.get("routes") or ():
         try:
             dest = ipaddress.ip_network(str(route.get("destination")), strict=False)
@@ -577,25 +532,328 @@ def _static_routes(
         if dest.version != 4 or nexthop is None:
             continue
         nh_addr = ipaddress.IPv4Address(nexthop)
-        for bsub in joined:
-            if nh_addr not in bsub.net:
+        for b in joined:
+            ep = hop(b.id, nexthop) if nh_addr in b.net else None
+            if ep is None or b.gateway_mac is None:
                 continue
-            hop = next((ep for ep in by_subnet.get(bsub.id, ()) if ep.ip == nexthop), None)
-            if hop is None or bsub.gateway_mac is None:
-                continue
-            b.add(
-                Flow(
-                    T_L3,
-                    P_ROUTE_BASE + dest.prefixlen,
-                    match(
-                        metadata=a.vni,
-                        eth_type=ETH_IP,
-                        eth_dst=a_mac,
-                        **prefix_match("ipv4_dst", dest),
-                    ),
-                    _routed(bsub.gateway_mac, hop.mac),
-                    write_metadata=(bsub.vni, METADATA_MASK),
-                    goto_table=T_L2,
-                    cookie=b.own("router", rid),
+            for a in joined:
+                assert a.gateway_mac is not None
+                flows.append(
+                    Flow(
+                        T_L3,
+                        P_ROUTE_BASE + dest.prefixlen,
+                        match(
+                            metadata=a.vni,
+                            eth_type=ETH_IP,
+                            eth_dst=a.gateway_mac,
+                            **prefix_match("ipv4_dst", dest),
+                        ),
+                        _routed(b.gateway_mac, ep.mac),
+                        write_metadata=(b.vni, METADATA_MASK),
+                        goto_table=T_L2,
+                        cookie=c,
+                    )
                 )
-            )
+    return flows
+
+
+def _base_flows() -> list[Flow]:
+    return [
+        Flow(T_CLASSIFY, P_DEFAULT, ()),  # drop: unknown in_port or tun_id
+        Flow(T_RESPOND, P_DEFAULT, (), goto_table=T_L3),
+        Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
+        Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
+    ]
+
+
+@dataclass
+class Changes:
+    """What one FlowCompiler.compile changed in the desired flows."""
+
+    # key -> (flow before, flow after); None = absent. Only keys whose flow really changed.
+    flows: dict[Key, tuple[Flow | None, Flow | None]]
+    recomputed: bool  # True when everything was recompiled (context changed, or first run)
+
+    @property
+    def cookies(self) -> set[int]:
+        return {f.cookie for pair in self.flows.values() for f in pair if f is not None}
+
+
+class FlowCompiler:
+    """compile_flows, incrementally: recompile only the ports that changed.
+
+    Flows are grouped by the resource they belong to. Ports are compared by identity and then
+    equality of their bodies and their tap's ofport; a changed port recompiles its own group and
+    its VPC's flood group. Anything else (VPCs, subnets, routers, nodes, router interfaces, the
+    tunnel port) is the context: when it changes, everything is recompiled (`recomputes` counts
+    how often). The desired set is `self.desired`; state is data, nothing here does I/O.
+    """
+
+    def __init__(self, tunnel_port: str = "vxlan0") -> None:
+        self.tunnel_port = tunnel_port
+        self.recomputes = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.desired: dict[Key, Flow] = {}
+        self.port_problems: dict[str, str] = {}
+        self.local_ports: dict[str, str] = {}
+        self.owners: dict[int, Ref] = {}
+        self._ctx: _Ctx | None = None
+        self._ctx_inputs: tuple[Any, ...] = ()
+        self._ports: Mapping[str, Body] = {}
+        self._port_out: dict[str, _PortOut | None] = {}
+        self._port_ofport: dict[str, int | None] = {}
+        self._groups: dict[Ref, list[Flow]] = {}
+        self._refs: dict[Key, dict[Ref, Flow]] = {}
+        self._local_ofports: dict[int, dict[int, int]] = {}  # vni -> ofport -> count
+        self._remote_ips: dict[int, dict[str, int]] = {}  # vni -> tunnel IP -> count
+        self._hops: dict[tuple[str, str], list[_Endpoint]] = {}  # (subnet, ip) -> endpoints
+
+    # --- public ---
+
+    def compile(self, goal: Mapping[str, Any], ofports: Mapping[str, int]) -> Changes:
+        tun = ofports.get(self.tunnel_port)
+        ctx_inputs = (
+            goal.get("node_id"),
+            tun,
+            goal.get("vpc") or {},
+            goal.get("subnet") or {},
+            goal.get("router") or {},
+            goal.get("node") or {},
+        )
+        ports: Mapping[str, Body] = goal.get("port") or {}
+        if self._ctx is None or not _same_inputs(self._ctx_inputs, ctx_inputs):
+            return self._recompute(goal, ofports, ctx_inputs)
+        changed_ports = self._changed_ports(ports, ofports)
+        if changed_ports is None:  # a router interface changed: gateway MACs are context
+            return self._recompute(goal, ofports, ctx_inputs)
+        touched: dict[Key, Flow | None] = {}
+        vpcs: set[int] = set()
+        for pid in changed_ports:
+            for v in self._set_port(pid, ports.get(pid), ofports, touched):
+                vpcs.add(v)
+        self._ports = ports
+        self._refresh_vpcs(vpcs, touched)
+        if any(r.get("routes") for r, _ in self._ctx.routers.values()):
+            for rid in self._ctx.routers:
+                self._set_group(("router", rid), _router_group(self._ctx, rid, self._hop), touched)
+        return Changes(self._diff(touched), recomputed=False)
+
+    def flowset(self) -> FlowSet:
+        conflicts = tuple(
+            (refs[a], refs[b])
+            for refs in self._refs.values()
+            if len(refs) > 1
+            for a, b in [sorted(refs, key=_ref_order)[:2]]
+            if refs[a] != refs[b]
+        )
+        return FlowSet(
+            flows=frozenset(self.desired.values()),
+            port_problems=dict(self.port_problems),
+            local_ports=dict(self.local_ports),
+            owners=dict(self.owners),
+            conflicts=conflicts,
+        )
+
+    # --- internals ---
+
+    def _recompute(
+        self, goal: Mapping[str, Any], ofports: Mapping[str, int], ctx_inputs: tuple[Any, ...]
+    ) -> Changes:
+        before = self.desired
+        self._reset()
+        self.recomputes += 1
+        ctx = self._ctx = _context(goal, ctx_inputs[1])
+        self._ctx_inputs = ctx_inputs
+        touched: dict[Key, Flow | None] = {}
+        self._set_group(("pipeline", "base"), _base_flows(), touched)
+        ports: Mapping[str, Body] = goal.get("port") or {}
+        self._ports = ports
+        for pid in sorted(ports):
+            self._set_port(pid, ports[pid], ofports, touched)
+        self._refresh_vpcs(set(ctx.vni.values()), touched)
+        for sid in ctx.subnets:
+            self._set_group(("subnet", sid), _subnet_group(ctx.subnets[sid]), touched)
+        for rid in ctx.routers:
+            self._set_group(("router", rid), _router_group(ctx, rid, self._hop), touched)
+        changes: dict[Key, tuple[Flow | None, Flow | None]] = {}
+        for k, f in self.desired.items():
+            old = before.get(k)
+            if old != f:
+                changes[k] = (old, f)
+        for k, old in before.items():
+            if k not in self.desired:
+                changes[k] = (old, None)
+        return Changes(changes, recomputed=True)
+
+    def _changed_ports(
+        self, ports: Mapping[str, Body], ofports: Mapping[str, int]
+    ) -> list[str] | None:
+        old = self._ports
+        changed: list[str] = []
+        if ports is not old:
+            for pid, body in ports.items():
+                prev = old.get(pid)
+                if prev is not body and prev != body:
+                    changed.append(pid)
+            changed.extend(pid for pid in old if pid not in ports)
+        for pid in self.local_ports:  # a tap that appeared, went or moved
+            if pid in ports and ofports.get(tap_name(pid)) != self._port_ofport.get(pid):
+                changed.append(pid)
+        for pid in changed:
+            for maybe in (old.get(pid), ports.get(pid)):
+                if maybe is not None and maybe.get("device_owner") == ROUTER_INTERFACE:
+                    return None
+        return sorted(set(changed))
+
+    def _set_port(
+        self,
+        pid: str,
+        body: Body | None,
+        ofports: Mapping[str, int],
+        touched: dict[Key, Flow | None],
+    ) -> set[int]:
+        """(Re)compile one port; return the VNIs whose flood group must be refreshed."""
+        assert self._ctx is not None
+        vnis: set[int] = set()
+        prev = self._port_out.pop(pid, None)
+        if prev is not None:
+            self._membership(prev, -1)
+            if prev.vni is not None:
+                vnis.add(prev.vni)
+        self.port_problems.pop(pid, None)
+        self.local_ports.pop(pid, None)
+        self._port_ofport.pop(pid, None)
+        out = None
+        if body is not None:
+            ofport = ofports.get(tap_name(pid))
+            out = _port_group(self._ctx, pid, body, ofport)
+        if out is not None:
+            self._port_out[pid] = out
+            self._membership(out, +1)
+            if out.vni is not None:
+                vnis.add(out.vni)
+            if out.local:
+                self.local_ports[pid] = tap_name(pid)
+                self.port_problems[pid] = out.problem
+                self._port_ofport[pid] = ofport
+        self._set_group(("port", pid), out.flows if out else [], touched)
+        return vnis
+
+    def _membership(self, out: _PortOut, delta: int) -> None:
+        if out.vni is None or not out.flows:
+            return
+        if out.ofport is not None:
+            _count(self._local_ofports.setdefault(out.vni, {}), out.ofport, delta)
+        if out.remote_ip is not None:
+            _count(self._remote_ips.setdefault(out.vni, {}), out.remote_ip, delta)
+        for ep in out.endpoints:
+            if ep.ip:
+                hops = self._hops.setdefault((ep.subnet_id, ep.ip), [])
+                if delta > 0:
+                    hops.append(ep)
+                else:
+                    hops.remove(ep)
+                    if not hops:
+                        del self._hops[(ep.subnet_id, ep.ip)]
+
+    def _hop(self, subnet_id: str, ip: str) -> _Endpoint | None:
+        eps = self._hops.get((subnet_id, ip)) or self._hops.get(("", ip))
+        return min(eps, key=lambda e: e.port_id) if eps else None
+
+    def _refresh_vpcs(self, vnis: set[int], touched: dict[Key, Flow | None]) -> None:
+        assert self._ctx is not None
+        for vpc_id, vni in self._ctx.vni.items():
+            if vni in vnis:
+                flows = _vpc_group(
+                    self._ctx,
+                    vpc_id,
+                    self._local_ofports.get(vni, {}),
+                    self._remote_ips.get(vni, {}),
+                )
+                self._set_group(("vpc", vpc_id), flows, touched)
+
+    def _set_group(self, ref: Ref, flows: list[Flow], touched: dict[Key, Flow | None]) -> None:
+        if len({f.key for f in flows}) != len(flows):  # one resource, two flows, one key
+            first: dict[Key, Flow] = {}
+            for f in flows:
+                first.setdefault(f.key, f)
+            flows = list(first.values())
+        old = self._groups.pop(ref, [])
+        if old == flows:
+            if flows:
+                self._groups[ref] = flows
+            return
+        for f in old:
+            k = f.key
+            if k not in touched:
+                touched[k] = self.desired.get(k)
+            refs = self._refs[k]
+            del refs[ref]
+            if refs:
+                self.desired[k] = refs[min(refs, key=_ref_order)]
+            else:
+                del self._refs[k]
+                del self.desired[k]
+        for f in flows:
+            k = f.key
+            if k not in touched:
+                touched[k] = self.desired.get(k)
+            refs = self._refs.setdefault(k, {})
+            refs[ref] = f
+            self.desired[k] = refs[min(refs, key=_ref_order)] if len(refs) > 1 else f
+        if flows:
+            self._groups[ref] = flows
+            self.owners[cookie_for(*ref)] = ref
+        else:
+            self.owners.pop(cookie_for(*ref), None)
+
+    def _diff(self, touched: dict[Key, Flow | None]) -> dict[Key, tuple[Flow | None, Flow | None]]:
+        out: dict[Key, tuple[Flow | None, Flow | None]] = {}
+        for k, before in touched.items():
+            after = self.desired.get(k)
+            if before != after:
+                out[k] = (before, after)
+        return out
+
+
+def _count(counter: dict[Any, int], item: Any, delta: int) -> None:
+    n = counter.get(item, 0) + delta
+    if n > 0:
+        counter[item] = n
+    else:
+        counter.pop(item, None)
+
+
+def _ref_order(ref: Ref) -> tuple[int, str]:
+    return (_REF_ORDER.get(ref[0], 9), ref[1])
+
+
+def _same_inputs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is y:
+            continue
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            if len(x) != len(y) or any(y.get(k) is not v and y.get(k) != v for k, v in x.items()):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def compile_flows(
+    goal: GoalState | Mapping[str, Any], ofports: Mapping[str, int], *, tunnel_port: str = "vxlan0"
+) -> FlowSet:
+    """The flows this host's switch should hold for `goal`, given its ofports by interface name."""
+    compiler = FlowCompiler(tunnel_port)
+    compiler.compile(goal, ofports)
+    return compiler.flowset()
+
+
+def _containing(subnets: Mapping[str, _Subnet], ep: _Endpoint) -> Iterable[str]:
+    """Subnets of the endpoint's VPC that hold its IP (allowed address pairs name no subnet)."""
+    addr = ipaddress.IPv4Address(ep.ip)
+    return [s.id for s in subnets.values() if s.vni == ep.vni and addr in s.net]
