@@ -2,7 +2,12 @@
 
 A module is any object with `name`, `requires` (names of modules it needs), `async start(kernel)`
 and `async stop()`; it may also offer `routes()` (aiohttp route definitions) that the API module
-mounts. Modules find each other through `kernel.get(name)`, never through globals.
+mounts, and `async ready()`, which returns once the module can do its job (systemd hears READY=1
+only after every such gate has passed). Modules find each other through `kernel.get(name)`, never
+through globals.
+
+Under systemd (Type=notify) the kernel reports STATUS= lines while it starts, READY=1, WATCHDOG=1
+every half WatchdogSec while the event loop turns, and STOPPING=1 on shutdown.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import importlib
 import os
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -41,10 +46,27 @@ def notify(message: str) -> None:
         addr = "\0" + addr[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            # Never block the event loop on a receiver that is not reading: drop the message.
+            s.setblocking(False)
             s.connect(addr)
-            s.sendall(message.encode())
+            s.send(message.encode())
     except OSError as e:
-        log.warning("systemd.notify_failed", error=str(e))
+        log.warning("systemd.notify_failed", error=str(e), message=message.split("=", 1)[0])
+
+
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None when systemd set none."""
+    env = os.environ if env is None else env
+    usec = env.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None  # the watchdog is meant for another process (e.g. a wrapper's child)
+    try:
+        return max(int(usec) / 2e6, 0.01)
+    except ValueError:
+        return None
 
 
 def order(modules: Iterable[Module]) -> list[Module]:
@@ -94,6 +116,8 @@ class Kernel:
         self._by_name = {m.name: m for m in self.modules}
         self._started: list[Module] = []
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = False
 
     def get(self, name: str) -> Any:
         return self._by_name[name]
@@ -101,15 +125,53 @@ class Kernel:
     def has(self, name: str) -> bool:
         return name in self._by_name
 
+    def status(self, text: str) -> None:
+        """One line for `systemctl status` (STATUS=)."""
+        notify(f"STATUS={text}")
+
     async def start(self) -> None:
         for m in self.modules:
             log.info("module.starting", module=m.name)
+            self.status(f"starting {m.name}")
             await m.start(self)
             self._started.append(m)
         log.info("kernel.ready", modules=[m.name for m in self.modules])
 
+    async def announce_ready(self) -> None:
+        """Wait for every module's `ready()` gate, then tell systemd READY=1."""
+        for m in list(self._started):
+            gate = getattr(m, "ready", None)
+            if gate is not None and callable(gate):
+                self.status(f"waiting for {m.name}")
+                try:
+                    await gate()
+                except Exception:
+                    log.exception("kernel.ready_gate_failed", module=m.name)
+                    self.status(f"not ready: {m.name} failed its readiness gate")
+                    return
+        self.ready = True
+        notify("READY=1")
+        self.status("ready: " + ", ".join(m.name for m in self._started))
+        log.info("kernel.announced_ready")
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinging from the loop itself means a loop stuck in a blocking call misses its pings and
+        # systemd restarts the process, which is the point of the watchdog.
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def stop(self) -> None:
         notify("STOPPING=1")
+        self.status("stopping")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
         while self._started:
             m = self._started.pop()
             try:
@@ -128,7 +190,11 @@ class Kernel:
             loop.add_signal_handler(sig, self.request_stop)
         try:
             await self.start()
-            notify("READY=1")
+            # In tasks, so SIGTERM still stops a kernel whose gates never open (broker down).
+            self._tasks.append(loop.create_task(self.announce_ready(), name="kernel.ready"))
+            interval = watchdog_interval()
+            if interval is not None:
+                self._tasks.append(loop.create_task(self._watchdog(interval), name="kernel.watchdog"))
             await self._stop.wait()
             log.info("kernel.stopping")
         finally:
