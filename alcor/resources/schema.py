@@ -26,6 +26,19 @@ class Invalid(Exception):
 Validator = Callable[[Any], Any]
 
 
+def described(v: Validator, json_schema: dict[str, Any]) -> Validator:
+    """Attach the JSON Schema of what `v` accepts, so the OpenAPI document is derived from the
+    validators themselves (alcor/ops/openapi.py) rather than kept as a second copy."""
+    v.json_schema = json_schema  # type: ignore[attr-defined]
+    return v
+
+
+def json_schema_of(v: Validator) -> dict[str, Any] | None:
+    """The JSON Schema `described` attached to a validator, if any."""
+    schema: dict[str, Any] | None = getattr(v, "json_schema", None)
+    return schema
+
+
 @dataclass(frozen=True)
 class Attr:
     name: str
@@ -68,13 +81,16 @@ def string(max_len: int = 255) -> Validator:
         if len(value) > max_len:
             raise Invalid(f"'{value}' exceeds maximum length of {max_len}")
         return value
-    return v
+    return described(v, {"type": "string", "maxLength": max_len})
 
 
 def nullable(inner: Validator) -> Validator:
     def v(value: Any) -> Any:
         return None if value is None else inner(value)
-    return v
+    doc = dict(json_schema_of(inner) or {})
+    if "enum" in doc:
+        doc["enum"] = [*doc["enum"], None]  # OpenAPI 3.0: `nullable` alone does not widen an enum
+    return described(v, {**doc, "nullable": True})
 
 
 def boolean(value: Any) -> bool:
@@ -87,6 +103,9 @@ def boolean(value: Any) -> bool:
     raise Invalid(f"'{value}' cannot be converted to boolean")
 
 
+described(boolean, {"type": "boolean"})
+
+
 def uuid_str(value: Any) -> str:
     if not isinstance(value, str):
         raise Invalid(f"'{value}' is not a valid UUID")
@@ -97,10 +116,16 @@ def uuid_str(value: Any) -> str:
     return value
 
 
+described(uuid_str, {"type": "string", "format": "uuid"})
+
+
 def project_id(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 255:
         raise Invalid(f"'{value}' is not a valid project id")
     return value
+
+
+described(project_id, {"type": "string", "minLength": 1, "maxLength": 255})
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Validator:
@@ -119,7 +144,8 @@ def integer(lo: int | None = None, hi: int | None = None) -> Validator:
         if hi is not None and value > hi:
             raise Invalid(f"'{value}' is too large - must be no larger than '{hi}'")
         return value
-    return v
+    bounds = {k: b for k, b in (("minimum", lo), ("maximum", hi)) if b is not None}
+    return described(v, {"type": "integer", **bounds})
 
 
 def ip_address(value: Any) -> str:
@@ -132,6 +158,9 @@ def ip_address(value: Any) -> str:
         raise Invalid(f"'{value}' is not a valid IP address") from None
 
 
+described(ip_address, {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+
+
 def cidr(value: Any) -> str:
     """A subnet in any spelling; returned canonical (host bits cleared, as Neutron stores it)."""
     if not isinstance(value, str) or "/" not in value:
@@ -142,10 +171,17 @@ def cidr(value: Any) -> str:
         raise Invalid(f"'{value}' is not a valid IP subnet") from None
 
 
+described(cidr, {"type": "string", "format": "cidr"})  # a custom format, see alcor/ops/openapi.py
+
+
 def ip_or_cidr(value: Any) -> str:
     if isinstance(value, str) and "/" in value:
         return cidr(value)
     return ip_address(value)
+
+
+described(ip_or_cidr, {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"},
+                                                    {"format": "cidr"}]})
 
 
 _MAC = re.compile(r"^([0-9a-f]{2}[:-]){5}[0-9a-f]{2}$", re.IGNORECASE)
@@ -162,12 +198,15 @@ def mac_address(value: Any) -> str:
     return mac
 
 
+described(mac_address, {"type": "string", "pattern": "^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$"})
+
+
 def one_of(*choices: Any) -> Validator:
     def v(value: Any) -> Any:
         if value not in choices:
             raise Invalid(f"'{value}' is not in {list(choices)}")
         return value
-    return v
+    return described(v, {"enum": list(choices)})
 
 
 def list_of(inner: Validator, unique: bool = False) -> Validator:
@@ -178,7 +217,8 @@ def list_of(inner: Validator, unique: bool = False) -> Validator:
         if unique and len(set(map(str, out))) != len(out):
             raise Invalid(f"Duplicate items in the list: '{', '.join(map(str, value))}'")
         return out
-    return v
+    items = json_schema_of(inner) or {}
+    return described(v, {"type": "array", "items": items, **({"uniqueItems": True} if unique else {})})
 
 
 def dict_of(schema: dict[str, tuple[Validator, bool]], *, extra: bool = False) -> Validator:
@@ -196,13 +236,22 @@ def dict_of(schema: dict[str, tuple[Validator, bool]], *, extra: bool = False) -
             elif required:
                 raise Invalid(f"Validation of dictionary's keys failed. Expected keys: {{'{key}'}}")
         return out
-    return v
+    doc: dict[str, Any] = {"type": "object",
+                           "properties": {k: json_schema_of(i) or {} for k, (i, _) in schema.items()},
+                           "additionalProperties": extra}
+    required = [k for k, (_, r) in schema.items() if r]
+    if required:
+        doc["required"] = required
+    return described(v, doc)
 
 
 def any_dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid(f"'{value}' is not a dictionary")
     return value
+
+
+described(any_dict, {"type": "object"})
 
 
 # Request checking ----------------------------------------------------------------------------------
