@@ -4,6 +4,10 @@
     python main.py controller      # the controller alone (RabbitMQ transport from config)
     python main.py agent           # the node agent alone
     alcor --config /etc/alcor/alcor.toml controller
+
+and the operator's commands against a running one (alcor/admin.py):
+
+    alcor status | alcor changes --follow | alcor node show NAME | alcor agent flows
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def modules_for(role: str, cfg: Config) -> list[Module]:
     modules += extra
     for name in cfg["kernel"]["plugins"]:
         modules.append(load_plugin(name, cfg))
+    if not any(m.name == "ops" for m in modules):
+        # The agent role has no API: ops opens its own listener for /healthz, /readyz, /metrics.
+        from alcor.ops import OpsModule
+
+        modules.append(OpsModule(cfg, role))
     return modules
 
 
@@ -48,7 +57,10 @@ def _role_modules(role: str, cfg: Config) -> list[Module]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alcor", description="Alcor-py SDN control plane")
+    p = argparse.ArgumentParser(
+        prog="alcor", description="Alcor-py SDN control plane",
+        epilog="Operator commands: alcor status | changes [--follow] | node show NAME | "
+               "agent flows (alcor status --help)")
     p.add_argument("role", nargs="?", default="dev", choices=ROLES,
                    help="dev (default): controller, in-process transport and a local agent; "
                         "controller; agent")
@@ -60,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from alcor import admin
+
+    if admin.wants(argv):
+        return admin.main(argv)
     args = parser().parse_args(argv)
     try:
         cfg = config_mod.load(args.config)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from alcor.api.app import Api, changes_routes, make_app
+from alcor.api.app import METRICS, Api, changes_routes, make_app
 from alcor.config import Config
 from alcor.db.store import Store
+from alcor.ops import OpsModule
 from alcor.resources.base import Manager
 from alcor.resources.networks import Networks
 from alcor.resources.nodes import Nodes
@@ -78,6 +79,9 @@ class HttpModule:
             if routes is not None and m is not self:
                 extra += routes()
         self.app = make_app(api, extra, self.cfg["max_body_bytes"])
+        if kernel.has("ops"):
+            # Request latency for /metrics; the error middleware calls it for every request.
+            self.app[METRICS] = kernel.get("ops").observe_request
         self.runner = web.AppRunner(self.app, access_log=None,
                                     shutdown_timeout=float(self.cfg["drain_seconds"]))
         await self.runner.setup()
@@ -104,7 +108,8 @@ def controller_modules(config: Config) -> list[Module]:
         Ports(),
         Routers(),
     ]
-    return [StoreModule(config), *managers, HttpModule(config, [m.name for m in managers])]
+    ops = OpsModule(config, "controller", PATHS)
+    return [StoreModule(config), *managers, ops, HttpModule(config, [m.name for m in managers])]
 
 
 async def wait_forever() -> None:

@@ -21,6 +21,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The topology page's test: headless Chromium, and OCR to read its screenshot (no desktop extras).
+ui_missing=()
+command -v chromium >/dev/null || ui_missing+=(chromium)
+command -v tesseract >/dev/null || ui_missing+=(tesseract-ocr tesseract-ocr-eng)
+if [ ${#ui_missing[@]} -gt 0 ]; then
+  echo "== installing ${ui_missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${ui_missing[@]}" >/dev/null
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 

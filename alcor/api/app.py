@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("alcor.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Where the ops module puts its request observer: (method, route, status, seconds) -> None.
+METRICS = web.AppKey("metrics", Callable[[str, str, int, float], None])
 
 # The extensions whose attributes and semantics this API honours (and no others).
 EXTENSIONS = [
@@ -94,7 +96,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("api.unhandled", method=request.method, path=request.path)
         response = error_response(NeutronError("Request Failed: internal server error while "
                                                "processing your request.", type="HTTPInternalServerError"))
-    metrics = request.app.get("metrics")
+    metrics = request.app.get(METRICS)
     if metrics is not None:
         route = request.match_info.route.resource
         metrics(request.method, route.canonical if route is not None else "unmatched",
@@ -308,7 +310,7 @@ def changes_routes(kernel: Kernel, api: Api) -> list[web.RouteDef]:
             wait = min(float(request.query.get("wait", "0")), 60.0)
         except ValueError:
             raise BadRequest("since and limit must be integers, wait a number of seconds") from None
-        if since < 0 or limit <= 0:
+        if not 0 <= since <= q.SQL_INT_MAX or limit <= 0:
             raise BadRequest("since must be >= 0 and limit > 0")
         if wait > 0:
             await changes.wait(since, wait)
