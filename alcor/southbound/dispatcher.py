@@ -300,7 +300,9 @@ class Dispatcher:
     async def cycle(self) -> None:
         """One batch: read, place, publish, confirm, commit. Then digest checks and compaction."""
         s = self.settings
+        t_read = time.perf_counter()
         changes = await self._read()
+        t_place = time.perf_counter()
         per_node: dict[str, dict[tuple[str, str], Op]] = {}
         touched: dict[tuple[str, str], None] = {}
         n_ops = 0
@@ -361,7 +363,9 @@ class Dispatcher:
                 ms=round((time.perf_counter() - t0) * 1000, 1),
             )
 
+        t_publish = time.perf_counter()
         confirmed = await self._publish(messages)
+        t_commit = time.perf_counter()
         now = time.time()
         for ts in first_ts:
             self.metrics.latencies.append(now - ts)
@@ -375,7 +379,17 @@ class Dispatcher:
         self.metrics.messages += sum(1 for node, _, _ in messages if node in confirmed)
         self.metrics.ops += n_ops
         if messages:
-            log.debug("batch.published", rev=rev, changes=used, messages=len(messages), ops=n_ops)
+            log.debug(
+                "batch.published",
+                rev=rev,
+                changes=used,
+                messages=len(messages),
+                ops=n_ops,
+                read_ms=round((t_place - t_read) * 1000, 1),
+                place_ms=round((t_publish - t_place) * 1000, 1),
+                publish_ms=round((t_commit - t_publish) * 1000, 1),
+                commit_ms=round((time.perf_counter() - t_commit) * 1000, 1),
+            )
         self._verify_digests()
         await self._maybe_compact()
 

@@ -392,6 +392,40 @@ def info(t: Topology, key: Key) -> Info:
     raise ValueError(f"unknown wire type {wtype!r}")
 
 
+def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
+    """What `node` holds for `key` (None: nothing) and its revision_number; `info(t, key).view(node)`
+    without building the audience, for the many keys of a VPC a node joins or leaves."""
+    wtype, id = key
+    src = t.res[SOURCE_TYPE[wtype]].get(id)
+    if src is None:
+        return None, 0
+    rn = int(src.get("revision_number") or 0)
+    vpcs = t.vpcs_of.get(node, {})
+    if wtype == "port":
+        if str(src.get("network_id")) not in vpcs:
+            return None, rn
+        host = t.port_node(id)
+        return port_body(id, src, host, host == node), rn
+    if wtype == "subnet":
+        ok = str(src.get("network_id")) in vpcs
+        return (subnet_body(t, id, src) if ok else None), rn
+    if wtype == "vpc":
+        return (vpc_body(t, id, src) if id in vpcs else None), rn
+    if wtype == "gateway":
+        ok = str(src.get("vpc_id")) in vpcs
+        return (gateway_body(id, src) if ok else None), rn
+    if wtype == "router":
+        ok = any(v in vpcs for v in t.router_vpcs.get(id, ()))
+        return (router_body(t, id, src) if ok else None), rn
+    if wtype == "security_group":
+        ok = id in t.sgs_of.get(node, ())
+        return (security_group_body(id, src) if ok else None), rn
+    if wtype == "node":
+        ok = id == node or any(v in vpcs for v in t.vpcs_of.get(id, ()))
+        return (node_body(id, src) if ok else None), rn
+    raise ValueError(f"unknown wire type {wtype!r}")
+
+
 # -- a node's whole goal state -----------------------------------------------------------------
 
 

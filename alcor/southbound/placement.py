@@ -19,10 +19,9 @@ for every change, in order, yields exactly `goal_state(topology, node)` for ever
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol
 
-from alcor.southbound.goalstate import WIRE_TYPE, Body, Info, Key, Topology, info
+from alcor.southbound.goalstate import WIRE_TYPE, Body, Info, Key, Topology, info, view_of
 
 Op = dict[str, Any]  # {"rev", "type", "id", "op", "revision_number", "body"}
 
@@ -130,9 +129,9 @@ def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
         if ek:
             extra[n] = ek
     before = {k: info(t, k) for k in keys}
-    extra_b = {n: {k: info(t, k).view(n) for k in ek} for n, ek in extra.items()}
+    extra_b = {n: {k: view_of(t, n, k) for k in ek} for n, ek in extra.items()}
     t.put(change.type, change.id, new)
-    extra_a = {n: {k: info(t, k) for k in ek} for n, ek in extra.items()}
+    extra_a = {n: {k: view_of(t, n, k) for k in ek} for n, ek in extra.items()}
 
     out: dict[str, list[Op]] = {}
     rev = change.rev
@@ -140,19 +139,13 @@ def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
         _diff_key(rev, key, before[key], after[key], out)
     for n in sorted(extra):
         for key in sorted(extra[n]):
-            ia = extra_a[n][key]
-            va_n = ia.view(n)
-            vb_n = extra_b[n][key]
+            va_n, rn_a = extra_a[n][key]
+            vb_n, rn_b = extra_b[n][key]
             if va_n is not None and va_n != vb_n:
-                out.setdefault(n, []).append(_op(rev, key, va_n, ia.revision_number))
+                out.setdefault(n, []).append(_op(rev, key, va_n, rn_a))
             elif va_n is None and vb_n is not None:
-                out.setdefault(n, []).append(_op(rev, key, None, _rn_of(before, key, ia)))
+                out.setdefault(n, []).append(_op(rev, key, None, rn_b))
     return out
-
-
-def _rn_of(before: Mapping[Key, Info], key: Key, fallback: Info) -> int:
-    i = before.get(key)
-    return i.revision_number if i is not None else fallback.revision_number
 
 
 def _diff_key(rev: int, key: Key, b: Info, a: Info, out: dict[str, list[Op]]) -> None:

@@ -7,7 +7,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alcor.southbound.goalstate import WIRE_TYPES, Topology, digest, goal_state
+from alcor.southbound.goalstate import (
+    WIRE_TYPE,
+    WIRE_TYPES,
+    Topology,
+    digest,
+    goal_state,
+    info,
+    view_of,
+)
 from alcor.southbound.placement import place
 from tests.unit.southbound.world import KINDS, World
 
@@ -34,8 +42,11 @@ def as_goal(node: str, model: dict[tuple[str, str], Any]) -> dict[str, Any]:
 
 
 def check_converged(t: Topology, held: Held, nodes: set[str]) -> None:
+    every = {(WIRE_TYPE[ty], i) for ty, items in t.res.items() for i in items}
     for n in nodes | set(held):
         assert as_goal(n, held.get(n, {})) == goal_state(t, n), n
+        for key in every:
+            assert view_of(t, n, key)[0] == info(t, key).view(n), (n, key)
 
 
 actions = st.lists(
