@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -232,7 +233,8 @@ class StreamModule:
     def __init__(self, config: dict[str, dict[str, Any]], embedded: bool = True) -> None:
         self.config = config
         self.embedded = embedded
-        self.requires: tuple[str, ...] = ("southbound",) if embedded else ("rabbitmq",)
+        # Embedded: the node manager registers the local host; the southbound lends its transport.
+        self.requires: tuple[str, ...] = ("southbound", "nodes") if embedded else ("rabbitmq",)
         self.stream: AgentStream | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -244,12 +246,30 @@ class StreamModule:
         if not self.embedded:
             return str(node["id"]), node
         topology = kernel.get("southbound").dispatcher.topology
-        name = node.get("name") or __import__("socket").gethostname()
+        name = node.get("name") or socket.gethostname()
+        await self._register(kernel, name, node)
         while True:
             for nid, body in topology.res["node"].items():
                 if nid == node.get("id") or body.get("node_name") == name:
                     return nid, body
             await asyncio.sleep(0.5)  # the local node is not registered yet
+
+    async def _register(self, kernel: Any, name: str, node: dict[str, Any]) -> None:
+        """Dev run: make sure the local host is a node, so ports can bind to it at once."""
+        if not node.get("register", True) or not kernel.has("nodes"):
+            return
+        nodes = kernel.get("nodes")
+        if nodes.by_name(name) is not None:
+            return
+        from alcor.api.auth import Context
+
+        admin = Context(self.config.get("api", {}).get("admin_project", "admin"), True)
+        body = {"node_name": name, "local_ip": node.get("local_ip", "127.0.0.1")}
+        try:
+            await nodes.create_many(admin, [body])
+            log.info("agent.node_registered", node_name=name, local_ip=body["local_ip"])
+        except Exception as e:  # another start raced us, or the store refused: resolve anyway
+            log.warning("agent.node_register_failed", node_name=name, error=str(e))
 
     async def _run(self, kernel: Any) -> None:
         node_id, body = await self._resolve(kernel)

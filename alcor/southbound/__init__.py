@@ -101,3 +101,23 @@ class SouthboundModule:
 
 def create(config: dict[str, dict[str, Any]]) -> SouthboundModule:
     return SouthboundModule(config)
+
+
+def role_modules(role: str, config: dict[str, dict[str, Any]]) -> list[Any]:
+    """The southbound's share of each role (alcor/cli.py roles):
+
+    - dev: the dispatcher on the in-process transport and an embedded agent stream for the local
+      node (registered at start if no node has its name), all in one process;
+    - controller: the dispatcher; `[southbound] transport = "rabbitmq"` needs the rabbitmq plugin;
+    - agent: the agent stream for `[node] id` over the rabbitmq plugin.
+    The datapath (alcor/agent) plugs in as a module named "datapath" with `apply(goal)`.
+    """
+    from alcor.agent.stream import StreamModule
+
+    if role == "dev":
+        return [SouthboundModule(config), StreamModule(config, embedded=True)]
+    if role == "controller":
+        return [SouthboundModule(config)]
+    if role == "agent":
+        return [StreamModule(config, embedded=False)]
+    raise ValueError(f"unknown role {role!r}")
