@@ -110,15 +110,19 @@ class Switch:
     async def request(self, msg: Any, timeout: float = 10.0) -> list[Any]:
         """Send a request and wait for its reply; a multipart reply comes back as all its pages."""
         data = self._encode(msg)
+        return await self._request_encoded(msg.xid, data, timeout)
+
+    async def _request_encoded(self, xid: int, data: bytes, timeout: float) -> list[Any]:
+        """Write `data` (ending with the request `xid`) and wait for that request's reply."""
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending[msg.xid] = fut
+        self._pending[xid] = fut
         try:
             self._write(data)
             await self._writer.drain()
             return await asyncio.wait_for(fut, timeout)
         finally:
-            self._pending.pop(msg.xid, None)
-            self._partial.pop(msg.xid, None)
+            self._pending.pop(xid, None)
+            self._partial.pop(xid, None)
 
     async def barrier(self, timeout: float = 30.0) -> None:
         await self.request(parser.OFPBarrierRequest(codec.DP), timeout)
@@ -145,10 +149,12 @@ class Switch:
             return []
         for xid in batch.xids:
             self._inflight[xid] = batch
+        barrier = parser.OFPBarrierRequest(codec.DP)
+        barrier.set_xid(self._next_xid())
+        chunks.append(self._encode(barrier))
         try:
-            self._write(b"".join(chunks))
-            self.stats["flow_mods"] += len(chunks)
-            await self.barrier(timeout)
+            self.stats["flow_mods"] += len(chunks) - 1
+            await self._request_encoded(barrier.xid, b"".join(chunks), timeout)
         finally:
             for xid in batch.xids:
                 self._inflight.pop(xid, None)
@@ -442,6 +448,10 @@ class OpenFlowServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # a flow-mod batch and its barrier must not wait out Nagle + delayed ACK (~40 ms)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sw = Switch(reader, writer)
         sw.handler = self.handler
         try:
