@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aio_pika  # noqa: E402
 
 from alcor import log as alcor_log  # noqa: E402
+from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import Store  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings, _encode  # noqa: E402
 from alcor.southbound.goalstate import goal_entries  # noqa: E402
@@ -52,17 +54,81 @@ class LightAgent:
         self.snapshot_at: float | None = None
 
     async def on_delivery(self, d: Any) -> None:
-        m = json.loads(d.body)
+        m = json.loads(unpack(d.body))
         self.messages += 1
         self.ops += len(m["ops"])
         if m["kind"] == "snapshot":
             self.applied = max(self.applied, m["rev"])
-            self.snapshot_at = time.perf_counter()
+            self.snapshot_at = time.time()
         elif m["rev"] > self.applied:
             if m["prev_rev"] > self.applied:
                 self.gaps += 1
             self.applied = m["rev"]
         await d.ack()
+
+
+class Fleet:
+    """The simulated agents, in this process (--agents-inline) or in a child process, so that
+    consuming 1,000 queues does not steal the dispatcher's event loop."""
+
+    def __init__(self, queues: dict[str, str], inline: bool, transport: Any) -> None:
+        self.queues, self.inline, self.transport = queues, inline, transport
+        self.agents: dict[str, LightAgent] = {}
+        self.subs: list[Any] = []
+        self.conn: Any = None
+        self.proc: Any = None
+
+    async def start(self) -> None:
+        if self.inline:
+            for n, q in self.queues.items():
+                a = self.agents[n] = LightAgent()
+                addr = Address(URL, "/", "alcor", q)
+                self.subs.append(await self.transport.consume(addr, a.on_delivery, 200))
+            return
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_fleet_child, args=(child, self.queues), daemon=True)
+        self.proc.start()
+        await asyncio.to_thread(self.conn.recv)  # subscribed
+
+    async def report(self) -> dict[str, tuple[int, int, int, float | None]]:
+        """node → (applied rev, ops received, gaps, wall time of last snapshot)."""
+        if self.inline:
+            return {n: (a.applied, a.ops, a.gaps, a.snapshot_at) for n, a in self.agents.items()}
+        self.conn.send("report")
+        result: dict[str, tuple[int, int, int, float | None]] = await asyncio.to_thread(
+            self.conn.recv
+        )
+        return result
+
+    async def stop(self) -> None:
+        for sub in self.subs:
+            await sub.cancel()
+        if self.conn is not None:
+            self.conn.send("stop")
+            await asyncio.to_thread(self.proc.join, 30)
+
+
+def _fleet_child(conn: Any, queues: dict[str, str]) -> None:
+    async def run() -> None:
+        fleet = Fleet(queues, True, RabbitTransport({"rabbitmq": {"reconnect_interval": 1.0}}))
+        await fleet.start()
+        conn.send("ready")
+        while True:
+            cmd = await asyncio.to_thread(conn.recv)
+            if cmd == "stop":
+                await fleet.stop()
+                await fleet.transport.stop()
+                return
+            conn.send(await fleet.report())
+
+    asyncio.run(run())
+
+
+async def until(pred: Any, step: float = 0.005, timeout: float = 600.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not pred() and time.perf_counter() < deadline:  # noqa: ASYNC110 -- a benchmark polls
+        await asyncio.sleep(step)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -84,7 +150,7 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings(controller_queue=tag + "controller", linger=0.002)
     d = Dispatcher(store, transport, settings)
     await d.open()
-    w = World()
+    w = World(uuids=True)
     w.queue_prefix = tag
 
     # Topology: nodes, VPCs with a /16 subnet each, the default security group.
@@ -100,17 +166,18 @@ async def main(args: argparse.Namespace) -> None:
     await write(store, [*nodes, sg, *nets, *subs])
     d.start()
 
-    agents: dict[str, LightAgent] = {}
-    subs_rmq = []
     t0 = time.perf_counter()
-    for n in nodes:
-        a = agents[n.id] = LightAgent()
-        body = w.res["node"][n.id]
-        addr = Address(URL, "/", "alcor", body["mq_queue"])
-        subs_rmq.append(await transport.consume(addr, a.on_delivery, 200))
-    print(f"setup: {args.agents} agents subscribed in {time.perf_counter() - t0:.1f} s")
-    while d.watermark < store.changes.last_rev:
-        await asyncio.sleep(0.05)
+    fleet = Fleet(
+        {n.id: w.res["node"][n.id]["mq_queue"] for n in nodes},
+        args.agents_inline or args.transport == "inprocess",
+        transport,
+    )
+    await fleet.start()
+    print(
+        f"setup: {args.agents} agents subscribed in {time.perf_counter() - t0:.1f} s "
+        f"({'in this process' if fleet.inline else 'in a child process'})"
+    )
+    await until(lambda: d.watermark >= store.changes.last_rev, 0.05)
 
     # 1. Throughput.
     def port(i: int) -> Any:
@@ -127,28 +194,33 @@ async def main(args: argparse.Namespace) -> None:
     for chunk in range(0, args.ports, 50):
         await write(store, [port(i) for i in range(chunk, min(chunk + 50, args.ports))])
     committed = time.perf_counter() - start
-    while d.watermark < store.changes.last_rev:
-        await asyncio.sleep(0.005)
+    await until(lambda: d.watermark >= store.changes.last_rev, 0.005)
     elapsed = time.perf_counter() - start
     m = d.metrics
     changes = m.changes - base["changes"]
     ops = m.ops - base["ops"]
     msgs = m.messages - base["messages"]
-    print(f"throughput: {changes} port creates committed in {committed:.2f} s, dispatched and "
-          f"confirmed in {elapsed:.2f} s")
-    print(f"  {changes / elapsed:,.0f} changes/s  {ops / elapsed:,.0f} node-ops/s  "
-          f"{msgs / elapsed:,.0f} msgs/s  ({ops:,} node-ops in {msgs:,} messages, "
-          f"{m.batches - base['batches']} batches)")
+    print(
+        f"throughput: {changes} port creates committed in {committed:.2f} s, dispatched and "
+        f"confirmed in {elapsed:.2f} s"
+    )
+    print(
+        f"  {changes / elapsed:,.0f} changes/s  {ops / elapsed:,.0f} node-ops/s  "
+        f"{msgs / elapsed:,.0f} msgs/s  ({ops:,} node-ops in {msgs:,} messages, "
+        f"{m.batches - base['batches']} batches)"
+    )
     last = store.changes.last_rev
-    deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline and any(
-        a.applied < d.nodes[n].sent_rev for n, a in agents.items()
-    ):
-        await asyncio.sleep(0.05)
-    got = sum(a.ops for a in agents.values())
-    print(f"  agents: {got:,} ops received, all at their goal rev: "
-          f"{all(a.applied == d.nodes[n].sent_rev for n, a in agents.items())}, "
-          f"gaps: {sum(a.gaps for a in agents.values())}, head rev {last}")
+    deadline = time.perf_counter() + 120
+    while True:
+        rep = await fleet.report()
+        done = all(rep[n][0] >= d.nodes[n].sent_rev for n in rep)
+        if done or time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    print(
+        f"  agents: {sum(r[1] for r in rep.values()):,} ops received, all at their goal rev: "
+        f"{done}, gaps: {sum(r[2] for r in rep.values())}, head rev {last}"
+    )
 
     # 2. Latency at ~1,000 changes/s.
     m.latencies.clear()
@@ -163,12 +235,13 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(due - now)
         await write(store, [port(i)])
         i += 1
-    while d.watermark < store.changes.last_rev:
-        await asyncio.sleep(0.005)
+    await until(lambda: d.watermark >= store.changes.last_rev, 0.005)
     lat = list(m.latencies)
     print(f"  batches {m.batches - b2}, sent {i - args.ports}")
-    print(f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
-          f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms")
+    print(
+        f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
+        f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms"
+    )
 
     # 3. Snapshot of 10,000 neighbours.
     big_net = w.add_network(9000)
@@ -184,8 +257,7 @@ async def main(args: argparse.Namespace) -> None:
         batch.append(p)
     for chunk in range(0, len(batch), 500):
         await write(store, batch[chunk : chunk + 500])
-    while d.watermark < store.changes.last_rev:
-        await asyncio.sleep(0.01)
+    await until(lambda: d.watermark >= store.changes.last_rev, 0.01)
     await asyncio.sleep(0.5)
     addr = d.address(me)
     assert addr is not None
@@ -193,7 +265,14 @@ async def main(args: argparse.Namespace) -> None:
     for _ in range(5):
         t0 = time.perf_counter()
         ops_ = [
-            {"rev": d.watermark, "type": t, "id": i_, "op": "upsert", "revision_number": rn, "body": b}
+            {
+                "rev": d.watermark,
+                "type": t,
+                "id": i_,
+                "op": "upsert",
+                "revision_number": rn,
+                "body": b,
+            }
             for t, i_, b, rn in goal_entries(d.topology, me)
         ]
         raw = _encode(me, "snapshot", d.nodes[me].sent_rev, d.watermark, ops_, {})
@@ -204,22 +283,28 @@ async def main(args: argparse.Namespace) -> None:
         builds.append(t1 - t0)
         sends.append(t2 - t1)
     neighbours = sum(1 for o in ops_ if o["type"] == "port") - 1
-    print(f"snapshot: {neighbours:,} neighbours, {len(raw) / 1e6:.1f} MB: build+encode "
-          f"{statistics.median(builds) * 1000:.0f} ms, publish+confirm "
-          f"{statistics.median(sends) * 1000:.0f} ms, total "
-          f"{(statistics.median(builds) + statistics.median(sends)) * 1000:.0f} ms (median of 5)")
+    print(
+        f"snapshot: {neighbours:,} neighbours, {len(raw) / 1e6:.1f} MB: build+encode "
+        f"{statistics.median(builds) * 1000:.0f} ms, publish+confirm "
+        f"{statistics.median(sends) * 1000:.0f} ms, total "
+        f"{(statistics.median(builds) + statistics.median(sends)) * 1000:.0f} ms (median of 5)"
+    )
     await asyncio.sleep(1.0)
-    agents[me].snapshot_at = None
-    t0 = time.perf_counter()
+    before = (await fleet.report())[me][3]
+    t0 = time.time()
     d.request_snapshot(me, "bench")
-    while agents[me].snapshot_at is None:
-        await asyncio.sleep(0.001)
-    print(f"  end to end (request -> dispatcher -> broker -> agent parsed): "
-          f"{(agents[me].snapshot_at - t0) * 1000:.0f} ms")
+    while True:
+        got_at = (await fleet.report())[me][3]
+        if got_at is not None and got_at != before:
+            break
+        await asyncio.sleep(0.02)
+    print(
+        f"  end to end (request -> dispatcher -> broker -> agent parsed): "
+        f"{(got_at - t0) * 1000:.0f} ms"
+    )
 
     await d.stop()
-    for sub in subs_rmq:
-        await sub.cancel()
+    await fleet.stop()
     await transport.stop()
     await store.close()
     if args.transport == "inprocess":
@@ -239,6 +324,9 @@ if __name__ == "__main__":
     ap.add_argument("--ports", type=int, default=10000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--log", default="warning")
+    ap.add_argument(
+        "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
+    )
     ap.add_argument("--neighbours", type=int, default=10000)
     ap.add_argument("--transport", choices=["rabbitmq", "inprocess"], default="rabbitmq")
     asyncio.run(main(ap.parse_args()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +56,27 @@ def _int(v: Any, what: str) -> int:
     return v
 
 
+MAX_MESSAGE = 256 << 20  # bytes, after decompression
+
+
+def unpack(raw: bytes) -> bytes:
+    """A message body is JSON, or JSON compressed with zlib (first byte 0x78; docs/wire.md)."""
+    if raw[:1] != b"\x78":
+        return raw
+    z = zlib.decompressobj()
+    try:
+        out = z.decompress(raw, MAX_MESSAGE)
+    except zlib.error as e:
+        raise MalformedMessage(f"bad zlib body: {e}") from None
+    if z.unconsumed_tail:
+        raise MalformedMessage("message too large")
+    return out
+
+
 def parse_message(raw: bytes) -> Message:
     """Decode and validate a whole message before any of it is applied."""
     try:
-        d = json.loads(raw)
+        d = json.loads(unpack(raw))
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedMessage(f"not JSON: {e}") from None
     if not isinstance(d, dict):

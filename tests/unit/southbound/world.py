@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+import uuid
 from typing import Any
 
 from alcor.db.changelog import Change
@@ -35,7 +36,8 @@ KINDS = (
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, uuids: bool = False) -> None:
+        self.uuids = uuids  # real UUIDs (benchmarks: realistic message sizes and compression)
         self.rev = 0
         self.res: dict[str, dict[str, dict[str, Any]]] = {
             t: {} for t in ("node", "network", "subnet", "port", "router", "security_group")
@@ -51,6 +53,8 @@ class World:
 
     def _id(self, prefix: str) -> str:
         self.n += 1
+        if self.uuids:
+            return str(uuid.uuid4())
         return f"{prefix}-{self.n:04d}"
 
     def emit(self, type: str, id: str, op: str, body: dict[str, Any] | None) -> Change:
