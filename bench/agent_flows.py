@@ -15,7 +15,6 @@ import asyncio
 import gc
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -96,7 +95,7 @@ async def main() -> None:
     args = ap.parse_args()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.INFO if os.environ.get("BENCH_LOG") else logging.WARNING
+            logging.DEBUG if os.environ.get("BENCH_LOG") else logging.WARNING
         )
     )
 

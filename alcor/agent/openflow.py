@@ -187,6 +187,13 @@ class Switch:
         self, cookie: int = 0, cookie_mask: int = 0, table_id: int = ofp.OFPTT_ALL
     ) -> list[Flow]:
         """The switch's flows whose cookie matches, across all pages of the reply."""
+        pages = await self.flow_stats_raw(cookie, cookie_mask, table_id)
+        return [f for page in pages for f in codec.decode_flow_stats(page)]
+
+    async def flow_stats_raw(
+        self, cookie: int = 0, cookie_mask: int = 0, table_id: int = ofp.OFPTT_ALL
+    ) -> list[bytes]:
+        """The flow-stats reply pages as bytes (each after its multipart header)."""
         req = parser.OFPFlowStatsRequest(
             codec.DP, table_id=table_id, cookie=cookie, cookie_mask=cookie_mask
         )
@@ -198,7 +205,7 @@ class Switch:
             pages = await self.request(req, timeout=60.0)
         finally:
             self._raw_multipart.discard(req.xid)
-        return [f for page in pages for f in codec.decode_flow_stats(page)]
+        return [bytes(page) for page in pages]
 
     async def flow_stats_many(self, cookies: Iterable[int]) -> list[Flow]:
         """Read back the flows of several exact cookies with pipelined requests."""

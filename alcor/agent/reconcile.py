@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from alcor.agent import codec
 from alcor.agent.flows import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Match
 from alcor.agent.openflow import FlowModError, Switch
 
@@ -48,7 +49,8 @@ def plan(
     on the same (table, priority, match) replaces it atomically.
     """
     if scope is None:
-        adds = [f for k, f in desired.items() if installed.get(k) != f]
+        # identity first: flows matched on read-back are the desired objects themselves
+        adds = [f for k, f in desired.items() if (h := installed.get(k)) is not f and h != f]
         deletes = [f for k, f in installed.items() if k not in desired]
         return adds, deletes
     adds, deletes = [], []
@@ -64,17 +66,38 @@ def plan(
 class Reconciler:
     """One per switch connection; `installed` is the switch's state as last read or confirmed."""
 
-    def __init__(self, switch: Switch, *, barrier_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        switch: Switch,
+        *,
+        barrier_timeout: float = 60.0,
+        signatures: codec.SigCache | None = None,
+    ) -> None:
         self.switch = switch
+        # kept by the owner across connections, so a reconnect does not re-encode every flow
+        self.signatures: codec.SigCache = signatures if signatures is not None else {}
         self.installed: dict[Key, Flow] | None = None  # unknown until the first full read-back
         self.barrier_timeout = barrier_timeout
 
     async def full(self, desired: Mapping[Key, Flow]) -> Report:
         start = time.perf_counter()
-        flows = await self.switch.flow_stats(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
-        self.installed = {f.key: f for f in flows}
-        report = Report(full=True, read_back=len(flows))
-        adds, deletes = plan(desired, self.installed)
+        pages = await self.switch.flow_stats_raw(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
+        read = time.perf_counter()
+        with codec.gc_paused():
+            same, other = codec.match_read_back(pages, desired.values(), self.signatures)
+            matched = time.perf_counter()
+            self.installed = {f.key: f for f in same}
+            self.installed.update((f.key, f) for f in other)
+            adds, deletes = plan(desired, self.installed)
+        report = Report(full=True, read_back=len(same) + len(other))
+        log.debug(
+            "reconcile.read_back",
+            read_ms=round((read - start) * 1000, 1),
+            match_ms=round((matched - read) * 1000, 1),
+            plan_ms=round((time.perf_counter() - matched) * 1000, 1),
+            pages=len(pages),
+            decoded=len(other),
+        )
         await self._send(adds, deletes, report)
         report.seconds = time.perf_counter() - start
         return report

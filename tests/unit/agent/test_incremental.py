@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alcor.agent.flows import FlowCompiler, compile_flows, tap_name
-from tests.unit.agent.test_flows import A, B, OFPORTS, PA1, PA3, PB1, two_vpcs
+from tests.unit.agent.test_flows import OFPORTS, PA1, PA3, PB1, A, B, two_vpcs
 
 OPS = st.lists(
     st.tuples(
