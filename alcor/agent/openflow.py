@@ -469,6 +469,8 @@ class OpenFlowServer:
             await sw.closed.wait()
         except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.warning("openflow.handshake_failed", peer=sw.peer, error=str(exc))
+        except Exception:
+            log.exception("openflow.switch_failed", dpid=f"{sw.datapath_id:#x}")
         finally:
             await sw.close()
             if sw in self.switches:

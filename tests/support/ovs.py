@@ -53,13 +53,35 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
+NETNS_PREFIX = "alct"  # namespaces made by these fixtures: alct<pid>-<name>
+
+
+def reap_stale_namespaces() -> None:
+    """Delete namespaces (and everything running in them) left by a test run that was killed."""
+    out = run("ip", "netns", "list", check=False)
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith(NETNS_PREFIX):
+            continue
+        pid = name[len(NETNS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            Netns.adopt(name).delete()
+
+
 class Netns:
     """A network namespace that is deleted, with everything in it, by `delete()`."""
 
     def __init__(self, name: str | None = None) -> None:
-        self.name = name or unique("alc")
+        # the creating pid is in the name, so a later run can reap what a killed run left
+        self.name = f"{NETNS_PREFIX}{os.getpid()}-{name or unique('')}"
         run("ip", "netns", "add", self.name)
         self.exec("ip", "link", "set", "lo", "up")
+
+    @classmethod
+    def adopt(cls, name: str) -> Netns:
+        ns = cls.__new__(cls)
+        ns.name = name
+        return ns
 
     def exec(
         self, *cmd: str, check: bool = True, timeout: float = 20, env: dict[str, str] | None = None
@@ -109,9 +131,11 @@ class OvsSandbox:
     # --- lifecycle ---
 
     def start(self) -> None:
+        reap_stale_namespaces()
         d = self.dir
         run("ovsdb-tool", "create", f"{d}/conf.db", SCHEMA)
-        run(
+        # inside the namespace as well: if the test run is killed, reaping the namespace stops it
+        self.netns.exec(
             "ovsdb-server",
             f"{d}/conf.db",
             f"--remote=punix:{d}/db.sock",

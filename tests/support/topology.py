@@ -94,7 +94,7 @@ class Host:
 
     def add_vm(self, port_id: str, cidr_ip: str, mac: str, gateway: str | None = None) -> Vm:
         """A VM: a namespace whose eth0 is a veth; the other end, tap<id[:11]>, is on br-int."""
-        vm_ns = Netns(unique("vm"))
+        vm_ns = Netns(unique("vm"))  # named alct<pid>-vm…
         tap, tmp = tap_name(port_id), unique("v")
         try:
             self.netns.exec("ip", "link", "add", tap, "type", "veth", "peer", "name", tmp)

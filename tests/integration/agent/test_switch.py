@@ -241,3 +241,57 @@ async def test_flow_stats_read_back_spans_pages(host: Host) -> None:
     assert await sw.flow_mods(flows) == []
     back = await sw.flow_stats(COOKIE_TAG, COOKIE_TAG_MASK)
     assert set(back) == set(flows)  # ~600 kB: many multipart pages
+
+
+async def test_packet_out_through_the_pipeline_and_packet_in(host: Host) -> None:
+    from os_ken.lib.packet import arp as arp_pkt
+    from os_ken.lib.packet import ethernet, packet
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    of = await with_ports(host)
+    sw = host.dp.switch
+    assert sw is not None
+    # an ARP request for an unknown IP, sent from PA1 into the pipeline, floods; one that the
+    # responder answers goes back to PA1. Send both to the controller instead, to see them.
+    to_us = Flow(
+        T_RESPOND,
+        1000,
+        match(eth_type=ETH_ARP, arp_tpa="10.0.0.99"),
+        (Output(ofp.OFPP_CONTROLLER),),
+        cookie=COOKIE_TAG | 9,
+    )
+    assert await sw.flow_mods([to_us]) == []
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet("ff:ff:ff:ff:ff:ff", MAC[PA1], 0x0806))
+    pkt.add_protocol(
+        arp_pkt.arp(
+            opcode=1,
+            src_mac=MAC[PA1],
+            src_ip="10.0.0.5",
+            dst_mac="00:00:00:00:00:00",
+            dst_ip="10.0.0.99",
+        )
+    )
+    pkt.serialize()
+    before = host.dp.counters["arp_packet_in"]
+    await sw.packet_out(bytes(pkt.data), [parser.OFPActionOutput(ofp.OFPP_TABLE)], in_port=of[PA1])
+    await host.wait(lambda: host.dp.counters["arp_packet_in"] == before + 1)
+
+
+async def test_group_mod_and_its_errors(host: Host) -> None:
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    from alcor.agent import codec
+
+    of = await with_ports(host)
+    sw = host.dp.switch
+    assert sw is not None
+    bucket = parser.OFPBucket(weight=1, actions=[parser.OFPActionOutput(of[PA1])])
+    add = parser.OFPGroupMod(codec.DP, ofp.OFPGC_ADD, ofp.OFPGT_SELECT, 7, [bucket])
+    assert await sw.group_mod(add) == []
+    assert "group_id=7,type=select" in host.ovs.ofctl("dump-groups", "br-int")
+    again = parser.OFPGroupMod(codec.DP, ofp.OFPGC_ADD, ofp.OFPGT_SELECT, 7, [bucket])
+    [err] = await sw.group_mod(again)  # exists already
+    assert err.command == "group" and "OFPGMFC_GROUP_EXISTS" in err.error

@@ -1,0 +1,28 @@
+"""Listen addresses and the controller target OVS is pointed at."""
+
+import pytest
+
+from alcor.agent.datapath import DatapathConfig
+from alcor.agent.openflow import parse_listen
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("tcp:127.0.0.1:6653") == ("tcp", "127.0.0.1", 6653)
+    assert parse_listen("tcp:[::1]:6633") == ("tcp", "::1", 6633)
+    assert parse_listen("unix:/run/alcor/of.sock") == ("unix", "/run/alcor/of.sock", 0)
+    with pytest.raises(ValueError):
+        parse_listen("ssl:1.2.3.4:6653")
+
+
+def test_controller_target_follows_listen() -> None:
+    assert DatapathConfig("n").controller_target() == "tcp:127.0.0.1:6653"
+    assert (
+        DatapathConfig("n", listen="tcp:0.0.0.0:6700").controller_target() == "tcp:127.0.0.1:6700"
+    )
+    assert (
+        DatapathConfig("n", listen="unix:/tmp/of.sock").controller_target() == "unix:/tmp/of.sock"
+    )
+    assert (
+        DatapathConfig("n", controller="tcp:10.0.0.1:6653").controller_target()
+        == "tcp:10.0.0.1:6653"
+    )
