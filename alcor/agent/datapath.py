@@ -27,7 +27,7 @@ from alcor.agent.bridge import BridgeConfig, ensure_bridge
 from alcor.agent.codec import SigCache
 from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
-from alcor.agent.reconcile import Reconciler, Report
+from alcor.agent.reconcile import Key, Reconciler, Report
 
 log = structlog.get_logger("alcor.agent.datapath")
 
@@ -80,6 +80,7 @@ class Datapath:
         self._reconciler: Reconciler | None = None
         self._compiler = FlowCompiler(config.tunnel_port)
         self._signatures: SigCache = {}
+        self._rejected: set[Key] = set()
         self._lock = asyncio.Lock()
         self._kick: asyncio.Task[None] | None = None
         self._warm: asyncio.Task[None] | None = None
@@ -87,8 +88,11 @@ class Datapath:
     # --- lifecycle ---
 
     async def start(self) -> None:
+        """Listen for the switch, then (unless manage_bridge is off) make the bridge point here."""
         await self._server.start()
-        if self.config.manage_bridge:
+        if not self.config.manage_bridge:
+            return
+        try:
             await ensure_bridge(
                 BridgeConfig(
                     bridge=self.config.bridge,
@@ -98,6 +102,9 @@ class Datapath:
                     db=self.config.ovs_db,
                 )
             )
+        except Exception:
+            await self._server.stop()
+            raise
 
     def controller_target(self) -> str:
         return self.config.controller_target()
@@ -142,15 +149,20 @@ class Datapath:
         compiled = time.perf_counter() - start
         desired = self._compiler.desired
         try:
+            keys = set(changes.flows)
             cookies = changes.cookies
+            if self._rejected:  # try flows the switch rejected last time again
+                keys |= self._rejected
+                cookies |= {desired[k].cookie for k in self._rejected if k in desired}
             if reconciler.installed is None or len(cookies) > PARTIAL_COOKIES:
                 report = await reconciler.full(desired)
             else:
-                report = await reconciler.partial(desired, changes.flows.keys(), cookies)
+                report = await reconciler.partial(desired, keys, cookies)
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
         self.last_report = report
+        self._rejected = {e.flow.key for e in report.errors if e.flow is not None}
         if report.adds > WARM_AFTER_ADDS:
             self._warm_later()
         self.counters["reconciles"] += 1

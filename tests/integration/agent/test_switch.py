@@ -295,3 +295,25 @@ async def test_group_mod_and_its_errors(host: Host) -> None:
     again = parser.OFPGroupMod(codec.DP, ofp.OFPGC_ADD, ofp.OFPGT_SELECT, 7, [bucket])
     [err] = await sw.group_mod(again)  # exists already
     assert err.command == "group" and "OFPGMFC_GROUP_EXISTS" in err.error
+
+
+async def test_operator_managed_bridge_is_left_alone(tmp_path: Path, unused_tcp_port: int) -> None:
+    with OvsSandbox.started(tmp_path / "ovs") as ovs:
+        target = f"tcp:127.0.0.1:{unused_tcp_port}"
+        ovs.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev",
+                  "protocols=OpenFlow13", "fail-mode=secure")  # fmt: skip
+        ovs.vsctl("set-controller", "br-int", target)
+        before = ovs.vsctl("list-ports", "br-int")
+        cfg = DatapathConfig(
+            node_id="node-a", listen=target, netns=ovs.netns.name, manage_bridge=False
+        )
+        dp = Datapath(cfg)
+        await dp.start()
+        try:
+            await dp.wait_connected(10)
+            statuses = await dp.apply(two_vpcs().goal())
+            assert statuses[PA1][0] == "ERROR"  # no taps on this bridge
+            assert ovs.vsctl("list-ports", "br-int") == before  # no vxlan0 added
+            assert len(ovs.dump_flows()) > 0
+        finally:
+            await dp.stop()
