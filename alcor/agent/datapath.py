@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from alcor.agent import codec
-from alcor.agent.bridge import BridgeConfig, ensure_bridge
+from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.codec import SigCache
 from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
@@ -39,7 +39,7 @@ ACTIVE, ERROR, DOWN = "ACTIVE", "ERROR", "DOWN"
 
 @dataclass(frozen=True)
 class DatapathConfig:
-    node_id: str
+    node_id: str = ""  # for logs; which ports are local is decided by the goal state's node_id
     bridge: str = "br-int"
     listen: str = "tcp:127.0.0.1:6653"  # or unix:/path
     netns: str | None = None  # listen inside this network namespace (a switch in a container)
@@ -89,22 +89,28 @@ class Datapath:
 
     async def start(self) -> None:
         """Listen for the switch, then (unless manage_bridge is off) make the bridge point here."""
-        await self._server.start()
-        if not self.config.manage_bridge:
-            return
+        await self.listen()
         try:
-            await ensure_bridge(
-                BridgeConfig(
-                    bridge=self.config.bridge,
-                    datapath_type=self.config.datapath_type,
-                    controller=self.controller_target(),
-                    tunnel_port=self.config.tunnel_port,
-                    db=self.config.ovs_db,
-                )
-            )
+            await self.setup_bridge()
         except Exception:
             await self._server.stop()
             raise
+
+    async def listen(self) -> None:
+        await self._server.start()
+
+    async def setup_bridge(self) -> None:
+        if not self.config.manage_bridge:
+            return
+        await ensure_bridge(
+            BridgeConfig(
+                bridge=self.config.bridge,
+                datapath_type=self.config.datapath_type,
+                controller=self.controller_target(),
+                tunnel_port=self.config.tunnel_port,
+                db=self.config.ovs_db,
+            )
+        )
 
     def controller_target(self) -> str:
         return self.config.controller_target()
@@ -119,6 +125,17 @@ class Datapath:
         self.switch = None
         self._reconciler = None
         self.connected.clear()
+
+    @property
+    def flows_installed(self) -> int | None:
+        """Our flows on the switch as last read back or confirmed; None when not connected."""
+        r = self._reconciler
+        return None if r is None or r.installed is None else len(r.installed)
+
+    @property
+    def desired_flows(self) -> Mapping[Key, Any]:
+        """The flows the switch should hold for the current goal state (key -> Flow)."""
+        return self._compiler.desired
 
     async def wait_connected(self, timeout: float = 10.0) -> Switch:
         await asyncio.wait_for(self.connected.wait(), timeout)
@@ -296,3 +313,55 @@ def _local_ports(goal: Mapping[str, Any]) -> list[str]:
         for pid, p in (goal.get("port") or {}).items()
         if p.get("node_id") == me and p.get("device_owner") != ROUTER_INTERFACE
     )
+
+
+class DatapathModule:
+    """Kernel module "datapath": this host's Datapath, which the agent stream applies goal states to.
+
+    Config, section [agent] (the stream reads its own keys there too):
+    bridge ("br-int"), openflow_listen ("tcp:127.0.0.1:6653"), controller (what OVS dials;
+    derived from openflow_listen), tunnel_port ("vxlan0"), datapath_type ("netdev"),
+    manage_bridge (true), ovs_db (ovs-vsctl --db; default honours OVS_RUNDIR).
+    A bridge that cannot be set up (no Open vSwitch here) is logged, not fatal: the ports then
+    report ERROR "bridge … not connected to the agent", which is what an operator needs to see.
+    """
+
+    name = "datapath"
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, config: Mapping[str, Mapping[str, Any]]) -> None:
+        self.datapath = Datapath(datapath_config(config))
+
+    async def start(self, kernel: Any) -> None:
+        await self.datapath.listen()  # a listen address in use is fatal
+        try:
+            await self.datapath.setup_bridge()
+        except (BridgeError, OSError) as exc:  # OSError: no ovs-vsctl on this machine
+            log.error(
+                "datapath.bridge_setup_failed", bridge=self.datapath.config.bridge, error=str(exc)
+            )
+
+    async def stop(self) -> None:
+        await self.datapath.stop()
+
+    async def apply(self, goal: Mapping[str, Any]) -> dict[str, PortStatus]:
+        return await self.datapath.apply(goal)
+
+
+def datapath_config(config: Mapping[str, Mapping[str, Any]]) -> DatapathConfig:
+    agent = config.get("agent") or {}
+    node = config.get("node") or {}
+    return DatapathConfig(
+        node_id=str(node.get("id") or node.get("name") or ""),
+        bridge=str(agent.get("bridge", "br-int")),
+        listen=str(agent.get("openflow_listen", "tcp:127.0.0.1:6653")),
+        controller=agent.get("controller") or None,
+        tunnel_port=str(agent.get("tunnel_port", "vxlan0")),
+        datapath_type=str(agent.get("datapath_type", "netdev")),
+        manage_bridge=bool(agent.get("manage_bridge", True)),
+        ovs_db=agent.get("ovs_db") or None,
+    )
+
+
+def create(config: Mapping[str, Mapping[str, Any]]) -> DatapathModule:
+    return DatapathModule(config)

@@ -26,3 +26,21 @@ def test_controller_target_follows_listen() -> None:
         DatapathConfig("n", controller="tcp:10.0.0.1:6653").controller_target()
         == "tcp:10.0.0.1:6653"
     )
+
+
+def test_datapath_module_reads_the_agent_section() -> None:
+    from alcor.agent.datapath import DatapathModule, datapath_config
+
+    cfg = datapath_config(
+        {"agent": {"bridge": "br-x", "openflow_listen": "unix:/run/of.sock", "manage_bridge": False,
+                   "datapath_type": "system", "prefetch": 64}, "node": {"id": "n1"}}
+    )  # fmt: skip
+    assert (cfg.node_id, cfg.bridge, cfg.listen, cfg.datapath_type) == (
+        "n1",
+        "br-x",
+        "unix:/run/of.sock",
+        "system",
+    )
+    assert cfg.manage_bridge is False and cfg.controller_target() == "unix:/run/of.sock"
+    module = DatapathModule({})
+    assert module.name == "datapath" and module.datapath.config.listen == "tcp:127.0.0.1:6653"
