@@ -33,8 +33,7 @@ import aio_pika  # noqa: E402
 from alcor import log as alcor_log  # noqa: E402
 from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import Store  # noqa: E402
-from alcor.southbound.dispatcher import Dispatcher, Settings, _encode  # noqa: E402
-from alcor.southbound.goalstate import goal_entries  # noqa: E402
+from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
 from alcor.southbound.transport import Address, InProcessTransport  # noqa: E402
 from plugins.rabbitmq import RabbitTransport  # noqa: E402
 from tests.integration.southbound.harness import write  # noqa: E402
@@ -145,9 +144,13 @@ async def main(args: argparse.Namespace) -> None:
     transport: Any = (
         InProcessTransport()
         if args.transport == "inprocess"
-        else RabbitTransport({"rabbitmq": {"reconnect_interval": 1.0}})
+        else RabbitTransport(
+            {"rabbitmq": {"reconnect_interval": 1.0, "persistent": not args.transient}}
+        )
     )
-    settings = Settings(controller_queue=tag + "controller", linger=0.002)
+    settings = Settings(
+        controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight
+    )
     d = Dispatcher(store, transport, settings)
     await d.open()
     w = World(uuids=True)
@@ -264,27 +267,18 @@ async def main(args: argparse.Namespace) -> None:
     builds, sends = [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        ops_ = [
-            {
-                "rev": d.watermark,
-                "type": t,
-                "id": i_,
-                "op": "upsert",
-                "revision_number": rn,
-                "body": b,
-            }
-            for t, i_, b, rn in goal_entries(d.topology, me)
-        ]
-        raw = _encode(me, "snapshot", d.nodes[me].sent_rev, d.watermark, ops_, {})
+        raw, n_ops = encode_snapshot(d.topology, me, d.nodes[me].sent_rev, d.watermark)
+        raw = _pack(raw, settings.compress_over)
         t1 = time.perf_counter()
         ok = await transport.publish([(addr, raw)], 10.0)
         t2 = time.perf_counter()
         assert ok == [True]
         builds.append(t1 - t0)
         sends.append(t2 - t1)
-    neighbours = sum(1 for o in ops_ if o["type"] == "port") - 1
+    neighbours = len(d.topology.ports_by_vpc[big_net.id]) - 1
     print(
-        f"snapshot: {neighbours:,} neighbours, {len(raw) / 1e6:.1f} MB: build+encode "
+        f"snapshot: {neighbours:,} neighbours, {n_ops:,} ops, {len(raw) / 1e6:.2f} MB compressed: "
+        f"build+encode+compress "
         f"{statistics.median(builds) * 1000:.0f} ms, publish+confirm "
         f"{statistics.median(sends) * 1000:.0f} ms, total "
         f"{(statistics.median(builds) + statistics.median(sends)) * 1000:.0f} ms (median of 5)"
@@ -324,6 +318,8 @@ if __name__ == "__main__":
     ap.add_argument("--ports", type=int, default=10000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--log", default="warning")
+    ap.add_argument("--transient", action="store_true", help="[rabbitmq] persistent = false")
+    ap.add_argument("--inflight", type=int, default=Settings.max_inflight)
     ap.add_argument(
         "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
     )

@@ -235,6 +235,10 @@ class StreamModule:
         self.embedded = embedded
         # Embedded: the node manager registers the local host; the southbound lends its transport.
         self.requires: tuple[str, ...] = ("southbound", "nodes") if embedded else ("rabbitmq",)
+        if not embedded and not (config.get("node") or {}).get("id"):
+            from alcor.config import ConfigError
+
+            raise ConfigError("the agent role needs [node] id (this host's node_id)")
         self.stream: AgentStream | None = None
         self._task: asyncio.Task[None] | None = None
 

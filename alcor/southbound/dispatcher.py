@@ -65,6 +65,10 @@ class Settings:
     linger: float = 0.003  # seconds to wait for more changes before sending a small batch
     publish_timeout: float = 5.0
     retry_deadline: float = 15.0  # after this, a node whose publishes fail is owed a snapshot
+    # Batches published and awaiting confirms at once. 1 is best when batches fan out to most
+    # nodes (each batch costs a message per node: fewer, larger batches win); more helps when
+    # batches touch disjoint nodes and confirm latency, not broker throughput, is the limit.
+    max_inflight: int = 1
     snapshots_per_batch: int = 16
     snapshot_ops_per_batch: int = 200_000
     repair_interval: float = 30.0  # at most one digest-repair snapshot per node per interval
@@ -96,7 +100,8 @@ class Settings:
 class NodeState:
     """What the dispatcher knows of one node's stream and of its agent."""
 
-    sent_rev: int = 0  # rev of the last message the broker confirmed: the next prev_rev
+    sent_rev: int = 0  # rev of the last committed (confirmed) message to this node
+    next_prev: int = 0  # prev_rev of its next message: sent_rev plus what is in flight
     need_snapshot: bool = False
     persisted_need: bool = False  # need_snapshot as the database has it
     snapshot_reason: str = ""
@@ -107,7 +112,21 @@ class NodeState:
     digest_match: bool | None = None
     expected: tuple[int, str] | None = None  # (sent_rev, digest) cache
     last_repair: float = 0.0
-    failing_since: float | None = None
+
+
+@dataclass
+class Batch:
+    """One batch between placement and commit (several may be in flight)."""
+
+    rev: int
+    messages: list[tuple[str, str, bytes]]  # (node, kind, body)
+    model_rows: list[tuple[str, str, str | None]]
+    first_ts: list[float]
+    changes: int
+    ops: int
+    new_brokers: list[Address]
+    task: asyncio.Future[set[str]] = field(default_factory=lambda: asyncio.Future())
+    confirmed_at: float = 0.0
 
 
 @dataclass
@@ -140,7 +159,8 @@ class Dispatcher:
         self.settings = settings or Settings()
         self.set_statuses = set_statuses
         self.topology = Topology()
-        self.watermark = 0
+        self.watermark = 0  # last rev whose batch is confirmed and committed
+        self.placed = 0  # last rev placed into the topology (ahead of W while batches fly)
         self.nodes: dict[str, NodeState] = {}
         self.metrics = Metrics()
         self._buffer: list[Change] = []
@@ -150,6 +170,8 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_compact = time.monotonic()
+        self._pipeline: asyncio.Queue[Batch] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.settings.max_inflight)
         self._subscribed: set[tuple[str, str, str]] = set()
         self._subs: list[Any] = []
 
@@ -179,10 +201,12 @@ class Dispatcher:
         ):
             self.nodes[node_id] = NodeState(
                 sent_rev=sent_rev,
+                next_prev=sent_rev,
                 need_snapshot=bool(need),
                 persisted_need=bool(need),
                 snapshot_reason="restart" if need else "",
             )
+        self.placed = self.watermark
         log.info("dispatch.loaded", watermark=self.watermark, nodes=len(self.nodes))
 
     async def _rebuild(self, reason: str) -> None:
@@ -204,7 +228,7 @@ class Dispatcher:
             await self._set_watermark(tx, rev)
         self.topology = Topology()
         self.topology.load((t, i, json.loads(b)) for t, i, b in rows)
-        self.watermark = rev
+        self.watermark = self.placed = rev
         self._buffer = []
         for n in set(self.topology.res["node"]) | set(self.nodes):
             st = self.nodes.setdefault(n, NodeState())
@@ -244,23 +268,83 @@ class Dispatcher:
         self._task = self._flusher = None
 
     async def run(self) -> None:
+        """Supervise the two halves of the pipeline; on any failure, start again from W."""
         await self._listen_all()
         while True:
-            await self._wait_for_work()
+            producer = asyncio.ensure_future(self._produce())
+            committer = asyncio.ensure_future(self._commit_loop())
             try:
-                await self.cycle()
+                done, _ = await asyncio.wait(
+                    {producer, committer}, return_when=asyncio.FIRST_EXCEPTION
+                )
+                for t in done:
+                    t.result()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # The in-memory model may be ahead of W now: reload it from the database.
-                log.exception("dispatch.cycle_failed", watermark=self.watermark)
+                # The in-memory model is ahead of W: drop what is in flight, reload from the
+                # database, replay (agents drop the duplicates).
+                log.exception("dispatch.failed", watermark=self.watermark, placed=self.placed)
                 await asyncio.sleep(1.0)
                 await self._load()
+            finally:
+                for t in (producer, committer):
+                    t.cancel()
+                for t in (producer, committer):
+                    try:
+                        await t
+                    except (asyncio.CancelledError, Exception):
+                        pass
+                for batch in self._drain_pipeline():
+                    batch.task.cancel()
+
+    def _drain_pipeline(self) -> list[Batch]:
+        out = []
+        while not self._pipeline.empty():
+            out.append(self._pipeline.get_nowait())
+        self._slots = asyncio.Semaphore(self.settings.max_inflight)
+        return out
+
+    async def _produce(self) -> None:
+        while True:
+            await self._wait_for_work()
+            await self._slots.acquire()
+            batch = await self.prepare()
+            if batch is None:
+                self._slots.release()
+                continue
+            batch.task = asyncio.ensure_future(self._publish(batch.messages))
+            self._pipeline.put_nowait(batch)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            batch = await self._pipeline.get()
+            confirmed = await batch.task
+            batch.confirmed_at = time.time()
+            await self._commit(batch, confirmed)
+            self._slots.release()
+            if self._pipeline.empty():
+                # Nothing in flight and nothing placed beyond W: the topology is the model at W,
+                # every node's goal at its sent_rev, so digests can be compared now.
+                if self.placed == self.watermark:
+                    self._verify_digests()
+                    await self._maybe_compact()
+
+    async def cycle(self) -> None:
+        """One whole batch, without pipelining (tests and tools): prepare, publish, commit."""
+        batch = await self.prepare()
+        if batch is None:
+            return
+        confirmed = await self._publish(batch.messages)
+        batch.confirmed_at = time.time()
+        await self._commit(batch, confirmed)
+        self._verify_digests()
+        await self._maybe_compact()
 
     async def _wait_for_work(self) -> None:
-        if self._buffer or self.store.changes.last_rev > self.watermark or self._owed():
+        if self._buffer or self.store.changes.last_rev > self.placed or self._owed():
             return
-        waiter = asyncio.ensure_future(self.store.changes.wait(self.watermark, timeout=1.0))
+        waiter = asyncio.ensure_future(self.store.changes.wait(self.placed, timeout=1.0))
         kicked = asyncio.ensure_future(self._kick.wait())
         try:
             await asyncio.wait({waiter, kicked}, return_when=asyncio.FIRST_COMPLETED)
@@ -270,7 +354,7 @@ class Dispatcher:
             self._kick.clear()
 
     def _owed(self) -> bool:
-        return bool(self._verify) or any(
+        return any(
             s.need_snapshot and n in self.topology.res["node"] for n, s in self.nodes.items()
         )
 
@@ -290,17 +374,22 @@ class Dispatcher:
 
     async def _read(self) -> list[Change]:
         s = self.settings
-        if self.watermark < self.store.changes.horizon:
+        if self.placed < self.store.changes.horizon:
+            if self.placed != self.watermark:
+                raise RuntimeError("compacted past changes in flight")
             await self._rebuild(f"watermark {self.watermark} is below the compaction horizon")
         if not self._buffer:
             last = self.store.changes.last_rev
-            if 0 < last - self.watermark < s.max_changes and s.linger > 0:
+            if 0 < last - self.placed < s.max_changes and s.linger > 0:
                 await asyncio.sleep(s.linger)
-            self._buffer = await self.store.changes.read(self.watermark, s.max_changes)
+            self._buffer = await self.store.changes.read(self.placed, s.max_changes)
         return self._buffer
 
-    async def cycle(self) -> None:
-        """One batch: read, place, publish, confirm, commit. Then digest checks and compaction."""
+    async def prepare(self) -> Batch | None:
+        """Read and place the next changes, build one message per node; None if nothing to send.
+
+        Everything after the read is synchronous: no other task sees the topology half-placed.
+        """
         s = self.settings
         t_read = time.perf_counter()
         changes = await self._read()
@@ -309,7 +398,7 @@ class Dispatcher:
         touched: dict[tuple[str, str], None] = {}
         n_ops = 0
         used = 0
-        rev = self.watermark
+        rev = self.placed
         first_ts: list[float] = []
         for c in changes:
             if c.type in WIRE_TYPE:
@@ -327,83 +416,62 @@ class Dispatcher:
                 break
         del self._buffer[:used]
 
-        # Who gets a snapshot this round: owed ones, within the budget (count and ops).
-        snap = [
-            n for n, ns in self.nodes.items() if ns.need_snapshot and n in self.topology.res["node"]
-        ][: s.snapshots_per_batch]
         messages: list[tuple[str, str, bytes]] = []  # (node, kind, body)
         cache: dict[int, bytes] = {}
         for node, bucket in per_node.items():
-            ns = self.nodes.get(node)
-            if ns is not None and ns.need_snapshot:
+            if node not in self.topology.res["node"]:
+                continue  # deleted in this batch: nobody left to tell
+            ns = self.nodes.setdefault(node, NodeState())
+            if ns.need_snapshot:
                 # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
                 continue
-            prev = ns.sent_rev if ns is not None else 0
-            messages.append(
-                (
-                    node,
-                    "delta",
-                    _pack(
-                        _encode(node, "delta", prev, rev, bucket.values(), cache), s.compress_over
-                    ),
-                )
-            )
+            raw = _encode(node, "delta", ns.next_prev, rev, bucket.values(), cache)
+            messages.append((node, "delta", _pack(raw, s.compress_over)))
+            ns.next_prev = rev
+        # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
         snap_ops = 0
+        snap = [
+            n for n, ns in self.nodes.items() if ns.need_snapshot and n in self.topology.res["node"]
+        ][: s.snapshots_per_batch]
         for node in snap:
             if snap_ops >= s.snapshot_ops_per_batch:
-                break  # the rest wait for the next batch; deltas to others go now
+                break
             t0 = time.perf_counter()
             st = self.nodes[node]
-            ops = [
-                {"rev": rev, "type": t, "id": i, "op": "upsert", "revision_number": rn, "body": b}
-                for t, i, b, rn in goal_entries(self.topology, node)
-            ]
-            snap_ops += len(ops)
-            messages.append(
-                (
-                    node,
-                    "snapshot",
-                    _pack(_encode(node, "snapshot", st.sent_rev, rev, ops, {}), s.compress_over),
-                )
-            )
+            raw, n = encode_snapshot(self.topology, node, st.next_prev, rev)
+            snap_ops += n
+            messages.append((node, "snapshot", _pack(raw, s.compress_over)))
+            # Deltas of the following batches build on this snapshot; if it is not confirmed,
+            # the commit puts the node back among those owed one.
+            st.need_snapshot = False
+            st.next_prev = rev
             log.info(
                 "snapshot.built",
                 node=node,
                 rev=rev,
-                ops=len(ops),
+                ops=n,
                 reason=st.snapshot_reason,
                 ms=round((time.perf_counter() - t0) * 1000, 1),
             )
-
-        t_publish = time.perf_counter()
-        confirmed = await self._publish(messages)
-        t_commit = time.perf_counter()
-        now = time.time()
-        for ts in first_ts:
-            self.metrics.latencies.append(now - ts)
-        await self._commit(rev, messages, confirmed, touched)
+        if not used and not messages:
+            return None
+        self.placed = rev
+        # The model rows as of this batch's rev, for sb_model (later batches move the topology on).
+        model_rows = []
         for t, i in touched:
-            if t == "node" and (addr := self.address(i)) is not None:
-                await self.listen(addr)
-
-        self.metrics.batches += 1 if messages or used else 0
-        self.metrics.changes += used
-        self.metrics.messages += sum(1 for node, _, _ in messages if node in confirmed)
-        self.metrics.ops += n_ops
-        if messages:
-            log.debug(
-                "batch.published",
-                rev=rev,
-                changes=used,
-                messages=len(messages),
-                ops=n_ops,
-                read_ms=round((t_place - t_read) * 1000, 1),
-                place_ms=round((t_publish - t_place) * 1000, 1),
-                publish_ms=round((t_commit - t_publish) * 1000, 1),
-                commit_ms=round((time.perf_counter() - t_commit) * 1000, 1),
-            )
-        self._verify_digests()
-        await self._maybe_compact()
+            body = self.topology.get(t, i)
+            model_rows.append((t, i, None if body is None else json.dumps(body)))
+        new_brokers = [a for t, i in touched if t == "node" and (a := self.address(i)) is not None]
+        log.debug(
+            "batch.prepared",
+            rev=rev,
+            changes=used,
+            messages=len(messages),
+            ops=n_ops,
+            read_ms=round((t_place - t_read) * 1000, 1),
+            place_ms=round((time.perf_counter() - t_place) * 1000, 1),
+        )
+        return Batch(rev, messages, model_rows, first_ts, used, n_ops, new_brokers)
 
     async def _publish(self, messages: list[tuple[str, str, bytes]]) -> set[str]:
         """Publish; retry what was not confirmed until the deadline. Returns the confirmed nodes."""
@@ -437,35 +505,20 @@ class Dispatcher:
             pending = failed
         return confirmed
 
-    async def _commit(
-        self,
-        rev: int,
-        messages: list[tuple[str, str, bytes]],
-        confirmed: set[str],
-        touched: dict[tuple[str, str], None],
-    ) -> None:
+    async def _commit(self, batch: Batch, confirmed: set[str]) -> None:
+        """Record a confirmed batch: watermark, nodes' sent_rev, the model rows. One transaction."""
+        rev, messages = batch.rev, batch.messages
         sent: dict[str, int] = {}  # node → need_snapshot after this batch
         for node, kind, _ in messages:
-            if node not in self.topology.res["node"]:
-                continue  # deleted in this batch: nobody to owe anything to
             st = self.nodes.setdefault(node, NodeState())
             if node in confirmed:
-                st.failing_since = None
-                sent[node] = 0 if kind == "snapshot" else int(st.need_snapshot)
+                sent[node] = int(st.need_snapshot and st.persisted_need and kind != "snapshot")
             else:
-                # The chain to this node is broken (some message may be lost): snapshot later.
+                # The chain to this node is broken (a message may be lost): snapshot later.
                 st.need_snapshot = True
                 st.snapshot_reason = st.snapshot_reason or "undeliverable"
-        snapshotted = {n for n, kind, _ in messages if kind == "snapshot" and n in confirmed}
-        owed = [
-            n
-            for n, st in self.nodes.items()
-            if st.need_snapshot and not st.persisted_need and n not in snapshotted
-        ]
-        model_rows = []
-        for t, i in touched:
-            body = self.topology.get(t, i)
-            model_rows.append((t, i, None if body is None else json.dumps(body)))
+        owed = [n for n, st in self.nodes.items() if st.need_snapshot and not st.persisted_need]
+        model_rows = batch.model_rows
         async with self.store.transaction() as tx:
             await self._set_watermark(tx, rev)
             if sent:
@@ -494,21 +547,36 @@ class Dispatcher:
         self.watermark = rev
         for n in owed:
             self.nodes[n].persisted_need = True
-        for node, kind, _ in messages:
-            if node not in confirmed:
-                continue
+        for node, need in sent.items():
             st = self.nodes[node]
             st.sent_rev = rev
-            if kind == "snapshot":
-                st.need_snapshot = st.persisted_need = False
-                st.snapshot_reason = ""
-                self.metrics.snapshots += 1
-                log.info("snapshot.published", node=node, rev=rev)
-            else:
-                log.debug("delta.published", node=node, rev=rev)
+            if not need:
+                st.persisted_need = False
             # The agent's last report may now be comparable.
             if st.applied_rev is not None:
                 self._verify.add(node)
+        for node, kind, _ in messages:
+            if kind == "snapshot" and node in confirmed:
+                self.nodes[node].snapshot_reason = ""
+                self.metrics.snapshots += 1
+                log.info("snapshot.published", node=node, rev=rev)
+        for ts in batch.first_ts:
+            self.metrics.latencies.append(batch.confirmed_at - ts)
+        m = self.metrics
+        m.batches += 1
+        m.changes += batch.changes
+        m.messages += len(confirmed)
+        m.ops += batch.ops
+        log.debug(
+            "batch.committed",
+            rev=rev,
+            changes=batch.changes,
+            messages=len(messages),
+            confirmed=len(confirmed),
+            ops=batch.ops,
+        )
+        for addr in batch.new_brokers:
+            await self.listen(addr)
 
     # -- agent feedback ------------------------------------------------------------------------
 
@@ -576,6 +644,8 @@ class Dispatcher:
         st = self.nodes.setdefault(node, NodeState())
         st.applied_rev, st.digest, st.last_report = applied, dig, time.time()
         self._verify.add(node)
+        if self._pipeline.empty() and self.placed == self.watermark:
+            self._verify_digests()  # idle: the topology is the model at W
         ports_db = self.topology.res["port"]
         for pid, status in ports.items():
             # A node may only speak for the ports it hosts.
@@ -677,6 +747,29 @@ def _encode(node: str, kind: str, prev: int, rev: int, ops: Any, cache: dict[int
         separators=(",", ":"),
     ).encode()
     return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}"
+
+
+def encode_snapshot(t: Topology, node: str, prev: int, rev: int) -> tuple[bytes, int]:
+    """A node's whole goal state as one snapshot message; returns (body, number of ops).
+
+    Port bodies (nearly all of a big snapshot) come from the topology's JSON cache, so a
+    snapshot of 10,000 neighbours is mostly string joining.
+    """
+    parts = []
+    for wtype, id, body, rn in goal_entries(t, node):
+        if wtype == "port":
+            bj = t.port_json(id, body, t.port_node(id) == node)
+        else:
+            bj = json.dumps(body, separators=(",", ":")).encode()
+        parts.append(
+            b'{"rev":%d,"type":"%s","id":%s,"op":"upsert","revision_number":%d,"body":%s}'
+            % (rev, wtype.encode(), json.dumps(id).encode(), rn, bj)
+        )
+    head = json.dumps(
+        {"v": WIRE_VERSION, "node_id": node, "kind": "snapshot", "prev_rev": prev, "rev": rev},
+        separators=(",", ":"),
+    ).encode()
+    return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}", len(parts)
 
 
 def _pack(raw: bytes, over: int) -> bytes:

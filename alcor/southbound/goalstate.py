@@ -83,6 +83,10 @@ class Topology:
         self.router_vpcs: dict[str, dict[str, int]] = {}  # router → vpc → interfaces there
         self.vpc_routers: dict[str, dict[str, int]] = {}
         self._links: dict[str, _PortLinks] = {}
+        # Port wire bodies (and their JSON) by (port id, local?), valid while the Neutron body is
+        # the same object and binds to the same node: ports are most of every message and
+        # snapshot, and placement evaluates each twice (before/after) per change.
+        self._ports: dict[tuple[str, bool], tuple[Body, str | None, Body, list[bytes]]] = {}
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -121,7 +125,27 @@ class Topology:
         else:
             self._store(type, id, body)
 
+    def port_view(self, id: str, src: Body, node: str | None, local: bool) -> Body:
+        c = self._ports.get((id, local))
+        if c is not None and c[0] is src and c[1] == node:
+            return c[2]
+        body = port_body(id, src, node, local)
+        self._ports[(id, local)] = (src, node, body, [])
+        return body
+
+    def port_json(self, id: str, body: Body, local: bool) -> bytes:
+        """The canonical-enough JSON of a port view returned by port_view, computed once."""
+        c = self._ports.get((id, local))
+        if c is None or c[2] is not body:
+            return json.dumps(body, separators=(",", ":")).encode()
+        if not c[3]:
+            c[3].append(json.dumps(body, separators=(",", ":")).encode())
+        return c[3][0]
+
     def _store(self, type: str, id: str, body: Body | None) -> None:
+        if type == "port" and body is None:
+            self._ports.pop((id, True), None)
+            self._ports.pop((id, False), None)
         if body is None:
             self.res[type].pop(id, None)
         else:
@@ -368,8 +392,8 @@ def info(t: Topology, key: Key) -> Info:
         vpc = str(src.get("network_id"))
         node = t.port_node(id)
         audience = frozenset(t.members.get(vpc, ()))
-        local = port_body(id, src, node, True) if node else None
-        return Info(port_body(id, src, node, False), local, node, audience, rn)
+        local = t.port_view(id, src, node, True) if node else None
+        return Info(t.port_view(id, src, node, False), local, node, audience, rn)
     if wtype == "node":
         return Info(node_body(id, src), None, None, frozenset(t.peers(id)), rn)
     if wtype == "vpc":
@@ -405,7 +429,7 @@ def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
         if str(src.get("network_id")) not in vpcs:
             return None, rn
         host = t.port_node(id)
-        return port_body(id, src, host, host == node), rn
+        return t.port_view(id, src, host, host == node), rn
     if wtype == "subnet":
         ok = str(src.get("network_id")) in vpcs
         return (subnet_body(t, id, src) if ok else None), rn
@@ -456,7 +480,7 @@ def goal_entries(t: Topology, node: str) -> Iterator[tuple[str, str, Body, int]]
         rn = int(src.get("revision_number") or 0)
         if wtype == "port":
             host = t.port_node(id)
-            yield wtype, id, port_body(id, src, host, host == node), rn
+            yield wtype, id, t.port_view(id, src, host, host == node), rn
         elif wtype == "node":
             if id in nodes:
                 yield wtype, id, node_body(id, src), rn

@@ -9,7 +9,8 @@ a prefetch window; messages are handed to the handler one at a time, in queue or
 connection loss aio-pika reconnects and restores channels, queues and consumers; unacked messages
 are redelivered by the broker, and the ordering rule drops what was already applied.
 
-Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000).
+Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000),
+persistent (true).
 Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rabbitmq"`.
 """
 
@@ -169,6 +170,14 @@ class RabbitTransport:
             "connect_timeout": float(cfg.get("connect_timeout", 5.0)),
             "publish_window": int(cfg.get("publish_window", 1000)),
         }
+        # Persistent messages survive a broker restart, at an fsync per queue per batch before
+        # the confirm. Transient ones are confirmed from memory; a broker restart then loses
+        # queued messages, which agents see as a gap and repair with a snapshot (DESIGN §2).
+        self.delivery_mode = (
+            aio_pika.DeliveryMode.PERSISTENT
+            if cfg.get("persistent", True)
+            else aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
         self.brokers: dict[tuple[str, str], _Broker] = {}
         self.subscriptions: list[_Subscription] = []
         self.published = 0
@@ -237,7 +246,7 @@ class RabbitTransport:
                     targets[(messages[i][0].exchange, messages[i][0].queue)].publish(
                         aio_pika.Message(
                             messages[i][1],
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            delivery_mode=self.delivery_mode,
                             content_type="application/json",
                         ),
                         routing_key=messages[i][0].queue,

@@ -7,6 +7,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alcor.agent.model import AgentModel, parse_message
+from alcor.southbound.dispatcher import encode_snapshot
 from alcor.southbound.goalstate import (
     WIRE_TYPE,
     WIRE_TYPES,
@@ -44,7 +46,12 @@ def as_goal(node: str, model: dict[tuple[str, str], Any]) -> dict[str, Any]:
 def check_converged(t: Topology, held: Held, nodes: set[str]) -> None:
     every = {(WIRE_TYPE[ty], i) for ty, items in t.res.items() for i in items}
     for n in nodes | set(held):
-        assert as_goal(n, held.get(n, {})) == goal_state(t, n), n
+        goal = goal_state(t, n)
+        assert as_goal(n, held.get(n, {})) == goal, n
+        # The snapshot encoder (cached JSON) carries exactly the same goal state.
+        agent = AgentModel(n)
+        agent.receive(parse_message(encode_snapshot(t, n, 0, 7)[0]))
+        assert agent.goal() == goal and agent.digest() == digest(goal)
         for key in every:
             assert view_of(t, n, key)[0] == info(t, key).view(n), (n, key)
 
