@@ -246,3 +246,23 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+# --- pytest fixtures (import them into a conftest.py to use them) --------------------------------
+
+try:
+    import pytest
+except ImportError:  # the sandbox itself works without pytest (bench/)
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def ovs_sandbox(tmp_path: Path) -> Iterator[OvsSandbox]:
+        """A private, started OVS (own namespace); skips without root/OVS (fails under CI)."""
+        from tests.conftest import require
+
+        require(is_root(), "needs root (network namespaces, Open vSwitch)")
+        require(have_ovs(), "needs openvswitch-switch installed")
+        with OvsSandbox.started(tmp_path / "ovs") as ovs:
+            yield ovs

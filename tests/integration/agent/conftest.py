@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import require
-from tests.support.ovs import have_ovs, is_root
+from tests.support.ovs import have_ovs, is_root, ovs_sandbox  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -59,24 +59,24 @@ class Host:
 
 
 @pytest_asyncio.fixture
-async def host(tmp_path: Path, unused_tcp_port: int) -> AsyncIterator[Host]:
-    with OvsSandbox.started(tmp_path / "ovs") as ovs:
-        events: list[dict] = []
-        dp = Datapath(
-            DatapathConfig(
-                node_id="node-a",
-                listen=f"tcp:127.0.0.1:{unused_tcp_port}",
-                netns=ovs.netns.name,
-                ovs_db=ovs.db,
-            ),
-            on_status=events.append,
-        )
-        await dp.start()
-        try:
-            await dp.wait_connected(10)
-            yield Host(ovs, dp, events)
-        finally:
-            await dp.stop()
+async def host(ovs_sandbox: OvsSandbox, unused_tcp_port: int) -> AsyncIterator[Host]:
+    """An agent (Datapath) for a private OVS; ovs_sandbox (tests/support/ovs.py) cleans up."""
+    events: list[dict] = []
+    dp = Datapath(
+        DatapathConfig(
+            node_id="node-a",
+            listen=f"tcp:127.0.0.1:{unused_tcp_port}",
+            netns=ovs_sandbox.netns.name,
+            ovs_db=ovs_sandbox.db,
+        ),
+        on_status=events.append,
+    )
+    await dp.start()
+    try:
+        await dp.wait_connected(10)
+        yield Host(ovs_sandbox, dp, events)
+    finally:
+        await dp.stop()
 
 
 async def with_ports(h: Host, ports: tuple[str, ...] = PORTS) -> dict[str, int]:
