@@ -185,7 +185,10 @@ class Datapath:
         self.counters["reconciles"] += 1
         self.counters["full"] += int(report.full)
         self.counters["flow_mods"] += report.adds + report.deletes
-        self.statuses = self._statuses(report)
+        before, self.statuses = self.statuses, self._statuses(report)
+        for pid, (status, reason) in self.statuses.items():
+            if before.get(pid) != (status, reason):
+                log.info("datapath.port_status", port=pid, status=status, reason=reason)
         log.info(
             "datapath.reconciled",
             why=why,

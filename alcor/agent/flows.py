@@ -412,9 +412,15 @@ def _port_group(ctx: _Ctx, pid: str, p: Body, ofport: int | None) -> _PortOut | 
         if ip:
             pairs.append((mac, ip, str(fip.get("subnet_id"))))
     for aap in p.get("allowed_address_pairs") or ():
-        ip = _ipv4(str(aap.get("ip_address", "")).split("/")[0])
+        # A host address (a VIP, say) is answered and routed like a fixed IP; a wider prefix
+        # only lets its MAC, if it names one, be delivered (nothing to answer ARP for).
+        addr, _, plen = str(aap.get("ip_address", "")).partition("/")
+        ip = _ipv4(addr) if plen in ("", "32") else None
+        pair_mac = _mac(aap.get("mac_address")) or mac
         if ip:
-            pairs.append((_mac(aap.get("mac_address")) or mac, ip, ""))
+            pairs.append((pair_mac, ip, ""))
+        elif pair_mac != mac:
+            pairs.append((pair_mac, "", ""))
     if not pairs:
         pairs.append((mac, "", ""))
     c = cookie_for("port", pid)

@@ -254,3 +254,19 @@ def test_every_flow_past_classification_is_scoped_to_a_vpc(
     for f in fs.flows:
         if f.table != T_CLASSIFY and f.match:
             assert dict(f.match)["metadata"] in (100, 200)
+
+
+def test_allowed_address_pairs() -> None:
+    g = two_vpcs()
+    g.res["port"][PA1]["allowed_address_pairs"] = [
+        {"ip_address": "10.0.0.200", "mac_address": "fa:16:3e:aa:aa:aa"},  # a VIP with its MAC
+        {"ip_address": "10.0.0.0/28"},  # a prefix: nothing to answer
+    ]
+    fs = compile_flows(g.goal(), OFPORTS)
+    assert ask(fs, 4, MAC[PA3], "10.0.0.7", "10.0.0.200") == "fa:16:3e:aa:aa:aa"
+    assert ask(fs, 4, MAC[PA3], "10.0.0.7", "10.0.0.0") is None
+    outs = simulate(fs, ipv4(4, MAC[PA3], "fa:16:3e:aa:aa:aa", "10.0.0.7", "10.0.0.200"))
+    assert [port for port, _ in outs] == [1]
+    # and the VIP is routed to from the other subnet
+    [(port, p)] = simulate(fs, ipv4(2, MAC[PA2], GW2, "10.0.1.5", "10.0.0.200"))
+    assert (port, p["eth_dst"]) == (1, "fa:16:3e:aa:aa:aa")
