@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,7 +64,7 @@ class FlowModError:
 
 @dataclass
 class _Batch:
-    """Flow-mods sent together; the barrier that closes them resolves `done`."""
+    """Flow-mods sent together, by xid, and the errors the switch returned for them."""
 
     xids: dict[int, tuple[str, Flow | None, Any]] = field(default_factory=dict)
     errors: list[FlowModError] = field(default_factory=list)
@@ -73,7 +73,13 @@ class _Batch:
 class Switch:
     """One connected switch. Owned by the server; the handler uses its request methods."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: SwitchHandler | None = None,
+    ) -> None:
+        self.handler = handler
         self._reader = reader
         self._writer = writer
         self._xids = itertools.count(1)
@@ -81,6 +87,7 @@ class Switch:
         self._partial: dict[int, list[Any]] = {}
         self._inflight: dict[int, _Batch] = {}
         self._raw_multipart: set[int] = set()  # xids whose multipart replies stay bytes
+        self._reader_task: asyncio.Task[None] | None = None
         self.datapath_id = 0
         self.ports: dict[str, int] = {}  # interface name -> ofport
         self.closed = asyncio.Event()
@@ -222,9 +229,7 @@ class Switch:
         version, mtype, _, _, _ = await asyncio.wait_for(self._read(), timeout)
         if mtype != ofp.OFPT_HELLO or version < OFP13:
             raise ConnectionError(f"switch speaks OpenFlow version {version}, need 1.3 (0x04)")
-        reader = asyncio.create_task(self._read_loop())
-        reader.add_done_callback(lambda _t: None)
-        self._reader_task = reader
+        self._reader_task = asyncio.create_task(self._read_loop())
         [features] = await self.request(parser.OFPFeaturesRequest(codec.DP), timeout)
         self.datapath_id = features.datapath_id
         pages = await self.request(parser.OFPPortDescStatsRequest(codec.DP, 0), timeout)
@@ -332,8 +337,6 @@ class Switch:
             self.ports[name] = port.port_no
         return name, port.port_no
 
-    handler: SwitchHandler | None = None
-
     def _close(self) -> None:
         if self.closed.is_set():
             return
@@ -347,8 +350,8 @@ class Switch:
 
     async def close(self) -> None:
         self._close()
-        task = getattr(self, "_reader_task", None)
-        if task is not None:
+        task = self._reader_task
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -459,8 +462,7 @@ class OpenFlowServer:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # a flow-mod batch and its barrier must not wait out Nagle + delayed ACK (~40 ms)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sw = Switch(reader, writer)
-        sw.handler = self.handler
+        sw = Switch(reader, writer, self.handler)
         try:
             await sw.handshake()
             self.switches.add(sw)
@@ -478,6 +480,3 @@ class OpenFlowServer:
                 log.info("openflow.switch_disconnected", dpid=f"{sw.datapath_id:#x}")
                 self.handler.switch_disconnected(sw)
             self._tasks.discard(task)  # type: ignore[arg-type]
-
-
-Callback = Callable[[], Awaitable[None]]
