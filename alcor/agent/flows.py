@@ -22,8 +22,11 @@ Pipeline (OpenFlow 1.3 tables):
     30 L2         metadata=VNI, dl_dst=MAC -> output tap | set tun_id, tun_dst, output vxlan
                   metadata=VNI (anything else) -> flood to local ports and member hosts
 
+An IP of another subnet on the asker's router (an L3 neighbour) is answered with the asker's
+gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed traffic.
 `metadata` holds the VPC's VNI, which isolates VPCs with overlapping CIDRs: every flow after
-classification matches it. Zeta redirection (a later issue) replaces a VPC's flood flow with a
+classification matches it. `FlowCompiler` gives the same result incrementally (per-resource
+groups; a full recompute only when VPCs, subnets, routers or nodes change). Zeta redirection (a later issue) replaces a VPC's flood flow with a
 select group per gateway; OAM direct-path flows would sit in L3 at a higher priority.
 """
 
