@@ -45,13 +45,9 @@ def modules_for(role: str, cfg: Config) -> list[Module]:
 
 
 def _role_modules(role: str, cfg: Config) -> list[Module]:
-    """Southbound and agent modules, when those packages provide them."""
-    try:
-        from alcor import roles  # type: ignore[attr-defined]
-    except ImportError:
-        if role == "agent":
-            raise ConfigError("the agent role is not available in this build") from None
-        return []
+    """Southbound and agent modules of the role (alcor/roles.py)."""
+    from alcor import roles
+
     result: list[Module] = roles.modules(role, cfg)
     return result
 

@@ -31,7 +31,14 @@ class Program:
     ) -> None:
         self.port = port or free_port()
         self.args = [sys.executable, str(ROOT / "main.py"), *args, "--port", str(self.port)]
-        self.env = {**os.environ, "ALCOR_LOG__FORMAT": "json", **(env or {})}
+        # A dev run's embedded agent gets its own OpenFlow and health ports and leaves the host's
+        # Open vSwitch alone, so several programs (and a developer's own dev run) can coexist.
+        isolated = {
+            "ALCOR_AGENT__OPENFLOW_LISTEN": f"tcp:127.0.0.1:{free_port()}",
+            "ALCOR_AGENT__HTTP": f"127.0.0.1:{free_port()}",
+            "ALCOR_AGENT__MANAGE_BRIDGE": "false",
+        }
+        self.env = {**os.environ, "ALCOR_LOG__FORMAT": "json", **isolated, **(env or {})}
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
