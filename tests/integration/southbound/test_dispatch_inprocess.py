@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alcor.southbound.dispatcher import Dispatcher
+from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.southbound.transport import InProcessBroker, InProcessTransport
 from tests.integration.southbound.harness import Harness, node_ids, topology
 
@@ -266,3 +266,71 @@ async def test_watermark_behind_compaction_rebuilds_and_snapshots(h: Harness) ->
     await h.converge()
     assert all(a.counters.snapshots == 2 for a in h.agents.values())
     assert d.watermark == h.store.changes.last_rev  # type: ignore[union-attr]
+
+
+async def test_mass_restart_snapshots_are_rate_limited_and_deltas_keep_flowing(
+    tmp_path: Path,
+) -> None:
+    broker = InProcessBroker()
+    batches: list[list[tuple[str, bool]]] = []
+
+    class Recording(InProcessTransport):
+        async def publish(self, messages, timeout):  # type: ignore[no-untyped-def]
+            batches.append(
+                [(a.queue, b[:200].find(b'"kind":"snapshot"') >= 0) for a, b in messages]
+            )
+            return await super().publish(messages, timeout)
+
+    settings = Settings(linger=0.001, snapshots_per_batch=2, compress_over=0)
+    h = Harness(tmp_path / "alcor.db", lambda: Recording(broker), settings)
+    await h.start()
+    try:
+        await h.commit(topology(h, 12, ports_per_host=1))
+        steady = node_ids(h)[0]
+        await h.add_agent(steady)
+        await h.converge()
+        batches.clear()
+        for n in node_ids(h)[1:]:
+            await h.add_agent(n)  # eleven agents start at once: eleven hellos
+        w = h.world
+        sub = next(iter(w.res["subnet"].values()))
+        for _ in range(10):
+            await h.commit([w.add_port(sub, "host-0", [])])
+            await asyncio.sleep(0.005)
+        await h.converge()
+        steady_q = w.res["node"][steady]["mq_queue"]
+        assert all(sum(snap for _, snap in b) <= 2 for b in batches)
+        # Deltas to the steady node went out in batches that also carried snapshots.
+        assert any(
+            any(q == steady_q and not snap for q, snap in b) and any(snap for _, snap in b)
+            for b in batches
+        )
+    finally:
+        await h.stop()
+
+
+async def test_change_log_compacted_below_lowest_applied_rev(tmp_path: Path) -> None:
+    broker = InProcessBroker()
+    settings = Settings(linger=0.001, compact_interval=0.0, retention=5)
+    h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
+    await h.start()
+    try:
+        await h.commit(topology(h, 2))
+        for n in node_ids(h):
+            await h.add_agent(n)
+        await h.converge()
+        w = h.world
+        sub = next(iter(w.res["subnet"].values()))
+        for _ in range(5):
+            await h.commit([w.add_port(sub, "host-0", []) for _ in range(10)])
+        await h.converge()
+        store = h.store
+        assert store is not None
+        d = h.dispatcher
+        assert d is not None
+        await _until(lambda: store.changes.horizon > 0)
+        lowest = min(st.applied_rev or 0 for st in d.nodes.values())
+        assert store.changes.horizon <= lowest - 5
+        assert (await store.changes.read(0, 1))[0].rev == store.changes.horizon + 1
+    finally:
+        await h.stop()

@@ -1,0 +1,49 @@
+"""The in-process transport keeps the broker semantics the protocol relies on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alcor.southbound.transport import Address, InProcessBroker, InProcessTransport
+
+Q = Address("amqp://x/", "/", "alcor", "alcor.node.n1")
+
+
+async def test_fifo_ack_reject_and_redelivery_on_cancel() -> None:
+    broker = InProcessBroker()
+    t = InProcessTransport(broker)
+    assert await t.publish([(Q, b"1"), (Q, b"2"), (Q, b"3"), (Q, b"4")], 1.0) == [True] * 4
+    seen: list[tuple[bytes, bool]] = []
+    held = []
+
+    async def handler(d) -> None:  # type: ignore[no-untyped-def]
+        seen.append((d.body, d.redelivered))
+        if d.body == b"1":
+            await d.ack()
+        elif d.body == b"2":
+            await d.reject()
+        else:
+            held.append(d)  # left unacked
+
+    sub = await t.consume(Q, handler, prefetch=1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    # Prefetch 1: "3" is held unacked, so "4" waits.
+    assert [b for b, _ in seen] == [b"1", b"2", b"3"]
+    await sub.cancel()
+    assert broker.queue(Q).rejected == 1
+    # The unacked message returns to the head of the queue, flagged as redelivered.
+    seen.clear()
+    sub = await t.consume(Q, handler, prefetch=10)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert seen == [(b"3", True), (b"4", False)]
+    await t.stop()
+
+
+async def test_publish_fails_while_broker_down() -> None:
+    broker = InProcessBroker()
+    t = InProcessTransport(broker)
+    broker.down = True
+    assert await t.publish([(Q, b"x")], 1.0) == [False]
+    assert broker.depth(Q) == 0
