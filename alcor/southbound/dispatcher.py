@@ -1,9 +1,9 @@
 """The dispatcher: tails the change log and delivers ordered goal-state messages to every node.
 
-One task does the whole cycle, so the in-memory topology is always exactly "the model at the
-watermark" between batches:
+A producer task places batches and publishes them; a committer task commits them in order once
+confirmed (`max_inflight` batches may be in flight; 1 by default, see Settings). Per batch:
 
-    read changes after the watermark W (a few ms of linger, bounded by changes and ops)
+    read changes after the last placed rev (a few ms of linger, bounded by changes and ops)
     → place() each into per-node ops, compressed per resource
     → one message per node {v, node_id, kind, prev_rev, rev, ops}; nodes owed a snapshot get one
       instead (a few per batch, so a thousand restarting agents never stall the others' deltas)
@@ -11,7 +11,9 @@ watermark" between batches:
     → ONE transaction: watermark = rev, each node's sent_rev, the topology rows that changed.
 
 A crash anywhere before that transaction replays the same changes from W with the node's old
-prev_rev: agents drop what they already applied (DESIGN.md §2). The topology is persisted with the
+prev_rev: agents drop what they already applied (DESIGN.md §2). With batches in flight, a later
+batch's prev_rev assumes the earlier one arrives; if it does not, the agent sees a gap and asks
+for a snapshot, and the commit marks the node as owed one anyway. The topology is persisted with the
 watermark (table sb_model) because placement needs the model *at W*, not the newer one in the
 resources table. Agent feedback (hello, resync, status) arrives on the controller queue.
 """

@@ -96,6 +96,22 @@ async def _crash_at(h: Harness, where: str) -> None:
 
 @pytest.mark.parametrize("where", ["commit", "publish"])
 async def test_crash_points_lose_nothing(h: Harness, where: str) -> None:
+    await _crash_scenario(h, where)
+
+
+@pytest.mark.parametrize("where", ["commit", "publish"])
+async def test_crash_points_with_batches_in_flight(tmp_path: Path, where: str) -> None:
+    broker = InProcessBroker()
+    settings = Settings(linger=0.001, max_inflight=3, max_changes=7, repair_interval=0.5)
+    h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
+    await h.start()
+    try:
+        await _crash_scenario(h, where)
+    finally:
+        await h.stop()
+
+
+async def _crash_scenario(h: Harness, where: str) -> None:
     await h.commit(topology(h, 3))
     for n in node_ids(h):
         await h.add_agent(n)
@@ -334,3 +350,24 @@ async def test_change_log_compacted_below_lowest_applied_rev(tmp_path: Path) -> 
         assert (await store.changes.read(0, 1))[0].rev == store.changes.horizon + 1
     finally:
         await h.stop()
+
+
+async def test_datapath_errors_become_port_status(h: Harness) -> None:
+    await h.commit(topology(h, 2, ports_per_host=2))
+    n0 = node_ids(h)[0]
+    bad = sorted(p for p, b in h.world.res["port"].items() if b["binding:host_id"] == "host-0")[0]
+
+    async def datapath(goal):  # type: ignore[no-untyped-def]
+        return {
+            pid: (("ERROR", "no ofport") if pid == bad else ("ACTIVE", ""))
+            for pid, p in goal["port"].items()
+            if p["node_id"] == goal["node_id"]
+        }
+
+    await h.add_agent(n0, apply=datapath)
+    await h.converge()
+    await _until(lambda: h.statuses.get(bad) == "ERROR")
+    good = [
+        p for p, b in h.world.res["port"].items() if b["binding:host_id"] == "host-0" and p != bad
+    ]
+    await _until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
