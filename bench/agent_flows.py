@@ -92,6 +92,11 @@ async def main() -> None:
     ap.add_argument("--neighbours", type=int, default=10_000)
     ap.add_argument("--deltas", type=int, default=200)
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
+    ap.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after the first apply (what a long-lived agent process could do)",
+    )
     args = ap.parse_args()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -128,6 +133,9 @@ async def main() -> None:
         )
         print(f"apply from scratch         {t_full * 1000:.0f} ms  (compile+flow-mods+barrier)")
         print(f"local ports ACTIVE         {active}/{LOCAL_PORTS}")
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()
 
         # 2. one port delta at a time: a neighbour appears, then goes
         lat: list[float] = []
@@ -146,21 +154,25 @@ async def main() -> None:
         r = dp.last_report
         print(
             f"one port delta             p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms"
-            f"  max {max(lat) * 1000:.2f} ms  ({args.deltas} deltas; last: +{r.adds if r else 0}"
+            f"  max {max(lat) * 1000:.2f} ms (#{lat.index(max(lat))})"
+            f"  ({args.deltas} deltas; last: +{r.adds if r else 0}"
             f" -{r.deletes if r else 0} flow-mods)"
         )
 
-        # 3. the switch reconnects, nothing changed
-        assert dp.switch is not None
-        full = dp.counters["full"]
-        await dp.switch.close()
-        await wait_for(lambda: dp.counters["full"] > full)
-        r = dp.last_report
-        assert r is not None
-        print(
-            f"switch reconnect           {r.seconds * 1000:.0f} ms reconcile  read back {r.read_back}"
-            f"  flow-mods {r.adds + r.deletes}"
-        )
+        # 3. the switch reconnects, nothing changed: right after the deltas, and after a pause
+        #    (the agent computes read-back signatures while idle, see Datapath._warm_signatures)
+        for label, pause in (("switch reconnect (busy)", 0.0), ("switch reconnect (idle)", 3.0)):
+            await asyncio.sleep(pause)
+            assert dp.switch is not None
+            full = dp.counters["full"]
+            await dp.switch.close()
+            await wait_for(lambda full=full: dp.counters["full"] > full)
+            r = dp.last_report
+            assert r is not None
+            print(
+                f"{label:<27}{r.seconds * 1000:.0f} ms reconcile  read back {r.read_back}"
+                f"  flow-mods {r.adds + r.deletes}"
+            )
 
         # 4. the agent restarts (new Datapath, cold caches), nothing changed
         await dp.stop()

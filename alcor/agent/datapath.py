@@ -84,6 +84,7 @@ class Datapath:
         self._lock = asyncio.Lock()
         self._kick: asyncio.Task[None] | None = None
         self._warm: asyncio.Task[None] | None = None
+        self._last_apply = 0.0
 
     # --- lifecycle ---
 
@@ -147,6 +148,7 @@ class Datapath:
     async def apply(self, goal: GoalState | Mapping[str, Any]) -> dict[str, PortStatus]:
         """Make the switch forward as `goal` says; the local ports' status once it does."""
         self.goal = goal
+        self._last_apply = time.monotonic()
         async with self._lock:
             return await self._reconcile("apply")
 
@@ -221,11 +223,16 @@ class Datapath:
 
     async def _warm_signatures(self) -> None:
         flows = list(self._compiler.desired.values())
-        for i in range(0, len(flows), 2000):
-            codec.remember_signatures(flows[i : i + 2000], self._signatures)
-            await asyncio.sleep(
-                0
-            )  # let the switch, the stream and everyone else run between chunks
+        i = 0
+        while i < len(flows):
+            # only while no goal state has arrived for a while: deltas come in bursts
+            idle = time.monotonic() - self._last_apply
+            if idle < WARM_IDLE:
+                await asyncio.sleep(WARM_IDLE - idle)
+                continue
+            codec.remember_signatures(flows[i : i + WARM_CHUNK], self._signatures)
+            i += WARM_CHUNK
+            await asyncio.sleep(0)  # a delta arriving now waits one slice at most
 
     def _statuses(self, report: Report) -> dict[str, PortStatus]:
         failed = report.failed_cookies
@@ -306,6 +313,8 @@ class Datapath:
 
 
 WARM_AFTER_ADDS = 1000
+WARM_IDLE = 1.0  # seconds without apply() before warming
+WARM_CHUNK = 500  # flows per slice of the event loop (~5 ms)
 PARTIAL_COOKIES = 256  # beyond this many touched resources one full read-back is cheaper
 
 
