@@ -32,7 +32,6 @@ METRICS = web.AppKey("metrics", Callable[[str, str, int, float], None])
 
 # The extensions whose attributes and semantics this API honours (and no others).
 EXTENSIONS = [
-    ("agent-resources-synced", "Agent resources synced", "Port status follows the host agent's report."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
@@ -40,7 +39,6 @@ EXTENSIONS = [
     ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
-    ("network-availability-zone", "Network Availability Zone", "Availability zone support for network."),
     ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
     ("port-security", "Port Security", "Provides port security"),
     ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),

@@ -33,11 +33,6 @@ NETWORK = standard(Resource("network", "networks", "Network")).add(
     Attr("provider:network_type", one_of("vxlan"), default="vxlan", admin_only=True),
     Attr("provider:physical_network", nullable(string()), default=None, admin_only=True),
     Attr("provider:segmentation_id", integer(1, 2**24 - 1), admin_only=True, kind="integer"),
-    Attr("availability_zone_hints", list_of(string(255)), default=list, kind="array"),
-    Attr("availability_zones", list_of(string()), post=False, kind="array"),
-    Attr("ipv4_address_scope", nullable(string()), post=False),
-    Attr("ipv6_address_scope", nullable(string()), post=False),
-    Attr("l2_adjacency", boolean, post=False, kind="boolean"),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
 
@@ -97,8 +92,7 @@ class Networks(Manager):
         body = self.new_body(ctx, given)
         body.update({
             "status": "ACTIVE", "subnets": [], "provider:segmentation_id": vni,
-            "availability_zones": [], "ipv4_address_scope": None, "ipv6_address_scope": None,
-            "l2_adjacency": True, "tags": [],
+            "tags": [],
         })
         await tx.execute("INSERT INTO vni_allocations(vni, network_id) VALUES (?, ?)", (vni, body["id"]))
         await self.insert(tx, body)

@@ -30,7 +30,8 @@ async def dev_controller(tmp: Path, node_name: str = NODE) -> AsyncIterator[tupl
     cfg["store"]["path"] = str(tmp / "alcor.db")
     cfg["store"]["synchronous"] = "NORMAL"
     cfg["api"]["port"] = 0
-    cfg["node"] = {"name": node_name}
+    # The test registers the node itself (small_cloud), so the stream must not race it.
+    cfg["node"] = {"name": node_name, "register": False}
     cfg["agent"] = {"resync_interval": 0.5}
     modules = [*controller_modules(cfg), SouthboundModule(cfg), StreamModule(cfg, embedded=True)]
     kernel = Kernel(cfg, modules)
