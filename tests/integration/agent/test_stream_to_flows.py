@@ -1,0 +1,103 @@
+"""The stream side hands goal states to the Datapath: a snapshot and a delta on the node's queue
+end up as flows on a real switch, and the agent's status reports its ports ACTIVE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from alcor.agent.datapath import Datapath, DatapathConfig
+from alcor.agent.flows import cookie_for, tap_name
+from alcor.agent.stream import AgentStream
+from alcor.southbound.transport import Address, InProcessBroker, InProcessTransport
+from tests.support.ovs import OvsSandbox
+from tests.unit.agent.test_flows import PA1, PB1, A, two_vpcs
+
+pytestmark = pytest.mark.ovs
+
+NODE_Q = Address("inproc://", "/", "alcor", f"alcor.node.{A}")
+CONTROLLER_Q = NODE_Q.with_queue("alcor.controller")
+
+
+def message(kind: str, prev_rev: int, rev: int, ops: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {"v": 1, "node_id": A, "kind": kind, "prev_rev": prev_rev, "rev": rev, "ops": ops}
+    ).encode()
+
+
+def snapshot_ops(goal: dict[str, Any]) -> list[dict[str, Any]]:
+    ops = []
+    for rtype in ("node", "vpc", "subnet", "router", "port"):
+        for rid, body in goal[rtype].items():
+            ops.append(
+                {
+                    "rev": 1,
+                    "type": rtype,
+                    "id": rid,
+                    "op": "upsert",
+                    "revision_number": 1,
+                    "body": body,
+                }
+            )
+    return ops
+
+
+def statuses(broker: InProcessBroker) -> list[dict[str, str]]:
+    out = []
+    for body, _ in broker.queue(CONTROLLER_Q).ready:
+        msg = json.loads(body)
+        if msg["kind"] == "status":
+            out.append(msg["ports"])
+    return out
+
+
+async def until(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_snapshot_and_delta_through_the_stream(
+    ovs_sandbox: OvsSandbox, unused_tcp_port: int
+) -> None:
+    ovs = ovs_sandbox
+    dp = Datapath(
+        DatapathConfig(
+            A, listen=f"tcp:127.0.0.1:{unused_tcp_port}", netns=ovs.netns.name, ovs_db=ovs.db
+        )
+    )
+    await dp.start()
+    broker = InProcessBroker()
+    transport = InProcessTransport(broker)
+    stream = AgentStream(transport, A, NODE_Q, CONTROLLER_Q, apply=dp.apply, status_delay=0.01)
+    try:
+        await dp.wait_connected(10)
+        name = tap_name(PA1)
+        ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
+        await until(lambda: dp.switch is not None and name in dp.switch.ports)
+        await stream.start()
+        goal = dict(two_vpcs().goal())
+        await transport.publish([(NODE_Q, message("snapshot", 0, 1, snapshot_ops(goal)))], 1)
+        await until(lambda: any(s.get(PA1) == "ACTIVE" for s in statuses(broker)))
+        port_b1 = f"cookie={cookie_for('port', PB1):#x}"
+        assert [f for f in ovs.dump_flows() if port_b1 in f]
+        delete = {
+            "rev": 2,
+            "type": "port",
+            "id": PB1,
+            "op": "delete",
+            "revision_number": 2,
+            "body": None,
+        }
+        await transport.publish([(NODE_Q, message("delta", 1, 2, [delete]))], 1)
+        await until(lambda: not [f for f in ovs.dump_flows() if port_b1 in f])
+        assert dp.counters["full"] == 1  # the delta was applied incrementally
+    finally:
+        await stream.stop()
+        await transport.stop()
+        await dp.stop()
