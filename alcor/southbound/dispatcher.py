@@ -427,7 +427,7 @@ class Dispatcher:
             if ns.need_snapshot:
                 # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
                 continue
-            raw = _encode(node, "delta", ns.next_prev, rev, bucket.values(), cache)
+            raw = _encode(node, "delta", ns.next_prev, rev, bucket.values(), cache, self.topology)
             messages.append((node, "delta", _pack(raw, s.compress_over)))
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
@@ -736,13 +736,52 @@ class Dispatcher:
         }
 
 
-def _encode(node: str, kind: str, prev: int, rev: int, ops: Any, cache: dict[int, bytes]) -> bytes:
-    """Serialise a message; an op shared by many nodes' messages is encoded once."""
+def _json_str(v: str) -> bytes:
+    # UUIDs need no escaping; anything else goes through the encoder.
+    if v.isascii() and '"' not in v and "\\" not in v and v.isprintable():
+        return b'"' + v.encode() + b'"'
+    return json.dumps(v).encode()
+
+
+def _op_json(rev: int, wtype: str, id: str, verb: str, rn: int, body: bytes) -> bytes:
+    return b'{"rev":%d,"type":"%s","id":%s,"op":"%s","revision_number":%d,"body":%s}' % (
+        rev,
+        wtype.encode(),
+        _json_str(id),
+        verb.encode(),
+        rn,
+        body,
+    )
+
+
+def _encode(
+    node: str,
+    kind: str,
+    prev: int,
+    rev: int,
+    ops: Any,
+    cache: dict[int, bytes],
+    t: Topology | None = None,
+) -> bytes:
+    """Serialise a message; an op shared by many nodes' messages is encoded once, and a port's
+    body JSON comes from the topology's cache."""
     parts = []
     for op in ops:
         b = cache.get(id(op))
         if b is None:
-            b = cache[id(op)] = json.dumps(op, separators=(",", ":")).encode()
+            body = op["body"]
+            if t is not None and op["type"] == "port" and body is not None:
+                b = _op_json(
+                    op["rev"],
+                    "port",
+                    op["id"],
+                    op["op"],
+                    op["revision_number"],
+                    t.port_json(op["id"], body),
+                )
+            else:
+                b = json.dumps(op, separators=(",", ":")).encode()
+            cache[id(op)] = b
         parts.append(b)
     head = json.dumps(
         {"v": WIRE_VERSION, "node_id": node, "kind": kind, "prev_rev": prev, "rev": rev},
@@ -760,13 +799,10 @@ def encode_snapshot(t: Topology, node: str, prev: int, rev: int) -> tuple[bytes,
     parts = []
     for wtype, id, body, rn in goal_entries(t, node):
         if wtype == "port":
-            bj = t.port_json(id, body, t.port_node(id) == node)
+            bj = t.port_json(id, body)
         else:
             bj = json.dumps(body, separators=(",", ":")).encode()
-        parts.append(
-            b'{"rev":%d,"type":"%s","id":%s,"op":"upsert","revision_number":%d,"body":%s}'
-            % (rev, wtype.encode(), json.dumps(id).encode(), rn, bj)
-        )
+        parts.append(_op_json(rev, wtype, id, "upsert", rn, bj))
     head = json.dumps(
         {"v": WIRE_VERSION, "node_id": node, "kind": "snapshot", "prev_rev": prev, "rev": rev},
         separators=(",", ":"),

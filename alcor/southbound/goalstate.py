@@ -133,14 +133,15 @@ class Topology:
         self._ports[(id, local)] = (src, node, body, [])
         return body
 
-    def port_json(self, id: str, body: Body, local: bool) -> bytes:
-        """The canonical-enough JSON of a port view returned by port_view, computed once."""
-        c = self._ports.get((id, local))
-        if c is None or c[2] is not body:
-            return json.dumps(body, separators=(",", ":")).encode()
-        if not c[3]:
-            c[3].append(json.dumps(body, separators=(",", ":")).encode())
-        return c[3][0]
+    def port_json(self, id: str, body: Body) -> bytes:
+        """The JSON of a port view returned by port_view, computed once per view."""
+        for local in (False, True):
+            c = self._ports.get((id, local))
+            if c is not None and c[2] is body:
+                if not c[3]:
+                    c[3].append(json.dumps(body, separators=(",", ":")).encode())
+                return c[3][0]
+        return json.dumps(body, separators=(",", ":")).encode()
 
     def _store(self, type: str, id: str, body: Body | None) -> None:
         if type == "port" and body is None:
