@@ -49,6 +49,9 @@ class DatapathConfig:
     manage_bridge: bool = True
     ovs_db: str | None = None  # ovs-vsctl --db; None honours OVS_RUNDIR
     barrier_timeout: float = 60.0
+    # The first apply() after start waits this long for the switch to (re)connect, so that an
+    # agent restart reports its ports ACTIVE rather than "not connected" for a moment.
+    connect_wait: float = 3.0
 
     def controller_target(self) -> str:
         if self.controller:
@@ -85,6 +88,7 @@ class Datapath:
         self._kick: asyncio.Task[None] | None = None
         self._warm: asyncio.Task[None] | None = None
         self._last_apply = 0.0
+        self._first_apply = True
 
     # --- lifecycle ---
 
@@ -149,6 +153,10 @@ class Datapath:
         """Make the switch forward as `goal` says; the local ports' status once it does."""
         self.goal = goal
         self._last_apply = time.monotonic()
+        if self._first_apply:
+            self._first_apply = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), self.config.connect_wait)
         async with self._lock:
             return await self._reconcile("apply")
 
