@@ -52,6 +52,9 @@ class DatapathConfig:
     # The first apply() after start waits this long for the switch to (re)connect, so that an
     # agent restart reports its ports ACTIVE rather than "not connected" for a moment.
     connect_wait: float = 3.0
+    # Every this many seconds, read every flow back and repair drift (someone's ovs-ofctl);
+    # 0 = only on (re)connect.
+    resync_interval: float = 0.0
 
     def controller_target(self) -> str:
         if self.controller:
@@ -89,6 +92,7 @@ class Datapath:
         self._warm: asyncio.Task[None] | None = None
         self._last_apply = 0.0
         self._first_apply = True
+        self._resync: asyncio.Task[None] | None = None
 
     # --- lifecycle ---
 
@@ -103,6 +107,8 @@ class Datapath:
 
     async def listen(self) -> None:
         await self._server.start()
+        if self.config.resync_interval > 0:
+            self._resync = asyncio.get_running_loop().create_task(self._resync_loop())
 
     async def setup_bridge(self) -> None:
         if not self.config.manage_bridge:
@@ -121,7 +127,7 @@ class Datapath:
         return self.config.controller_target()
 
     async def stop(self) -> None:
-        for task in (self._kick, self._warm):
+        for task in (self._kick, self._warm, self._resync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -242,6 +248,16 @@ class Datapath:
             i += WARM_CHUNK
             await asyncio.sleep(0)  # a delta arriving now waits one slice at most
 
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            if self.goal is None or self._reconciler is None:
+                continue
+            async with self._lock:
+                if self._reconciler is not None:
+                    self._reconciler.installed = None  # forget: the next reconcile reads all back
+            self._schedule("resync")
+
     def _statuses(self, report: Report) -> dict[str, PortStatus]:
         failed = report.failed_cookies
         out: dict[str, PortStatus] = {}
@@ -341,7 +357,8 @@ class DatapathModule:
     Config, section [agent] (the stream reads its own keys there too):
     bridge ("br-int"), openflow_listen ("tcp:127.0.0.1:6653"), controller (what OVS dials;
     derived from openflow_listen), tunnel_port ("vxlan0"), datapath_type ("netdev"),
-    manage_bridge (true), ovs_db (ovs-vsctl --db; default honours OVS_RUNDIR).
+    manage_bridge (true), ovs_db (ovs-vsctl --db; default honours OVS_RUNDIR),
+    flow_resync_interval (0: read every flow back only on (re)connect).
     A bridge that cannot be set up (no Open vSwitch here) is logged, not fatal: the ports then
     report ERROR "bridge … not connected to the agent", which is what an operator needs to see.
     """
@@ -380,6 +397,8 @@ def datapath_config(config: Mapping[str, Mapping[str, Any]]) -> DatapathConfig:
         datapath_type=str(agent.get("datapath_type", "netdev")),
         manage_bridge=bool(agent.get("manage_bridge", True)),
         ovs_db=agent.get("ovs_db") or None,
+        # not "resync_interval": the stream owns that key (how often it asks for a snapshot)
+        resync_interval=float(agent.get("flow_resync_interval", 0.0)),
     )
 
 

@@ -317,3 +317,24 @@ async def test_operator_managed_bridge_is_left_alone(tmp_path: Path, unused_tcp_
             assert len(ovs.dump_flows()) > 0
         finally:
             await dp.stop()
+
+
+async def test_periodic_resync_repairs_drift(ovs_sandbox: OvsSandbox, unused_tcp_port: int) -> None:
+    cfg = DatapathConfig(
+        "node-a",
+        listen=f"tcp:127.0.0.1:{unused_tcp_port}",
+        netns=ovs_sandbox.netns.name,
+        ovs_db=ovs_sandbox.db,
+        resync_interval=0.2,
+    )
+    dp = Datapath(cfg)
+    await dp.start()
+    try:
+        await dp.wait_connected(10)
+        await dp.apply(two_vpcs().goal())
+        want = sorted(ovs_sandbox.dump_flows())
+        ovs_sandbox.ofctl("del-flows", "br-int", "table=10")  # an operator's mistake
+        h = Host(ovs_sandbox, dp, [])
+        await h.wait(lambda: sorted(ovs_sandbox.dump_flows()) == want)
+    finally:
+        await dp.stop()
