@@ -52,7 +52,8 @@ class ChangeLog:
         self.last_rev = 0
         # Rows below the horizon were compacted away; a reader behind it needs a full snapshot.
         self.horizon = 0
-        self._new_rev = asyncio.Condition()
+        # Set, then replaced, at every commit: waiters block on the current one without polling.
+        self._new_rev = asyncio.Event()
 
     async def load(self) -> None:
         row = await self._store.fetchone("SELECT MAX(rev) FROM changes")
@@ -62,12 +63,8 @@ class ChangeLog:
 
     def committed(self, changes: list[Change]) -> None:
         self.last_rev = changes[-1].rev
-        # Wake the waiters from the loop, not from inside the writer's critical section.
-        asyncio.get_running_loop().create_task(self._wake())
-
-    async def _wake(self) -> None:
-        async with self._new_rev:
-            self._new_rev.notify_all()
+        self._new_rev.set()
+        self._new_rev = asyncio.Event()
 
     async def read(self, since: int, limit: int = 1000) -> list[Change]:
         """Changes with rev > since, oldest first, at most `limit`."""
@@ -80,15 +77,16 @@ class ChangeLog:
 
     async def wait(self, after: int, timeout: float | None = None) -> int:
         """Return once last_rev > after (or on timeout); returns last_rev."""
-        if self.last_rev > after:
-            return self.last_rev
-        async with self._new_rev:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.last_rev <= after:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
             try:
-                await asyncio.wait_for(
-                    self._new_rev.wait_for(lambda: self.last_rev > after), timeout
-                )
+                await asyncio.wait_for(self._new_rev.wait(), remaining)
             except TimeoutError:
-                pass
+                break
         return self.last_rev
 
     async def compact(self, below: int) -> int:

@@ -5,6 +5,7 @@ Ports bind to a node by `node_name`. Only admins see or change nodes.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alcor.api.auth import Context
@@ -89,8 +90,20 @@ class Nodes(Manager):
         body.setdefault("mq_exchange", self.mq["exchange"])
         body.setdefault("mq_queue", f"alcor.node.{body['node_id']}")
         await self.insert(tx, body)
+        await self._rebind(tx, body["node_name"])
         tx.after_commit(lambda: self._by_name.__setitem__(body["node_name"], body))
         return body
+
+    async def _rebind(self, tx: Tx, name: str) -> None:
+        """Ports that asked for this host before it was registered bind now (vif_type ovs)."""
+        ports = self.kernel.get("ports")
+        rows = await tx.fetchall(
+            "SELECT body FROM resources WHERE type = 'port' AND "
+            "json_extract(body, '$.\"binding:host_id\"') = ? AND "
+            "json_extract(body, '$.\"binding:vif_type\"') = 'binding_failed'", (name,))
+        for (text,) in rows:
+            port = json.loads(text)
+            await ports.replace(tx, port, ports.binding_for(name, registered=True))
 
     async def _bound_ports(self, tx: Tx, name: str) -> int:
         row = await tx.fetchone(

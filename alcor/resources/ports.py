@@ -103,7 +103,7 @@ class Ports(Manager):
         body["fixed_ips"] = self._take_ips(tx, network, given.get("fixed_ips"), owner, body["mac_address"])
         body["security_groups"] = await self._security_groups(ctx, tx, body, given.get("security_groups"))
         self._check_port_security(body)
-        body.update(self._binding(body["binding:host_id"]))
+        body.update(self.binding_for(body["binding:host_id"]))
         body["status"] = "ACTIVE" if owner == ROUTER_INTERFACE else "DOWN"
         body["tags"] = []
         await self.insert(tx, body)
@@ -237,10 +237,13 @@ class Ports(Manager):
             raise Conflict("Port Security must be enabled in order to have allowed address pairs on "
                            "a port.", type="AddressPairAndPortSecurityRequired")
 
-    def _binding(self, host: str) -> dict[str, Any]:
+    def binding_for(self, host: str, registered: bool | None = None) -> dict[str, Any]:
+        """binding:vif_type/vif_details for a port bound to `host` (a node's name, or none)."""
         if not host:
             return {"binding:vif_type": "unbound", "binding:vif_details": {}}
-        if self.kernel.get("nodes").by_name(host) is None:
+        if registered is None:
+            registered = self.kernel.get("nodes").by_name(host) is not None
+        if not registered:
             return {"binding:vif_type": "binding_failed", "binding:vif_details": {}}
         return {"binding:vif_type": "ovs",
                 "binding:vif_details": {"port_filter": True, "connectivity": "l2",
@@ -291,7 +294,7 @@ class Ports(Manager):
         if any(k in changes for k in ("port_security_enabled", "security_groups", "allowed_address_pairs")):
             self._check_port_security(merged)
         if "binding:host_id" in changes:
-            changes.update(self._binding(changes["binding:host_id"]))
+            changes.update(self.binding_for(changes["binding:host_id"]))
             if changes["binding:host_id"] != current["binding:host_id"] and \
                     current["device_owner"] != ROUTER_INTERFACE:
                 changes["status"] = "DOWN"

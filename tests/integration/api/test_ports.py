@@ -186,3 +186,12 @@ async def test_state_survives_restart(tmp_path):
         q = await c.create("port", "/v2.0/ports", network_id=n["id"])
         assert q["fixed_ips"][0]["ip_address"] != p["fixed_ips"][0]["ip_address"]
         assert k.get("store").store.changes.last_rev >= 4
+
+
+async def test_port_bound_before_its_node_exists_binds_when_it_registers(ctl, net):
+    network, _ = net
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "late"})
+    assert p["binding:vif_type"] == "binding_failed"
+    await ctl.create("node", "/v2.0/alcor/nodes", node_name="late", local_ip="172.16.0.9")
+    got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
+    assert got["binding:vif_type"] == "ovs" and got["revision_number"] == 2
