@@ -301,14 +301,25 @@ async def main(args: argparse.Namespace) -> None:
     await fleet.stop()
     await transport.stop()
     await store.close()
-    if args.transport == "inprocess":
-        return
-    conn = await aio_pika.connect(URL)
-    async with conn:
-        ch = await conn.channel()
-        for b in w.res["node"].values():
-            await ch.queue_delete(b["mq_queue"])
-        await ch.queue_delete(tag + "controller")
+    if args.transport != "inprocess":
+        names = [b["mq_queue"] for b in w.res["node"].values()] + [tag + "controller"]
+        await delete_queues(names)
+
+
+async def delete_queues(names: list[str]) -> None:
+    """Remove the bench's queues, even if the broker dropped our connections meanwhile."""
+    for _attempt in range(3):
+        try:
+            conn = await aio_pika.connect(URL)
+            async with conn:
+                ch = await conn.channel()
+                while names:
+                    await ch.queue_delete(names[-1])
+                    names.pop()
+            return
+        except Exception as e:
+            print(f"cleanup: {e!r}; retrying", file=sys.stderr)
+            await asyncio.sleep(1.0)
 
 
 if __name__ == "__main__":

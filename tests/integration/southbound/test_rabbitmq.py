@@ -121,29 +121,63 @@ async def test_controller_crash_mid_snapshot(h: Harness) -> None:
     await h.converge()
 
 
-async def test_all_connections_closed_mid_stream(h: Harness) -> None:
+@pytest.fixture
+async def vhost():
+    """A vhost of the test's own, so closing its connections leaves other broker users alone."""
+    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
     require(shutil.which("rabbitmqctl") is not None, "rabbitmqctl is not installed")
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
-    w = h.world
-    sub = next(iter(w.res["subnet"].values()))
+    name = f"alcor-test-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(ctl, "add_vhost", name)
+    await asyncio.to_thread(ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    await asyncio.to_thread(ctl, "delete_vhost", name)
 
-    async def churn() -> None:
-        for _ in range(20):
-            await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(50)])
-            await asyncio.sleep(0.05)
 
-    task = asyncio.create_task(churn())
-    await asyncio.sleep(0.3)
-    await asyncio.to_thread(ctl, "close_all_connections", "alcor test: broker restart")
-    await task
-    await h.converge(timeout=60)
-    d = h.dispatcher
-    assert d is not None
-    reconnects = sum(b.reconnects for b in d.transport.brokers.values())  # type: ignore[attr-defined]
-    assert reconnects >= 1
+async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> None:
+    tag = f"test.{uuid.uuid4().hex[:8]}."
+    h = Harness(
+        tmp_path / "alcor.db",
+        lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+        Settings(
+            linger=0.001, retry_deadline=30.0, controller_queue=tag + "controller", mq_vhost=vhost
+        ),
+    )
+    h.world.queue_prefix = tag
+    h.world.vhost = vhost
+    await h.start()
+    try:
+        await h.commit(topology(h, 3))
+        for n in node_ids(h):
+            await h.add_agent(n)
+        await h.converge()
+        w = h.world
+        sub = next(iter(w.res["subnet"].values()))
+
+        async def churn() -> None:
+            for _ in range(20):
+                await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(50)])
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(churn())
+        await asyncio.sleep(0.3)
+        # Every connection of the vhost: the controller's and all agents'.
+        out = await asyncio.to_thread(
+            ctl,
+            "close_all_connections",
+            "--vhost",
+            vhost,
+            "--limit",
+            "1000",
+            "alcor test: broker restart",
+        )
+        await task
+        await h.converge(timeout=60)
+        d = h.dispatcher
+        assert d is not None
+        reconnects = sum(b.reconnects for b in d.transport.brokers.values())  # type: ignore[attr-defined]
+        assert reconnects >= 1, out
+    finally:
+        await h.stop()
 
 
 async def test_agent_down_while_1000_changes(h: Harness) -> None:
