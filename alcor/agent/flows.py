@@ -316,6 +316,8 @@ class _Ctx:
     # subnet B -> [(A, B)]: a port in B is reached from A through a router joining both
     routed_to: dict[str, list[tuple[_Subnet, _Subnet]]]
     routers: dict[str, tuple[Body, list[_Subnet]]]  # router id -> (body, its routable subnets)
+    # vpc id -> select group of its Zeta gateway: flooding goes there, not to member hosts
+    redirect: dict[str, int] = field(default_factory=dict)
 
 
 def _context(goal: Mapping[str, Any], tun_ofport: int | None) -> _Ctx:
@@ -371,7 +373,14 @@ def _context(goal: Mapping[str, Any], tun_ofport: int | None) -> _Ctx:
         node_ip=node_ip,
         routed_to=routed_to,
         routers=routers,
+        redirect=_zeta_redirects(goal),
     )
+
+
+def _zeta_redirects(goal: Mapping[str, Any]) -> dict[str, int]:
+    from alcor.agent import zeta  # imported here: zeta builds on this module's Flow types
+
+    return {vpc: r.group_id for vpc, r in zeta.redirects(goal).items()}
 
 
 @dataclass
@@ -511,7 +520,10 @@ def _vpc_group(
             )
         )
     flood: list[Action] = [Output(o) for o in sorted(local_ofports)]
-    if tun is not None:
+    group = ctx.redirect.get(vpc_id)
+    if group is not None and tun is not None:
+        flood.append(Group(group))  # Zeta: the gateway cluster forwards to member hosts
+    elif tun is not None:
         for rip in sorted(remote_ips, key=ipaddress.IPv4Address):
             flood.extend(_tunnel(vni, rip, tun))
     if flood:
@@ -640,6 +652,7 @@ class FlowCompiler:
             goal.get("subnet") or {},
             goal.get("router") or {},
             goal.get("node") or {},
+            goal.get("gateway") or {},
         )
         ports: Mapping[str, Body] = goal.get("port") or {}
         if self._ctx is None or not _same_inputs(self._ctx_inputs, ctx_inputs):
