@@ -26,6 +26,7 @@ from alcor.agent import codec
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.codec import SigCache
 from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
+from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
 from alcor.agent.reconcile import Key, Reconciler, Report
 
@@ -92,6 +93,7 @@ class Datapath:
         self._warm: asyncio.Task[None] | None = None
         self._last_apply = 0.0
         self._first_apply = True
+        self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
         self._resync: asyncio.Task[None] | None = None
 
     # --- lifecycle ---
@@ -132,6 +134,7 @@ class Datapath:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await self.zeta.stop()
         await self._server.stop()
         self.switch = None
         self._reconciler = None
@@ -187,10 +190,12 @@ class Datapath:
             if self._rejected:  # try flows the switch rejected last time again
                 keys |= self._rejected
                 cookies |= {desired[k].cookie for k in self._rejected if k in desired}
+            await self.zeta.before_flows(switch, goal, self.config.tunnel_port)  # groups first
             if reconciler.installed is None or len(cookies) > PARTIAL_COOKIES:
                 report = await reconciler.full(desired)
             else:
                 report = await reconciler.partial(desired, keys, cookies)
+            await self.zeta.after_flows(switch)  # stale groups once no flow names them
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
