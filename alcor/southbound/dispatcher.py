@@ -273,32 +273,35 @@ class Dispatcher:
         """Supervise the two halves of the pipeline; on any failure, start again from W."""
         await self._listen_all()
         while True:
-            producer = asyncio.ensure_future(self._produce())
-            committer = asyncio.ensure_future(self._commit_loop())
+            tasks = (
+                asyncio.ensure_future(self._produce()),
+                asyncio.ensure_future(self._commit_loop()),
+            )
             try:
-                done, _ = await asyncio.wait(
-                    {producer, committer}, return_when=asyncio.FIRST_EXCEPTION
-                )
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:
                     t.result()
             except asyncio.CancelledError:
+                await self._halt(tasks)
                 raise
             except Exception:
-                # The in-memory model is ahead of W: drop what is in flight, reload from the
-                # database, replay (agents drop the duplicates).
+                # The in-memory model is ahead of W: stop both halves, drop what is in flight,
+                # reload from the database and replay (agents drop the duplicates).
                 log.exception("dispatch.failed", watermark=self.watermark, placed=self.placed)
+                await self._halt(tasks)
                 await asyncio.sleep(1.0)
                 await self._load()
-            finally:
-                for t in (producer, committer):
-                    t.cancel()
-                for t in (producer, committer):
-                    try:
-                        await t
-                    except (asyncio.CancelledError, Exception):
-                        pass
-                for batch in self._drain_pipeline():
-                    batch.task.cancel()
+
+    async def _halt(self, tasks: tuple[asyncio.Future[None], ...]) -> None:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        for batch in self._drain_pipeline():
+            batch.task.cancel()
 
     def _drain_pipeline(self) -> list[Batch]:
         out = []

@@ -371,3 +371,28 @@ async def test_datapath_errors_become_port_status(h: Harness) -> None:
         p for p, b in h.world.res["port"].items() if b["binding:host_id"] == "host-0" and p != bad
     ]
     await _until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
+
+
+async def test_failed_commit_reloads_and_replays(h: Harness) -> None:
+    await h.commit(topology(h, 2))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    d = h.dispatcher
+    assert d is not None
+    real = d._commit
+    failures = []
+
+    async def flaky(batch, confirmed):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(batch.rev)
+            raise RuntimeError("disk I/O error")  # the store refused the watermark write
+        await real(batch, confirmed)
+
+    d._commit = flaky  # type: ignore[method-assign]
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, f"host-{i % 2}", []) for i in range(20)])
+    await h.converge()
+    assert failures and d.watermark == h.store.changes.last_rev  # type: ignore[union-attr]
+    assert sum(a.counters.duplicates for a in h.agents.values()) >= 1
