@@ -32,6 +32,7 @@ select group per gateway; OAM direct-path flows would sit in L3 at a higher prio
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import ipaddress
@@ -279,13 +280,15 @@ def icmp_echo_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
     )
 
 
+@functools.lru_cache(maxsize=1 << 14)  # one per (VPC, host): shared by all its neighbours' flows
 def _tunnel(vni: int, remote_ip: str, tun_ofport: int) -> tuple[Action, ...]:
     return (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", remote_ip), Output(tun_ofport))
 
 
+@functools.lru_cache(maxsize=4096)
 def prefix_match(
     field_name: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
-) -> dict[str, MatchValue]:
+) -> Mapping[str, MatchValue]:
     """A prefix as OVS reads it back: /32 is an exact value, /0 is no field at all."""
     if net.prefixlen == net.max_prefixlen:
         return {field_name: str(net.network_address)}

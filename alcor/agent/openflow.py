@@ -144,14 +144,15 @@ class Switch:
         """
         batch = _Batch()
         chunks: list[bytes] = []
-        for command, flows, encode in (
-            ("add", adds, codec.encode_add),
-            ("delete", deletes, codec.encode_delete),
-        ):
-            for flow in flows:
-                xid = self._next_xid()
-                batch.xids[xid] = (command, flow, None)
-                chunks.append(encode(flow, xid))
+        with codec.gc_paused():
+            for command, flows, encode in (
+                ("add", adds, codec.encode_add),
+                ("delete", deletes, codec.encode_delete),
+            ):
+                for flow in flows:
+                    xid = self._next_xid()
+                    batch.xids[xid] = (command, flow, None)
+                    chunks.append(encode(flow, xid))
         if not chunks:
             return []
         for xid in batch.xids:
