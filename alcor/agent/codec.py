@@ -57,7 +57,14 @@ def to_action(a: Action) -> Any:
     if isinstance(a, SetField):
         return parser.OFPActionSetField(**{a.field: a.value})
     if isinstance(a, Move):
-        return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
+        # With NXM field headers, as OVS reports register moves back: what we send is then
+        # byte-for-byte what a flow-stats read-back returns (see match_read_back).
+        try:
+            return parser.NXActionRegMove(
+                src_field=a.src + "_nxm", dst_field=a.dst + "_nxm", n_bits=a.n_bits
+            )
+        except (KeyError, ValueError):
+            return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
     if isinstance(a, DecTtl):
         return parser.OFPActionDecNwTtl()
     if isinstance(a, Group):
@@ -301,11 +308,19 @@ _SAMPLE: dict[str, Any] = {
 }
 
 
-def match_bytes(m: Match) -> bytes:
+def _match_tlvs(m: Match) -> list[bytes]:
     names = tuple(n for n, _ in m)
-    body = b"".join(_oxm_bytes(*m[i])[1] for i in _field_order(names))
+    return [_oxm_bytes(*m[i])[1] for i in _field_order(names)]
+
+
+def _match_from_tlvs(tlvs: list[bytes]) -> bytes:
+    body = b"".join(tlvs)
     length = 4 + len(body)
     return struct.pack("!HH", ofp.OFPMT_OXM, length) + body + b"\0" * (-length % 8)
+
+
+def match_bytes(m: Match) -> bytes:
+    return _match_from_tlvs(_match_tlvs(m))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -332,9 +347,15 @@ def instructions_bytes(flow: Flow) -> bytes:
     return out
 
 
-def encode_add(flow: Flow, xid: int) -> bytes:
-    """The bytes of add_msg(flow) with this xid, without building os-ken objects."""
-    body = match_bytes(flow.match) + instructions_bytes(flow)
+def encode_add(flow: Flow, xid: int, signatures: SigCache | None = None) -> bytes:
+    """The bytes of add_msg(flow) with this xid, without building os-ken objects; records the
+    flow's read-back signature in `signatures` on the way (it costs one small sort here)."""
+    tlvs = _match_tlvs(flow.match)
+    instructions = instructions_bytes(flow)
+    if signatures is not None:
+        sig = (flow.table, flow.priority, tuple(sorted(tlvs)))
+        signatures[id(flow)] = (flow, sig, instructions)
+    body = _match_from_tlvs(tlvs) + instructions
     fixed = _FLOW_MOD.pack(
         flow.cookie, 0, flow.table, ofp.OFPFC_ADD, flow.idle_timeout, flow.hard_timeout,
         flow.priority, ofp.OFP_NO_BUFFER, 0, 0, 0,
@@ -464,41 +485,19 @@ def _decode_flow_stats(body: bytes) -> list[Flow]:
 # --- matching read-back without decoding ---------------------------------------------------------
 #
 # After a reconnect every one of our flows is read back. Most are exactly as desired, and the
-# switch then returns the same OXM fields (in its own order) and the same instructions, except
-# that OVS writes register moves with NXM field headers. So each desired flow gets a signature
-# in the switch's encoding, and a read-back entry with an equal signature is taken as that flow
-# without decoding it. Anything else is decoded and diffed as usual.
+# switch then returns the same OXM fields (in its own order) and the same instructions (register
+# moves are sent with NXM headers, as OVS reports them). So each desired flow has a signature,
+# recorded when it is encoded for sending (or computed on first need), and a read-back entry
+# with an equal signature is taken as that flow without decoding it. Anything else is decoded
+# and diffed as usual.
 
 FlowSig = tuple[int, int, tuple[bytes, ...]]  # table, priority, match fields (sorted TLVs)
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _switch_action_bytes(a: Action) -> bytes:
-    if isinstance(a, Move):
-        try:
-            nxm = parser.NXActionRegMove(
-                src_field=a.src + "_nxm", dst_field=a.dst + "_nxm", n_bits=a.n_bits
-            )
-            buf = bytearray()
-            nxm.serialize(buf, 0)
-            return bytes(buf)
-        except (KeyError, ValueError):
-            pass
-    return action_bytes(a)
 
 
 def switch_signature(flow: Flow) -> tuple[FlowSig, bytes]:
     """(table, priority, match TLVs) and the instruction bytes the switch will report."""
     tlvs = tuple(sorted(_oxm_bytes(n, v)[1] for n, v in flow.match))
-    out = b""
-    if flow.actions:
-        acts = b"".join(_switch_action_bytes(a) for a in flow.actions)
-        out += _APPLY_HDR.pack(ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
-    if flow.write_metadata is not None:
-        out += _WRITE_META.pack(ofp.OFPIT_WRITE_METADATA, 24, *flow.write_metadata)
-    if flow.goto_table is not None:
-        out += _GOTO.pack(ofp.OFPIT_GOTO_TABLE, 8, flow.goto_table)
-    return (flow.table, flow.priority, tlvs), out
+    return (flow.table, flow.priority, tlvs), instructions_bytes(flow)
 
 
 SigCache = dict[int, tuple[Flow, FlowSig, bytes]]  # id(flow) -> (flow, signature, instructions)
@@ -521,18 +520,6 @@ def match_read_back(
     finally:
         if paused:
             gc.enable()
-
-
-def remember_signatures(flows: Iterable[Flow], cache: SigCache) -> int:
-    """Compute and keep the signatures of `flows` not yet in `cache`; return how many."""
-    n = 0
-    for f in flows:
-        hit = cache.get(id(f))
-        if hit is None or hit[0] is not f:
-            sig, instructions = switch_signature(f)
-            cache[id(f)] = (f, sig, instructions)
-            n += 1
-    return n
 
 
 def _match_read_back(

@@ -23,7 +23,6 @@ from typing import Any
 
 import structlog
 
-from alcor.agent import codec
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.codec import SigCache
 from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
@@ -91,7 +90,7 @@ class Datapath:
         self._rejected: set[Key] = set()
         self._lock = asyncio.Lock()
         self._kick: asyncio.Task[None] | None = None
-        self._warm: asyncio.Task[None] | None = None
+        self._idle_gc: asyncio.Task[None] | None = None
         self._last_apply = 0.0
         self._first_apply = True
         self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
@@ -130,7 +129,7 @@ class Datapath:
         return self.config.controller_target()
 
     async def stop(self) -> None:
-        for task in (self._kick, self._warm, self._resync):
+        for task in (self._kick, self._idle_gc, self._resync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -202,8 +201,8 @@ class Datapath:
             return await self._reconcile_disconnected(why)
         self.last_report = report
         self._rejected = {e.flow.key for e in report.errors if e.flow is not None}
-        if report.adds > WARM_AFTER_ADDS:
-            self._warm_later()
+        if report.adds > BULK_ADDS or changes.recomputed:
+            self._collect_when_idle()
         self.counters["reconciles"] += 1
         self.counters["full"] += int(report.full)
         self.counters["flow_mods"] += report.adds + report.deletes
@@ -234,32 +233,22 @@ class Datapath:
         self._reconciler = None
         return await self._reconcile(why)
 
-    def _warm_later(self) -> None:
-        """Compute read-back signatures of the desired flows while idle, so that the next
-        reconnect only compares bytes (a reconnect at 40,000 flows: ~1 s cold, ~0.4 s warm)."""
-        if self._warm is not None and not self._warm.done():
-            return
-        self._warm = asyncio.get_running_loop().create_task(self._warm_signatures())
+    def _collect_when_idle(self) -> None:
+        if self._idle_gc is None or self._idle_gc.done():
+            self._idle_gc = asyncio.get_running_loop().create_task(self._idle_collect())
 
-    async def _warm_signatures(self) -> None:
-        """Idle-time work after a big apply: read-back signatures, then the GC's full pass."""
-        flows = list(self._compiler.desired.values())
-        i = 0
-        while i < len(flows):
-            # only while no goal state has arrived for a while: deltas come in bursts
+    async def _idle_collect(self) -> None:
+        """Bulk work runs with the cyclic GC held off; the full collection it owes (~0.2 s at
+        40,000 flows) is taken once no goal state has arrived for a while, rather than landing
+        on some later small delta. Deltas come in bursts: wait for the burst to end."""
+        while True:
             idle = time.monotonic() - self._last_apply
-            if idle < WARM_IDLE:
-                await asyncio.sleep(WARM_IDLE - idle)
-                continue
-            codec.remember_signatures(flows[i : i + WARM_CHUNK], self._signatures)
-            i += WARM_CHUNK
-            await asyncio.sleep(0)  # a delta arriving now waits one slice at most
-        # The bulk work ran with the cyclic GC held off; the full collection it owes (~0.2 s at
-        # 40,000 flows) is better taken now, while idle, than on some later small delta.
-        if time.monotonic() - self._last_apply >= WARM_IDLE:
-            t0 = time.perf_counter()
-            gc.collect()
-            log.debug("datapath.gc_collected", ms=round((time.perf_counter() - t0) * 1000, 1))
+            if idle >= IDLE_GC_AFTER:
+                break
+            await asyncio.sleep(IDLE_GC_AFTER - idle)
+        t0 = time.perf_counter()
+        gc.collect()
+        log.debug("datapath.gc_collected", ms=round((time.perf_counter() - t0) * 1000, 1))
 
     async def _resync_loop(self) -> None:
         while True:
@@ -349,9 +338,8 @@ class Datapath:
         log.debug("datapath.packet_in", reason=msg.reason, table=msg.table_id, bytes=len(data))
 
 
-WARM_AFTER_ADDS = 1000
-WARM_IDLE = 1.0  # seconds without apply() before warming
-WARM_CHUNK = 500  # flows per slice of the event loop (~5 ms)
+BULK_ADDS = 1000
+IDLE_GC_AFTER = 1.0  # seconds without apply()
 PARTIAL_COOKIES = 256  # beyond this many touched resources one full read-back is cheaper
 
 

@@ -135,7 +135,11 @@ class Switch:
         await self.request(parser.OFPBarrierRequest(codec.DP), timeout)
 
     async def flow_mods(
-        self, adds: Iterable[Flow] = (), deletes: Iterable[Flow] = (), timeout: float = 60.0
+        self,
+        adds: Iterable[Flow] = (),
+        deletes: Iterable[Flow] = (),
+        timeout: float = 60.0,
+        signatures: codec.SigCache | None = None,
     ) -> list[FlowModError]:
         """Send adds then deletes in one write, close with a barrier, return the errors.
 
@@ -145,14 +149,14 @@ class Switch:
         batch = _Batch()
         chunks: list[bytes] = []
         with codec.gc_paused():
-            for command, flows, encode in (
-                ("add", adds, codec.encode_add),
-                ("delete", deletes, codec.encode_delete),
-            ):
-                for flow in flows:
-                    xid = self._next_xid()
-                    batch.xids[xid] = (command, flow, None)
-                    chunks.append(encode(flow, xid))
+            for flow in adds:
+                xid = self._next_xid()
+                batch.xids[xid] = ("add", flow, None)
+                chunks.append(codec.encode_add(flow, xid, signatures))
+            for flow in deletes:
+                xid = self._next_xid()
+                batch.xids[xid] = ("delete", flow, None)
+                chunks.append(codec.encode_delete(flow, xid))
         if not chunks:
             return []
         for xid in batch.xids:

@@ -133,7 +133,9 @@ class Reconciler:
         report.adds, report.deletes = len(adds), len(deletes)
         if not adds and not deletes:
             return
-        errors = await self.switch.flow_mods(adds, deletes, timeout=self.barrier_timeout)
+        errors = await self.switch.flow_mods(
+            adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
+        )
         report.errors = errors
         failed = {e.flow.key for e in errors if e.flow is not None}
         for f in adds:
