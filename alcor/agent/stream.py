@@ -18,7 +18,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +164,14 @@ class AgentStream:
             states = {p: "ERROR" for p in local}
         self.port_status = {p: states.get(p, "DOWN") for p in local}
 
+    def datapath_status(self, statuses: Mapping[str, tuple[str, str]]) -> None:
+        """The switch changed a port's state on its own (its tap appeared or went, the switch
+        reconnected): report it without waiting for the next message from the controller."""
+        new = {p: statuses.get(p, ("DOWN", ""))[0] for p in self.model.local_ports()}
+        if new != self.port_status:
+            self.port_status = new
+            self._status_due.set()
+
     # -- agent → controller --------------------------------------------------------------------
 
     async def _send(self, body: dict[str, Any]) -> bool:
@@ -297,6 +305,8 @@ class StreamModule:
             prefetch=int(agent.get("prefetch", 64)),
             resync_interval=float(agent.get("resync_interval", 5.0)),
         )
+        if datapath is not None:
+            datapath.datapath.on_status = self.stream.datapath_status
         await self.stream.start()
 
     async def stop(self) -> None:

@@ -101,3 +101,34 @@ async def test_snapshot_and_delta_through_the_stream(
         await stream.stop()
         await transport.stop()
         await dp.stop()
+
+
+async def test_a_tap_plugged_after_the_goal_turns_the_port_active(
+    ovs_sandbox: OvsSandbox, unused_tcp_port: int
+) -> None:
+    """The VM's interface appears after its port's goal state: the agent reports ACTIVE on its own."""
+    ovs = ovs_sandbox
+    dp = Datapath(
+        DatapathConfig(
+            A, listen=f"tcp:127.0.0.1:{unused_tcp_port}", netns=ovs.netns.name, ovs_db=ovs.db
+        )
+    )
+    await dp.start()
+    broker = InProcessBroker()
+    transport = InProcessTransport(broker)
+    stream = AgentStream(transport, A, NODE_Q, CONTROLLER_Q, apply=dp.apply, status_delay=0.01)
+    dp.on_status = stream.datapath_status
+    try:
+        await dp.wait_connected(10)
+        await stream.start()
+        goal = dict(two_vpcs().goal())
+        await transport.publish([(NODE_Q, message("snapshot", 0, 1, snapshot_ops(goal)))], 1)
+        await until(lambda: any(PA1 in s for s in statuses(broker)))
+        assert statuses(broker)[-1][PA1] == "ERROR"  # no interface for it yet
+        name = tap_name(PA1)
+        ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
+        await until(lambda: statuses(broker)[-1].get(PA1) == "ACTIVE")
+    finally:
+        await stream.stop()
+        await transport.stop()
+        await dp.stop()
