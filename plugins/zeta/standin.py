@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from alcor.agent.oam import udp_socket
 log = structlog.get_logger("alcor.zeta.standin")
 
 VXLAN_PORT = 4789
+SO_NO_CHECK = 11  # Linux socket option, not exported by the socket module
 
 
 @dataclass
@@ -234,6 +236,9 @@ class Fwd(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         sock = await asyncio.to_thread(udp_socket, self.ip, VXLAN_PORT, self.netns)
+        # Zero UDP checksum, as tunnel endpoints send VXLAN: over veth the kernel would leave
+        # the checksum to an offload that never happens, and OVS drops the frame on tnl_pop.
+        sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         log.info("standin.fwd_listening", ip=self.ip, netns=self.netns)
