@@ -39,6 +39,9 @@ from alcor.agent.openflow import Switch, SwitchGone, _setns
 
 log = structlog.get_logger("alcor.agent.oam")
 
+SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+RCVBUF = 16 << 20
+
 OUTCOMES = (
     "injected",
     "deleted",
@@ -58,7 +61,12 @@ def udp_socket(ip: str, port: int, netns: str | None) -> socket.socket:
     def make() -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # FWDs send injects in bursts (every new flow through the cluster): a deep buffer, past
+        # net.core.rmem_max when we may (root), so a burst waits instead of being dropped.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind((ip, port))
         sock.setblocking(False)
         return sock
