@@ -172,7 +172,7 @@ class ZetaModule:
             backoff_max=float(cfg.get("backoff_max", 5.0)),
         )
         self.refresh_interval = float(cfg.get("refresh_interval", 30.0))
-        self.run_standin = bool(cfg.get("standin", False))
+        self.run_standin = _flag(cfg.get("standin", False))
         self.gateways = Gateways(self)
         self.kernel: Kernel | None = None
         self._queues: dict[str, list[tuple[str, Any]]] = {}
@@ -486,6 +486,13 @@ def _destinations(gws: Any) -> list[dict[str, str]]:
         if isinstance(g, dict) and g.get("ip") and g.get("mac")
     ]
     return sorted(out, key=lambda d: (ipaddress.ip_address(d["ip"]), d["mac"]))
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from TOML or from the environment (ALCOR_ZETA__STANDIN=false is a string)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 def create(config: dict[str, Any]) -> ZetaModule:
