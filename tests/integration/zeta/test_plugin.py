@@ -229,3 +229,31 @@ async def test_a_changed_fwd_set_reaches_the_gateway(env: Env) -> None:
     gw2 = await env.settled(gw["id"])
     assert gw2["destinations"] == new  # sorted by address: .9 before .10
     assert gw2["revision_number"] == gw["revision_number"] + 1
+
+
+async def test_the_gateway_reaches_member_hosts_and_redirects_there(env: Env) -> None:
+    """Change-log rows -> the southbound's goal state of a member node -> the agent's redirect."""
+    from alcor.agent import zeta
+    from alcor.southbound.goalstate import Topology, goal_state
+
+    net = await env.network("to-hosts")
+    await env.port(net)
+    gw = await env.settled((await env.gateway(net))["id"])
+    rows = (await env.api.get("/v2.0/alcor/changes?since=0&limit=1000")).body["changes"]
+    t = Topology()
+    for r in rows:
+        t.put(r["type"], r["id"], r["body"])
+    node_id = next(r["id"] for r in rows if r["type"] == "node")
+    goal = goal_state(t, node_id)
+    assert goal["vpc"][net["id"]]["gateway_ids"] == [gw["id"]]
+    assert goal["gateway"][gw["id"]] == {
+        "id": gw["id"],
+        "type": "zeta",
+        "vpc_id": net["id"],
+        "status": "ready",
+        "destinations": GWS,
+        "oam_port": 8300,
+    }
+    [redirect] = zeta.redirects(goal).values()
+    assert redirect.vni == net["provider:segmentation_id"]
+    assert redirect.destinations == ((GWS[0]["ip"], GWS[0]["mac"]),)
