@@ -34,8 +34,8 @@ import structlog
 from aiohttp import web
 
 from alcor.api.app import Api
-from alcor.api.auth import Context
-from alcor.api.errors import Conflict, not_found
+from alcor.api.auth import Context, authenticate
+from alcor.api.errors import Conflict, not_found, policy
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.resources.base import Manager
@@ -238,7 +238,26 @@ class ZetaModule:
         # The generic Neutron handlers, for this one collection (the API module mounts them).
         shim = cast("Kernel", SimpleNamespace(config=self.config))
         api = Api(shim, [self.gateways], {"gateways": PATH})
-        return [r for r in api.routes() if getattr(r, "path", "").startswith(PATH)]
+        routes = [r for r in api.routes() if getattr(r, "path", "").startswith(PATH)]
+        return [*routes, web.get("/v2.0/alcor/zeta", self._show)]
+
+    async def _show(self, request: web.Request) -> web.Response:
+        """Operator view (admin): Zeta's URL, counters, VPCs with work queued."""
+        if not authenticate(request.headers, self.config["api"]).is_admin:
+            raise policy("get_zeta")
+        return web.json_response(
+            {
+                "zeta": {
+                    "url": self.url,
+                    "counters": self.counters,
+                    "calls": self.client.calls,
+                    "retries": self.client.retries,
+                    "gateways": len(self.gateways.by_vpc),
+                    "busy_vpcs": sorted(v for v, t in self._workers.items() if not t.done()),
+                    "unsynced_ports": sum(len(p) for p in self._unsynced.values()),
+                }
+            }
+        )
 
     # --- per-VPC workers: one at a time per VPC, VPCs independent of each other ---
 

@@ -257,3 +257,12 @@ async def test_the_gateway_reaches_member_hosts_and_redirects_there(env: Env) ->
     [redirect] = zeta.redirects(goal).values()
     assert redirect.vni == net["provider:segmentation_id"]
     assert redirect.destinations == ((GWS[0]["ip"], GWS[0]["mac"]),)
+
+
+async def test_operator_view(env: Env) -> None:
+    await env.settled((await env.gateway(await env.network("ops")))["id"])
+    r = await env.api.get("/v2.0/alcor/zeta")
+    assert r.status == 200
+    z = r.body["zeta"]
+    assert z["counters"]["registered"] == 1 and z["gateways"] == 1 and z["busy_vpcs"] == []
+    assert (await env.api.as_project("tenant-a").get("/v2.0/alcor/zeta")).status == 403
