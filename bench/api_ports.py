@@ -35,12 +35,16 @@ def rss_mb(pid: int) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
-    prog = Program(["controller", "--db", str(tmp / "alcor.db")], log=tmp / "alcor.log",
-                   env={"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous})
+    prog = Program(
+        ["controller", "--db", str(tmp / "alcor.db")],
+        log=tmp / "alcor.log",
+        env={"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous},
+    )
     prog.start()
     base = prog.url
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+
             async def post(path: str, body: dict) -> dict:
                 async with s.post(base + path, json=body) as r:
                     data = await r.json()
@@ -48,18 +52,35 @@ async def main(args: argparse.Namespace) -> None:
                     return data
 
             for i in range(50):
-                await post("/v2.0/alcor/nodes", {"node": {"node_name": f"host-{i}",
-                                                          "local_ip": f"172.16.{i // 250}.{i % 250 + 1}"}})
+                await post(
+                    "/v2.0/alcor/nodes",
+                    {
+                        "node": {
+                            "node_name": f"host-{i}",
+                            "local_ip": f"172.16.{i // 250}.{i % 250 + 1}",
+                        }
+                    },
+                )
             net = (await post("/v2.0/networks", {"network": {"name": "bench"}}))["network"]
-            await post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "cidr": "10.0.0.0/16",
-                                                    "ip_version": 4}})
+            await post(
+                "/v2.0/subnets",
+                {"subnet": {"network_id": net["id"], "cidr": "10.0.0.0/16", "ip_version": 4}},
+            )
             counter = iter(range(10**9))
 
             async def create_one(lat: list[float]) -> None:
                 i = next(counter)
                 t = time.perf_counter()
-                await post("/v2.0/ports", {"port": {"network_id": net["id"], "name": f"p{i}",
-                                                    "binding:host_id": f"host-{i % 50}"}})
+                await post(
+                    "/v2.0/ports",
+                    {
+                        "port": {
+                            "network_id": net["id"],
+                            "name": f"p{i}",
+                            "binding:host_id": f"host-{i % 50}",
+                        }
+                    },
+                )
                 lat.append(time.perf_counter() - t)
 
             seq: list[float] = []
@@ -81,37 +102,55 @@ async def main(args: argparse.Namespace) -> None:
             async def worker(n: int) -> None:
                 for _ in range(n):
                     await create_one(conc)
+
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(args.ports // 8) for _ in range(8)))
             conc_s = time.perf_counter() - t0
 
-            print(f"sequential creates: {args.ports / seq_s:8.1f} ports/s  p50 {pct(seq, .5)*1e3:6.2f} ms"
-                  f"  p99 {pct(seq, .99)*1e3:6.2f} ms")
-            print(f"8 concurrent:       {len(conc) / conc_s:8.1f} ports/s  p50 {pct(conc, .5)*1e3:6.2f} ms"
-                  f"  p99 {pct(conc, .99)*1e3:6.2f} ms")
-            print(f"list {listed} ports:   median {statistics.median(list_times)*1e3:6.1f} ms "
-                  f"(min {min(list_times)*1e3:.1f} ms, {len(body)/1e6:.1f} MB)")
+            print(
+                f"sequential creates: {args.ports / seq_s:8.1f} ports/s  p50 {pct(seq, 0.5) * 1e3:6.2f} ms"
+                f"  p99 {pct(seq, 0.99) * 1e3:6.2f} ms"
+            )
+            print(
+                f"8 concurrent:       {len(conc) / conc_s:8.1f} ports/s  p50 {pct(conc, 0.5) * 1e3:6.2f} ms"
+                f"  p99 {pct(conc, 0.99) * 1e3:6.2f} ms"
+            )
+            print(
+                f"list {listed} ports:   median {statistics.median(list_times) * 1e3:6.1f} ms "
+                f"(min {min(list_times) * 1e3:.1f} ms, {len(body) / 1e6:.1f} MB)"
+            )
 
             if args.rss_ports:
                 have = args.ports + len(conc)
                 # A /16 holds 65,534 ports: a second one takes the rest.
-                await post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "cidr": "10.1.0.0/16",
-                                                        "ip_version": 4}})
+                await post(
+                    "/v2.0/subnets",
+                    {"subnet": {"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4}},
+                )
                 batch = 500
                 t0 = time.perf_counter()
                 while have < args.rss_ports:
                     n = min(batch, args.rss_ports - have)
-                    await post("/v2.0/ports", {"ports": [
-                        {"network_id": net["id"], "binding:host_id": f"host-{j % 50}"} for j in range(n)]})
+                    await post(
+                        "/v2.0/ports",
+                        {
+                            "ports": [
+                                {"network_id": net["id"], "binding:host_id": f"host-{j % 50}"}
+                                for j in range(n)
+                            ]
+                        },
+                    )
                     have += n
                 bulk_s = time.perf_counter() - t0
                 t = time.perf_counter()
                 async with s.get(base + "/v2.0/ports?limit=2000") as r:
                     await r.read()
                 page = time.perf_counter() - t
-                print(f"bulk to {have} ports: {(have - args.ports - len(conc)) / bulk_s:8.1f} ports/s; "
-                      f"controller RSS {rss_mb(prog.proc.pid):.0f} MB; first page of 2000 at "
-                      f"{have} ports: {page*1e3:.1f} ms")
+                print(
+                    f"bulk to {have} ports: {(have - args.ports - len(conc)) / bulk_s:8.1f} ports/s; "
+                    f"controller RSS {rss_mb(prog.proc.pid):.0f} MB; first page of 2000 at "
+                    f"{have} ports: {page * 1e3:.1f} ms"
+                )
     finally:
         prog.stop()
 
