@@ -225,6 +225,19 @@ async def wait_for(check: Any, timeout: float, what: str) -> Any:
         await asyncio.sleep(0.05)
 
 
+def send_from_fwd(world: World, *messages: bytes) -> None:
+    """OAM datagrams from the FWD's address (zero UDP checksum, like the FWD: see standin.py)."""
+    script = (
+        "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        "s.setsockopt(socket.SOL_SOCKET,11,1);"
+        f"s.bind(('{FWD1['ip']}',0));"
+        f"[s.sendto(bytes.fromhex(h),('{IP_A}',8300)) for h in sys.argv[1:]]"
+    )
+    Netns.adopt(world.standin.fwds[0].netns or "").exec(
+        "python3", "-c", script, *[m.hex() for m in messages]
+    )
+
+
 async def test_first_packets_via_the_fwd_then_the_direct_path_until_idle(world: World) -> None:
     a, fwd = world.a, world.standin.fwds[0]
     assert a.agent is not None
@@ -278,20 +291,48 @@ async def test_bad_oam_is_counted_and_harmless(world: World) -> None:
         zeta.encode_oam(dataclasses.replace(good, vni=4242)),  # no such VPC here
     ]
     # sent from the FWD's address, so the source check passes and the content is judged
-    script = (
-        "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-        "s.setsockopt(socket.SOL_SOCKET,11,1);"  # SO_NO_CHECK, like the FWD (see standin.py)
-        f"s.bind(('{FWD1['ip']}',0));"
-        f"[s.sendto(bytes.fromhex(h),('{IP_A}',8300)) for h in sys.argv[1:]]"
-    )
-    fwd_ns = Netns.adopt(world.standin.fwds[0].netns or "")
-    await asyncio.to_thread(fwd_ns.exec, "python3", "-c", script, *[b.hex() for b in bad])
+    await asyncio.to_thread(send_from_fwd, world, *bad)
     c = a.agent.zeta.counters
     await wait_for(lambda: c["unknown_vni"] > counters["unknown_vni"], 3, "OAM not counted")
     assert c["malformed"] == counters["malformed"] + 1
     assert c["unknown_opcode"] == counters["unknown_opcode"] + 1
     assert c["injected"] == counters["injected"]
     assert compiled_flows(a) == flows_before  # nothing installed, nothing removed
+
+
+async def test_direct_paths_survive_an_agent_restart_and_go_on_delete(world: World) -> None:
+    a = world.a
+    inject = zeta.OamMessage(
+        0,
+        "10.0.0.5",
+        "10.0.0.8",
+        1000,
+        53,
+        17,
+        100,
+        "10.0.0.8",
+        IP_B,
+        "fa:16:3e:00:00:08",
+        "02:00:00:00:00:02",
+        60,
+    )
+    await asyncio.to_thread(send_from_fwd, world, zeta.encode_oam(inject))
+    udp = lambda: [f for f in direct_flows(a) if "udp" in f]  # noqa: E731
+    [flow] = await wait_for(udp, 3, "no direct flow for the UDP inject")
+    assert "tp_src=1000" in flow and "tp_dst=53" in flow and "idle_timeout=60" in flow
+    groups = a.ovs.ofctl("dump-groups", "br-int")
+    # a restarted agent reconciles everything it compiles; Zeta's flows are not among them
+    await a.stop_agent()
+    await a.start_agent()
+    await world.apply()
+    assert a.agent is not None and a.agent.last_report is not None and a.agent.last_report.full
+    assert len(udp()) == 1
+    assert a.ovs.ofctl("dump-groups", "br-int") == groups
+    # an OAM delete (20 bytes) removes exactly that flow
+    delete = zeta.OamMessage(1, "10.0.0.5", "10.0.0.8", 1000, 53, 17, 100)
+    await asyncio.to_thread(send_from_fwd, world, zeta.encode_oam(delete))
+    await wait_for(lambda: not udp(), 3, "direct flow not deleted")
+    assert a.agent.zeta.counters["deleted"] == 1
 
 
 async def test_group_buckets_follow_the_fwd_set(world: World) -> None:
