@@ -26,8 +26,9 @@ An IP of another subnet on the asker's router (an L3 neighbour) is answered with
 gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed traffic.
 `metadata` holds the VPC's VNI, which isolates VPCs with overlapping CIDRs: every flow after
 classification matches it. `FlowCompiler` gives the same result incrementally (per-resource
-groups; a full recompute only when VPCs, subnets, routers or nodes change). Zeta redirection (a later issue) replaces a VPC's flood flow with a
-select group per gateway; OAM direct-path flows would sit in L3 at a higher priority.
+groups; a full recompute only when VPCs, subnets, routers or nodes change). Zeta redirection (alcor/agent/zeta.py): a VPC with a ready Zeta
+gateway floods to its local ports and its gateway's select group instead of to member hosts;
+OAM direct-path flows sit in L3 at a higher priority and are not this compiler's.
 """
 
 from __future__ import annotations
