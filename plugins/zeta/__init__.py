@@ -62,6 +62,7 @@ PATH = "/v2.0/alcor/gateways"
 PENDING, READY, FAILED = "pending", "ready", "failed"
 DEFAULT_OAM_PORT = 8300
 ROUTER_INTERFACE = "network:router_interface"
+FOLLOW_POLL = 0.2  # seconds the change-log follower waits at most before checking for stop
 
 GATEWAY = standard(Resource("gateway", "gateways", "Gateway", parent_field="vpc_id")).add(
     Attr("vpc_id", uuid_str, optional=False),
@@ -181,6 +182,7 @@ class ZetaModule:
         self._unsynced: dict[str, dict[str, dict[str, Any]]] = {}  # vpc -> ports to retry
         self._tasks: list[asyncio.Task[None]] = []
         self._standin: Any = None
+        self._stopping = False
         self.counters = {
             "registered": 0,
             "failed": 0,
@@ -223,6 +225,13 @@ class ZetaModule:
         log.info("zeta.started", url=self.url, gateways=len(self.gateways.by_vpc))
 
     async def stop(self) -> None:
+        # The follower is not cancelled inside ChangeLog.wait: cancelling an asyncio.Condition
+        # wait there was seen to hang the stop (Python 3.11); it sees the flag within a poll.
+        self._stopping = True
+        follower = [t for t in self._tasks if t.get_name() == "zeta.follow"]
+        if follower:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(follower[0]), FOLLOW_POLL * 4)
         for t in [*self._tasks, *self._workers.values()]:
             t.cancel()
         for t in [*self._tasks, *self._workers.values()]:
@@ -431,8 +440,10 @@ class ZetaModule:
 
     async def _follow(self, since: int) -> None:
         changes = self.gateways.store.changes
-        while True:
-            await changes.wait(since, timeout=30)
+        while not self._stopping:
+            await changes.wait(since, timeout=FOLLOW_POLL)
+            if self._stopping or changes.last_rev <= since:
+                continue
             try:
                 rows = await changes.read(since, 1000)
             except Exception:

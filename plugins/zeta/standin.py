@@ -173,7 +173,10 @@ class Management:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(management_app(self.state), access_log=None)
+        # a stand-in holding a delayed answer (tests) must not hold up its own stop
+        self.runner = web.AppRunner(
+            management_app(self.state), access_log=None, shutdown_timeout=0.5
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
         await site.start()

@@ -266,3 +266,27 @@ async def test_operator_view(env: Env) -> None:
     z = r.body["zeta"]
     assert z["counters"]["registered"] == 1 and z["gateways"] == 1 and z["busy_vpcs"] == []
     assert (await env.api.as_project("tenant-a").get("/v2.0/alcor/zeta")).status == 403
+
+
+async def test_a_restart_finishes_what_was_pending(env: Env, tmp_path: Path) -> None:
+    """Stopped mid-registration, the next start registers the VPC and re-posts ready ports."""
+    env.faults(delay=5.0)  # the registration hangs in Zeta
+
+    net = await env.network("restart")
+    await env.port(net)
+    gw = await env.gateway(net)
+    await asyncio.sleep(0.1)
+    await env.kernel.stop()  # the worker is cancelled with the call in flight
+    env.faults()
+    env.standin.state.vpcs.clear()
+    cfg = env.kernel.config
+    zeta = ZetaModule(cfg)
+    kernel = Kernel(cfg, [*controller_modules(cfg), zeta])
+    await kernel.start()
+    try:
+        await zeta.idle()
+        stored = await zeta.gateways.current(gw["id"])
+        assert stored is not None and stored["status"] == "ready"
+        assert net["id"] in env.standin.state.vpcs and len(env.standin.state.ports) == 1
+    finally:
+        await kernel.stop()
