@@ -52,7 +52,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, OvsSandbox, Stand
         cfg = config_mod.load(env={})
         cfg["store"].update(path=str(tmp_path / "alcor.db"), synchronous="NORMAL")
         cfg["api"]["port"] = 0
-        cfg["node"].update(name=HOST, local_ip="127.0.0.1")
+        cfg["node"].update(name=HOST, local_ip="127.0.0.78")  # lo; not a dev run's 127.0.0.1
         # a unix socket crosses into the switch's namespace (OVS wants it in its run directory)
         cfg["agent"].update(openflow_listen=f"unix:{ovs.dir}/alcor-of.sock", ovs_db=ovs.db)
         cfg["zeta"] = {"url": standin.url, "refresh_interval": 0}
@@ -119,7 +119,7 @@ async def test_api_to_switch_and_back(stack: tuple[Client, OvsSandbox, Standin, 
     )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((FWD["ip"], 0))
-        s.sendto(zeta.encode_oam(msg), ("127.0.0.1", 8300))
+        s.sendto(zeta.encode_oam(msg), ("127.0.0.78", 8300))
     [flow] = await until(lambda: direct(ovs), 5, "no direct flow after the inject")
     assert "idle_timeout=30" in flow and "set_field:127.0.0.2->tun_dst" in flow
 

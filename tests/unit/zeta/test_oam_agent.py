@@ -69,7 +69,7 @@ def inject(vni: int = 100, **kw: Any) -> bytes:
 async def test_outcomes_are_counted() -> None:
     agent, sw = ZetaAgent(), RecordingSwitch()
     g = goal()
-    g["node"]["node-a"]["local_ip"] = "127.0.0.1"
+    g["node"]["node-a"]["local_ip"] = "127.0.0.77"  # lo: no clash with a dev run on :8300
     await agent.before_flows(sw, g, "vxlan0")  # type: ignore[arg-type]
     try:
         src, port = FWD1["ip"], 8300
@@ -97,7 +97,7 @@ async def test_outcomes_are_counted() -> None:
         [delete] = sw.deletes
         assert delete.key == add.key
         assert len(agent.latencies) == 2
-        assert agent.listening == [("127.0.0.1", 8300)]
+        assert agent.listening == [("127.0.0.77", 8300)]
     finally:
         await agent.stop()
 
