@@ -244,7 +244,7 @@ def cmd_node_show(http: Http, args: argparse.Namespace, out: TextIO) -> int:
     print(f"tunnel      {node['local_ip']}  mac {node.get('mac_address') or '-'}", file=out)
     print(f"queue       {node.get('mq_queue')}  exchange {node.get('mq_exchange')}  "
           f"vhost {node.get('mq_vhost')}", file=out)
-    sync = {k: node[k] for k in ("goal_rev", "applied_rev", "in_sync", "digest_match",
+    sync: dict[str, Any] = {k: node[k] for k in ("goal_rev", "applied_rev", "in_sync", "digest_match",
                                  "snapshot_pending", "last_report_at") if k in node}
     state, lag = host_state(sync or None)
     label = f"lagging {lag}" if state == "lagging" else state

@@ -45,6 +45,6 @@ fi
 echo "== ruff"
 .venv/bin/ruff check alcor plugins tests bench main.py
 echo "== mypy"
-.venv/bin/mypy alcor/southbound alcor/agent plugins/rabbitmq
+.venv/bin/mypy alcor plugins
 echo "== pytest"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -28,7 +28,7 @@ log = structlog.get_logger("alcor.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Where the ops module puts its request observer: (method, route, status, seconds) -> None.
-METRICS = web.AppKey("metrics", Callable[[str, str, int, float], None])
+METRICS: web.AppKey[Callable[[str, str, int, float], None]] = web.AppKey("metrics")
 
 # The extensions whose attributes and semantics this API honours (and no others).
 EXTENSIONS = [

@@ -51,7 +51,7 @@ def parse(res: Resource, params: MultiMapping[str], extra_filters: frozenset[str
         if attr is None or not attr.filterable:
             raise BadRequest(f"{key} is invalid attribute for filtering", type="HTTPBadRequest")
         conv = attr.filter or attr.validate
-        out = []
+        out: list[Any] = []
         for v in values:
             if attr.kind == "integer":
                 try:

@@ -101,7 +101,7 @@ def build(networks: Iterable[Body], subnets: Iterable[Body], ports: Iterable[Bod
 async def gather(kernel: Kernel) -> Body:
     """Read every manager the topology needs (as admin) and build the document."""
     async def listed(name: str) -> list[Body]:
-        return await kernel.get(name).list(ADMIN) if kernel.has(name) else []
+        return await kernel.get(name).list_all(ADMIN) if kernel.has(name) else []
 
     d = dispatcher_of(kernel)
 

@@ -100,7 +100,7 @@ class Manager:
             bodies.reverse()
         return bodies, bool(lq.limit) and len(bodies) == lq.limit
 
-    async def list(self, ctx: Context, lq: q.ListQuery | None = None) -> list[dict[str, Any]]:
+    async def list_all(self, ctx: Context, lq: q.ListQuery | None = None) -> list[dict[str, Any]]:
         bodies, _ = await self.list_raw(ctx, lq or q.ListQuery())
         return [json.loads(b) for b in bodies]
 
@@ -116,7 +116,7 @@ class Manager:
         """Standard attributes for a new resource: id, project, revision 1, timestamps."""
         project = tenant_of(self.res, given, ctx.project_id, ctx.is_admin)
         ts = now()
-        body = {self.res.id_field: new_id()}
+        body: dict[str, Any] = {self.res.id_field: new_id()}
         body.update(given)
         body.update(project_id=project, tenant_id=project, revision_number=1, created_at=ts, updated_at=ts)
         return body

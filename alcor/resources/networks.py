@@ -56,7 +56,7 @@ class Networks(Manager):
     async def load(self) -> None:
         rows = await self.store.fetchall("SELECT vni FROM vni_allocations")
         self.vnis.used = {r[0] for r in rows}
-        for body in await self.list(Context("", True)):
+        for body in await self.list_all(Context("", True)):
             self.index[body["id"]] = body
 
     def scope(self, ctx: Context, sql: q.SQL) -> None:

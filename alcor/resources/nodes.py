@@ -45,7 +45,7 @@ class Nodes(Manager):
         self._by_name: dict[str, dict[str, Any]] = {}
 
     async def load(self) -> None:
-        for body in await self.list(Context("", True)):
+        for body in await self.list_all(Context("", True)):
             self._by_name[body["node_name"]] = body
 
     def by_name(self, name: str) -> dict[str, Any] | None:
@@ -133,7 +133,10 @@ class Nodes(Manager):
         if await self._bound_ports(tx, current["node_name"]):
             raise Conflict(f"Node {current['node_name']} has ports bound to it.", type="NodeInUse")
         await self.remove(tx, current)
-        tx.after_commit(lambda: self._by_name.pop(current["node_name"], None))
+
+        def forget() -> None:
+            self._by_name.pop(current["node_name"], None)
+        tx.after_commit(forget)
 
     def show_extra(self, body: dict[str, Any]) -> dict[str, Any]:
         """What the southbound knows of this node's sync state, when it is loaded."""

@@ -191,6 +191,7 @@ class Ports(Manager):
                     raise invalid_input(f"Failed to create port on network {nid}, because fixed_ips "
                                         f"included invalid subnet {sid}")
             else:
+                assert ip_s is not None  # checked above: one of the two is given
                 addr = ipaddress.ip_address(ip_s)
                 match = [a for a in on_net if a.net.version == addr.version and addr in a.net]
                 if not match:
@@ -283,8 +284,12 @@ class Ports(Manager):
                 await tx.executemany("DELETE FROM ip_allocations WHERE subnet_id = ? AND ip_address = ?",
                                      list(gone))
                 subnets = self.kernel.get("subnets")
-                tx.after_commit(lambda: [subnets.allocators[s].release(int(ipaddress.ip_address(i)))
-                                         for s, i in gone if s in subnets.allocators])
+
+                def release() -> None:
+                    for s, i in gone:
+                        if s in subnets.allocators:
+                            subnets.allocators[s].release(int(ipaddress.ip_address(i)))
+                tx.after_commit(release)
             changes["fixed_ips"] = new_ips
             merged["fixed_ips"] = new_ips
             await self._write_ips(tx, merged, skip=have)

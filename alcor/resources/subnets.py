@@ -63,7 +63,7 @@ class Subnets(Manager):
         self.by_network: dict[str, list[str]] = {}
 
     async def load(self) -> None:
-        for body in await self.list(Context("", True)):
+        for body in await self.list_all(Context("", True)):
             self._register(body)
         for sid, ip in await self.store.fetchall("SELECT subnet_id, ip_address FROM ip_allocations"):
             alloc = self.allocators.get(sid)

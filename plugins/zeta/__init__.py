@@ -94,7 +94,7 @@ class Gateways(Manager):
         self.by_vpc: dict[str, str] = {}  # vpc id -> gateway id
 
     async def load(self) -> None:
-        self.by_vpc = {b["vpc_id"]: b["id"] for b in await self.list(Context("", True))}
+        self.by_vpc = {b["vpc_id"]: b["id"] for b in await self.list_all(Context("", True))}
 
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body.get("vpc_id")
@@ -214,7 +214,7 @@ class ZetaModule:
         loop = asyncio.get_running_loop()
         # A restart is another reconcile: pending gateways register again, ready ones re-post
         # their ports (Zeta treats a port it has as an update).
-        for gw in await self.gateways.list(Context("", True)):
+        for gw in await self.gateways.list_all(Context("", True)):
             if gw["status"] == PENDING:
                 self.enqueue(gw["vpc_id"], ("register", gw["id"]))
             elif gw["status"] == READY:
@@ -424,7 +424,7 @@ class ZetaModule:
 
     async def refresh(self) -> None:
         """Queue a refresh of every ready gateway (also run every refresh_interval)."""
-        for gw in await self.gateways.list(Context("", True)):
+        for gw in await self.gateways.list_all(Context("", True)):
             if gw["status"] == READY:
                 self.enqueue(gw["vpc_id"], ("refresh", gw["id"]))
 
