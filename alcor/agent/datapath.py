@@ -96,6 +96,11 @@ class Datapath:
         self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
         self._resync: asyncio.Task[None] | None = None
 
+    @property
+    def oam_counters(self) -> dict[str, int]:
+        """Zeta OAM messages by outcome (injected, deleted, malformed, …), for /metrics."""
+        return self.zeta.counters
+
     # --- lifecycle ---
 
     async def start(self) -> None:
