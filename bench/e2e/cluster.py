@@ -234,7 +234,7 @@ class Cluster:
             if step is None:
                 continue
             try:
-                await step
+                await asyncio.wait_for(step, 60)
             except Exception as e:  # noqa: BLE001 -- cleanup goes on; the failure is logged
                 log.error("e2e.cleanup_failed", step=name, error=repr(e))
 

@@ -16,6 +16,7 @@ the harness's own event loop for the GIL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,9 @@ async def _serve(pipe: Any, node_ids: list[str], controller_queue: str) -> None:
     from plugins.rabbitmq import RabbitTransport
 
     alcor_log.setup("warning", "console")
+    # After `close_all_connections` aio-pika logs one "callback error" per restored channel: a
+    # thousand lines saying the reconnect worked.
+    logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
     transport = RabbitTransport({"rabbitmq": {"reconnect_interval": 1.0}})
     controller = Address(URL, "/", EXCHANGE, controller_queue)
     streams: dict[str, AgentStream] = {}

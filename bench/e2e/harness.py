@@ -135,11 +135,13 @@ class Harness:
                 await t
         if self.progress:
             sys.stderr.write("\n")
+        # Bounded: a connection the broker drill closed under us may never finish closing.
         if self.session is not None:
-            await self.session.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.session.close(), 5)
         if self._mq is not None:
             with contextlib.suppress(Exception):
-                await self._mq.close()
+                await asyncio.wait_for(self._mq.close(), 5)
 
     def mark(self, label: str) -> float:
         t = time.time()
