@@ -146,6 +146,14 @@ def parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = parser().parse_args()
     alcor_log.setup(args.log, "console")
+    if sys.stderr.isatty() and not args.no_progress:
+        # Log lines and the progress bar share the terminal: clear the bar before each line.
+        def clear_bar(_: object, __: str, event: dict) -> dict:
+            sys.stderr.write("\r\x1b[K")
+            return event
+
+        procs = structlog.get_config()["processors"]
+        structlog.configure(processors=[clear_bar, *procs])
     out = args.out or Path(tempfile.mkdtemp(prefix="alcor-e2e-"))
     result = asyncio.run(run(args, out))
     return 1 if result["failures"] else 0

@@ -374,7 +374,7 @@ class Harness:
                 f"{total:,} active {active:>7,}{extra}"
             )
             if tty:
-                sys.stderr.write("\r" + line)
+                sys.stderr.write("\r\x1b[K" + line)
                 sys.stderr.flush()
             elif time.monotonic() - last_line > 5:
                 last_line = time.monotonic()
