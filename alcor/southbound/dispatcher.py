@@ -169,6 +169,9 @@ class Dispatcher:
         self._kick = asyncio.Event()
         self._verify: set[str] = set()
         self._port_updates: dict[str, str] = {}
+        # Statuses this dispatcher wrote, with the change-log rev that holds them: until the
+        # topology has placed that rev, its copy of the port is older than what the store has.
+        self._status_written: dict[str, tuple[str, int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_compact = time.monotonic()
@@ -655,8 +658,19 @@ class Dispatcher:
         for pid, status in ports.items():
             # A node may only speak for the ports it hosts.
             if status in PORT_STATES and self.topology.port_node(pid) == node:
-                if ports_db[pid].get("status") != status:
+                held = ports_db[pid].get("status")
+                written = self._status_written.get(pid)
+                if written is not None:
+                    if self.placed >= written[1]:
+                        del self._status_written[pid]  # the topology has caught up with it
+                    else:
+                        held = written[0]
+                # The last report wins: one that matches what the store holds cancels a
+                # different status still queued from an earlier report.
+                if held != status:
                     self._port_updates[pid] = status
+                else:
+                    self._port_updates.pop(pid, None)
         self._kick.set()
 
     def request_snapshot(self, node: str, reason: str) -> None:
@@ -675,6 +689,9 @@ class Dispatcher:
             batch, self._port_updates = self._port_updates, {}
             try:
                 await self.set_statuses(batch)
+                rev = self.store.changes.last_rev
+                for pid, status in batch.items():
+                    self._status_written[pid] = (status, rev)
                 log.debug("ports.status_set", count=len(batch))
             except Exception:
                 log.exception("ports.status_failed", count=len(batch))

@@ -98,11 +98,6 @@ async def test_real_agent_restarted_keeps_every_wanted_flow(h: Harness) -> None:
     _assert_drill(r)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a race, so not every run: ports flapping ERROR → ACTIVE within one status flush "
-    "stay ERROR (southbound _on_status; deterministic in test_status_flapping.py)",
-)
 async def test_ovs_restarted_while_its_vpc_changes(h: Harness) -> None:
     # A delta applied while the switch is away reports the local ports ERROR; once the switch is
     # back and reprogrammed they must turn ACTIVE again without another delta.

@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from alcor.southbound.dispatcher import Settings
 from alcor.southbound.transport import InProcessTransport
 from tests.integration.southbound.harness import Harness, node_ids, topology
@@ -34,11 +32,6 @@ class _Delivery:
         raise AssertionError("the controller rejected a well-formed status")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="southbound: _on_status compares a report with the topology's (stale) port status "
-    "and keeps an earlier queued status; the last report must win (alcor/southbound/dispatcher.py)",
-)
 async def test_last_reported_status_wins(tmp_path: Path) -> None:
     h = Harness(tmp_path / "alcor.db", InProcessTransport, Settings(linger=0.001))
     await h.start()
