@@ -8,6 +8,7 @@ the port programmed (`set_statuses`).
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from typing import Any
 
@@ -338,11 +339,19 @@ class Ports(Manager):
 
     async def set_statuses(self, statuses: dict[str, str]) -> None:
         """Agent feedback: set ports' `status` (ACTIVE/ERROR/DOWN); unknown ids are ignored."""
+        ids = list(statuses)
         async with self.store.transaction() as tx:
-            for port_id, status in statuses.items():
-                current = await self.fetch(port_id, tx)
-                if current is not None and current.get("status") != status:
-                    await self.replace(tx, current, {"status": status})
+            # Agents report ports by the thousand: read them in chunks, not one query each.
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows = await tx.fetchall(
+                    f"SELECT body FROM resources WHERE type = 'port' AND id IN ({','.join('?' * len(chunk))})",
+                    chunk)
+                for (text,) in rows:
+                    current = json.loads(text)
+                    status = statuses[current["id"]]
+                    if current.get("status") != status:
+                        await self.replace(tx, current, {"status": status})
 
     async def get_or_404(self, tx: Tx, ctx: Context, id: str) -> dict[str, Any]:
         body = await self.fetch(id, tx)
