@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import functools
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent import codec, zeta
 from alcor.agent.flows import Flow
-from alcor.agent.openflow import Switch, SwitchGone, _setns
+from alcor.agent.openflow import Switch, SwitchGone, socket_in_netns
 
 log = structlog.get_logger("alcor.agent.oam")
 
@@ -71,23 +70,7 @@ def udp_socket(ip: str, port: int, netns: str | None) -> socket.socket:
         sock.setblocking(False)
         return sock
 
-    if netns is None:
-        return make()
-    result: list[socket.socket | BaseException] = []
-
-    def in_netns() -> None:
-        try:
-            _setns(f"/var/run/netns/{netns}")
-            result.append(make())
-        except BaseException as exc:  # handed back to the caller's thread
-            result.append(exc)
-
-    t = threading.Thread(target=in_netns, name=f"oam-netns-{netns}")
-    t.start()
-    t.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    return socket_in_netns(make, netns)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -374,11 +374,7 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
 
 
 def listening_socket(listen: str, netns: str | None = None) -> socket.socket:
-    """A bound, listening socket; inside network namespace `netns` when given.
-
-    The socket is made on a short-lived thread that enters the namespace, so the agent's own
-    thread never changes namespace, yet the socket keeps serving switches inside it.
-    """
+    """A bound, listening socket; inside network namespace `netns` when given."""
     kind, where, port = parse_listen(listen)
 
     def make() -> socket.socket:
@@ -396,6 +392,15 @@ def listening_socket(listen: str, netns: str | None = None) -> socket.socket:
         sock.setblocking(False)
         return sock
 
+    return socket_in_netns(make, netns)
+
+
+def socket_in_netns(make: Callable[[], socket.socket], netns: str | None) -> socket.socket:
+    """`make()` run inside network namespace `netns` (as is, when None).
+
+    It runs on a short-lived thread that enters the namespace, so the agent's own thread never
+    changes namespace, yet the socket keeps serving inside it.
+    """
     if netns is None:
         return make()
     result: list[socket.socket | BaseException] = []
