@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from alcor.api.auth import Context
-from alcor.api.errors import BadRequest, Conflict, NeutronError, invalid_input, not_found
+from alcor.api.errors import BadRequest, Conflict, NeutronError, invalid_input
 from alcor.db.store import Tx
 from alcor.resources import ipam
 from alcor.resources.base import Manager
@@ -352,12 +352,6 @@ class Ports(Manager):
                     status = statuses[current["id"]]
                     if current.get("status") != status:
                         await self.replace(tx, current, {"status": status})
-
-    async def get_or_404(self, tx: Tx, ctx: Context, id: str) -> dict[str, Any]:
-        body = await self.fetch(id, tx)
-        if body is None or not self.visible(ctx, body):
-            raise not_found("Port", id)
-        return body
 
 
 def fixed(alloc: ipam.SubnetAllocator, ip: int) -> dict[str, str]:

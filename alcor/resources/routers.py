@@ -177,7 +177,7 @@ class Routers(Manager):
                     "binding:vnic_type": "normal", "extra_dhcp_opts": [],
                 }, tx)
             else:
-                port = await ports.get_or_404(tx, ctx, info["port_id"])
+                port = await ports.get(ctx, info["port_id"], tx)
                 if port["device_id"] or port["device_owner"]:
                     raise Conflict(f"Port {port['id']} is in use by {port['device_owner'] or 'a device'} "
                                    f"{port['device_id']}.", type="PortInUse")
