@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,9 +27,13 @@ class Change:
     vpc_id: str | None
     revision_number: int | None
     body: dict[str, Any] | None
+    # The body as JSON when the writer already serialised it for the resource row (saves a dump).
+    text: str | None = field(default=None, compare=False, repr=False)
 
     def row(self) -> tuple[Any, ...]:
-        body = None if self.body is None else json.dumps(self.body, separators=(",", ":"))
+        body = self.text
+        if body is None and self.body is not None:
+            body = json.dumps(self.body, separators=(",", ":"))
         return (self.rev, self.ts, self.type, self.id, self.op, self.project_id, self.vpc_id,
                 self.revision_number, body)
 

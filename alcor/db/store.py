@@ -94,11 +94,12 @@ class Tx:
         project_id: str | None = None,
         vpc_id: str | None = None,
         revision_number: int | None = None,
+        text: str | None = None,
     ) -> int:
-        """Append a change-log row to this transaction and return its rev."""
+        """Append a change-log row to this transaction and return its rev (`text`: body as JSON)."""
         rev = self.first_rev + len(self.changes)
         self.changes.append(
-            Change(rev, time.time(), type, id, op, project_id, vpc_id, revision_number, body)
+            Change(rev, time.time(), type, id, op, project_id, vpc_id, revision_number, body, text)
         )
         return rev
 

@@ -123,12 +123,13 @@ class Manager:
 
     async def insert(self, tx: Tx, body: dict[str, Any]) -> None:
         id = body[self.res.id_field]
+        text = dumps(body)
         await tx.execute(
             "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
-            (self.type, id, body.get("project_id"), self.parent_of(body), dumps(body)),
+            (self.type, id, body.get("project_id"), self.parent_of(body), text),
         )
         tx.record(self.type, id, "create", body, project_id=body.get("project_id"),
-                  vpc_id=self.vpc_of(body), revision_number=body.get("revision_number"))
+                  vpc_id=self.vpc_of(body), revision_number=body.get("revision_number"), text=text)
 
     async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         """Apply changes to a stored body: revision_number + 1, updated_at now, one change-log row."""
@@ -137,12 +138,13 @@ class Manager:
         new["revision_number"] = body.get("revision_number", 0) + 1
         new["updated_at"] = now()
         id = new[self.res.id_field]
+        text = dumps(new)
         await tx.execute(
             "UPDATE resources SET body = ?, parent_id = ?, project_id = ? WHERE type = ? AND id = ?",
-            (dumps(new), self.parent_of(new), new.get("project_id"), self.type, id),
+            (text, self.parent_of(new), new.get("project_id"), self.type, id),
         )
         tx.record(self.type, id, "update", new, project_id=new.get("project_id"),
-                  vpc_id=self.vpc_of(new), revision_number=new["revision_number"])
+                  vpc_id=self.vpc_of(new), revision_number=new["revision_number"], text=text)
         return new
 
     async def remove(self, tx: Tx, body: dict[str, Any]) -> None:
