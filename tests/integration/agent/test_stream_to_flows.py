@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -62,21 +64,33 @@ async def until(cond: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_snapshot_and_delta_through_the_stream(
-    ovs_sandbox: OvsSandbox, unused_tcp_port: int
-) -> None:
-    ovs = ovs_sandbox
+@asynccontextmanager
+async def agent_on(
+    ovs: OvsSandbox, port: int
+) -> AsyncIterator[tuple[Datapath, InProcessBroker, InProcessTransport, AgentStream]]:
+    """A Datapath on the sandbox's switch and an AgentStream applying to it, both stopped after."""
     dp = Datapath(
-        DatapathConfig(
-            A, listen=f"tcp:127.0.0.1:{unused_tcp_port}", netns=ovs.netns.name, ovs_db=ovs.db
-        )
+        DatapathConfig(A, listen=f"tcp:127.0.0.1:{port}", netns=ovs.netns.name, ovs_db=ovs.db)
     )
     await dp.start()
     broker = InProcessBroker()
     transport = InProcessTransport(broker)
     stream = AgentStream(transport, A, NODE_Q, CONTROLLER_Q, apply=dp.apply, status_delay=0.01)
+    dp.on_status = stream.datapath_status
     try:
         await dp.wait_connected(10)
+        yield dp, broker, transport, stream
+    finally:
+        await stream.stop()
+        await transport.stop()
+        await dp.stop()
+
+
+async def test_snapshot_and_delta_through_the_stream(
+    ovs_sandbox: OvsSandbox, unused_tcp_port: int
+) -> None:
+    ovs = ovs_sandbox
+    async with agent_on(ovs, unused_tcp_port) as (dp, broker, transport, stream):
         name = tap_name(PA1)
         ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
         await until(lambda: dp.switch is not None and name in dp.switch.ports)
@@ -97,10 +111,6 @@ async def test_snapshot_and_delta_through_the_stream(
         await transport.publish([(NODE_Q, message("delta", 1, 2, [delete]))], 1)
         await until(lambda: not [f for f in ovs.dump_flows() if port_b1 in f])
         assert dp.counters["full"] == 1  # the delta was applied incrementally
-    finally:
-        await stream.stop()
-        await transport.stop()
-        await dp.stop()
 
 
 async def test_a_tap_plugged_after_the_goal_turns_the_port_active(
@@ -108,18 +118,7 @@ async def test_a_tap_plugged_after_the_goal_turns_the_port_active(
 ) -> None:
     """The VM's interface appears after its port's goal state: the agent reports ACTIVE on its own."""
     ovs = ovs_sandbox
-    dp = Datapath(
-        DatapathConfig(
-            A, listen=f"tcp:127.0.0.1:{unused_tcp_port}", netns=ovs.netns.name, ovs_db=ovs.db
-        )
-    )
-    await dp.start()
-    broker = InProcessBroker()
-    transport = InProcessTransport(broker)
-    stream = AgentStream(transport, A, NODE_Q, CONTROLLER_Q, apply=dp.apply, status_delay=0.01)
-    dp.on_status = stream.datapath_status
-    try:
-        await dp.wait_connected(10)
+    async with agent_on(ovs, unused_tcp_port) as (dp, broker, transport, stream):
         await stream.start()
         goal = dict(two_vpcs().goal())
         await transport.publish([(NODE_Q, message("snapshot", 0, 1, snapshot_ops(goal)))], 1)
@@ -128,7 +127,3 @@ async def test_a_tap_plugged_after_the_goal_turns_the_port_active(
         name = tap_name(PA1)
         ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
         await until(lambda: statuses(broker)[-1].get(PA1) == "ACTIVE")
-    finally:
-        await stream.stop()
-        await transport.stop()
-        await dp.stop()
