@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -110,7 +109,3 @@ def controller_modules(config: Config) -> list[Module]:
     ]
     ops = OpsModule(config, "controller", PATHS)
     return [StoreModule(config), *managers, ops, HttpModule(config, [m.name for m in managers])]
-
-
-async def wait_forever() -> None:
-    await asyncio.Event().wait()

@@ -13,7 +13,6 @@ aiosqlite on a second connection and never block the loop or wait for the writer
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -240,12 +239,6 @@ class Store:
             return True
         except Exception:
             return False
-
-    # Resource rows -----------------------------------------------------------------------------
-
-    async def get(self, type: str, id: str) -> dict[str, Any] | None:
-        row = await self.fetchone("SELECT body FROM resources WHERE type = ? AND id = ?", (type, id))
-        return json.loads(row[0]) if row else None
 
 
 def _statements(script: str) -> list[str]:

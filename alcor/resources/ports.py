@@ -43,6 +43,8 @@ VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "vi
 
 
 def fixed_ip_filter(value: str) -> str:
+    """`?fixed_ips=ip_address=…` (or subnet_id=…, ip_address_substr=…): kept as text here and
+    matched against the list by `query.filter_sql`."""
     return value
 
 
