@@ -11,7 +11,14 @@ import pytest
 
 from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.southbound.transport import InProcessBroker, InProcessTransport
-from tests.integration.southbound.harness import Harness, node_ids, topology
+from tests.integration.southbound.harness import (
+    Harness,
+    crash_mid_snapshot,
+    crash_scenario,
+    node_ids,
+    topology,
+    until,
+)
 
 
 @pytest.fixture
@@ -40,17 +47,9 @@ async def test_agents_converge_and_ports_go_active(h: Harness) -> None:
     d = h.dispatcher
     assert d is not None
     for n in node_ids(h):
-        await _until(lambda n=n: d.node_sync(n)["in_sync"])
+        await until(lambda n=n: d.node_sync(n)["in_sync"])
         sync = d.node_sync(n)
         assert sync["applied_rev"] == sync["goal_rev"] and sync["last_report_at"]
-
-
-async def _until(pred, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_later_changes_flow_as_deltas(h: Harness) -> None:
@@ -68,35 +67,9 @@ async def test_later_changes_flow_as_deltas(h: Harness) -> None:
         assert a.counters.snapshots == 1 and a.counters.applied >= 1 and a.counters.gaps == 0
 
 
-async def _crash_at(h: Harness, where: str) -> None:
-    """Make the running dispatcher block at a crash point, wait until it is there, crash it."""
-    d = h.dispatcher
-    assert d is not None
-    reached = asyncio.Event()
-    if where == "commit":  # after the broker confirmed, before the watermark transaction
-
-        async def stuck(*a, **k):
-            reached.set()
-            await asyncio.Event().wait()
-
-        d._commit = stuck  # type: ignore[method-assign]
-    else:  # "publish": mid-batch, half of the messages published
-        transport = d.transport
-        orig_pub = transport.publish
-
-        async def half(messages, timeout):
-            await orig_pub(messages[: len(messages) // 2], timeout)
-            reached.set()
-            await asyncio.Event().wait()
-
-        transport.publish = half  # type: ignore[method-assign]
-    await asyncio.wait_for(reached.wait(), 10)
-    await h.crash()
-
-
 @pytest.mark.parametrize("where", ["commit", "publish"])
 async def test_crash_points_lose_nothing(h: Harness, where: str) -> None:
-    await _crash_scenario(h, where)
+    await crash_scenario(h, where)
 
 
 @pytest.mark.parametrize("where", ["commit", "publish"])
@@ -106,54 +79,13 @@ async def test_crash_points_with_batches_in_flight(tmp_path: Path, where: str) -
     h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
     await h.start()
     try:
-        await _crash_scenario(h, where)
+        await crash_scenario(h, where)
     finally:
         await h.stop()
 
 
-async def _crash_scenario(h: Harness, where: str) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
-    w = h.world
-    sub = next(iter(w.res["subnet"].values()))
-    hosts = [f"host-{i}" for i in range(3)]
-    changes = [w.add_port(sub, hosts[i % 3], []) for i in range(30)]
-    crash = asyncio.create_task(_crash_at(h, where))
-    await asyncio.sleep(0)
-    await h.commit(changes)
-    await crash
-    # More changes while the controller is down; then a fresh dispatcher on the same file.
-    dead_store_changes = [w.add_port(sub, hosts[i % 3], []) for i in range(10)]
-    d = await h.start()
-    await _until(lambda: d.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
-    await h.commit(dead_store_changes)
-    await h.converge()
-    # The replay re-sent what agents already had: dropped as duplicates, never re-applied.
-    if where == "commit":
-        assert sum(a.counters.duplicates for a in h.agents.values()) >= 1
-    assert all(a.counters.gaps == 0 for a in h.agents.values())
-
-
 async def test_crash_mid_snapshot(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    d = h.dispatcher
-    assert d is not None
-    reached = asyncio.Event()
-
-    async def stuck(*a, **k):
-        reached.set()
-        await asyncio.Event().wait()
-
-    d._commit = stuck  # type: ignore[method-assign]
-    # The snapshots answering the hellos get published, then the controller dies before the commit.
-    for n in node_ids(h):
-        await h.add_agent(n, resync_interval=0.3)
-    await asyncio.wait_for(reached.wait(), 10)
-    await h.crash()
-    await h.start()
-    await h.converge()
+    await crash_mid_snapshot(h)
 
 
 async def test_agent_down_during_1000_changes_gets_snapshot_on_return(h: Harness) -> None:
@@ -203,10 +135,10 @@ async def test_lost_message_is_a_gap_repaired_by_snapshot(h: Harness) -> None:
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     await h.commit([w.add_port(sub, "host-1", [])])
-    await _until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    await until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
     h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
     await h.commit([w.add_port(sub, "host-1", [])])
-    await _until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    await until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
     a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
     await h.converge(nodes=[n])
     assert a.counters.gaps == 1 and a.counters.snapshots == 2
@@ -230,7 +162,7 @@ async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -
     ]
     t = InProcessTransport(h.broker)  # type: ignore[attr-defined]
     await t.publish([(a.address, j) for j in junk], 1.0)
-    await _until(lambda: a.counters.rejected == 4)
+    await until(lambda: a.counters.rejected == 4)
     assert a.counters.foreign == 1
     assert h.broker.queue(a.address).rejected == 4  # type: ignore[attr-defined]
     # Still healthy: later changes apply.
@@ -241,7 +173,7 @@ async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -
     d = h.dispatcher
     assert d is not None
     await t.publish([(a.address.with_queue("alcor.controller"), b"{nonsense")], 1.0)
-    await _until(lambda: d.metrics.agent_rejected >= 1)
+    await until(lambda: d.metrics.agent_rejected >= 1)
 
 
 async def test_digest_mismatch_is_repaired(h: Harness) -> None:
@@ -344,7 +276,7 @@ async def test_change_log_compacted_below_lowest_applied_rev(tmp_path: Path) -> 
         assert store is not None
         d = h.dispatcher
         assert d is not None
-        await _until(lambda: store.changes.horizon > 0)
+        await until(lambda: store.changes.horizon > 0)
         lowest = min(st.applied_rev or 0 for st in d.nodes.values())
         assert store.changes.horizon <= lowest - 5
         assert (await store.changes.read(0, 1))[0].rev == store.changes.horizon + 1
@@ -366,11 +298,11 @@ async def test_datapath_errors_become_port_status(h: Harness) -> None:
 
     await h.add_agent(n0, apply=datapath)
     await h.converge()
-    await _until(lambda: h.statuses.get(bad) == "ERROR")
+    await until(lambda: h.statuses.get(bad) == "ERROR")
     good = [
         p for p, b in h.world.res["port"].items() if b["binding:host_id"] == "host-0" and p != bad
     ]
-    await _until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
+    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
 
 
 async def test_failed_commit_reloads_and_replays(h: Harness) -> None:

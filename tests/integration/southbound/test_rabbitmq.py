@@ -17,8 +17,14 @@ import pytest
 from alcor.southbound.dispatcher import Settings
 from plugins.rabbitmq import RabbitTransport
 from tests.conftest import require
-from tests.integration.southbound.harness import Harness, node_ids, topology
-from tests.integration.southbound.test_dispatch_inprocess import _crash_at, _until
+from tests.integration.southbound.harness import (
+    Harness,
+    crash_mid_snapshot,
+    crash_scenario,
+    node_ids,
+    topology,
+    until,
+)
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.rabbitmq
@@ -80,45 +86,16 @@ async def test_converge_over_rabbitmq(h: Harness) -> None:
     await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(200)])
     await h.converge()
     computes = [p["id"] for p in w.res["port"].values() if p["binding:host_id"]]
-    await _until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
+    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
 
 
 @pytest.mark.parametrize("where", ["commit", "publish"])
 async def test_controller_crash_points(h: Harness, where: str) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
-    w = h.world
-    sub = next(iter(w.res["subnet"].values()))
-    crash = asyncio.create_task(_crash_at(h, where))
-    await asyncio.sleep(0)
-    await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(60)])
-    await crash
-    more = [w.add_port(sub, f"host-{i % 3}", []) for i in range(20)]
-    await h.start()
-    await h.commit(more)
-    await h.converge()
-    assert all(a.counters.gaps == 0 for a in h.agents.values())
+    await crash_scenario(h, where, during=60, after=20)
 
 
 async def test_controller_crash_mid_snapshot(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    d = h.dispatcher
-    assert d is not None
-    reached = asyncio.Event()
-
-    async def stuck(*a, **k):
-        reached.set()
-        await asyncio.Event().wait()
-
-    d._commit = stuck  # type: ignore[method-assign]
-    for n in node_ids(h):
-        await h.add_agent(n, resync_interval=0.3)
-    await asyncio.wait_for(reached.wait(), 10)
-    await h.crash()
-    await h.start()
-    await h.converge()
+    await crash_mid_snapshot(h)
 
 
 @pytest.fixture
@@ -268,7 +245,7 @@ async def test_malformed_and_foreign_on_node_queue(h: Harness) -> None:
         ch = await conn.channel()
         for j in junk:
             await ch.default_exchange.publish(aio_pika.Message(j), routing_key=a.address.queue)
-    await _until(lambda: a.counters.rejected == 3)
+    await until(lambda: a.counters.rejected == 3)
     assert a.counters.foreign == 1
     w = h.world
     await h.commit([w.add_port(next(iter(w.res["subnet"].values())), "host-0", [])])
