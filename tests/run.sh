@@ -11,6 +11,7 @@ SUDO=""
 missing=()
 command -v ovs-vswitchd >/dev/null || missing+=(openvswitch-switch)
 command -v arping >/dev/null || missing+=(arping)
+command -v ping >/dev/null || missing+=(iputils-ping)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
