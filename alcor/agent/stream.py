@@ -2,7 +2,9 @@
 
 `AgentStream` says `hello` on start (the controller answers with a snapshot), hands each message
 to the model's ordering rule (alcor/agent/model.py), lets the datapath apply the new goal state,
-acknowledges, then reports `status` (applied_rev, digest, port states; coalesced under load). A
+acknowledges, then reports `status` (applied_rev, digest, and the port states that changed since
+the last report, so a report's size follows the churn, not the host's port count; coalesced
+under load). A
 message that is not a valid v1 message for this node is rejected (never requeued) and counted.
 While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one arrives.
 
@@ -73,6 +75,11 @@ class AgentStream:
         self.boot_id = uuid.uuid4().hex
         self.counters = StreamCounters()
         self.port_status: dict[str, str] = {}
+        # What the controller has been told: port → (status, the port's revision_number then).
+        # A port is reported again when its state changes, or when the controller sent a new
+        # revision of it (the controller may have reset its status, e.g. a rebinding), and all of
+        # them after a snapshot (the controller's repair path, and every agent start).
+        self._reported: dict[str, tuple[str, int]] = {}
         self.synced = asyncio.Event()  # set once a snapshot made the model whole
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,6 +146,7 @@ class AgentStream:
                 c.snapshots += 1
                 log.info("stream.snapshot", node=self.node_id, rev=msg.rev, ops=len(msg.ops))
                 self.synced.set()
+                self._reported.clear()
             else:
                 c.applied += 1
             await self._apply()
@@ -211,16 +219,25 @@ class AgentStream:
             # Coalesce: a burst of messages yields one status with the latest applied_rev.
             await asyncio.sleep(self.status_delay)
             self._status_due.clear()
+            revisions = self.model.revisions
+            now = {p: (s, revisions.get(("port", p), 0)) for p, s in self.port_status.items()}
+            reported = self._reported
+            changed = {p: v[0] for p, v in now.items() if reported.get(p) != v}
             ok = await self._send(
                 {
                     "kind": "status",
                     "applied_rev": self.model.applied_rev,
                     "digest": self.model.digest(),
-                    "ports": dict(self.port_status),
+                    "ports": changed,
                 }
             )
             if ok:
                 self.counters.statuses += 1
+                # Ports no longer here are forgotten, so one that comes back is reported.
+                for p in [p for p in reported if p not in now]:
+                    del reported[p]
+                for p in changed:
+                    reported[p] = now[p]
             else:
                 await asyncio.sleep(1.0)
                 self._status_due.set()

@@ -33,15 +33,7 @@ import structlog
 
 from alcor.db.changelog import Change
 from alcor.db.store import Store
-from alcor.southbound.goalstate import (
-    WIRE_TYPE,
-    Topology,
-    goal_entries,
-    goal_state,
-)
-from alcor.southbound.goalstate import (
-    digest as goal_digest,
-)
+from alcor.southbound.goalstate import WIRE_TYPE, Topology, goal_entries, node_digest
 from alcor.southbound.placement import Op, place
 from alcor.southbound.transport import Address, Delivery, Transport
 
@@ -77,7 +69,9 @@ class Settings:
     compact_interval: float = 60.0
     retention: int = 10_000
     stale_node_seconds: float = 3600.0
-    status_flush: float = 0.2
+    status_flush: float = 0.2  # seconds between status write-backs
+    status_flush_reports: int = 1000  # ...or sooner, once this many reports wait for it
+    feedback_prefetch: int = 4096  # agent reports in flight to the controller, per broker
     controller_queue: str = "alcor.controller"
     compress_over: int = 8192  # bytes; larger message bodies travel zlib-compressed (wire.md)
     mq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
@@ -172,6 +166,11 @@ class Dispatcher:
         # Statuses this dispatcher wrote, with the change-log rev that holds them: until the
         # topology has placed that rev, its copy of the port is older than what the store has.
         self._status_written: dict[str, tuple[str, int]] = {}
+        # Status reports not acknowledged yet: an agent reports a port's state once (wire.md), so
+        # its message is acked only after the statuses it carried are committed; a crash before
+        # that hands it back to the broker.
+        self._held: list[Delivery] = []
+        self._flush_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_compact = time.monotonic()
@@ -596,7 +595,9 @@ class Dispatcher:
         self._subscribed.add(key)
         q = address.with_queue(self.settings.controller_queue)
         try:
-            self._subs.append(await self.transport.consume(q, self.on_agent_message, 256))
+            self._subs.append(
+                await self.transport.consume(q, self.on_agent_message, self.settings.feedback_prefetch)
+            )
         except Exception:
             self._subscribed.discard(key)
             log.exception("feedback.listen_failed", url=_safe(address.url), vhost=address.vhost)
@@ -634,6 +635,11 @@ class Dispatcher:
                 self.request_snapshot(node, "gap")
             elif kind == "status":
                 self._on_status(node, msg)
+                if self.set_statuses is not None:
+                    self._held.append(delivery)
+                    if len(self._held) >= self.settings.status_flush_reports:
+                        self._flush_now.set()
+                    return  # acked by _flush_statuses once written
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, TypeError) as e:
@@ -682,19 +688,30 @@ class Dispatcher:
 
     async def _flush_statuses(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.status_flush)
-            if not self._port_updates or self.set_statuses is None:
-                self._port_updates.clear()
-                continue
-            batch, self._port_updates = self._port_updates, {}
             try:
-                await self.set_statuses(batch)
+                await asyncio.wait_for(self._flush_now.wait(), self.settings.status_flush)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            held, self._held = self._held, []
+            batch, self._port_updates = self._port_updates, {}
+            if batch and self.set_statuses is not None:
+                try:
+                    await self.set_statuses(batch)
+                except Exception:
+                    log.exception("ports.status_failed", count=len(batch))
+                    # Keep the reports (unacked) and retry at the next flush; a newer report
+                    # received meanwhile wins.
+                    for pid, status in batch.items():
+                        self._port_updates.setdefault(pid, status)
+                    self._held[:0] = held
+                    continue
                 rev = self.store.changes.last_rev
                 for pid, status in batch.items():
                     self._status_written[pid] = (status, rev)
-                log.debug("ports.status_set", count=len(batch))
-            except Exception:
-                log.exception("ports.status_failed", count=len(batch))
+                log.debug("ports.status_set", count=len(batch), reports=len(held))
+            for d in held:
+                await d.ack()
 
     def _verify_digests(self) -> None:
         """Compare agents' digests with the goal state (only between batches: the topology is then
@@ -708,7 +725,7 @@ class Dispatcher:
             if not (st.sent_rev <= st.applied_rev <= self.watermark):
                 continue  # behind (more is on its way) or not comparable
             if st.expected is None or st.expected[0] != st.sent_rev:
-                st.expected = (st.sent_rev, goal_digest(goal_state(self.topology, node)))
+                st.expected = (st.sent_rev, node_digest(self.topology, node))
             match = st.expected[1] == st.digest
             if match != st.digest_match:
                 log.info("node.sync", node=node, in_sync=match, applied_rev=st.applied_rev)

@@ -62,6 +62,15 @@ class _PortLinks:
     subnets: tuple[str, ...]
 
 
+@dataclass(slots=True)
+class _PortView:
+    src: Body  # the Neutron body it was built from (by identity)
+    node: str | None  # the node it binds to
+    body: Body
+    json: bytes | None = None
+    hash: int | None = None
+
+
 class Topology:
     """Neutron bodies by change-log type and id, with the indexes that answer "who needs what"."""
 
@@ -83,10 +92,11 @@ class Topology:
         self.router_vpcs: dict[str, dict[str, int]] = {}  # router → vpc → interfaces there
         self.vpc_routers: dict[str, dict[str, int]] = {}
         self._links: dict[str, _PortLinks] = {}
-        # Port wire bodies (and their JSON) by (port id, local?), valid while the Neutron body is
-        # the same object and binds to the same node: ports are most of every message and
-        # snapshot, and placement evaluates each twice (before/after) per change.
-        self._ports: dict[tuple[str, bool], tuple[Body, str | None, Body, list[bytes]]] = {}
+        # Port wire bodies (with their JSON and digest share, computed on first use) by (port id,
+        # local?), valid while the Neutron body is the same object and binds to the same node:
+        # ports are most of every message, snapshot and digest, and placement evaluates each
+        # twice (before/after) per change.
+        self._ports: dict[tuple[str, bool], _PortView] = {}
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -127,21 +137,37 @@ class Topology:
 
     def port_view(self, id: str, src: Body, node: str | None, local: bool) -> Body:
         c = self._ports.get((id, local))
-        if c is not None and c[0] is src and c[1] == node:
-            return c[2]
+        if c is not None and c.src is src and c.node == node:
+            return c.body
         body = port_body(id, src, node, local)
-        self._ports[(id, local)] = (src, node, body, [])
+        self._ports[(id, local)] = _PortView(src, node, body)
         return body
+
+    def _cached(self, id: str, body: Body) -> _PortView | None:
+        for local in (False, True):
+            c = self._ports.get((id, local))
+            if c is not None and c.body is body:
+                return c
+        return None
 
     def port_json(self, id: str, body: Body) -> bytes:
         """The JSON of a port view returned by port_view, computed once per view."""
-        for local in (False, True):
-            c = self._ports.get((id, local))
-            if c is not None and c[2] is body:
-                if not c[3]:
-                    c[3].append(json.dumps(body, separators=(",", ":")).encode())
-                return c[3][0]
-        return json.dumps(body, separators=(",", ":")).encode()
+        c = self._cached(id, body)
+        if c is None:
+            return json.dumps(body, separators=(",", ":")).encode()
+        if c.json is None:
+            c.json = json.dumps(body, separators=(",", ":")).encode()
+        return c.json
+
+    def port_hash(self, id: str, body: Body) -> int:
+        """A port view's share of a digest (`resource_hash`), computed once per view: a node's
+        digest is then a sum over cached shares, not a re-serialisation of its whole VPC."""
+        c = self._cached(id, body)
+        if c is None:
+            return resource_hash("port", id, body)
+        if c.hash is None:
+            c.hash = resource_hash("port", id, body)
+        return c.hash
 
     def _store(self, type: str, id: str, body: Body | None) -> None:
         if type == "port" and body is None:
@@ -493,6 +519,15 @@ def goal_entries(t: Topology, node: str) -> Iterator[tuple[str, str, Body, int]]
             body = i.view(node)
             if body is not None:
                 yield wtype, id, body, rn
+
+
+def node_digest(t: Topology, node: str) -> str:
+    """`digest(goal_state(t, node))`, from the topology's cached port shares."""
+    total = 0
+    for wtype, id, body, _ in goal_entries(t, node):
+        share = t.port_hash(id, body) if wtype == "port" else resource_hash(wtype, id, body)
+        total = combine(total, share)
+    return hex_digest(total)
 
 
 def goal_state(t: Topology, node: str) -> GoalState:

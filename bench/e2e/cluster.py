@@ -103,7 +103,7 @@ class Cluster:
                 "ALCOR_SOUTHBOUND__TRANSPORT": "rabbitmq",
                 "ALCOR_SOUTHBOUND__CONTROLLER_QUEUE": self.controller_queue,
                 "ALCOR_STORE__SYNCHRONOUS": synchronous,
-                "ALCOR_LOG__LEVEL": "warning",
+                "ALCOR_LOG__LEVEL": os.environ.get("E2E_CONTROLLER_LOG", "warning"),
             },
             log=self.dir / "controller.log",
         )

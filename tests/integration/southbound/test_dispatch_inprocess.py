@@ -328,3 +328,69 @@ async def test_failed_commit_reloads_and_replays(h: Harness) -> None:
     await h.converge()
     assert failures and d.watermark == h.store.changes.last_rev  # type: ignore[union-attr]
     assert sum(a.counters.duplicates for a in h.agents.values()) >= 1
+
+
+async def test_status_reports_carry_only_what_changed(h: Harness) -> None:
+    """A report lists the ports whose state changed (all of them after a snapshot), so its size
+    follows the churn, not the number of ports on the host."""
+    await h.commit(topology(h, 2))
+    d = h.dispatcher
+    assert d is not None
+    n0, n1 = node_ids(h)
+    reports: list[dict[str, str]] = []
+    real = d._on_status
+
+    def spy(node: str, msg: dict) -> None:  # type: ignore[type-arg]
+        if node == n0:
+            reports.append(dict(msg["ports"]))
+        real(node, msg)
+
+    d._on_status = spy  # type: ignore[method-assign]
+    await h.add_agent(n0)
+    await h.add_agent(n1)
+    await h.converge()
+    w = h.world
+    local = {p for p, b in w.res["port"].items() if b["binding:host_id"] == "host-0"}
+    await until(lambda: any(set(r) == local for r in reports))
+
+    reports.clear()
+    sub = next(iter(w.res["subnet"].values()))
+    await h.commit([w.add_port(sub, "host-1", [])])  # a neighbour for host-0
+    await h.converge()
+    await until(lambda: bool(reports))
+    assert all(r == {} for r in reports)
+
+    reports.clear()
+    mine = w.add_port(sub, "host-0", [])
+    await h.commit([mine])
+    await h.converge()
+    await until(lambda: any(reports))
+    assert [r for r in reports if r] == [{mine.id: "ACTIVE"}]
+
+    reports.clear()
+    d.request_snapshot(n0, "test")  # what a digest repair or an agent restart leads to
+    await until(lambda: any(set(r) == local | {mine.id} for r in reports))
+
+
+async def test_a_status_report_is_acked_only_once_written(h: Harness) -> None:
+    """Agents report a port's state once: if the controller dies before writing it, the broker
+    hands the report to the next controller, and the port does not stay DOWN."""
+    await h.commit(topology(h, 2))
+    d = h.dispatcher
+    assert d is not None
+    reached = asyncio.Event()
+
+    async def stuck(statuses: dict[str, str]) -> None:
+        reached.set()
+        await asyncio.Event().wait()
+
+    d.set_statuses = stuck
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await asyncio.wait_for(reached.wait(), 10)
+    await h.converge()
+    assert not h.statuses
+    await h.crash()
+    await h.start()
+    computes = [p for p, b in h.world.res["port"].items() if b["binding:host_id"]]
+    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))

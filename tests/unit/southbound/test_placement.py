@@ -16,6 +16,7 @@ from alcor.southbound.goalstate import (
     digest,
     goal_state,
     info,
+    node_digest,
     view_of,
 )
 from alcor.southbound.placement import place
@@ -52,6 +53,8 @@ def check_converged(t: Topology, held: Held, nodes: set[str]) -> None:
         agent = AgentModel(n)
         agent.receive(parse_message(encode_snapshot(t, n, 0, 7)[0]))
         assert agent.goal() == goal and agent.digest() == digest(goal)
+        # The dispatcher's digest from cached port shares, after any history of changes.
+        assert node_digest(t, n) == digest(goal)
         for key in every:
             assert view_of(t, n, key)[0] == info(t, key).view(n), (n, key)
 
