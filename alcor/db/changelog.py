@@ -8,6 +8,8 @@ polling, and compact below a watermark.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,9 @@ class Change:
         }
 
 
+TAIL_ROWS = 20_000
+
+
 class ChangeLog:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -58,6 +63,10 @@ class ChangeLog:
         self.horizon = 0
         # Set, then replaced, at every commit: waiters block on the current one without polling.
         self._new_rev = asyncio.Event()
+        # The newest rows as committed (what the dispatcher tails): reading them back from SQLite
+        # through the reader thread cost more than placing them. Rows, not Change objects, so
+        # every reader decodes its own bodies and none can alter another's.
+        self._tail: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=TAIL_ROWS)
 
     async def load(self) -> None:
         row = await self._store.fetchone("SELECT MAX(rev) FROM changes")
@@ -65,13 +74,21 @@ class ChangeLog:
         self.horizon = int(h[0]) if h else 0
         self.last_rev = max(row[0] or 0, self.horizon)
 
-    def committed(self, changes: list[Change]) -> None:
-        self.last_rev = changes[-1].rev
+    def committed(self, rows: list[tuple[Any, ...]]) -> None:
+        """A transaction's change rows (`Change.row()`) are durable."""
+        if self._tail and self._tail[-1][0] != rows[0][0] - 1:
+            self._tail.clear()  # not contiguous (never expected): serve reads from SQLite
+        self._tail.extend(rows)
+        self.last_rev = rows[-1][0]
         self._new_rev.set()
         self._new_rev = asyncio.Event()
 
     async def read(self, since: int, limit: int = 1000) -> list[Change]:
         """Changes with rev > since, oldest first, at most `limit`."""
+        tail = self._tail
+        if tail and tail[0][0] <= since + 1 and since >= self.horizon:
+            start = since + 1 - tail[0][0]
+            return [Change.from_row(r) for r in itertools.islice(tail, start, start + limit)]
         rows = await self._store.fetchall(
             "SELECT rev, ts, type, id, op, project_id, vpc_id, revision_number, body "
             "FROM changes WHERE rev > ? ORDER BY rev LIMIT ?",

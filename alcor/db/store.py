@@ -197,11 +197,12 @@ class Store:
             try:
                 w.execute("BEGIN IMMEDIATE")
                 yield tx
-                if tx.changes:
+                rows = [c.row() for c in tx.changes]
+                if rows:
                     w.executemany(
                         "INSERT INTO changes(rev, ts, type, id, op, project_id, vpc_id, revision_number, body) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [c.row() for c in tx.changes],
+                        rows,
                     )
                 w.execute("COMMIT")
             except BaseException as e:
@@ -220,8 +221,8 @@ class Store:
                 raise
             for fn in tx._after_commit:
                 fn()
-            if tx.changes:
-                self.changes.committed(tx.changes)
+            if rows:
+                self.changes.committed(rows)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._r.execute(sql, params) as cur:
