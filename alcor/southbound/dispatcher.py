@@ -66,6 +66,11 @@ class Settings:
     snapshots_per_batch: int = 16
     snapshot_ops_per_batch: int = 200_000
     repair_interval: float = 30.0  # at most one digest-repair snapshot per node per interval
+    # While changes keep coming, a node's expected digest (it moves with every batch) is
+    # recomputed at most this often, and digest checks take at most verify_budget seconds per
+    # batch; once the dispatcher has caught up, every pending report is checked.
+    verify_interval: float = 1.0
+    verify_budget: float = 0.005
     compact_interval: float = 60.0
     retention: int = 10_000
     stale_node_seconds: float = 3600.0
@@ -107,6 +112,7 @@ class NodeState:
     last_report: float | None = None
     digest_match: bool | None = None
     expected: tuple[int, str] | None = None  # (sent_rev, digest) cache
+    verified_at: float = 0.0  # monotonic time `expected` was last computed
     last_repair: float = 0.0
 
 
@@ -693,6 +699,8 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._flush_now.clear()
+            if self._verify and self._pipeline.empty() and self.placed == self.watermark:
+                self._verify_digests()  # reports deferred while busy
             held, self._held = self._held, []
             batch, self._port_updates = self._port_updates, {}
             if batch and self.set_statuses is not None:
@@ -717,6 +725,9 @@ class Dispatcher:
         """Compare agents' digests with the goal state (only between batches: the topology is then
         the model at W, which is every node's goal at its sent_rev)."""
         s = self.settings
+        now = time.monotonic()
+        busy = self.store.changes.last_rev > self.watermark
+        later = []
         while self._verify:
             node = self._verify.pop()
             st = self.nodes.get(node)
@@ -725,7 +736,14 @@ class Dispatcher:
             if not (st.sent_rev <= st.applied_rev <= self.watermark):
                 continue  # behind (more is on its way) or not comparable
             if st.expected is None or st.expected[0] != st.sent_rev:
+                if busy and (
+                    now - st.verified_at < s.verify_interval
+                    or time.monotonic() - now > s.verify_budget
+                ):
+                    later.append(node)
+                    continue
                 st.expected = (st.sent_rev, node_digest(self.topology, node))
+                st.verified_at = now
             match = st.expected[1] == st.digest
             if match != st.digest_match:
                 log.info("node.sync", node=node, in_sync=match, applied_rev=st.applied_rev)
@@ -737,6 +755,7 @@ class Dispatcher:
                     st.last_repair = now
                     log.warning("node.digest_mismatch", node=node, applied_rev=st.applied_rev)
                     self.request_snapshot(node, "digest")
+        self._verify.update(later)
 
     async def _maybe_compact(self) -> None:
         s = self.settings
