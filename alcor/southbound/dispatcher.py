@@ -128,6 +128,7 @@ class Batch:
     ops: int
     new_brokers: list[Address]
     task: asyncio.Future[set[str]] = field(default_factory=lambda: asyncio.Future())
+    published_at: float = 0.0
     confirmed_at: float = 0.0
 
 
@@ -326,6 +327,7 @@ class Dispatcher:
             if batch is None:
                 self._slots.release()
                 continue
+            batch.published_at = time.time()
             batch.task = asyncio.ensure_future(self._publish(batch.messages))
             self._pipeline.put_nowait(batch)
 
@@ -348,6 +350,7 @@ class Dispatcher:
         batch = await self.prepare()
         if batch is None:
             return
+        batch.published_at = time.time()
         confirmed = await self._publish(batch.messages)
         batch.confirmed_at = time.time()
         await self._commit(batch, confirmed)
@@ -587,6 +590,8 @@ class Dispatcher:
             messages=len(messages),
             confirmed=len(confirmed),
             ops=batch.ops,
+            publish_ms=round((batch.confirmed_at - batch.published_at) * 1000, 1),
+            commit_ms=round((time.time() - batch.confirmed_at) * 1000, 1),
         )
         for addr in batch.new_brokers:
             await self.listen(addr)
