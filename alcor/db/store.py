@@ -6,16 +6,13 @@ commit together or not at all.
 
 The writer runs on the event loop's own thread, on purpose: a write transaction is tens of microseconds
 of SQLite work, while every statement sent to a worker thread (aiosqlite) costs ~100 µs of hand-offs,
-and writes are serialised anyway. Only the COMMIT of a durable store (`synchronous` FULL or EXTRA)
-goes to a thread of its own: its fsync (~1 ms here) would otherwise stall every request, publish
-and agent report on the loop. Reads, which can be large (lists, change-log pages), go through
+and writes are serialised anyway. Reads, which can be large (lists, change-log pages), go through
 aiosqlite on a second connection and never block the loop or wait for the writer (WAL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -124,13 +121,11 @@ class Store:
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self.changes = ChangeLog(self)
-        self._fsync: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # Used from the commit thread too, never at the same time: the write lock is held.
-            self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._writer = sqlite3.connect(self.path, isolation_level=None)
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute(f"PRAGMA synchronous={self.synchronous}")
             self._writer.execute("PRAGMA foreign_keys=ON")
@@ -142,21 +137,15 @@ class Store:
         except Exception as e:  # sqlite3 errors and OSError alike: the operator needs one line
             await self.close()
             raise StoreError(f"cannot open the database at {self.path}: {e}") from e
-        if self.synchronous.upper() in ("FULL", "EXTRA", "2", "3"):
-            self._fsync = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-commit")
         await self.changes.load()
         log.info("store.opened", path=str(self.path), last_rev=self.changes.last_rev)
 
     async def close(self) -> None:
-        async with self._lock:  # a commit on its thread finishes first
-            if self._reader is not None:
-                await self._reader.close()
-            if self._writer is not None:
-                self._writer.close()
-            self._reader = self._writer = None
-            if self._fsync is not None:
-                self._fsync.shutdown(wait=True)
-                self._fsync = None
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
 
     async def migrate(self, owner: str, migrations: list[str]) -> None:
         """Apply the owner's migrations that are not yet applied, each in its own transaction."""
@@ -215,7 +204,7 @@ class Store:
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
-                cancelled = await self._commit(w)
+                w.execute("COMMIT")
             except BaseException as e:
                 try:
                     if w.in_transaction:
@@ -234,25 +223,6 @@ class Store:
                 fn()
             if rows:
                 self.changes.committed(rows)
-            if cancelled:
-                raise asyncio.CancelledError
-
-    async def _commit(self, w: sqlite3.Connection) -> bool:
-        """COMMIT; True if this task was cancelled meanwhile (the commit happened all the same)."""
-        if self._fsync is None:
-            w.execute("COMMIT")
-            return False
-        done = asyncio.get_running_loop().run_in_executor(self._fsync, w.execute, "COMMIT")
-        cancelled = False
-        # The COMMIT runs to its end on its thread whatever happens to this task; the
-        # transaction's bookkeeping must follow it, so a cancellation waits and is re-raised.
-        while not done.done():
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                cancelled = True
-        done.result()
-        return cancelled
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._r.execute(sql, params) as cur:
