@@ -62,6 +62,22 @@ class _PortLinks:
     subnets: tuple[str, ...]
 
 
+# Every Neutron port field that placement, the indexes or a wire body (the port's own, a subnet's
+# gateway MAC, a router's subnets) read: a change to anything else is invisible to every node.
+PORT_WIRE_FIELDS = (
+    "network_id",
+    "mac_address",
+    "fixed_ips",
+    "device_owner",
+    "device_id",
+    "binding:host_id",
+    "allowed_address_pairs",
+    "security_groups",
+    "admin_state_up",
+    "port_security_enabled",
+)
+
+
 @dataclass(slots=True)
 class _PortView:
     src: Body  # the Neutron body it was built from (by identity)
@@ -134,6 +150,20 @@ class Topology:
                 index.setdefault(str(body.get(field)), set()).add(id)
         else:
             self._store(type, id, body)
+
+    def restate_port(self, id: str, body: Body) -> bool:
+        """Take a new body for a port whose wire-visible fields did not change (its `status`,
+        `updated_at`, name...): nothing any node holds changes, so the indexes and the cached
+        views stay as they are. False (nothing done) if the port is unknown or the change shows."""
+        old = self.res["port"].get(id)
+        if old is None or any(old.get(f) != body.get(f) for f in PORT_WIRE_FIELDS):
+            return False
+        self.res["port"][id] = body
+        for local in (False, True):
+            c = self._ports.get((id, local))
+            if c is not None and c.src is old:
+                c.src = body
+        return True
 
     def port_view(self, id: str, src: Body, node: str | None, local: bool) -> Body:
         c = self._ports.get((id, local))

@@ -98,6 +98,8 @@ def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
     if change.type not in WIRE_TYPE:
         return {}
     new = None if change.op == "delete" else change.body
+    if change.type == "port" and new is not None and t.restate_port(change.id, new):
+        return {}  # an agent's status report, a rename: nothing on the wire changes
     old = t.get(change.type, change.id)
     if old is None and new is None:
         return {}

@@ -150,3 +150,29 @@ def test_digest_is_order_independent() -> None:
     g2 = {"node_id": "n", "port": {"b": {"y": 2}, "a": {"x": 1}}}
     assert digest(g1) == digest(g2)
     assert digest(g1) != digest({"node_id": "n", "port": {"a": {"x": 1}}})
+
+
+def test_a_change_no_node_can_see_keeps_the_cached_views() -> None:
+    """An agent's status report (or a rename) only swaps the port's body: no ops, and the views,
+    their JSON and digest shares stay cached."""
+    w = World()
+    t = Topology()
+    changes = [w.add_node("h1", ip=1), w.add_node("h2", ip=2)]
+    net = w.add_network(2000)
+    sub = w.add_subnet(net.id)
+    changes += [net, sub]
+    port = w.add_port(w.res["subnet"][sub.id], "h1", [])
+    changes += [port, w.add_port(w.res["subnet"][sub.id], "h2", [])]
+    for c in changes:
+        place(t, c)
+    h1 = t.port_node(port.id)
+    assert h1 is not None
+    before = t.port_view(port.id, t.res["port"][port.id], h1, False)
+    share = t.port_hash(port.id, before)
+    status = w.update("port", w.res["port"][port.id], status="ACTIVE", name="web")
+    assert place(t, status) == {}
+    assert t.res["port"][port.id] is status.body
+    assert t.port_view(port.id, status.body, h1, False) is before
+    assert t.port_hash(port.id, before) == share
+    moved = w.update("port", w.res["port"][port.id], **{"binding:host_id": "h2"})
+    assert place(t, moved)  # a change the nodes see still goes through placement
