@@ -89,10 +89,12 @@ class ChangeLog:
         if tail and tail[0][0] <= since + 1 and since >= self.horizon:
             start = since + 1 - tail[0][0]
             return [Change.from_row(r) for r in itertools.islice(tail, start, start + limit)]
+        # Bounded by last_rev: rows committed but not yet durable (the store's group commit)
+        # are in the file already and must not be seen before they are.
         rows = await self._store.fetchall(
             "SELECT rev, ts, type, id, op, project_id, vpc_id, revision_number, body "
-            "FROM changes WHERE rev > ? ORDER BY rev LIMIT ?",
-            (since, limit),
+            "FROM changes WHERE rev > ? AND rev <= ? ORDER BY rev LIMIT ?",
+            (since, self.last_rev, limit),
         )
         return [Change.from_row(r) for r in rows]
 
