@@ -80,13 +80,22 @@ class _Queue:
     ready: collections.deque[tuple[bytes, bool]] = field(default_factory=collections.deque)
     consumer: _InProcessSubscription | None = None
     rejected: int = 0
+    dropped: int = 0
+
+
+# Messages a queue keeps for a consumer that is away (a node registered whose agent is not
+# running): beyond this the oldest go, as with RabbitMQ's x-max-length and drop-head, and the
+# agent that comes back sees a gap and asks for a snapshot. Without it, memory grows with every
+# change for as long as the agent is away.
+MAX_QUEUE_DEPTH = 1000
 
 
 class InProcessBroker:
     """Queues shared by every in-process transport of one program (controller and agents)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = MAX_QUEUE_DEPTH) -> None:
         self.queues: dict[tuple[str, str, str], _Queue] = {}
+        self.max_depth = max_depth
         # Tests flip this to make publishes fail as if the broker were unreachable.
         self.down = False
 
@@ -188,6 +197,9 @@ class InProcessTransport:
             return [False] * len(messages)
         for address, body in messages:
             q = self.broker.queue(address)
+            if len(q.ready) >= self.broker.max_depth:
+                q.ready.popleft()
+                q.dropped += 1
             q.ready.append((body, False))
             if q.consumer is not None:
                 q.consumer.wake.set()

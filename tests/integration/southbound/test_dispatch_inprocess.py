@@ -394,3 +394,30 @@ async def test_a_status_report_is_acked_only_once_written(h: Harness) -> None:
     await h.start()
     computes = [p for p, b in h.world.res["port"].items() if b["binding:host_id"]]
     await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
+
+
+async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
+    h: Harness,
+) -> None:
+    """A partitioned agent's queue keeps its newest messages only (RabbitMQ's drop-head); when
+    it consumes again it sees a gap, asks for a snapshot and converges."""
+    broker: InProcessBroker = h.broker  # type: ignore[attr-defined]
+    broker.max_depth = 5
+    await h.commit(topology(h, 2))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+    n = node_ids(h)[0]
+    a = h.agents[n]
+    assert a._sub is not None
+    await a._sub.cancel()  # stops consuming, keeps its model
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    for _ in range(12):  # one batch, so one message to each node, per commit
+        await h.commit([w.add_port(sub, "host-1", [])])
+        await until(lambda: h.dispatcher is not None and h.dispatcher.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
+    q = broker.queue(a.address)
+    assert len(q.ready) == 5 and q.dropped >= 7
+    a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
+    await h.converge()
+    assert a.counters.gaps >= 1 and a.counters.snapshots == 2
