@@ -78,6 +78,16 @@ PORT_WIRE_FIELDS = (
 )
 
 
+# What the dispatcher keeps of a Neutron port: the wire fields, and what it reports on.
+_PORT_KEPT = frozenset((*PORT_WIRE_FIELDS, "id", "revision_number", "status"))
+
+
+def slim_port(body: Body) -> Body:
+    """The part of a Neutron port body placement uses: the topology holds every port, so the
+    rest (name, description, timestamps, binding details...) would be most of its memory."""
+    return {k: v for k, v in body.items() if k in _PORT_KEPT}
+
+
 @dataclass(slots=True)
 class _PortView:
     src: Body  # the Neutron body it was built from (by identity)
@@ -289,7 +299,7 @@ class Topology:
         rows = sorted(rows, key=lambda r: r[0] != "node")
         for type, id, body in rows:
             if type in self.res:
-                self.put(type, id, body)
+                self.put(type, id, slim_port(body) if type == "port" else body)
 
 
 def _discard(index: dict[str, set[str]], a: str, b: str) -> None:

@@ -21,7 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from alcor.southbound.goalstate import WIRE_TYPE, Body, Info, Key, Topology, info, view_of
+from alcor.southbound.goalstate import (
+    WIRE_TYPE,
+    Body,
+    Info,
+    Key,
+    Topology,
+    info,
+    slim_port,
+    view_of,
+)
 
 Op = dict[str, Any]  # {"rev", "type", "id", "op", "revision_number", "body"}
 
@@ -98,8 +107,10 @@ def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
     if change.type not in WIRE_TYPE:
         return {}
     new = None if change.op == "delete" else change.body
-    if change.type == "port" and new is not None and t.restate_port(change.id, new):
-        return {}  # an agent's status report, a rename: nothing on the wire changes
+    if change.type == "port" and new is not None:
+        new = slim_port(new)
+        if t.restate_port(change.id, new):
+            return {}  # an agent's status report, a rename: nothing on the wire changes
     old = t.get(change.type, change.id)
     if old is None and new is None:
         return {}

@@ -81,21 +81,38 @@ class _Queue:
     consumer: _InProcessSubscription | None = None
     rejected: int = 0
     dropped: int = 0
+    size: int = 0  # bytes in `ready`
+
+    def push(self, body: bytes, redelivered: bool, head: bool = False) -> None:
+        if head:
+            self.ready.appendleft((body, redelivered))
+        else:
+            self.ready.append((body, redelivered))
+        self.size += len(body)
+
+    def pop(self) -> tuple[bytes, bool]:
+        body, redelivered = self.ready.popleft()
+        self.size -= len(body)
+        return body, redelivered
 
 
-# Messages a queue keeps for a consumer that is away (a node registered whose agent is not
-# running): beyond this the oldest go, as with RabbitMQ's x-max-length and drop-head, and the
-# agent that comes back sees a gap and asks for a snapshot. Without it, memory grows with every
-# change for as long as the agent is away.
+# What a queue keeps for a consumer that is away (a node registered whose agent is not running):
+# beyond either bound the oldest messages go, as with RabbitMQ's x-max-length(-bytes) and
+# drop-head, and the agent that comes back sees a gap and asks for a snapshot. Without it, memory
+# grows with every change for as long as the agent is away.
 MAX_QUEUE_DEPTH = 1000
+MAX_QUEUE_BYTES = 4 << 20
 
 
 class InProcessBroker:
     """Queues shared by every in-process transport of one program (controller and agents)."""
 
-    def __init__(self, max_depth: int = MAX_QUEUE_DEPTH) -> None:
+    def __init__(
+        self, max_depth: int = MAX_QUEUE_DEPTH, max_bytes: int = MAX_QUEUE_BYTES
+    ) -> None:
         self.queues: dict[tuple[str, str, str], _Queue] = {}
         self.max_depth = max_depth
+        self.max_bytes = max_bytes
         # Tests flip this to make publishes fail as if the broker were unreachable.
         self.down = False
 
@@ -147,7 +164,7 @@ class _InProcessSubscription:
             while not self.q.ready or len(self.unacked) >= self.prefetch:
                 self.wake.clear()
                 await self.wake.wait()
-            body, redelivered = self.q.ready.popleft()
+            body, redelivered = self.q.pop()
             d = _InProcessDelivery(self, body, redelivered)
             self.unacked[id(d)] = d
             try:
@@ -167,7 +184,7 @@ class _InProcessSubscription:
         # Unacked messages go back to the head of the queue, in order, flagged as redelivered.
         for d in reversed(list(self.unacked.values())):
             d._done = True
-            self.q.ready.appendleft((d.body, True))
+            self.q.push(d.body, True, head=True)
         self.unacked.clear()
         if self.q.consumer is self:
             self.q.consumer = None
@@ -197,10 +214,13 @@ class InProcessTransport:
             return [False] * len(messages)
         for address, body in messages:
             q = self.broker.queue(address)
-            if len(q.ready) >= self.broker.max_depth:
-                q.ready.popleft()
+            while q.ready and (
+                len(q.ready) >= self.broker.max_depth
+                or q.size + len(body) > self.broker.max_bytes
+            ):
+                q.pop()
                 q.dropped += 1
-            q.ready.append((body, False))
+            q.push(body, False)
             if q.consumer is not None:
                 q.consumer.wake.set()
         await asyncio.sleep(0)
