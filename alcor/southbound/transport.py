@@ -101,7 +101,7 @@ class _Queue:
 # drop-head, and the agent that comes back sees a gap and asks for a snapshot. Without it, memory
 # grows with every change for as long as the agent is away.
 MAX_QUEUE_DEPTH = 1000
-MAX_QUEUE_BYTES = 4 << 20
+MAX_QUEUE_BYTES = 1 << 20
 
 
 class InProcessBroker:
