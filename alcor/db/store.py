@@ -16,7 +16,8 @@ every commit made since its last sync. A transaction returns, and its change-log
 readers (the dispatcher, /changes), only once an fsync that began after its COMMIT has finished:
 what a client was told, or an agent was sent, is on disk as with FULL, and commits that happen while
 one fsync runs share the next. In-memory indexes (`after_commit`) still follow each COMMIT at once,
-so later transactions see the same state as before. A failed fsync fails the waiting requests (503).
+so later transactions see the same state as before, and API reads may see a write a millisecond
+before its own request is answered. A failed fsync fails the waiting requests (503).
 """
 
 from __future__ import annotations
@@ -294,7 +295,7 @@ class Store:
             assert fd is not None
             try:
                 await loop.run_in_executor(self._fsync_thread, os.fsync, fd)
-            except OSError as e:
+            except Exception as e:  # an I/O error, or no thread left to run it on
                 log.critical("store.fsync_failed", error=str(e))
                 error = StoreError(f"database write not confirmed durable: {e}")
             for _ in range(n):
