@@ -339,8 +339,9 @@ class Ports(Manager):
                                 (network_id,))
         return int(row[0])
 
-    async def set_statuses(self, statuses: dict[str, str]) -> None:
-        """Agent feedback: set ports' `status` (ACTIVE/ERROR/DOWN); unknown ids are ignored."""
+    async def set_statuses(self, statuses: dict[str, tuple[str, str]]) -> None:
+        """Agent feedback: {port id: (ACTIVE/ERROR/DOWN, the reporting node's name)}. A node only
+        speaks for the ports bound to it; unknown ids are ignored."""
         ids = list(statuses)
         async with self.store.transaction() as tx:
             # Agents report ports by the thousand: read them in chunks, not one query each.
@@ -351,8 +352,8 @@ class Ports(Manager):
                     chunk)
                 for (text,) in rows:
                     current = json.loads(text)
-                    status = statuses[current["id"]]
-                    if current.get("status") != status:
+                    status, host = statuses[current["id"]]
+                    if current.get("binding:host_id") == host and current.get("status") != status:
                         await self.replace(tx, current, {"status": status})
 
 

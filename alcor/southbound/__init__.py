@@ -45,7 +45,7 @@ class SouthboundModule:
             self.transport = kernel.get("rabbitmq")
         await self.transport.start()
 
-        async def set_statuses(statuses: dict[str, str]) -> None:
+        async def set_statuses(statuses: dict[str, tuple[str, str]]) -> None:
             if kernel.has("ports"):
                 await kernel.get("ports").set_statuses(statuses)
 

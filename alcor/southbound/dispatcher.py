@@ -155,7 +155,7 @@ class Dispatcher:
         store: Store,
         transport: Transport,
         settings: Settings | None = None,
-        set_statuses: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+        set_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -169,10 +169,8 @@ class Dispatcher:
         self._buffer: list[Change] = []
         self._kick = asyncio.Event()
         self._verify: set[str] = set()
-        self._port_updates: dict[str, str] = {}
-        # Statuses this dispatcher wrote, with the change-log rev that holds them: until the
-        # topology has placed that rev, its copy of the port is older than what the store has.
-        self._status_written: dict[str, tuple[str, int]] = {}
+        # port → (status, name of the reporting node), the latest report winning, until written.
+        self._port_updates: dict[str, tuple[str, str]] = {}
         # Status reports not acknowledged yet: an agent reports a port's state once (wire.md), so
         # its message is acked only after the statuses it carried are committed; a crash before
         # that hands it back to the broker.
@@ -671,23 +669,13 @@ class Dispatcher:
         self._verify.add(node)
         if self._pipeline.empty() and self.placed == self.watermark:
             self._verify_digests()  # idle: the topology is the model at W
-        ports_db = self.topology.res["port"]
+        # Whether the node hosts the port is checked where it is written, against the store: this
+        # topology can be behind the agent (a controller that restarted replays the change log),
+        # and a report, said once, must not be dropped for that.
+        name = str(self.topology.res["node"][node].get("node_name") or "")
         for pid, status in ports.items():
-            # A node may only speak for the ports it hosts.
-            if status in PORT_STATES and self.topology.port_node(pid) == node:
-                held = ports_db[pid].get("status")
-                written = self._status_written.get(pid)
-                if written is not None:
-                    if self.placed >= written[1]:
-                        del self._status_written[pid]  # the topology has caught up with it
-                    else:
-                        held = written[0]
-                # The last report wins: one that matches what the store holds cancels a
-                # different status still queued from an earlier report.
-                if held != status:
-                    self._port_updates[pid] = status
-                else:
-                    self._port_updates.pop(pid, None)
+            if status in PORT_STATES and isinstance(pid, str):
+                self._port_updates[pid] = (status, name)
         self._kick.set()
 
     def request_snapshot(self, node: str, reason: str) -> None:
@@ -715,13 +703,10 @@ class Dispatcher:
                     log.exception("ports.status_failed", count=len(batch))
                     # Keep the reports (unacked) and retry at the next flush; a newer report
                     # received meanwhile wins.
-                    for pid, status in batch.items():
-                        self._port_updates.setdefault(pid, status)
+                    for pid, report in batch.items():
+                        self._port_updates.setdefault(pid, report)
                     self._held[:0] = held
                     continue
-                rev = self.store.changes.last_rev
-                for pid, status in batch.items():
-                    self._status_written[pid] = (status, rev)
                 log.debug("ports.status_set", count=len(batch), reports=len(held))
             for d in held:
                 await d.ack()

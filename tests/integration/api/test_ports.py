@@ -128,8 +128,12 @@ async def test_binding_to_node_and_unknown_host(ctl, net):
 
 async def test_status_is_set_by_agent_feedback(ctl, net):
     network, _ = net
-    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"])
-    await ctl.kernel.get("ports").set_statuses({p["id"]: "ACTIVE", "unknown-id": "ACTIVE"})
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "host1"})
+    ports = ctl.kernel.get("ports")
+    # Another node cannot speak for the port; unknown ids are ignored.
+    await ports.set_statuses({p["id"]: ("ACTIVE", "host2"), "unknown-id": ("ACTIVE", "host1")})
+    assert (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]["status"] == "DOWN"
+    await ports.set_statuses({p["id"]: ("ACTIVE", "host1")})
     got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
     assert got["status"] == "ACTIVE" and got["revision_number"] == 2
     r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"status": "DOWN"}})

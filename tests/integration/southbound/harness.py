@@ -80,8 +80,11 @@ class Harness:
         self.transport = self.make_transport()
         await self.transport.start()
 
-        async def set_statuses(s: dict[str, str]) -> None:
-            self.statuses.update(s)
+        async def set_statuses(s: dict[str, tuple[str, str]]) -> None:
+            for pid, (status, host) in s.items():
+                port = self.world.res["port"].get(pid)
+                if port is not None and port["binding:host_id"] == host:
+                    self.statuses[pid] = status
 
         self.dispatcher = Dispatcher(self.store, self.transport, self.settings, set_statuses)
         await self.dispatcher.open()
