@@ -65,6 +65,9 @@ class Settings:
     max_inflight: int = 1
     snapshots_per_batch: int = 16
     snapshot_ops_per_batch: int = 200_000
+    # Seconds of snapshot building per batch (at least one snapshot): every node's deltas in the
+    # batch wait for it, so a restart storm of big VPCs is spread over more batches.
+    snapshot_budget: float = 0.05
     repair_interval: float = 30.0  # at most one digest-repair snapshot per node per interval
     # While changes keep coming, a node's expected digest (it moves with every batch) is
     # recomputed at most this often, and digest checks take at most verify_budget seconds per
@@ -444,11 +447,14 @@ class Dispatcher:
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
         snap_ops = 0
+        snap_start = time.perf_counter()
         snap = [
             n for n, ns in self.nodes.items() if ns.need_snapshot and n in self.topology.res["node"]
         ][: s.snapshots_per_batch]
         for node in snap:
-            if snap_ops >= s.snapshot_ops_per_batch:
+            if snap_ops >= s.snapshot_ops_per_batch or (
+                snap_ops and time.perf_counter() - snap_start > s.snapshot_budget
+            ):
                 break
             t0 = time.perf_counter()
             st = self.nodes[node]
