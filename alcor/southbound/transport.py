@@ -214,7 +214,9 @@ class InProcessTransport:
             return [False] * len(messages)
         for address, body in messages:
             q = self.broker.queue(address)
-            while q.ready and (
+            # Only while nobody consumes: a live consumer keeps up (and the controller's queue
+            # of agent reports, said once, must never drop one).
+            while q.consumer is None and q.ready and (
                 len(q.ready) >= self.broker.max_depth
                 or q.size + len(body) > self.broker.max_bytes
             ):

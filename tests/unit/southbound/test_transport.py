@@ -47,3 +47,27 @@ async def test_publish_fails_while_broker_down() -> None:
     broker.down = True
     assert await t.publish([(Q, b"x")], 1.0) == [False]
     assert broker.depth(Q) == 0
+
+
+async def test_a_queue_without_consumer_keeps_only_its_newest_messages() -> None:
+    broker = InProcessBroker(max_depth=3, max_bytes=10)
+    t = InProcessTransport(broker)
+    await t.publish([(Q, b"%d" % i) for i in range(6)], 1.0)
+    q = broker.queue(Q)
+    assert [b for b, _ in q.ready] == [b"3", b"4", b"5"] and q.dropped == 3
+    await t.publish([(Q, b"abcdefghi")], 1.0)  # bytes too: the 3 left + 9 > 10
+    assert [b for b, _ in q.ready] == [b"5", b"abcdefghi"] and q.size == 10
+
+    # A queue with a consumer (the controller's, of reports said once) never drops.
+    other = Address("amqp://x/", "/", "alcor", "alcor.controller")
+    held = []
+
+    async def slow(d) -> None:  # type: ignore[no-untyped-def]
+        held.append(d)  # never acked: the rest waits in the queue
+
+    await t.consume(other, slow, prefetch=1)
+    await t.publish([(other, b"%d" % i) for i in range(6)], 1.0)
+    await asyncio.sleep(0)
+    oq = broker.queue(other)
+    assert len(held) + len(oq.ready) == 6 and oq.dropped == 0
+    await t.stop()
