@@ -437,10 +437,8 @@ async def test_a_report_ahead_of_a_restarted_dispatcher_is_still_written(h: Harn
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     new = [w.add_port(sub, "host-0", []) for _ in range(5)]
-    reached = asyncio.Event()
 
     async def stuck(*a, **k):  # type: ignore[no-untyped-def]
-        reached.set()
         await asyncio.Event().wait()
 
     d._commit = stuck  # type: ignore[method-assign]
