@@ -207,6 +207,19 @@ def node_ids(h: Harness) -> list[str]:
     return sorted(h.world.res["node"])
 
 
+async def all_agents_converged(h: Harness, hosts: int) -> None:
+    """The `topology` of `hosts` hosts committed, an agent on every node, all at their goal."""
+    await h.commit(topology(h, hosts))
+    for n in node_ids(h):
+        await h.add_agent(n)
+    await h.converge()
+
+
+async def blocked(*_: Any, **__: Any) -> None:
+    """Stands in for a step that never finishes (a controller stuck there when it is killed)."""
+    await asyncio.Event().wait()
+
+
 # Scenarios both transports' tests run -------------------------------------------------------
 
 
@@ -247,10 +260,7 @@ async def crash_at(h: Harness, where: str) -> None:
 async def crash_scenario(h: Harness, where: str, during: int = 30, after: int = 10) -> None:
     """Crash the controller at `where` while `during` ports are committed, commit `after` more
     while it is down, restart it on the same file: every agent converges with no gap."""
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 3)
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     hosts = [f"host-{i}" for i in range(3)]

@@ -13,6 +13,8 @@ from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.southbound.transport import InProcessBroker, InProcessTransport
 from tests.integration.southbound.harness import (
     Harness,
+    all_agents_converged,
+    blocked,
     crash_mid_snapshot,
     crash_scenario,
     node_ids,
@@ -32,10 +34,7 @@ async def h(tmp_path: Path):
 
 
 async def test_agents_converge_and_ports_go_active(h: Harness) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 3)
     # Every compute port was reported programmed by its host and set ACTIVE.
     for _ in range(100):
         computes = [p for p in h.world.res["port"].values() if p["binding:host_id"]]
@@ -53,10 +52,7 @@ async def test_agents_converge_and_ports_go_active(h: Harness) -> None:
 
 
 async def test_later_changes_flow_as_deltas(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     await h.commit([w.add_port(sub, "host-1", []) for _ in range(50)])
@@ -89,10 +85,7 @@ async def test_crash_mid_snapshot(h: Harness) -> None:
 
 
 async def test_agent_down_during_1000_changes_gets_snapshot_on_return(h: Harness) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 3)
     away = node_ids(h)[1]
     await h.agents.pop(away).stop()
     w = h.world
@@ -108,10 +101,7 @@ async def test_agent_down_during_1000_changes_gets_snapshot_on_return(h: Harness
 
 
 async def test_disconnected_agent_tails_its_queue(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     n = node_ids(h)[0]
     a = h.agents[n]
     assert a._sub is not None
@@ -193,10 +183,7 @@ async def test_digest_mismatch_is_repaired(h: Harness) -> None:
 
 
 async def test_watermark_behind_compaction_rebuilds_and_snapshots(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     await h.crash()
     # While the controller is down, many changes happen and the log is compacted past W.
     from alcor.db.store import Store
@@ -263,10 +250,7 @@ async def test_change_log_compacted_below_lowest_applied_rev(tmp_path: Path) -> 
     h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
     await h.start()
     try:
-        await h.commit(topology(h, 2))
-        for n in node_ids(h):
-            await h.add_agent(n)
-        await h.converge()
+        await all_agents_converged(h, 2)
         w = h.world
         sub = next(iter(w.res["subnet"].values()))
         for _ in range(5):
@@ -306,10 +290,7 @@ async def test_datapath_errors_become_port_status(h: Harness) -> None:
 
 
 async def test_failed_commit_reloads_and_replays(h: Harness) -> None:
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     d = h.dispatcher
     assert d is not None
     real = d._commit
@@ -382,7 +363,7 @@ async def test_a_status_report_is_acked_only_once_written(h: Harness) -> None:
 
     async def stuck(statuses: dict[str, tuple[str, str]]) -> None:
         reached.set()
-        await asyncio.Event().wait()
+        await blocked()
 
     d.set_statuses = stuck
     for n in node_ids(h):
@@ -403,10 +384,7 @@ async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
     it consumes again it sees a gap, asks for a snapshot and converges."""
     broker: InProcessBroker = h.broker  # type: ignore[attr-defined]
     broker.max_depth = 5
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     n = node_ids(h)[0]
     a = h.agents[n]
     assert a._sub is not None
@@ -428,22 +406,15 @@ async def test_a_report_ahead_of_a_restarted_dispatcher_is_still_written(h: Harn
     sending them: the next one starts from an older model, and the reports it is handed again
     concern ports it has not placed yet. Whether a node hosts a port is checked against the
     store, so they are written, not dropped."""
-    await h.commit(topology(h, 2))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 2)
     d = h.dispatcher
     assert d is not None
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     new = [w.add_port(sub, "host-0", []) for _ in range(5)]
-
-    async def stuck(*a, **k):  # type: ignore[no-untyped-def]
-        await asyncio.Event().wait()
-
-    d._commit = stuck  # type: ignore[method-assign]
+    d._commit = blocked  # type: ignore[method-assign]
     # Hold the write-back too, so the reports are still unacknowledged at the crash.
-    d.set_statuses = stuck
+    d.set_statuses = blocked
     await h.commit(new)
     agent = h.agents[node_ids(h)[0]]
     await until(lambda: all(agent.port_status.get(c.id) == "ACTIVE" for c in new))

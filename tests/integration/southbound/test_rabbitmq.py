@@ -19,6 +19,7 @@ from plugins.rabbitmq import RabbitTransport
 from tests.conftest import require
 from tests.integration.southbound.harness import (
     Harness,
+    all_agents_converged,
     crash_mid_snapshot,
     crash_scenario,
     node_ids,
@@ -77,10 +78,7 @@ async def h(tmp_path: Path):
 
 
 async def test_converge_over_rabbitmq(h: Harness) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 3)
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(200)])
@@ -123,10 +121,7 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
     h.world.vhost = vhost
     await h.start()
     try:
-        await h.commit(topology(h, 3))
-        for n in node_ids(h):
-            await h.add_agent(n)
-        await h.converge()
+        await all_agents_converged(h, 3)
         w = h.world
         sub = next(iter(w.res["subnet"].values()))
 
@@ -158,10 +153,7 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
 
 
 async def test_agent_down_while_1000_changes(h: Harness) -> None:
-    await h.commit(topology(h, 3))
-    for n in node_ids(h):
-        await h.add_agent(n)
-    await h.converge()
+    await all_agents_converged(h, 3)
     away = node_ids(h)[2]
     await h.agents.pop(away).stop()
     w = h.world
