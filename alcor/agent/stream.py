@@ -177,17 +177,19 @@ class AgentStream:
             states = {p: "ERROR" for p in local}
         self._set_ports({p: states.get(p, "DOWN") for p in local})
 
-    def _set_ports(self, new: dict[str, str]) -> None:
-        if new != self.port_status:
-            self.port_status = new
-            self._ports_due.set()
+    def _set_ports(self, new: dict[str, str]) -> bool:
+        """Take the local ports' states; True (and a report due) if any changed."""
+        if new == self.port_status:
+            return False
+        self.port_status = new
+        self._ports_due.set()
+        return True
 
     def datapath_status(self, statuses: Mapping[str, tuple[str, str]]) -> None:
         """The switch changed a port's state on its own (its tap appeared or went, the switch
         reconnected): report it without waiting for the next message from the controller."""
         new = {p: statuses.get(p, ("DOWN", ""))[0] for p in self.model.local_ports()}
-        if new != self.port_status:
-            self._set_ports(new)
+        if self._set_ports(new):
             self._status_due.set()
 
     # -- agent → controller --------------------------------------------------------------------
