@@ -339,12 +339,14 @@ class Dispatcher:
             batch.confirmed_at = time.time()
             await self._commit(batch, confirmed)
             self._slots.release()
-            if self._pipeline.empty():
-                # Nothing in flight and nothing placed beyond W: the topology is the model at W,
-                # every node's goal at its sent_rev, so digests can be compared now.
-                if self.placed == self.watermark:
-                    self._verify_digests()
-                    await self._maybe_compact()
+            if self._between_batches():
+                self._verify_digests()
+                await self._maybe_compact()
+
+    def _between_batches(self) -> bool:
+        """Nothing in flight and nothing placed beyond W: the topology is the model at W, every
+        node's goal at its sent_rev, so digests can be compared."""
+        return self._pipeline.empty() and self.placed == self.watermark
 
     async def cycle(self) -> None:
         """One whole batch, without pipelining (tests and tools): prepare, publish, commit."""
@@ -673,8 +675,8 @@ class Dispatcher:
         st = self.nodes.setdefault(node, NodeState())
         st.applied_rev, st.digest, st.last_report = applied, dig, time.time()
         self._verify.add(node)
-        if self._pipeline.empty() and self.placed == self.watermark:
-            self._verify_digests()  # idle: the topology is the model at W
+        if self._between_batches():
+            self._verify_digests()
         # Whether the node hosts the port is checked where it is written, against the store: this
         # topology can be behind the agent (a controller that restarted replays the change log),
         # and a report, said once, must not be dropped for that.
@@ -698,7 +700,7 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            if self._verify and self._pipeline.empty() and self.placed == self.watermark:
+            if self._verify and self._between_batches():
                 self._verify_digests()  # reports deferred while busy
             held, self._held = self._held, []
             batch, self._port_updates = self._port_updates, {}
