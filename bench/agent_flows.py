@@ -27,7 +27,7 @@ import structlog  # noqa: E402
 
 from alcor.agent import codec  # noqa: E402
 from alcor.agent.datapath import Datapath, DatapathConfig  # noqa: E402
-from alcor.agent.flows import tap_name  # noqa: E402
+from alcor.agent.ir import tap_name  # noqa: E402
 from tests.support.ovs import OvsSandbox  # noqa: E402
 
 LOCAL_PORTS = 10

@@ -17,7 +17,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from alcor.agent.flows import (
+from alcor.agent.ir import (
     Action,
     DecTtl,
     Flow,
@@ -415,7 +415,7 @@ def gc_paused() -> Iterator[None]:
 def decode_flow_stats(body: bytes) -> list[Flow]:
     """The flows of a flow-stats multipart reply body (the part after the multipart header)."""
     paused = gc.isenabled()
-    gc.disable()  # ~10^5 acyclic objects: spare the heap-wide collections (see flows.py)
+    gc.disable()  # ~10^5 acyclic objects: spare the heap-wide collections (see compiler.py)
     try:
         return _decode_flow_stats(body)
     finally:

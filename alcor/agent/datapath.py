@@ -25,10 +25,12 @@ import structlog
 
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.codec import SigCache
-from alcor.agent.flows import ROUTER_INTERFACE, FlowCompiler, GoalState, cookie_for
+from alcor.agent.compiler import FlowCompiler
+from alcor.agent.ir import Key, cookie_for
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
-from alcor.agent.reconcile import Key, Reconciler, Report
+from alcor.agent.reconcile import Reconciler, Report
+from alcor.wire import ROUTER_INTERFACE, GoalState
 
 log = structlog.get_logger("alcor.agent.datapath")
 

@@ -33,7 +33,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent import codec, zeta
-from alcor.agent.flows import Flow
+from alcor.agent.ir import Flow
 from alcor.agent.openflow import Switch, SwitchGone, socket_in_netns
 
 log = structlog.get_logger("alcor.agent.oam")

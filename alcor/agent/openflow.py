@@ -30,7 +30,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent import codec
-from alcor.agent.flows import Flow
+from alcor.agent.ir import Flow
 
 log = structlog.get_logger("alcor.agent.openflow")
 

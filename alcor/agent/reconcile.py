@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from alcor.agent import codec
-from alcor.agent.flows import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Match
+from alcor.agent.ir import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Key
 from alcor.agent.openflow import FlowModError, Switch
 
 log = structlog.get_logger("alcor.agent.reconcile")
-
-Key = tuple[int, int, Match]
-
 
 @dataclass
 class Report:

@@ -28,15 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alcor.agent.flows import (
-    ETH_IP,
-    T_L3,
-    Action,
-    Flow,
-    Output,
-    SetField,
-    match,
-)
+from alcor.agent.ir import ETH_IP, T_L3, Action, Flow, Output, SetField, match
 
 OP_INJECT = 0
 OP_DELETE = 1

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alcor.agent.flows import (
-    _TYPE_CODES,
+from alcor.agent.compiler import compile_flows
+from alcor.agent.ir import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
+    COOKIE_TYPES,
     DecTtl,
     Flow,
     Group,
@@ -21,10 +22,9 @@ from alcor.agent.flows import (
     Opaque,
     Output,
     SetField,
-    compile_flows,
 )
 
-_TYPE_BY_CODE = {code: name for name, code in _TYPE_CODES.items()}
+_TYPE_BY_CODE = {code: name for name, code in COOKIE_TYPES.items()}
 
 
 def action_text(a: Any) -> str:

@@ -32,7 +32,7 @@ import aiohttp
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from alcor.agent.flows import cookie_for, tap_name
+from alcor.agent.ir import cookie_for, tap_name
 from bench.e2e.cluster import Cluster
 from bench.e2e.fleet import URL
 

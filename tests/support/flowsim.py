@@ -1,4 +1,4 @@
-"""A tiny OpenFlow pipeline interpreter over alcor.agent.flows.Flow, for pure unit tests.
+"""A tiny OpenFlow pipeline interpreter over alcor.agent.ir.Flow, for pure unit tests.
 
 It follows OVS's rules that the compiler relies on: highest priority wins, output to the ingress
 port is dropped, OFPP_IN_PORT sends back. It is not OVS: integration tests check the real thing.
@@ -13,16 +13,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from alcor.agent.flows import (
-    OFPP_IN_PORT,
-    DecTtl,
-    Flow,
-    FlowSet,
-    Group,
-    Move,
-    Output,
-    SetField,
-)
+from alcor.agent.compiler import FlowSet
+from alcor.agent.ir import OFPP_IN_PORT, DecTtl, Flow, Group, Move, Output, SetField
 
 Packet = dict[str, Any]
 

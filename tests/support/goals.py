@@ -5,6 +5,9 @@ g.node("node-b", "172.31.255.2")
 g.vpc("vpc1", 100).subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:00:01")
 g.port("p1…", "vpc1", "s1", "10.0.0.5", "fa:16:3e:00:01:05", node="node-a")
 goal = g.goal()
+
+`two_vpcs()` is the usual scene of the agent's tests (two hosts, two VPCs with the same CIDR, a
+router); its names (ports PA1…, MACs, OFPORTS) are shared by the unit and integration tests.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from alcor.agent.flows import GoalState
+from alcor.agent.ir import tap_name
+from alcor.wire import GoalState
 
 
 class GoalBuilder:
@@ -100,3 +104,43 @@ class GoalBuilder:
 
     def goal(self) -> GoalState:
         return GoalState(node_id=self.node_id, **copy.deepcopy(self.res))  # type: ignore[typeddict-item]
+
+
+# --- the usual scene ---------------------------------------------------------------------------
+
+A, B = "node-a", "node-b"
+B_IP = "172.31.255.2"
+GW1, GW2, GW3 = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02", "fa:16:3e:00:00:03"
+# port ids: the first 11 characters name the tap
+PA1, PA2, PA3 = "aaaa0001-0000-4000-8000-000000000001", "aaaa0002-0000", "aaaa0003-0000"
+PB1, PB2 = "bbbb0001-0000", "bbbb0002-0000"
+QA1, QB1 = "cccc0001-0000", "dddd0001-0000"
+MAC = {
+    PA1: "fa:16:3e:0a:00:05",
+    PA2: "fa:16:3e:0a:01:05",
+    PA3: "fa:16:3e:0a:00:07",
+    PB1: "fa:16:3e:0b:00:06",
+    PB2: "fa:16:3e:0b:01:06",
+    QA1: "fa:16:3e:0c:00:05",
+    QB1: "fa:16:3e:0d:00:06",
+}
+VX = 9
+OFPORTS = {tap_name(PA1): 1, tap_name(PA2): 2, tap_name(PA3): 4, tap_name(QA1): 3, "vxlan0": VX}
+
+
+def two_vpcs() -> GoalBuilder:
+    """VPC1 (VNI 100): s1, s2 joined by r1. VPC2 (VNI 200): same CIDR as s1. Host B is remote."""
+    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, B_IP)
+    g.vpc("vpc1", 100).vpc("vpc2", 200)
+    g.subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1)
+    g.subnet("s2", "vpc1", "10.0.1.0/24", "10.0.1.1", GW2)
+    g.subnet("t1", "vpc2", "10.0.0.0/24", "10.0.0.1", GW3)
+    g.router("r1", ["s1", "s2"])
+    g.port(PA1, "vpc1", "s1", "10.0.0.5", MAC[PA1], node=A)
+    g.port(PA2, "vpc1", "s2", "10.0.1.5", MAC[PA2], node=A)
+    g.port(PA3, "vpc1", "s1", "10.0.0.7", MAC[PA3], node=A)
+    g.port(PB1, "vpc1", "s1", "10.0.0.6", MAC[PB1], node=B)
+    g.port(PB2, "vpc1", "s2", "10.0.1.6", MAC[PB2], node=B)
+    g.port(QA1, "vpc2", "t1", "10.0.0.5", MAC[QA1], node=A)
+    g.port(QB1, "vpc2", "t1", "10.0.0.6", MAC[QB1], node=B)
+    return g

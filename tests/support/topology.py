@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alcor.agent.datapath import Datapath, DatapathConfig
-from alcor.agent.flows import tap_name
+from alcor.agent.ir import tap_name
 from tests.support.ovs import Netns, OvsSandbox, unique
 
 UNDERLAY_PREFIX = 24

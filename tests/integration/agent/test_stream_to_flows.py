@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from alcor.agent.datapath import Datapath, DatapathConfig
-from alcor.agent.flows import cookie_for, tap_name
+from alcor.agent.ir import cookie_for, tap_name
 from alcor.agent.stream import AgentStream
 from alcor.southbound.transport import Address, InProcessBroker, InProcessTransport
+from tests.support.goals import PA1, PB1, A, two_vpcs
 from tests.support.ovs import OvsSandbox
-from tests.unit.agent.test_flows import PA1, PB1, A, two_vpcs
 
 pytestmark = pytest.mark.ovs
 

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from alcor.agent.bridge import BridgeConfig, ensure_bridge
 from alcor.agent.datapath import Datapath, DatapathConfig
-from alcor.agent.flows import (
+from alcor.agent.ir import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
     ETH_ARP,
@@ -24,8 +24,8 @@ from alcor.agent.flows import (
     match,
     tap_name,
 )
+from tests.support.goals import GW1, MAC, PA1, PA2, PA3, PB1, PB2, QA1, QB1, two_vpcs
 from tests.support.ovs import OvsSandbox
-from tests.unit.agent.test_flows import GW1, MAC, PA1, PA2, PA3, PB1, PB2, QA1, QB1, two_vpcs
 
 pytestmark = pytest.mark.ovs
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from alcor.agent.flows import GoalState, cookie_for
+from alcor.agent.ir import cookie_for
+from alcor.wire import GoalState
 from tests.support.goals import GoalBuilder
 from tests.support.topology import Host, join_underlay
 
@@ -107,7 +108,7 @@ async def build_cloud(root: Path) -> AsyncIterator[Cloud]:
 
 async def wait_ports(*hosts: Host, timeout: float = 5) -> None:
     """Until each agent has learnt the ofport of every VM tap on its host."""
-    from alcor.agent.flows import tap_name
+    from alcor.agent.ir import tap_name
 
     deadline = time.monotonic() + timeout
     for h in hosts:

@@ -22,7 +22,8 @@ import pytest
 import pytest_asyncio
 
 from alcor.agent import zeta
-from alcor.agent.flows import GoalState, tap_name
+from alcor.agent.ir import tap_name
+from alcor.wire import GoalState
 from plugins.zeta.standin import Standin
 from tests.conftest import require
 from tests.support.goals import GoalBuilder

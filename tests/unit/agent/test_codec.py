@@ -8,8 +8,9 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent import codec
-from alcor.agent.flows import Flow, compile_flows
-from tests.unit.agent.test_flows import OFPORTS, two_vpcs
+from alcor.agent.compiler import compile_flows
+from alcor.agent.ir import Flow
+from tests.support.goals import OFPORTS, two_vpcs
 
 
 def flows() -> list[Flow]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from alcor.agent.flows import compile_flows
+from alcor.agent.compiler import compile_flows
 from alcor.ops.flows import diff
 
 

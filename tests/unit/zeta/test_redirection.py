@@ -6,15 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from alcor.agent import zeta
-from alcor.agent.flows import (
-    T_L2,
-    T_L3,
-    Group,
-    Output,
-    SetField,
-    compile_flows,
-    cookie_for,
-)
+from alcor.agent.compiler import compile_flows
+from alcor.agent.ir import T_L2, T_L3, Group, Output, SetField, cookie_for
 from tests.support.goals import GoalBuilder
 
 A, B = "node-a", "node-b"
@@ -117,7 +110,7 @@ def test_group_ids_are_stable_and_distinct() -> None:
 
 
 def test_the_incremental_compiler_follows_a_gateway_that_becomes_ready() -> None:
-    from alcor.agent.flows import FlowCompiler
+    from alcor.agent.compiler import FlowCompiler
 
     c = FlowCompiler()
     c.compile(goal(status="pending"), OFPORTS)

@@ -7,8 +7,9 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alcor.agent.flows import FlowCompiler, compile_flows, tap_name
-from tests.unit.agent.test_flows import OFPORTS, PA1, PA3, PB1, A, B, two_vpcs
+from alcor.agent.compiler import FlowCompiler, compile_flows
+from alcor.agent.ir import tap_name
+from tests.support.goals import OFPORTS, PA1, PA3, PB1, A, B, two_vpcs
 
 OPS = st.lists(
     st.tuples(
@@ -84,7 +85,7 @@ def test_one_neighbour_delta_touches_only_its_flows_and_its_vpc_flood() -> None:
     goal["port"] = {k: v for k, v in goal["port"].items() if k != PB1}
     changes = compiler.compile(goal, OFPORTS)
     assert not changes.recomputed
-    from alcor.agent.flows import cookie_for
+    from alcor.agent.ir import cookie_for
 
     assert changes.cookies == {cookie_for("port", PB1)}  # host B still has other VPC1 ports
     assert compiler.recomputes == 1

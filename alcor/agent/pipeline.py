@@ -1,0 +1,465 @@
+"""The pipeline rules: a host's goal state in, the flows of each resource out, as pure functions.
+
+Each function builds the flows one resource owns (a port, a VPC, a subnet, a router, the base
+pipeline), with that resource's cookie; `alcor.agent.compiler` calls them and keeps the desired
+set current incrementally. No I/O, no clock, no os-ken. The flows are `alcor.agent.ir` data.
+
+    >>> ctx = context({"node_id": "n1", "vpc": {"v1": {"segmentation_id": 100}}}, tun_ofport=1)
+    >>> [(f.table, f.priority, f.goto_table) for f in vpc_flows(ctx, "v1", (), ())]
+    [(0, 100, 30)]
+
+Pipeline (OpenFlow 1.3 tables):
+
+    0  CLASSIFY   in_port=<tap>            -> metadata=VNI, goto RESPOND
+                  in_port=<vxlan>,tun_id=VNI -> metadata=VNI, goto L2 (tunnelled traffic was
+                                                 already answered and routed on the sending host)
+    10 RESPOND    ARP requests (arp_op=1) for known IPs of the VPC, ICMP echo to gateway IPs:
+                  answered in the datapath, sent back out IN_PORT. A port asking for its own IP
+                  falls through (no answer, normal flooding).
+    20 L3         dl_dst=<gateway MAC of subnet A>, ip_dst=<port in subnet B on A's router>
+                  -> eth_src=gateway MAC of B, eth_dst=port MAC, dec_ttl, metadata=VNI of B,
+                  goto L2. Distributed: done on the sending host, no router hop.
+    30 L2         metadata=VNI, dl_dst=MAC -> output tap | set tun_id, tun_dst, output vxlan
+                  metadata=VNI (anything else) -> flood to local ports and member hosts
+
+An IP of another subnet on the asker's router (an L3 neighbour) is answered with the asker's
+gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed traffic.
+`metadata` holds the VPC's VNI, which isolates VPCs with overlapping CIDRs: every flow after
+classification matches it. Zeta redirection (alcor/agent/zeta.py): a VPC with a ready Zeta
+gateway floods to its local ports and its gateway's select group instead of to member hosts;
+OAM direct-path flows sit in L3 at a higher priority and are not this module's.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from alcor.agent import zeta
+from alcor.agent.ir import (
+    ETH_ARP,
+    ETH_IP,
+    IPPROTO_ICMP,
+    METADATA_MASK,
+    OFPP_IN_PORT,
+    P_DEFAULT,
+    P_FLOOD,
+    P_GATEWAY_DROP,
+    P_HOST,
+    P_OWN_IP,
+    P_PROXY_ARP,
+    P_ROUTE_BASE,
+    T_CLASSIFY,
+    T_L2,
+    T_L3,
+    T_RESPOND,
+    Action,
+    DecTtl,
+    Flow,
+    Group,
+    MatchValue,
+    Move,
+    Output,
+    SetField,
+    cookie_for,
+    match,
+    tap_name,
+)
+from alcor.wire import ROUTER_INTERFACE, Body
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One (IP, MAC) of a port that traffic can be delivered to, local or remote."""
+
+    port_id: str
+    vni: int
+    mac: str
+    ip: str  # IPv4 only; "" for a MAC-only endpoint
+    subnet_id: str
+    ofport: int | None  # local
+    remote_ip: str | None  # remote: the hosting node's tunnel IP
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    id: str
+    vni: int
+    net: ipaddress.IPv4Network
+    gateway_ip: str | None
+    gateway_mac: str | None
+
+
+def _mac(value: Any) -> str | None:
+    return str(value).lower() if value else None
+
+
+def _ipv4(value: Any) -> str | None:
+    try:
+        addr = ipaddress.ip_address(str(value))
+    except ValueError:
+        return None
+    return str(addr) if addr.version == 4 else None
+
+
+def _vni(vpc: Body | None) -> int | None:
+    if not vpc:
+        return None
+    seg = vpc.get("segmentation_id")
+    return int(seg) if isinstance(seg, int) or (isinstance(seg, str) and seg.isdigit()) else None
+
+
+# Actions every responder flow shares are built once (tens of thousands of flows, less garbage).
+_MOVE_ETH = Move("eth_src", "eth_dst", 48)
+_ARP_REPLY_OP = SetField("arp_op", 2)
+_MOVE_SHA = Move("arp_sha", "arp_tha", 48)
+_MOVE_SPA = Move("arp_spa", "arp_tpa", 32)
+_TO_IN_PORT = Output(OFPP_IN_PORT)
+_DEC_TTL = DecTtl()
+
+
+def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
+    """Turn an ARP request into the reply for (ip is-at mac), in place (DESIGN §4)."""
+    return (
+        _MOVE_ETH,
+        SetField("eth_src", mac),
+        _ARP_REPLY_OP,
+        _MOVE_SHA,
+        _MOVE_SPA,
+        SetField("arp_sha", mac),
+        SetField("arp_spa", ip),
+        _TO_IN_PORT,
+    )
+
+
+def icmp_echo_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
+    """Turn an ICMP echo request to a gateway IP into its reply (OVS fixes the checksums)."""
+    return (
+        Move("eth_src", "eth_dst", 48),
+        SetField("eth_src", mac),
+        Move("ipv4_src", "ipv4_dst", 32),
+        SetField("ipv4_src", ip),
+        SetField("icmpv4_type", 0),
+        Output(OFPP_IN_PORT),
+    )
+
+
+@functools.lru_cache(maxsize=1 << 14)  # one per (VPC, host): shared by all its neighbours' flows
+def _tunnel(vni: int, remote_ip: str, tun_ofport: int) -> tuple[Action, ...]:
+    return (SetField("tunnel_id", vni), SetField("tun_ipv4_dst", remote_ip), Output(tun_ofport))
+
+
+@functools.lru_cache(maxsize=4096)
+def prefix_match(
+    field_name: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> Mapping[str, MatchValue]:
+    """A prefix as OVS reads it back: /32 is an exact value, /0 is no field at all."""
+    if net.prefixlen == net.max_prefixlen:
+        return {field_name: str(net.network_address)}
+    if net.prefixlen == 0:
+        return {}
+    return {field_name: (str(net.network_address), str(net.netmask))}
+
+
+def _routed(src_mac: str, dst_mac: str) -> tuple[Action, ...]:
+    return (SetField("eth_src", src_mac), SetField("eth_dst", dst_mac), _DEC_TTL)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything but the ports: when any of it changes, everything is recompiled."""
+
+    me: str
+    tun_ofport: int | None
+    vni: dict[str, int]  # vpc id -> VNI
+    subnets: dict[str, Subnet]
+    node_ip: dict[str, str]  # node id -> tunnel IP
+    # subnet B -> [(A, B)]: a port in B is reached from A through a router joining both
+    routed_to: dict[str, list[tuple[Subnet, Subnet]]]
+    routers: dict[str, tuple[Body, list[Subnet]]]  # router id -> (body, its routable subnets)
+    # vpc id -> select group of its Zeta gateway: flooding goes there, not to member hosts
+    redirect: dict[str, int] = field(default_factory=dict)
+
+
+def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
+    vpcs = goal.get("vpc") or {}
+    vni = {vid: v for vid in vpcs if (v := _vni(vpcs[vid])) is not None}
+    # A router interface port is never an OVS interface; it only tells us a gateway's MAC.
+    rif_mac: dict[tuple[str, str], str] = {}
+    ports = goal.get("port") or {}
+    for pid in sorted(ports):
+        p = ports[pid]
+        if p.get("device_owner") == ROUTER_INTERFACE:
+            mac = _mac(p.get("mac_address"))
+            for fip in p.get("fixed_ips") or ():
+                ip = _ipv4(fip.get("ip_address"))
+                if mac and ip:
+                    rif_mac[(str(fip.get("subnet_id")), ip)] = mac
+    subnets: dict[str, Subnet] = {}
+    subnets_in = goal.get("subnet") or {}
+    for sid in sorted(subnets_in):
+        body = subnets_in[sid]
+        v = vni.get(str(body.get("network_id")))
+        try:
+            net = ipaddress.ip_network(str(body.get("cidr")), strict=False)
+        except ValueError:
+            continue
+        if v is None or not isinstance(net, ipaddress.IPv4Network):
+            continue  # IPv6: no NDP responder yet; such subnets get L2 flooding only
+        gw_ip = _ipv4(body.get("gateway_ip"))
+        gw_mac = _mac(body.get("gateway_mac")) or (rif_mac.get((sid, gw_ip)) if gw_ip else None)
+        subnets[sid] = Subnet(sid, v, net, gw_ip, gw_mac)
+    nodes = goal.get("node") or {}
+    node_ip = {nid: ip for nid in nodes if (ip := _ipv4((nodes[nid] or {}).get("local_ip")))}
+    routed_to: dict[str, list[tuple[Subnet, Subnet]]] = {}
+    routers: dict[str, tuple[Body, list[Subnet]]] = {}
+    routers_in = goal.get("router") or {}
+    for rid in sorted(routers_in):
+        r = routers_in[rid]
+        joined = [
+            subnets[sid]
+            for sid in sorted(set(map(str, r.get("subnet_ids") or ())))
+            if sid in subnets and subnets[sid].gateway_mac
+        ]
+        routers[rid] = (r, joined)
+        for a in joined:
+            for b in joined:
+                if b.id != a.id and not b.net.overlaps(a.net):
+                    routed_to.setdefault(b.id, []).append((a, b))
+    return Context(
+        me=str(goal.get("node_id", "")),
+        tun_ofport=tun_ofport,
+        vni=vni,
+        subnets=subnets,
+        node_ip=node_ip,
+        routed_to=routed_to,
+        routers=routers,
+        redirect=_zeta_redirects(goal),
+    )
+
+
+def _zeta_redirects(goal: Mapping[str, Any]) -> dict[str, int]:
+    return {vpc: r.group_id for vpc, r in zeta.redirects(goal).items()}
+
+
+@dataclass
+class PortFlows:
+    flows: list[Flow]
+    local: bool
+    problem: str  # local ports only: "" when the port has flows
+    vni: int | None = None
+    ofport: int | None = None
+    remote_ip: str | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows | None:
+    """All flows of one port (cookie of the port); None for router interfaces."""
+    if p.get("device_owner") == ROUTER_INTERFACE:
+        return None
+    local = p.get("node_id") == ctx.me
+    vni = ctx.vni.get(str(p.get("network_id")))
+    if vni is None:
+        reason = f"vpc {p.get('network_id')} unknown or without segmentation_id"
+        return PortFlows([], local, reason)
+    remote_ip: str | None = None
+    if local:
+        if p.get("admin_state_up") is False:
+            return PortFlows([], local, "admin_state_up is false")
+        if ofport is None:
+            return PortFlows([], local, f"interface {tap_name(pid)} not on the bridge")
+    else:
+        remote_ip = ctx.node_ip.get(str(p.get("node_id")))
+        if remote_ip is None or ctx.tun_ofport is None:
+            # unreachable neighbour: answering its ARP would blackhole traffic
+            return PortFlows([], local, "")
+        ofport = None
+    mac = _mac(p.get("mac_address"))
+    if not mac:
+        return PortFlows([], local, "port has no MAC address", vni, ofport, remote_ip)
+    pairs: list[tuple[str, str, str]] = []  # (mac, ip, subnet_id)
+    for fip in p.get("fixed_ips") or ():
+        ip = _ipv4(fip.get("ip_address"))
+        if ip:
+            pairs.append((mac, ip, str(fip.get("subnet_id"))))
+    for aap in p.get("allowed_address_pairs") or ():
+        # A host address (a VIP, say) is answered and routed like a fixed IP; a wider prefix
+        # only lets its MAC, if it names one, be delivered (nothing to answer ARP for).
+        addr, _, plen = str(aap.get("ip_address", "")).partition("/")
+        ip = _ipv4(addr) if plen in ("", "32") else None
+        pair_mac = _mac(aap.get("mac_address")) or mac
+        if ip:
+            pairs.append((pair_mac, ip, ""))
+        elif pair_mac != mac:
+            pairs.append((pair_mac, "", ""))
+    if not pairs:
+        pairs.append((mac, "", ""))
+    c = cookie_for("port", pid)
+    flows: list[Flow] = []
+    endpoints = tuple(Endpoint(pid, vni, m, ip, sid, ofport, remote_ip) for m, ip, sid in pairs)
+    own_ips: set[str] = set()
+    for ep in endpoints:
+        l2 = match(metadata=vni, eth_dst=ep.mac)
+        if ofport is not None:
+            flows.append(
+                Flow(
+                    T_CLASSIFY,
+                    P_HOST,
+                    match(in_port=ofport),
+                    write_metadata=(vni, METADATA_MASK),
+                    goto_table=T_RESPOND,
+                    cookie=c,
+                )
+            )
+            flows.append(Flow(T_L2, P_HOST, l2, (Output(ofport),), cookie=c))
+        else:
+            assert remote_ip is not None and ctx.tun_ofport is not None
+            flows.append(Flow(T_L2, P_HOST, l2, _tunnel(vni, remote_ip, ctx.tun_ofport), cookie=c))
+        if not ep.ip:
+            continue
+        arp = match(metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
+        flows.append(Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(ep.mac, ep.ip), cookie=c))
+        if ofport is not None and ep.ip not in own_ips:
+            own_ips.add(ep.ip)
+            own = match(in_port=ofport, metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
+            flows.append(Flow(T_RESPOND, P_OWN_IP, own, goto_table=T_L2, cookie=c))
+        # distributed routing towards this endpoint from every subnet routed to its own
+        for sid in (ep.subnet_id,) if ep.subnet_id else _containing(ctx.subnets, ep):
+            for a, b in ctx.routed_to.get(sid, ()):
+                a_mac, b_mac = a.gateway_mac, b.gateway_mac
+                assert a_mac is not None and b_mac is not None
+                flows.append(
+                    Flow(
+                        T_L3,
+                        P_HOST,
+                        match(metadata=a.vni, eth_type=ETH_IP, eth_dst=a_mac, ipv4_dst=ep.ip),
+                        _routed(b_mac, ep.mac),
+                        write_metadata=(b.vni, METADATA_MASK),
+                        goto_table=T_L2,
+                        cookie=c,
+                    )
+                )
+                # A VM that treats another subnet as on-link gets the router's MAC, so its
+                # traffic is routed (TTL decremented) like everyone else's.
+                flows.append(
+                    Flow(
+                        T_RESPOND,
+                        P_PROXY_ARP,
+                        match(
+                            metadata=a.vni,
+                            eth_type=ETH_ARP,
+                            arp_op=1,
+                            arp_tpa=ep.ip,
+                            **prefix_match("arp_spa", a.net),
+                        ),
+                        arp_reply_actions(a_mac, ep.ip),
+                        cookie=c,
+                    )
+                )
+    return PortFlows(flows, local, "", vni, ofport, remote_ip, endpoints)
+
+
+def vpc_flows(
+    ctx: Context, vpc_id: str, local_ofports: Iterable[int], remote_ips: Iterable[str]
+) -> list[Flow]:
+    """Tunnel ingress and flooding (broadcast, multicast, unknown unicast) of one VPC."""
+    vni = ctx.vni[vpc_id]
+    c = cookie_for("vpc", vpc_id)
+    flows: list[Flow] = []
+    tun = ctx.tun_ofport
+    if tun is not None:
+        flows.append(
+            Flow(
+                T_CLASSIFY,
+                P_HOST,
+                match(in_port=tun, tunnel_id=vni),
+                write_metadata=(vni, METADATA_MASK),
+                goto_table=T_L2,
+                cookie=c,
+            )
+        )
+    flood: list[Action] = [Output(o) for o in sorted(local_ofports)]
+    group = ctx.redirect.get(vpc_id)
+    if group is not None and tun is not None:
+        flood.append(Group(group))  # Zeta: the gateway cluster forwards to member hosts
+    elif tun is not None:
+        for rip in sorted(remote_ips, key=ipaddress.IPv4Address):
+            flood.extend(_tunnel(vni, rip, tun))
+    if flood:
+        flows.append(Flow(T_L2, P_FLOOD, match(metadata=vni), tuple(flood), cookie=c))
+    return flows
+
+
+def subnet_flows(s: Subnet) -> list[Flow]:
+    """The gateway answers ARP and ping; traffic to its MAC that is not routed is dropped."""
+    if not (s.gateway_ip and s.gateway_mac):
+        return []
+    c = cookie_for("subnet", s.id)
+    arp = match(metadata=s.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=s.gateway_ip)
+    echo = match(
+        metadata=s.vni, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=s.gateway_ip, icmpv4_type=8
+    )
+    return [
+        Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(s.gateway_mac, s.gateway_ip), cookie=c),
+        Flow(
+            T_RESPOND, P_HOST, echo, icmp_echo_reply_actions(s.gateway_mac, s.gateway_ip), cookie=c
+        ),
+        Flow(T_L3, P_GATEWAY_DROP, match(metadata=s.vni, eth_dst=s.gateway_mac), cookie=c),
+    ]
+
+
+def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | None]) -> list[Flow]:
+    """A router's extra routes: destination CIDR via a next hop that is a port on a joined subnet."""
+    router, joined = ctx.routers[rid]
+    c = cookie_for("router", rid)
+    flows: list[Flow] = []
+    for route in router.get("routes") or ():
+        try:
+            dest = ipaddress.ip_network(str(route.get("destination")), strict=False)
+        except ValueError:
+            continue
+        nexthop = _ipv4(route.get("nexthop"))
+        if dest.version != 4 or nexthop is None:
+            continue
+        nh_addr = ipaddress.IPv4Address(nexthop)
+        for b in joined:
+            ep = hop(b.id, nexthop) if nh_addr in b.net else None
+            if ep is None or b.gateway_mac is None:
+                continue
+            for a in joined:
+                assert a.gateway_mac is not None
+                flows.append(
+                    Flow(
+                        T_L3,
+                        P_ROUTE_BASE + dest.prefixlen,
+                        match(
+                            metadata=a.vni,
+                            eth_type=ETH_IP,
+                            eth_dst=a.gateway_mac,
+                            **prefix_match("ipv4_dst", dest),
+                        ),
+                        _routed(b.gateway_mac, ep.mac),
+                        write_metadata=(b.vni, METADATA_MASK),
+                        goto_table=T_L2,
+                        cookie=c,
+                    )
+                )
+    return flows
+
+
+def base_flows() -> list[Flow]:
+    return [
+        Flow(T_CLASSIFY, P_DEFAULT, ()),  # drop: unknown in_port or tun_id
+        Flow(T_RESPOND, P_DEFAULT, (), goto_table=T_L3),
+        Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
+        Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
+    ]
+
+
+def _containing(subnets: Mapping[str, Subnet], ep: Endpoint) -> Iterable[str]:
+    """Subnets of the endpoint's VPC that hold its IP (allowed address pairs name no subnet)."""
+    addr = ipaddress.IPv4Address(ep.ip)
+    return [s.id for s in subnets.values() if s.vni == ep.vni and addr in s.net]
