@@ -1,13 +1,27 @@
-"""The wire's vocabulary, shared by the controller's southbound and the host agent.
+"""The wire between the controller's southbound and the host agents: what both ends must agree on.
 
-Both sides import this module and neither imports the other: what a host's goal state looks like
-(docs/wire.md) is said here once.
+Both sides import this module and neither imports the other: the message version, the resource
+types a goal state holds and their snapshot order, the shape of a host's goal state
+(docs/wire.md), and the order-independent digest by which the two sides compare it.
+
+    >>> digest({"node": {}}) == digest({})
+    True
+    >>> digest({"node": {"n1": {"local_ip": "10.0.0.1"}}}) == digest({})
+    False
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any, TypedDict
+
+# The "v" of every message, either way; a message of another version is rejected, never applied.
+WIRE_VERSION = 1
+
+# Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
+WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")
 
 Body = Mapping[str, Any]
 
@@ -27,3 +41,40 @@ class GoalState(TypedDict, total=False):
     port: Mapping[str, Body]
     security_group: Mapping[str, Body]
     gateway: Mapping[str, Body]
+
+
+# -- digest ------------------------------------------------------------------------------------
+
+_DIGEST_MOD = 1 << 256
+
+
+def canonical(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal values, equal text (what a digest hashes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def resource_hash(wtype: str, id: str, body: Body) -> int:
+    """One resource's share of a digest: SHA-256 of the canonical JSON of [type, id, body]."""
+    h = hashlib.sha256(canonical([wtype, id, body]).encode()).digest()
+    return int.from_bytes(h, "big")
+
+
+def combine(total: int, share: int, sign: int = 1) -> int:
+    return (total + sign * share) % _DIGEST_MOD
+
+
+def hex_digest(total: int) -> str:
+    return f"{total % _DIGEST_MOD:064x}"
+
+
+def digest(goal: Mapping[str, Any]) -> str:
+    """Order-independent digest of a goal state's live resources: the sum of their hashes mod 2^256.
+
+    A sum (not a hash of one big document) lets the agent keep it current per op instead of
+    re-serialising 10,000 neighbours after every message.
+    """
+    total = 0
+    for wtype in WIRE_TYPES:
+        for id, body in (goal.get(wtype) or {}).items():
+            total = combine(total, resource_hash(wtype, id, body))
+    return hex_digest(total)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog  # noqa: E402
 
-from alcor.agent import codec  # noqa: E402
+from alcor.agent import fastcodec  # noqa: E402
 from alcor.agent.datapath import Datapath, DatapathConfig  # noqa: E402
 from alcor.agent.ir import tap_name  # noqa: E402
 from tests.support.ovs import OvsSandbox  # noqa: E402
@@ -177,10 +177,10 @@ async def main() -> None:
         # 4. the agent restarts (new Datapath, cold caches), nothing changed
         await dp.stop()
         for cache in (
-            codec._decode_oxm,
-            codec._decode_action,
-            codec._oxm_bytes,
-            codec.action_bytes,
+            fastcodec._decode_oxm,
+            fastcodec._decode_action,
+            fastcodec._oxm_bytes,
+            fastcodec.action_bytes,
         ):
             cache.cache_clear()
         dp = Datapath(cfg)

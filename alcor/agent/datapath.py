@@ -24,8 +24,8 @@ from typing import Any
 import structlog
 
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
-from alcor.agent.codec import SigCache
 from alcor.agent.compiler import FlowCompiler
+from alcor.agent.fastcodec import SigCache
 from alcor.agent.ir import Key, cookie_for
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen

@@ -4,7 +4,7 @@
 gap (ask for a snapshot), a delta to apply op by op, or a snapshot that replaces the model. Each
 resource keeps the `revision_number` it was written with; an op older than what is held is stale and
 ignored; a delete leaves a tombstone so a late, older upsert cannot bring the resource back. The
-model keeps its digest current op by op (see `alcor.southbound.goalstate.digest`).
+model keeps its digest current op by op (see `alcor.wire.digest`).
 
     >>> m = AgentModel("n1")
     >>> m.receive(parse_message(b'{"v":1,"node_id":"n1","kind":"snapshot","prev_rev":0,"rev":5,"ops":[]}'))
@@ -21,9 +21,15 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.southbound.goalstate import WIRE_TYPES, combine, hex_digest, resource_hash
+from alcor.wire import (
+    ROUTER_INTERFACE,
+    WIRE_TYPES,
+    WIRE_VERSION,
+    combine,
+    hex_digest,
+    resource_hash,
+)
 
-WIRE_VERSION = 1
 _TYPES = frozenset(WIRE_TYPES)
 
 
@@ -224,5 +230,5 @@ class AgentModel:
             pid
             for pid, p in self.resources["port"].items()
             if p.get("node_id") == self.node_id
-            and p.get("device_owner") != "network:router_interface"
+            and p.get("device_owner") != ROUTER_INTERFACE
         )

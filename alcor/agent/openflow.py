@@ -29,7 +29,7 @@ from os_ken.ofproto import ofproto_parser as ofproto_msg
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from alcor.agent import codec
+from alcor.agent import codec, fastcodec
 from alcor.agent.ir import Flow
 
 log = structlog.get_logger("alcor.agent.openflow")
@@ -139,7 +139,7 @@ class Switch:
         adds: Iterable[Flow] = (),
         deletes: Iterable[Flow] = (),
         timeout: float = 60.0,
-        signatures: codec.SigCache | None = None,
+        signatures: fastcodec.SigCache | None = None,
     ) -> list[FlowModError]:
         """Send adds then deletes in one write, close with a barrier, return the errors.
 
@@ -148,15 +148,15 @@ class Switch:
         """
         batch = _Batch()
         chunks: list[bytes] = []
-        with codec.gc_paused():
+        with fastcodec.gc_paused():
             for flow in adds:
                 xid = self._next_xid()
                 batch.xids[xid] = ("add", flow, None)
-                chunks.append(codec.encode_add(flow, xid, signatures))
+                chunks.append(fastcodec.encode_add(flow, xid, signatures))
             for flow in deletes:
                 xid = self._next_xid()
                 batch.xids[xid] = ("delete", flow, None)
-                chunks.append(codec.encode_delete(flow, xid))
+                chunks.append(fastcodec.encode_delete(flow, xid))
         if not chunks:
             return []
         for xid in batch.xids:
@@ -200,7 +200,7 @@ class Switch:
     ) -> list[Flow]:
         """The switch's flows whose cookie matches, across all pages of the reply."""
         pages = await self.flow_stats_raw(cookie, cookie_mask, table_id)
-        return [f for page in pages for f in codec.decode_flow_stats(page)]
+        return [f for page in pages for f in fastcodec.decode_flow_stats(page)]
 
     async def flow_stats_raw(
         self, cookie: int = 0, cookie_mask: int = 0, table_id: int = ofp.OFPTT_ALL
@@ -209,7 +209,7 @@ class Switch:
         req = parser.OFPFlowStatsRequest(
             codec.DP, table_id=table_id, cookie=cookie, cookie_mask=cookie_mask
         )
-        # Pages are decoded by codec.decode_flow_stats rather than os-ken's parser: tens of
+        # Pages are decoded by fastcodec.decode_flow_stats rather than os-ken's parser: tens of
         # thousands of flows are read back on every reconnect.
         req.set_xid(self._next_xid())
         self._raw_multipart.add(req.xid)

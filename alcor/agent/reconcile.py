@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from alcor.agent import codec
+from alcor.agent import fastcodec
 from alcor.agent.ir import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Key
 from alcor.agent.openflow import FlowModError, Switch
 
@@ -68,11 +68,11 @@ class Reconciler:
         switch: Switch,
         *,
         barrier_timeout: float = 60.0,
-        signatures: codec.SigCache | None = None,
+        signatures: fastcodec.SigCache | None = None,
     ) -> None:
         self.switch = switch
         # kept by the owner across connections, so a reconnect does not re-encode every flow
-        self.signatures: codec.SigCache = signatures if signatures is not None else {}
+        self.signatures: fastcodec.SigCache = signatures if signatures is not None else {}
         self.installed: dict[Key, Flow] | None = None  # unknown until the first full read-back
         self.barrier_timeout = barrier_timeout
 
@@ -80,8 +80,8 @@ class Reconciler:
         start = time.perf_counter()
         pages = await self.switch.flow_stats_raw(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
         read = time.perf_counter()
-        with codec.gc_paused():
-            same, other = codec.match_read_back(pages, desired.values(), self.signatures)
+        with fastcodec.gc_paused():
+            same, other = fastcodec.match_read_back(pages, desired.values(), self.signatures)
             matched = time.perf_counter()
             self.installed = {f.key: f for f in same}
             self.installed.update((f.key, f) for f in other)

@@ -27,7 +27,8 @@ from typing import Any
 import structlog
 
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
-from alcor.southbound.transport import Address, Delivery, Subscription, Transport
+from alcor.transport import Address, Delivery, Subscription, Transport
+from alcor.wire import WIRE_VERSION
 
 log = structlog.get_logger("alcor.agent.stream")
 
@@ -195,7 +196,7 @@ class AgentStream:
     # -- agent → controller --------------------------------------------------------------------
 
     async def _send(self, body: dict[str, Any]) -> bool:
-        raw = json.dumps({"v": 1, "node_id": self.node_id, **body}, separators=(",", ":"))
+        raw = json.dumps({"v": WIRE_VERSION, "node_id": self.node_id, **body}, separators=(",", ":"))
         try:
             ok = await self.transport.publish(
                 [(self.controller, raw.encode())], self.publish_timeout
@@ -321,7 +322,7 @@ class StreamModule:
         nodes = kernel.get("nodes")
         if nodes.by_name(name) is not None:
             return
-        from alcor.api.auth import Context
+        from alcor.context import Context
 
         admin = Context(self.config.get("api", {}).get("admin_project", "admin"), True)
         body = {"node_name": name, "local_ip": node.get("local_ip", "127.0.0.1")}

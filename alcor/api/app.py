@@ -15,10 +15,11 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
-from alcor.api import query as q
-from alcor.api.auth import Context, authenticate
-from alcor.api.errors import BadRequest, NeutronError, ServiceUnavailable
+from alcor.api.auth import authenticate
+from alcor.context import Context
 from alcor.db.store import StoreError
+from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
+from alcor.resources import query as q
 from alcor.resources.base import Manager, parse_if_match
 
 if TYPE_CHECKING:

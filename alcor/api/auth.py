@@ -7,24 +7,10 @@ mapped to a project and a role.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from alcor.api.errors import NeutronError
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    project_id: str
-    is_admin: bool
-
-    def can_see(self, project_id: str | None) -> bool:
-        return self.is_admin or project_id == self.project_id
-
-
-class Unauthorized(NeutronError):
-    status = 401
-    type = "HTTPUnauthorized"
+from alcor.context import Context
+from alcor.errors import Unauthorized
 
 
 def _project(raw: str) -> str:

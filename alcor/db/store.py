@@ -37,8 +37,8 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from alcor.api.errors import Conflict
 from alcor.db.changelog import Change, ChangeLog
+from alcor.errors import Conflict
 
 log = structlog.get_logger("alcor.store")
 

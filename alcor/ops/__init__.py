@@ -28,7 +28,7 @@ from aiohttp import web
 
 from alcor.api.app import METRICS, errors
 from alcor.api.auth import authenticate
-from alcor.api.errors import BadRequest, NeutronError, not_found, policy
+from alcor.errors import BadRequest, NeutronError, not_found, policy
 from alcor.ops import health, topology
 from alcor.ops.metrics import Metrics, datapath_of
 from alcor.ops.openapi import document

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from alcor.api.auth import Context
+from alcor.context import Context
 from alcor.ops.metrics import dispatcher_of
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from alcor.api import query as q
-from alcor.api.auth import Context
-from alcor.api.errors import BadRequest, PreconditionFailed, not_found, policy
+from alcor.context import Context
 from alcor.db.store import Store, Tx
+from alcor.errors import BadRequest, PreconditionFailed, not_found, policy
+from alcor.resources import query as q
 from alcor.resources.schema import Resource, check_create, check_update, tenant_of
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from alcor.api.errors import BadRequest, Conflict, NeutronError
+from alcor.errors import BadRequest, Conflict, NeutronError
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 Pool = tuple[int, int]  # inclusive range of integer addresses

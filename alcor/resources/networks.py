@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alcor.api import query as q
-from alcor.api.auth import Context
-from alcor.api.errors import Conflict, NeutronError, invalid_input, not_found
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import Conflict, NeutronError, invalid_input, not_found
+from alcor.resources import query as q
 from alcor.resources.base import Manager
 from alcor.resources.ipam import VniAllocator
 from alcor.resources.schema import (

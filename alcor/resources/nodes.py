@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alcor.api.auth import Context
-from alcor.api.errors import Conflict, policy
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import Conflict, policy
 from alcor.resources.base import Manager
 from alcor.resources.schema import (
     Attr,

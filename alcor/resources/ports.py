@@ -12,9 +12,9 @@ import json
 import random
 from typing import Any
 
-from alcor.api.auth import Context
-from alcor.api.errors import BadRequest, Conflict, NeutronError, invalid_input
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import BadRequest, Conflict, NeutronError, invalid_input
 from alcor.resources import ipam
 from alcor.resources.base import Manager
 from alcor.resources.schema import (
@@ -32,8 +32,8 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.wire import ROUTER_INTERFACE
 
-ROUTER_INTERFACE = "network:router_interface"
 MAX_FIXED_IPS = 5
 
 FIXED_IP = dict_of({"subnet_id": (uuid_str, False), "ip_address": (ip_address, False)})

@@ -10,11 +10,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from alcor.api.auth import Context
-from alcor.api.errors import BadRequest, Conflict, NeutronError, NotFound
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import BadRequest, Conflict, NeutronError, NotFound
 from alcor.resources.base import Manager
-from alcor.resources.ports import ROUTER_INTERFACE
 from alcor.resources.schema import (
     Attr,
     Invalid,
@@ -29,6 +28,7 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.wire import ROUTER_INTERFACE
 
 ROUTER_GATEWAY = "network:router_gateway"
 ROUTE = dict_of({"destination": (cidr, True), "nexthop": (ip_address, True)})

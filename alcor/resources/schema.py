@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.api.errors import BadRequest, invalid_attr, policy
+from alcor.errors import BadRequest, invalid_attr, policy
 
 MISSING: Any = object()
 

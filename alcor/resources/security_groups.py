@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from alcor.api import query as q
-from alcor.api.auth import Context
-from alcor.api.errors import BadRequest, Conflict, NeutronError, not_found
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import BadRequest, Conflict, NeutronError, not_found
+from alcor.resources import query as q
 from alcor.resources.base import Manager, new_id, now
 from alcor.resources.schema import (
     Attr,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from alcor.api.auth import Context
-from alcor.api.errors import NeutronError, invalid_input, not_found, policy
+from alcor.context import Context
 from alcor.db.store import Tx
+from alcor.errors import NeutronError, invalid_input, not_found, policy
 from alcor.resources import ipam
 from alcor.resources.base import Manager
 from alcor.resources.schema import (

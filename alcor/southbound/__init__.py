@@ -2,7 +2,7 @@
 
 The kernel module is `SouthboundModule` (name "southbound"). It owns the dispatcher
 (dispatcher.py), which places each change (placement.py, goalstate.py) and sends it through a
-transport (transport.py: in-process, or the `rabbitmq` plugin), and it answers
+transport (alcor/transport.py: in-process, or the `rabbitmq` plugin), and it answers
 `node_sync(node_id)` for GET /v2.0/alcor/nodes/{id}.
 
 Configuration ([southbound], all optional): `transport = "inprocess" | "rabbitmq"`, and any field
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from alcor.southbound.dispatcher import Dispatcher, Settings
-from alcor.southbound.transport import InProcessBroker, InProcessTransport, Transport
+from alcor.transport import InProcessBroker, InProcessTransport, Transport
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -101,23 +101,3 @@ class SouthboundModule:
 
 def create(config: dict[str, dict[str, Any]]) -> SouthboundModule:
     return SouthboundModule(config)
-
-
-def role_modules(role: str, config: dict[str, dict[str, Any]]) -> list[Any]:
-    """The southbound's share of each role (alcor/cli.py roles):
-
-    - dev: the dispatcher on the in-process transport and an embedded agent stream for the local
-      node (registered at start if no node has its name), all in one process;
-    - controller: the dispatcher; `[southbound] transport = "rabbitmq"` needs the rabbitmq plugin;
-    - agent: the agent stream for `[node] id` over the rabbitmq plugin.
-    The datapath (alcor/agent) plugs in as a module named "datapath" with `apply(goal)`.
-    """
-    from alcor.agent.stream import StreamModule
-
-    if role == "dev":
-        return [SouthboundModule(config), StreamModule(config, embedded=True)]
-    if role == "controller":
-        return [SouthboundModule(config)]
-    if role == "agent":
-        return [StreamModule(config, embedded=False)]
-    raise ValueError(f"unknown role {role!r}")

@@ -35,7 +35,8 @@ from alcor.db.changelog import Change
 from alcor.db.store import Store
 from alcor.southbound.goalstate import WIRE_TYPE, Topology, goal_entries, node_digest
 from alcor.southbound.placement import Op, place
-from alcor.southbound.transport import Address, Delivery, Transport
+from alcor.transport import Address, Delivery, Transport
+from alcor.wire import WIRE_VERSION
 
 log = structlog.get_logger("alcor.southbound")
 
@@ -48,7 +49,6 @@ MIGRATIONS = [
                            PRIMARY KEY (type, id)) WITHOUT ROWID;
     """,
 ]
-WIRE_VERSION = 1
 PORT_STATES = ("ACTIVE", "ERROR", "DOWN")
 
 

@@ -3,7 +3,8 @@
 `Topology` is the controller's southbound model: the Neutron bodies from the change log plus the
 indexes placement needs (VPC → member nodes, node → VPCs, security groups in use per node, router
 interfaces). The rest are pure functions of it: the wire body of a resource (`info`), a node's whole
-goal state (`goal_entries`, `goal_state`) and the order-independent digest both sides compare.
+goal state (`goal_entries`, `goal_state`) and its digest (`node_digest`, the sum alcor/wire.py
+defines, from cached shares).
 
     >>> t = Topology()
     >>> t.put("node", "n1", {"node_id": "n1", "node_name": "h1", "local_ip": "10.0.0.1"})
@@ -13,18 +14,15 @@ goal state (`goal_entries`, `goal_state`) and the order-independent digest both 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-Body = dict[str, Any]
-Key = tuple[str, str]  # (wire type, id)
-GoalState = dict[str, Any]
+from alcor.wire import ROUTER_INTERFACE, WIRE_TYPES, canonical, combine, hex_digest, resource_hash
 
-# Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
-WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")
+Body = dict[str, Any]  # a Neutron body as the change log holds it (the wire's bodies are views)
+Key = tuple[str, str]  # (wire type, id)
 # Change-log type → wire type. Only these feed the southbound.
 WIRE_TYPE = {
     "node": "node",
@@ -36,8 +34,6 @@ WIRE_TYPE = {
     "port": "port",
 }
 SOURCE_TYPE = {w: s for s, w in WIRE_TYPE.items()}
-ROUTER_INTERFACE = "network:router_interface"
-_DIGEST_MOD = 1 << 256
 
 
 def _inc(index: dict[str, dict[str, int]], a: str, b: str, delta: int) -> None:
@@ -386,7 +382,7 @@ _RULE_FIELDS = (
 
 def security_group_body(id: str, b: Body) -> Body:
     rules = [{f: r.get(f) for f in _RULE_FIELDS} for r in b.get("security_group_rules") or ()]
-    rules.sort(key=_canonical)
+    rules.sort(key=canonical)
     return {"id": id, "rules": rules}
 
 
@@ -570,45 +566,11 @@ def node_digest(t: Topology, node: str) -> str:
     return hex_digest(total)
 
 
-def goal_state(t: Topology, node: str) -> GoalState:
+def goal_state(t: Topology, node: str) -> dict[str, Any]:
     """The node's goal state in the agent model's shape (docs/wire.md)."""
-    goal: GoalState = {"node_id": node}
+    goal: dict[str, Any] = {"node_id": node}
     for w in WIRE_TYPES:
         goal[w] = {}
     for wtype, id, body, _ in goal_entries(t, node):
         goal[wtype][id] = body
     return goal
-
-
-# -- digest ------------------------------------------------------------------------------------
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def resource_hash(wtype: str, id: str, body: Body) -> int:
-    """One resource's share of a digest: SHA-256 of the canonical JSON of [type, id, body]."""
-    h = hashlib.sha256(_canonical([wtype, id, body]).encode()).digest()
-    return int.from_bytes(h, "big")
-
-
-def combine(total: int, share: int, sign: int = 1) -> int:
-    return (total + sign * share) % _DIGEST_MOD
-
-
-def hex_digest(total: int) -> str:
-    return f"{total % _DIGEST_MOD:064x}"
-
-
-def digest(goal: GoalState) -> str:
-    """Order-independent digest of a goal state's live resources: the sum of their hashes mod 2^256.
-
-    A sum (not a hash of one big document) lets the agent keep it current per op instead of
-    re-serialising 10,000 neighbours after every message.
-    """
-    total = 0
-    for wtype in WIRE_TYPES:
-        for id, body in (goal.get(wtype) or {}).items():
-            total = combine(total, resource_hash(wtype, id, body))
-    return hex_digest(total)

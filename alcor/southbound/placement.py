@@ -31,6 +31,7 @@ from alcor.southbound.goalstate import (
     slim_port,
     view_of,
 )
+from alcor.wire import ROUTER_INTERFACE
 
 Op = dict[str, Any]  # {"rev", "type", "id", "op", "revision_number", "body"}
 
@@ -75,7 +76,7 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
             movers.add(node)
             keys.add(("node", node))
         keys.update(("security_group", g) for g in body.get("security_groups") or ())
-        if body.get("device_owner") == "network:router_interface":
+        if body.get("device_owner") == ROUTER_INTERFACE:
             keys.add(("router", str(body.get("device_id"))))
             keys.update(("subnet", str(f.get("subnet_id"))) for f in body.get("fixed_ips") or ())
     elif type == "gateway":

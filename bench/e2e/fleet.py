@@ -23,7 +23,7 @@ from typing import Any
 
 from alcor import log as alcor_log
 from alcor.agent.stream import AgentStream
-from alcor.southbound.transport import Address
+from alcor.transport import Address
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 EXCHANGE = "alcor"

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from alcor.southbound.transport import Address, Handler
+from alcor.transport import Address, Handler
 
 log = structlog.get_logger("alcor.rabbitmq")
 

@@ -34,10 +34,11 @@ import structlog
 from aiohttp import web
 
 from alcor.api.app import Api
-from alcor.api.auth import Context, authenticate
-from alcor.api.errors import Conflict, not_found, policy
+from alcor.api.auth import authenticate
+from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
+from alcor.errors import Conflict, not_found, policy
 from alcor.resources.base import Manager
 from alcor.resources.schema import (
     Attr,
@@ -51,6 +52,7 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.wire import ROUTER_INTERFACE
 from plugins.zeta.client import ZetaClient, ZetaError
 
 if TYPE_CHECKING:
@@ -61,7 +63,6 @@ log = structlog.get_logger("alcor.zeta")
 PATH = "/v2.0/alcor/gateways"
 PENDING, READY, FAILED = "pending", "ready", "failed"
 DEFAULT_OAM_PORT = 8300
-ROUTER_INTERFACE = "network:router_interface"
 FOLLOW_POLL = 0.2  # seconds the change-log follower waits at most before checking for stop
 
 GATEWAY = standard(Resource("gateway", "gateways", "Gateway", parent_field="vpc_id")).add(

@@ -15,7 +15,7 @@ import pytest
 from alcor.agent.datapath import Datapath, DatapathConfig
 from alcor.agent.ir import cookie_for, tap_name
 from alcor.agent.stream import AgentStream
-from alcor.southbound.transport import Address, InProcessBroker, InProcessTransport
+from alcor.transport import Address, InProcessBroker, InProcessTransport
 from tests.support.goals import PA1, PB1, A, two_vpcs
 from tests.support.ovs import OvsSandbox
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alcor.southbound.dispatcher import Settings
-from alcor.southbound.transport import InProcessTransport
+from alcor.transport import InProcessTransport
 from tests.integration.southbound.harness import Harness, node_ids, topology
 
 

@@ -18,8 +18,9 @@ from alcor.agent.stream import AgentStream
 from alcor.db.changelog import Change
 from alcor.db.store import Store
 from alcor.southbound.dispatcher import Dispatcher, Settings
-from alcor.southbound.goalstate import digest, goal_state
-from alcor.southbound.transport import Address, Transport
+from alcor.southbound.goalstate import goal_state
+from alcor.transport import Address, Transport
+from alcor.wire import digest
 from tests.unit.southbound.world import World
 
 PARENT = {"subnet": "network_id", "port": "network_id"}

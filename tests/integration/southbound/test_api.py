@@ -1,6 +1,6 @@
 """The southbound wired into the real controller (dev-run shape): Neutron API in, agent in sync out.
 
-The kernel runs the core's modules plus `role_modules("dev")`: the dispatcher on the in-process
+The kernel runs the core's modules plus `southbound_modules("dev")` (alcor/roles.py): the dispatcher on the in-process
 transport and an embedded agent for the local node, which registers itself.
 """
 
@@ -15,7 +15,7 @@ import aiohttp
 from alcor import config as config_mod
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
-from alcor.southbound import role_modules
+from alcor.roles import southbound_modules
 from tests.support.controller import Client
 
 
@@ -35,7 +35,7 @@ async def test_dev_run_local_node_in_sync_and_port_active(tmp_path: Path) -> Non
     cfg["api"]["port"] = 0
     cfg["node"] = {"name": "devhost", "local_ip": "127.0.0.1"}
     cfg["southbound"] = {"linger": 0.001}
-    kernel = Kernel(cfg, [*controller_modules(cfg), *role_modules("dev", cfg)])
+    kernel = Kernel(cfg, [*controller_modules(cfg), *southbound_modules("dev", cfg)])
     await kernel.start()
     try:
         port = kernel.get("api").port

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alcor.southbound.dispatcher import Dispatcher, Settings
-from alcor.southbound.transport import InProcessBroker, InProcessTransport
+from alcor.transport import InProcessBroker, InProcessTransport
 from tests.integration.southbound.harness import (
     Harness,
     all_agents_converged,

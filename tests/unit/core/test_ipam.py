@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from alcor.api.errors import BadRequest, Conflict
+from alcor.errors import BadRequest, Conflict
 from alcor.resources import ipam
 
 

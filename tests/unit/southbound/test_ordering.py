@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
-from alcor.southbound.goalstate import Topology, digest, goal_entries, goal_state
+from alcor.southbound.goalstate import Topology, goal_entries, goal_state
 from alcor.southbound.placement import place
+from alcor.wire import digest
 from tests.unit.southbound.world import KINDS, World
 
 NODE = "node-0001"

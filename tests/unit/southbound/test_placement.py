@@ -13,13 +13,13 @@ from alcor.southbound.goalstate import (
     WIRE_TYPE,
     WIRE_TYPES,
     Topology,
-    digest,
     goal_state,
     info,
     node_digest,
     view_of,
 )
 from alcor.southbound.placement import place
+from alcor.wire import digest
 from tests.unit.southbound.world import KINDS, World
 
 Held = dict[str, dict[tuple[str, str], Any]]

@@ -1,7 +1,8 @@
 """Neutron's errors: `{"NeutronError": {"type", "message", "detail"}}` with Neutron's status codes.
 
-Raise a `NeutronError` (or one of the helpers below) anywhere in a request; the API's error middleware
-renders it. Anything else that escapes is a bug: logged with its traceback, answered 500 in the
+Raise a `NeutronError` (or one of the helpers below) anywhere in a request: in the API, a resource
+manager or the store (a module of its own so that all of them can, none importing the others). The
+API's error middleware renders it. Anything else that escapes is a bug: logged with its traceback, answered 500 in the
 same body shape.
 """
 
@@ -29,6 +30,11 @@ class NeutronError(Exception):
 class BadRequest(NeutronError):
     status = 400
     type = "HTTPBadRequest"
+
+
+class Unauthorized(NeutronError):
+    status = 401
+    type = "HTTPUnauthorized"
 
 
 class Forbidden(NeutronError):

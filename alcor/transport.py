@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-log = structlog.get_logger("alcor.southbound.transport")
+log = structlog.get_logger("alcor.southbound.transport")  # the name operators filter on
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from alcor.southbound.transport import Address, InProcessBroker, InProcessTransport
+from alcor.transport import Address, InProcessBroker, InProcessTransport
 
 Q = Address("amqp://x/", "/", "alcor", "alcor.node.n1")
 

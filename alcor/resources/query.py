@@ -14,7 +14,7 @@ from typing import Any
 
 from multidict import MultiMapping
 
-from alcor.api.errors import BadRequest
+from alcor.errors import BadRequest
 from alcor.resources.schema import Invalid, Resource
 
 RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}

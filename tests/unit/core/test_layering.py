@@ -1,0 +1,103 @@
+"""The packages stay layered (docs/architecture.md): no import cycle, between modules or packages.
+
+Read from the source with `ast`: every import counts, at module level or inside a function,
+except those under `if TYPE_CHECKING:` (annotations only, never executed).
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for top in ("alcor", "plugins") for p in (ROOT / top).rglob("*.py")}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                found.add(child.module)
+                found.update(f"{child.module}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    # `from alcor.ops import health` inside alcor/ops/__init__.py names its submodule, not itself
+    return {m for m in found if m in MODULES and m != _name(path)}
+
+
+GRAPH = {m: _imports(p) for m, p in MODULES.items()}
+
+
+def _package(module: str) -> str:
+    """alcor.agent.ir -> alcor.agent; alcor.wire -> alcor.wire; plugins.zeta.client -> plugins.zeta."""
+    return ".".join(module.split(".")[:2])
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        return list(e.args[1])
+    return []
+
+
+def test_no_module_imports_itself_back() -> None:
+    assert _cycle(GRAPH) == []
+
+
+def test_no_package_imports_itself_back() -> None:
+    packages: dict[str, set[str]] = {}
+    for m, deps in GRAPH.items():
+        # a package's __init__ may import its own modules: only edges between packages count
+        packages.setdefault(_package(m), set()).update(
+            _package(d) for d in deps if _package(d) != _package(m)
+        )
+    assert _cycle(packages) == []
+
+
+@pytest.mark.parametrize(
+    "module, never",
+    [
+        # the agent and the controller's southbound meet only in alcor/wire.py and alcor/transport.py
+        ("alcor.agent", ("alcor.southbound", "alcor.api", "alcor.resources", "alcor.db")),
+        ("alcor.southbound", ("alcor.agent", "alcor.api", "alcor.resources")),
+        # errors and the request context sit below everything that raises or passes them
+        ("alcor.db", ("alcor.api", "alcor.resources")),
+        ("alcor.resources", ("alcor.api",)),
+        ("alcor.errors", ("alcor",)),
+        ("alcor.context", ("alcor",)),
+        ("alcor.wire", ("alcor",)),
+        # Zeta's flows are built from the flow IR alone, not from the pipeline or the compiler
+        ("alcor.agent.zeta", ("alcor.agent.pipeline", "alcor.agent.compiler")),
+        ("alcor.agent.ir", ("alcor",)),
+    ],
+)
+def test_layers_do_not_reach_up(module: str, never: tuple[str, ...]) -> None:
+    inside = [m for m in GRAPH if m == module or m.startswith(module + ".")]
+    assert inside, f"{module} does not exist: update this test with the layering"
+    reached = {
+        d
+        for m in inside
+        for d in GRAPH[m]
+        if any(d == n or d.startswith(n + ".") for n in never) and not d.startswith(module)
+    }
+    assert reached == set(), f"{module} imports {sorted(reached)}"
