@@ -30,7 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "drain_seconds": 10,
         "tokens": {},
     },
-    "network": {"vni_min": 1000, "vni_max": 16000000, "mtu": 1450},
+    "network": {"vni_min": 1000, "vni_max": 16000000, "underlay_mtu": 1500},
     "mq": {"url": "amqp://guest:guest@127.0.0.1:5672/", "vhost": "/", "exchange": "alcor"},
 }
 FREE_SECTIONS = {("api", "tokens")}
@@ -156,6 +156,9 @@ def _check(cfg: Config) -> None:
     net = cfg["network"]
     if not 1 <= net["vni_min"] <= net["vni_max"] <= 2**24 - 1:
         raise ConfigError("network.vni_min..vni_max must lie within 1..16777215")
+    # A network's MTU is at most underlay_mtu - 50 (VXLAN over IPv4), and never below IPv4's 68.
+    if not 118 <= net["underlay_mtu"] <= 65535:
+        raise ConfigError(f"network.underlay_mtu must be 118..65535, got {net['underlay_mtu']}")
     if not 1 <= cfg["api"]["port"] <= 65535:
         raise ConfigError(f"api.port must be 1..65535, got {cfg['api']['port']}")
     for token, entry in cfg["api"]["tokens"].items():

@@ -15,7 +15,7 @@ from alcor.config import Config
 from alcor.db.store import Store
 from alcor.ops import OpsModule
 from alcor.resources.base import Manager
-from alcor.resources.networks import Networks
+from alcor.resources.networks import Networks, max_mtu
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
 from alcor.resources.routers import Routers
@@ -99,7 +99,7 @@ class HttpModule:
 def controller_modules(config: Config) -> list[Module]:
     net = config["network"]
     managers: list[Any] = [
-        Networks(net["vni_min"], net["vni_max"], net["mtu"]),
+        Networks(net["vni_min"], net["vni_max"], max_mtu(net["underlay_mtu"])),
         Subnets(),
         SecurityGroups(),
         SecurityGroupRules(),

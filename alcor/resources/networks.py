@@ -1,8 +1,16 @@
-"""Networks (Alcor's VPCs): a VXLAN segment each, its VNI allocated uniquely from the configured range."""
+"""Networks (Alcor's VPCs): a VXLAN segment each, its VNI allocated uniquely from the configured range.
+
+A network's `mtu` is what its ports may send in one frame (without the Ethernet header), so it can
+be no larger than what a VXLAN packet carries over the underlay: `[network] underlay_mtu` minus
+the encapsulation. Neutron computes the same maximum from `global_physnet_mtu`; a larger request
+is its 400, and a network created without an `mtu` gets the maximum.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import structlog
 
 from alcor.context import Context
 from alcor.db.store import Tx
@@ -22,13 +30,27 @@ from alcor.resources.schema import (
     string,
 )
 
+# Outer IPv4 (20) + UDP (8) + VXLAN (8) headers and the inner Ethernet header (14): what a frame
+# of a network's MTU grows by on the underlay. The agents' tunnels are IPv4 only.
+VXLAN_OVERHEAD = 50
+IPV4_MIN_MTU = 68
+IPV6_MIN_MTU = 1280  # RFC 8200: an IPv6 link carries at least this
+
+
+def max_mtu(underlay_mtu: int) -> int:
+    """The largest network MTU the overlay carries without dropping (1450 over a 1500 underlay)."""
+    return underlay_mtu - VXLAN_OVERHEAD
+
+
+log = structlog.get_logger("alcor.networks")
+
 NETWORK = standard(Resource("network", "networks", "Network")).add(
     Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
     Attr("status", string(), post=False),
     Attr("subnets", list_of(string()), post=False, kind="array"),
     Attr("shared", boolean, default=False, put=True, admin_only=True, kind="boolean"),
     Attr("router:external", boolean, default=False, put=True, admin_only=True, kind="boolean"),
-    Attr("mtu", integer(68, 9000), put=True, kind="integer"),
+    Attr("mtu", integer(IPV4_MIN_MTU, 65535), put=True, kind="integer"),
     Attr("port_security_enabled", boolean, default=True, put=True, kind="boolean"),
     Attr("provider:network_type", one_of("vxlan"), default="vxlan", admin_only=True),
     Attr("provider:physical_network", nullable(string()), default=None, admin_only=True),
@@ -46,10 +68,10 @@ class Networks(Manager):
     res = NETWORK
     type = "network"
 
-    def __init__(self, vni_min: int, vni_max: int, mtu: int) -> None:
+    def __init__(self, vni_min: int, vni_max: int, max_mtu: int) -> None:
         super().__init__()
         self.vnis = VniAllocator(vni_min, vni_max)
-        self.default_mtu = mtu
+        self.max_mtu = max_mtu
         # id → body; networks are few and every port and subnet request checks one.
         self.index: dict[str, dict[str, Any]] = {}
 
@@ -58,6 +80,11 @@ class Networks(Manager):
         self.vnis.used = {r[0] for r in rows}
         for body in await self.list_all(Context("", True)):
             self.index[body["id"]] = body
+            if (body.get("mtu") or 0) > self.max_mtu:
+                # Kept as it is (a tenant's VMs are configured with it), but the operator must know
+                # that frames above the maximum are dropped between hosts.
+                log.warning("network.mtu_above_overlay", network_id=body["id"], mtu=body["mtu"],
+                            max_mtu=self.max_mtu)
 
     def scope(self, ctx: Context, sql: q.SQL) -> None:
         if not ctx.is_admin:
@@ -88,7 +115,7 @@ class Networks(Manager):
                 raise NeutronError("Unable to create the network. No tenant network is available "
                                    "for allocation.", type="NoNetworkAvailable", status=503)
         tx.after_rollback(lambda: self.vnis.used.discard(vni))
-        given.setdefault("mtu", self.default_mtu)
+        given["mtu"] = self._mtu(given.get("mtu", self.max_mtu))
         body = self.new_body(ctx, given)
         body.update({
             "status": "ACTIVE", "subnets": [], "provider:segmentation_id": vni,
@@ -104,9 +131,19 @@ class Networks(Manager):
         for key in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
             if key in changes and changes[key] != current.get(key):
                 raise invalid_input("Plugin does not support updating provider attributes")
+        if "mtu" in changes and changes["mtu"] != current.get("mtu"):
+            changes["mtu"] = self._mtu(changes["mtu"])
+            if changes["mtu"] < IPV6_MIN_MTU and self.kernel.get("subnets").has_ipv6(current["id"]):
+                raise invalid_input(f"Requested MTU {changes['mtu']} is too small for the IPv6 "
+                                    f"subnets of network {current['id']}, minimum is {IPV6_MIN_MTU}")
         new = await self.replace(tx, current, changes)
         tx.after_commit(lambda: self.index.__setitem__(new["id"], new))
         return new
+
+    def _mtu(self, mtu: int) -> int:
+        if mtu > self.max_mtu:
+            raise invalid_input(f"Requested MTU is too big, maximum is {self.max_mtu}")
+        return mtu
 
     async def set_subnets(self, tx: Tx, network_id: str, subnets: list[str]) -> None:
         """Record the network's subnet list (a change of the network, as in Neutron)."""

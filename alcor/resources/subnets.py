@@ -10,6 +10,7 @@ from alcor.db.store import Tx
 from alcor.errors import NeutronError, invalid_input, not_found, policy
 from alcor.resources import ipam
 from alcor.resources.base import Manager
+from alcor.resources.networks import IPV6_MIN_MTU
 from alcor.resources.schema import (
     Attr,
     Resource,
@@ -90,6 +91,9 @@ class Subnets(Manager):
         if body["id"] in ids:
             ids.remove(body["id"])
 
+    def has_ipv6(self, network_id: str) -> bool:
+        return any(a.net.version == 6 for a in self.on_network(network_id))
+
     def on_network(self, network_id: str) -> list[ipam.SubnetAllocator]:
         return [self.allocators[s] for s in self.by_network.get(network_id, [])]
 
@@ -106,6 +110,9 @@ class Subnets(Manager):
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
         if given["ip_version"] == 4 and (given.get("ipv6_ra_mode") or given.get("ipv6_address_mode")):
             raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when ip_version is 4")
+        if given["ip_version"] == 6 and (network.get("mtu") or IPV6_MIN_MTU) < IPV6_MIN_MTU:
+            raise invalid_input(f"IPv6 subnet needs a network MTU of at least {IPV6_MIN_MTU}; "
+                                f"network {network['id']} has {network['mtu']}")
         for other in self.on_network(network["id"]):
             if other.net.version == net.version and other.net.overlaps(net):
                 raise invalid_input(f"Requested subnet with cidr: {net} for network: {network['id']} "

@@ -13,6 +13,7 @@ router); its names (ports PA1…, MACs, OFPORTS) are shared by the unit and inte
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
 from alcor.agent.ir import tap_name
@@ -57,7 +58,7 @@ class GoalBuilder:
             "id": subnet_id,
             "network_id": vpc_id,
             "cidr": cidr,
-            "ip_version": 4,
+            "ip_version": ipaddress.ip_network(cidr, strict=False).version,
             "gateway_ip": gateway_ip,
             "gateway_mac": gateway_mac,
         }
@@ -74,12 +75,17 @@ class GoalBuilder:
         node: str,
         admin_state_up: bool = True,
         device_owner: str = "compute:nova",
+        more_ips: tuple[tuple[str, str], ...] = (),
     ) -> GoalBuilder:
+        """A port with `ip` on `subnet_id`, and (subnet, ip) pairs in `more_ips` (dual stack)."""
         self.res["port"][port_id] = {
             "id": port_id,
             "network_id": vpc_id,
             "mac_address": mac,
-            "fixed_ips": [{"subnet_id": subnet_id, "ip_address": ip}],
+            "fixed_ips": [
+                {"subnet_id": sid, "ip_address": addr}
+                for sid, addr in ((subnet_id, ip), *more_ips)
+            ],
             "node_id": node,
             "device_owner": device_owner,
             "admin_state_up": admin_state_up,

@@ -12,8 +12,11 @@ Every `Host`/`Vm` is torn down by `close()`, processes and namespaces included.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,29 @@ class Vm:
             "ping", "-c", str(count), "-i", str(interval), "-W", str(wait), "-q", ip, check=False
         )
         return f"{count} received" in out
+
+    def ping6(self, ip: str, count: int = 1, interval: float = 0.2, wait: float = 2) -> bool:
+        out = self.exec(
+            "ping", "-6", "-c", str(count), "-i", str(interval), "-W", str(wait), "-q", ip,
+            check=False,
+        )
+        return f"{count} received" in out
+
+    def add_ipv6(self, cidr_ip: str, gateway: str | None = None) -> None:
+        """A static IPv6 address (no DAD, no router advertisements taken) and default route."""
+        for knob in ("accept_ra=0", "autoconf=0"):
+            self.exec("sysctl", "-qw", f"net.ipv6.conf.eth0.{knob}")
+        self.exec("ip", "-6", "addr", "add", cidr_ip, "dev", "eth0", "nodad")
+        if gateway:
+            self.exec("ip", "-6", "route", "add", "default", "via", gateway, "dev", "eth0")
+
+    def neighbour(self, ip: str) -> str | None:
+        """The MAC this VM's kernel resolved `ip` to (ARP or ND), or None."""
+        entries = json.loads(self.exec("ip", "-j", "neigh", "show", "to", ip, "dev", "eth0") or "[]")
+        for e in entries:
+            if e.get("lladdr") and "FAILED" not in e.get("state", []):
+                return str(e["lladdr"]).lower()
+        return None
 
     def arping(self, ip: str, wait: float = 2) -> str | None:
         """The MAC that answered an ARP request for ip, or None."""
@@ -92,7 +118,9 @@ class Host:
             await self.agent.stop()
             self.agent = None
 
-    def add_vm(self, port_id: str, cidr_ip: str, mac: str, gateway: str | None = None) -> Vm:
+    def add_vm(
+        self, port_id: str, cidr_ip: str, mac: str, gateway: str | None = None, mtu: int = 1400
+    ) -> Vm:
         """A VM: a namespace whose eth0 is a veth; the other end, tap<id[:11]>, is on br-int."""
         vm_ns = Netns(unique("vm"))  # named alct<pid>-vm…
         tap, tmp = tap_name(port_id), unique("v")
@@ -101,7 +129,7 @@ class Host:
             self.netns.exec("ip", "link", "set", tmp, "netns", vm_ns.name)
             self.netns.exec("ip", "link", "set", tap, "up")
             vm_ns.exec("ip", "link", "set", tmp, "name", "eth0")
-            vm_ns.exec("ip", "link", "set", "eth0", "address", mac, "mtu", "1400", "up")
+            vm_ns.exec("ip", "link", "set", "eth0", "address", mac, "mtu", str(mtu), "up")
             vm_ns.exec("ip", "addr", "add", cidr_ip, "dev", "eth0")
             if gateway:
                 vm_ns.exec("ip", "route", "add", "default", "via", gateway)
@@ -139,14 +167,18 @@ class Host:
         self.ovs.stop()
 
 
-def join_underlay(a: Host, b: Host) -> None:
-    """br-ul on both hosts, a veth between them, each side's tunnel ARP entry for the other."""
+def join_underlay(a: Host, b: Host, mtu: int = 1600) -> None:
+    """br-ul on both hosts, a veth between them, each side's tunnel ARP entry for the other.
+
+    `mtu` is the underlay's: 1500 is what `[network] underlay_mtu` assumes by default; the larger
+    default here keeps tests that do not look at sizes clear of the VXLAN overhead.
+    """
     peer = unique("ul")
     a.netns.exec("ip", "link", "add", "ul0", "type", "veth", "peer", "name", peer)
     a.netns.exec("ip", "link", "set", peer, "netns", b.netns.name)
     b.netns.exec("ip", "link", "set", peer, "name", "ul0")
     for h in (a, b):
-        h.netns.exec("ip", "link", "set", "ul0", "mtu", "1600", "up")
+        h.netns.exec("ip", "link", "set", "ul0", "mtu", str(mtu), "up")
         h.ovs.vsctl(
             "--may-exist", "add-br", "br-ul", "--", "set", "bridge", "br-ul", "datapath_type=netdev"
         )
@@ -158,3 +190,34 @@ def join_underlay(a: Host, b: Host) -> None:
 def learn_tunnel_neighbours(a: Host, b: Host) -> None:
     for h, other in ((a, b), (b, a)):
         h.ovs.appctl("tnl/arp/set", "br-ul", other.underlay_ip, other.mac_of("br-ul"))
+
+
+@contextlib.asynccontextmanager
+async def two_hosts(
+    root: Path, names: tuple[str, str], ips: tuple[str, str], of_ports: tuple[int, int], mtu: int = 1600
+) -> AsyncIterator[tuple[Host, Host]]:
+    """Two hosts joined by an underlay of `mtu`, each with its agent connected; closed on exit."""
+    hosts: list[Host] = []
+    try:
+        for name, ip, port in zip(names, ips, of_ports, strict=True):
+            hosts.append(Host.start(root / name, name, ip, of_port=port))
+        a, b = hosts
+        join_underlay(a, b, mtu)
+        await asyncio.gather(a.start_agent(), b.start_agent())
+        yield a, b
+    finally:
+        for h in hosts:
+            await h.close()
+
+
+async def wait_taps(*hosts: Host, timeout: float = 5) -> None:
+    """Until each agent has learnt the ofport of every VM tap on its host."""
+    deadline = time.monotonic() + timeout
+    for h in hosts:
+        assert h.agent is not None
+        while True:
+            sw = h.agent.switch
+            if sw and all(tap_name(p) in sw.ports for p in h.vms):
+                break
+            assert time.monotonic() < deadline, f"{h.name}: taps not seen"
+            await asyncio.sleep(0.02)

@@ -137,3 +137,50 @@ async def test_bulk_create_is_atomic(ctl):
     assert (await ctl.get("/v2.0/networks")).body["networks"] == []
     r = await ctl.post("/v2.0/networks", {"networks": [{"name": "a"}, {"name": "b"}]})
     assert r.status == 201 and [n["name"] for n in r.body["networks"]] == ["a", "b"]
+
+
+async def test_mtu_defaults_to_the_overlay_maximum(tmp_path):
+    from tests.support.controller import running_controller
+    async with running_controller(tmp_path) as (_, c):
+        assert (await c.create("network", "/v2.0/networks"))["mtu"] == 1450  # 1500 - VXLAN's 50
+    async with running_controller(tmp_path / "jumbo", network__underlay_mtu=9000) as (_, c):
+        assert (await c.create("network", "/v2.0/networks"))["mtu"] == 8950
+        assert (await c.create("network", "/v2.0/networks", mtu=1500))["mtu"] == 1500
+
+
+async def test_mtu_above_the_overlay_maximum_is_neutrons_400(ctl):
+    before = last_rev(ctl)
+    for mtu in (1451, 1500, 9000):
+        r = await ctl.post("/v2.0/networks", {"network": {"mtu": mtu}})
+        assert r.status == 400 and r.error["type"] == "InvalidInput", r.body
+        assert r.error["message"] == "Invalid input for operation: Requested MTU is too big, maximum is 1450."
+    assert last_rev(ctl) == before and (await ctl.get("/v2.0/networks")).body["networks"] == []
+    n = await ctl.create("network", "/v2.0/networks", mtu=1450)
+    assert n["mtu"] == 1450
+    assert (await ctl.create("network", "/v2.0/networks", mtu=1280))["mtu"] == 1280
+
+
+async def test_mtu_is_writable_within_the_maximum(ctl):
+    n = await ctl.create("network", "/v2.0/networks")
+    r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1400}})
+    assert r.status == 200 and r.body["network"]["mtu"] == 1400
+    before = last_rev(ctl)
+    r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1451}})
+    assert r.status == 400 and r.error["type"] == "InvalidInput"
+    assert last_rev(ctl) == before
+    assert (await ctl.get(f"/v2.0/networks/{n['id']}")).body["network"]["mtu"] == 1400
+
+
+async def test_ipv6_needs_a_network_mtu_of_1280(ctl):
+    small = await ctl.create("network", "/v2.0/networks", mtu=1200)
+    r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": small["id"], "ip_version": 6,
+                                                    "cidr": "2001:db8::/64"}})
+    assert r.status == 400 and r.error["type"] == "InvalidInput" and "1280" in r.error["message"]
+    await ctl.create("subnet", "/v2.0/subnets", network_id=small["id"], ip_version=4, cidr="10.9.0.0/24")
+    n = await ctl.create("network", "/v2.0/networks")
+    await ctl.create("subnet", "/v2.0/subnets", network_id=n["id"], ip_version=6, cidr="2001:db8::/64")
+    r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1279}})
+    assert r.status == 400 and "1280" in r.error["message"]
+    r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1280}})
+    assert r.status == 200
+

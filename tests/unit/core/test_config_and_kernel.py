@@ -13,6 +13,8 @@ def test_defaults_file_and_env(tmp_path):
     cfg = config.load(f, env={"ALCOR_API__HOST": "0.0.0.0", "ALCOR_KERNEL__PLUGINS": "a, b"})
     assert cfg["api"]["port"] == 9797 and cfg["api"]["host"] == "0.0.0.0"
     assert cfg["store"]["path"] == "/tmp/x.db" and cfg["kernel"]["plugins"] == ["a", "b"]
+    assert cfg["network"]["underlay_mtu"] == 1500
+    assert config.load(env={"ALCOR_NETWORK__UNDERLAY_MTU": "9000"})["network"]["underlay_mtu"] == 9000
 
 
 @pytest.mark.parametrize("text,env,needle", [
@@ -23,6 +25,9 @@ def test_defaults_file_and_env(tmp_path):
     ('', {"ALCOR_API__PORT": "many"}, "ALCOR_API__PORT"),
     ('', {"ALCOR_LOG__LEVEL": "loud"}, "log.level"),
     ('[network]\nvni_min = 0\n', {}, "vni_min"),
+    ('[network]\nunderlay_mtu = 100\n', {}, "network.underlay_mtu"),
+    ('', {"ALCOR_NETWORK__UNDERLAY_MTU": "jumbo"}, "ALCOR_NETWORK__UNDERLAY_MTU"),
+    ('[network]\nmtu = 1450\n', {}, "unknown key"),  # the maximum follows from underlay_mtu
     ('[api]\nauth = "token"\n', {}, "api.tokens"),
 ])
 def test_errors_are_one_line(tmp_path, text, env, needle):
