@@ -59,6 +59,20 @@ NETWORK = standard(Resource("network", "networks", "Network")).add(
 )
 
 
+def _check_honoured(given: dict[str, Any]) -> None:
+    """Refuse what the datapath would not carry out, rather than store a promise.
+
+    No host connects a network to the outside yet (external networks, router gateways, SNAT and
+    floating IPs are the north-south work), so `router:external` cannot be set and the
+    `external-net` extension is not listed; VXLAN networks have no physical network, as in Neutron.
+    """
+    if given.get("router:external"):
+        raise invalid_input("router:external networks are not supported: no host connects a "
+                            "network to the outside yet")
+    if given.get("provider:physical_network") is not None:
+        raise invalid_input("provider:physical_network specified for vxlan network")
+
+
 class NetworkInUse(NeutronError):
     status = 409
     type = "NetworkInUse"
@@ -103,6 +117,7 @@ class Networks(Manager):
         return body
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        _check_honoured(given)
         vni = given.pop("provider:segmentation_id", None)
         if vni is not None:
             if vni in self.vnis.used:
@@ -131,6 +146,7 @@ class Networks(Manager):
         for key in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
             if key in changes and changes[key] != current.get(key):
                 raise invalid_input("Plugin does not support updating provider attributes")
+        _check_honoured(changes)
         if "mtu" in changes and changes["mtu"] != current.get("mtu"):
             changes["mtu"] = self._mtu(changes["mtu"])
             if changes["mtu"] < IPV6_MIN_MTU and self.kernel.get("subnets").has_ipv6(current["id"]):

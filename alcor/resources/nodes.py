@@ -103,7 +103,10 @@ class Nodes(Manager):
             "json_extract(body, '$.\"binding:vif_type\"') = 'binding_failed'", (name,))
         for (text,) in rows:
             port = json.loads(text)
-            await ports.replace(tx, port, ports.binding_for(name, registered=True))
+            binding = ports.binding_for(name, registered=True,
+                                        vnic_type=port.get("binding:vnic_type", "normal"))
+            if binding["binding:vif_type"] != port["binding:vif_type"]:
+                await ports.replace(tx, port, binding)
 
     async def _bound_ports(self, tx: Tx, name: str) -> int:
         row = await tx.fetchone(

@@ -106,7 +106,7 @@ class Ports(Manager):
         body["fixed_ips"] = self._take_ips(tx, network, given.get("fixed_ips"), owner, body["mac_address"])
         body["security_groups"] = await self._security_groups(ctx, tx, body, given.get("security_groups"))
         self._check_port_security(body)
-        body.update(self.binding_for(body["binding:host_id"]))
+        body.update(self.binding_for(body["binding:host_id"], vnic_type=body["binding:vnic_type"]))
         body["status"] = "ACTIVE" if owner == ROUTER_INTERFACE else "DOWN"
         body["tags"] = []
         await self.insert(tx, body)
@@ -241,13 +241,19 @@ class Ports(Manager):
             raise Conflict("Port Security must be enabled in order to have allowed address pairs on "
                            "a port.", type="AddressPairAndPortSecurityRequired")
 
-    def binding_for(self, host: str, registered: bool | None = None) -> dict[str, Any]:
-        """binding:vif_type/vif_details for a port bound to `host` (a node's name, or none)."""
+    def binding_for(self, host: str, registered: bool | None = None,
+                    vnic_type: str = "normal") -> dict[str, Any]:
+        """binding:vif_type/vif_details for a port bound to `host` (a node's name, or none).
+
+        Only `normal` ports (a tap on the host's integration bridge) are bound: the agent has no
+        SR-IOV, macvtap or bare-metal support, so other vnic types fail to bind, as in Neutron
+        when no mechanism driver supports them.
+        """
         if not host:
             return {"binding:vif_type": "unbound", "binding:vif_details": {}}
         if registered is None:
             registered = self.kernel.get("nodes").by_name(host) is not None
-        if not registered:
+        if not registered or vnic_type != "normal":
             return {"binding:vif_type": "binding_failed", "binding:vif_details": {}}
         return {"binding:vif_type": "ovs",
                 "binding:vif_details": {"port_filter": True, "connectivity": "l2",
@@ -301,9 +307,10 @@ class Ports(Manager):
                                                                  current["project_id"])
         if any(k in changes for k in ("port_security_enabled", "security_groups", "allowed_address_pairs")):
             self._check_port_security(merged)
-        if "binding:host_id" in changes:
-            changes.update(self.binding_for(changes["binding:host_id"]))
-            if changes["binding:host_id"] != current["binding:host_id"] and \
+        if "binding:host_id" in changes or "binding:vnic_type" in changes:
+            changes.update(self.binding_for(merged["binding:host_id"],
+                                            vnic_type=merged["binding:vnic_type"]))
+            if merged["binding:host_id"] != current["binding:host_id"] and \
                     current["device_owner"] != ROUTER_INTERFACE:
                 changes["status"] = "DOWN"
         return await self.replace(tx, current, changes)

@@ -1,7 +1,8 @@
 """List requests: Neutron's filters, fields, sorting and pagination, turned into one SQL query.
 
 `?name=a&name=b&status=ACTIVE` is (name = a OR name = b) AND status = ACTIVE; a parameter that is not
-an attribute of the resource is a 400, as in Neutron with filter validation on. Filters run in SQLite
+an attribute of the resource is a 400, as in Neutron with filter validation on. `changed_since=T`
+keeps what was updated at or after T (Neutron's standard-attr-timestamp). Filters run in SQLite
 on the stored JSON bodies, so a list never loads rows it will not return.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from multidict import MultiMapping
@@ -36,12 +38,28 @@ class ListQuery:
     marker: str | None = None
     page_reverse: bool = False
     sort: list[tuple[str, str]] = field(default_factory=list)
+    changed_since: str | None = None  # updated_at >= this (standard-attr-timestamp), as stored
+
+
+def changed_since(value: str) -> str:
+    """Neutron's `changed_since` (ISO 8601, UTC unless it says otherwise) in the stored format."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"The input changed_since must be in the following format: "
+                         f"YYYY-MM-DDTHH:MM:SS, got {value!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse(res: Resource, params: MultiMapping[str], extra_filters: frozenset[str] = frozenset()) -> ListQuery:
     q = ListQuery()
     for key in params:
         if key in RESERVED or key in q.filters:
+            continue
+        if key == "changed_since" and "updated_at" in res.attrs:
+            q.changed_since = changed_since(params[key])
             continue
         attr = res.attrs.get(key)
         values = params.getall(key)
@@ -116,6 +134,8 @@ class SQL:
 
 
 def filter_sql(res: Resource, q: ListQuery, sql: SQL) -> None:
+    if q.changed_since is not None:
+        sql.add("json_extract(body, '$.updated_at') >= ?", q.changed_since)
     for key, values in q.filters.items():
         attr = res.attrs.get(key)
         if key == "fixed_ips":

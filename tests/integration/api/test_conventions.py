@@ -1,4 +1,4 @@
-"""The API conventions real clients rely on: discovery, extensions, filters, fields, paging, sorting."""
+"""The API conventions real clients rely on: discovery, filters, fields, paging, sorting, timestamps."""
 
 
 async def test_version_document_for_keystoneauth(ctl):
@@ -6,18 +6,6 @@ async def test_version_document_for_keystoneauth(ctl):
     v = r.body["versions"][0]
     assert v["id"] == "v2.0" and v["status"] == "CURRENT"
     assert v["links"][0]["rel"] == "self" and v["links"][0]["href"] == f"{ctl.base}/v2.0/"
-
-
-async def test_extensions_list_what_is_honoured(ctl):
-    exts = (await ctl.get("/v2.0/extensions")).body["extensions"]
-    aliases = {e["alias"] for e in exts}
-    for a in ("binding", "provider", "router", "security-group", "pagination", "sorting",
-              "revision-if-match", "standard-attr-revisions", "external-net", "extraroute"):
-        assert a in aliases
-    assert "dhcp_agent_scheduler" not in aliases
-    one = await ctl.get("/v2.0/extensions/router")
-    assert one.body["extension"]["alias"] == "router"
-    assert (await ctl.get("/v2.0/extensions/nope")).status == 404
 
 
 async def test_filters_and_or_and_unknown(ctl):
@@ -96,3 +84,37 @@ async def test_token_mode(tmp_path):
         assert r.status == 403
         r = await c.get("/v2.0/networks", headers={"X-Auth-Token": "s3cret-admin"})
         assert len(r.body["networks"]) == 1
+
+
+async def test_changed_since(ctl):
+    import asyncio
+    old = await ctl.create("network", "/v2.0/networks", name="old")
+    await asyncio.sleep(1.1)  # timestamps have whole seconds, as Neutron's
+    new = await ctl.create("network", "/v2.0/networks", name="new")
+    names = lambda r: sorted(n["name"] for n in r.body["networks"])  # noqa: E731
+    since = new["updated_at"]
+    assert names(await ctl.get(f"/v2.0/networks?changed_since={since}")) == ["new"]
+    assert names(await ctl.get(f"/v2.0/networks?changed_since={since[:-1]}")) == ["new"]
+    assert names(await ctl.get(f"/v2.0/networks?changed_since={old['created_at']}")) == ["new", "old"]
+    # an offset is honoured: this is 2000-01-01T00:00:00Z
+    assert names(await ctl.get("/v2.0/networks?changed_since=1999-12-31T23:00:00-01:00")) == ["new", "old"]
+    assert names(await ctl.get("/v2.0/networks?changed_since=2999-01-01T01:00:00%2B01:00")) == []
+    await ctl.put(f"/v2.0/networks/{old['id']}", {"network": {"name": "old2"}})
+    assert names(await ctl.get(f"/v2.0/networks?changed_since={since}")) == ["new", "old2"]
+    r = await ctl.get("/v2.0/networks?changed_since=yesterday")
+    assert r.status == 400 and "changed_since" in r.error["message"]
+
+
+async def test_description_on_every_standard_resource(ctl, net):
+    network, subnet = net
+    port = await ctl.create("port", "/v2.0/ports", network_id=network["id"], description="p")
+    router = await ctl.create("router", "/v2.0/routers", description="r")
+    sg = await ctl.create("security_group", "/v2.0/security-groups", name="g", description="g")
+    for kind, path, body in (("network", "networks", network), ("subnet", "subnets", subnet),
+                             ("port", "ports", port), ("router", "routers", router),
+                             ("security_group", "security-groups", sg)):
+        r = await ctl.put(f"/v2.0/{path}/{body['id']}", {kind: {"description": f"new {kind}"}})
+        assert r.status == 200, (kind, r.body)
+        got = (await ctl.get(f"/v2.0/{path}/{body['id']}")).body[kind]
+        assert got["description"] == f"new {kind}"
+    assert port["description"] == "p" and router["description"] == "r"

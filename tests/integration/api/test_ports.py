@@ -199,3 +199,22 @@ async def test_port_bound_before_its_node_exists_binds_when_it_registers(ctl, ne
     await ctl.create("node", "/v2.0/alcor/nodes", node_name="late", local_ip="172.16.0.9")
     got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
     assert got["binding:vif_type"] == "ovs" and got["revision_number"] == 2
+
+
+async def test_only_normal_vnic_ports_bind(ctl, net):
+    # The agent plugs taps into its bridge; SR-IOV, macvtap or bare-metal ports it cannot serve.
+    network, _ = net
+    await ctl.create("node", "/v2.0/alcor/nodes", node_name="host1", local_ip="172.16.0.1")
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                         **{"binding:host_id": "host1", "binding:vnic_type": "direct"})
+    assert p["binding:vif_type"] == "binding_failed" and p["binding:vif_details"] == {}
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"binding:vnic_type": "normal"}})
+    assert r.status == 200 and r.body["port"]["binding:vif_type"] == "ovs"
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"binding:vnic_type": "macvtap"}})
+    assert r.status == 200 and r.body["port"]["binding:vif_type"] == "binding_failed"
+    # a node registering later binds only its normal ports
+    q = await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                         **{"binding:host_id": "host2", "binding:vnic_type": "baremetal"})
+    await ctl.create("node", "/v2.0/alcor/nodes", node_name="host2", local_ip="172.16.0.2")
+    q2 = (await ctl.get(f"/v2.0/ports/{q['id']}")).body["port"]
+    assert q2["binding:vif_type"] == "binding_failed" and q2["revision_number"] == q["revision_number"]
