@@ -125,10 +125,16 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
         w = h.world
         sub = next(iter(w.res["subnet"].values()))
 
+        closed = asyncio.Event()
+
         async def churn() -> None:
-            for _ in range(20):
+            # Changes before, during and after the close: rabbitmqctl can take seconds to start
+            # on a busy machine, so a fixed amount of churn could end before the connections do.
+            after = 0
+            while after < 10:
                 await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(50)])
                 await asyncio.sleep(0.05)
+                after += closed.is_set()
 
         task = asyncio.create_task(churn())
         await asyncio.sleep(0.3)
@@ -142,6 +148,7 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
             "1000",
             "alcor test: broker restart",
         )
+        closed.set()
         await task
         await h.converge(timeout=60)
         d = h.dispatcher
