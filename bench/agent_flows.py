@@ -1,11 +1,13 @@
 """Benchmark the agent's datapath against a real Open vSwitch (userspace datapath, private run dir).
 
     .venv/bin/python bench/agent_flows.py [--neighbours 10000] [--deltas 200] [--single-subnet]
+                                          [--dual-stack]
 
 Prints: a goal state with N neighbours applied from scratch (compile + flow-mods + barrier); one
 port delta to flows installed (p50/p99); a switch reconnect and an agent restart with nothing
 changed (flow-mods sent, time). Needs root and openvswitch-switch. Targets (issue 4): 10,000
-neighbours < 2 s, one delta p99 < 20 ms, reconnect: zero flow-mods and < 1 s.
+neighbours < 2 s, one delta p99 < 20 ms, reconnect: zero flow-mods and < 1 s. --dual-stack gives
+every port an IPv6 address too, in a /64 beside each IPv4 subnet (on the same router).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ LOCAL_PORTS = 10
 NODES = 100
 
 
-def build_goal(n: int, single_subnet: bool) -> dict[str, Any]:
+def build_goal(n: int, single_subnet: bool, dual_stack: bool = False) -> dict[str, Any]:
     """Host node-0 with LOCAL_PORTS VMs; n neighbours on NODES other hosts; one VPC."""
     goal: dict[str, Any] = {"node_id": "node-0", "security_group": {}, "gateway": {}}
     goal["node"] = {
@@ -48,10 +50,18 @@ def build_goal(n: int, single_subnet: bool) -> dict[str, Any]:
         "s2": {"id": "s2", "network_id": "vpc1", "cidr": "10.1.0.0/16", "gateway_ip": "10.1.0.1",
                "gateway_mac": "fa:16:3e:00:00:02"},
     }  # fmt: skip
-    goal["router"] = {} if single_subnet else {"r1": {"id": "r1", "subnet_ids": ["s1", "s2"]}}
+    subnet_ids = ["s1", "s2"]
+    if dual_stack:
+        for k in (1, 2):
+            goal["subnet"][f"s{k}v6"] = {
+                "id": f"s{k}v6", "network_id": "vpc1", "cidr": f"2001:db8:{k}::/64",
+                "gateway_ip": f"2001:db8:{k}::1", "gateway_mac": f"fa:16:3e:00:06:0{k}",
+            }  # fmt: skip
+            subnet_ids.append(f"s{k}v6")
+    goal["router"] = {} if single_subnet else {"r1": {"id": "r1", "subnet_ids": subnet_ids}}
     goal["port"] = {}
     for i in range(LOCAL_PORTS + n):
-        add_port(goal, i, single_subnet)
+        add_port(goal, i, single_subnet, dual_stack)
     return goal
 
 
@@ -59,7 +69,7 @@ def port_id(i: int) -> str:
     return f"{i:08x}-0000-4000-8000-{i:012x}"
 
 
-def add_port(goal: dict[str, Any], i: int, single_subnet: bool) -> None:
+def add_port(goal: dict[str, Any], i: int, single_subnet: bool, dual_stack: bool = False) -> None:
     subnet = 0 if single_subnet else i % 2
     host = 0 if i < LOCAL_PORTS else 1 + i % NODES
     goal["port"][port_id(i)] = {
@@ -72,6 +82,10 @@ def add_port(goal: dict[str, Any], i: int, single_subnet: bool) -> None:
         "admin_state_up": True,
         "allowed_address_pairs": [],
     }  # fmt: skip
+    if dual_stack:
+        goal["port"][port_id(i)]["fixed_ips"].append(
+            {"subnet_id": f"s{subnet + 1}v6", "ip_address": f"2001:db8:{subnet + 1}::{i + 2:x}"}
+        )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -92,6 +106,7 @@ async def main() -> None:
     ap.add_argument("--neighbours", type=int, default=10_000)
     ap.add_argument("--deltas", type=int, default=200)
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
+    ap.add_argument("--dual-stack", action="store_true", help="an IPv6 address on every port too")
     ap.add_argument(
         "--gc-freeze",
         action="store_true",
@@ -104,7 +119,7 @@ async def main() -> None:
         )
     )
 
-    goal = build_goal(args.neighbours, args.single_subnet)
+    goal = build_goal(args.neighbours, args.single_subnet, args.dual_stack)
     with tempfile.TemporaryDirectory() as tmp, OvsSandbox.started(Path(tmp) / "ovs") as ovs:
         cfg = DatapathConfig(
             node_id="node-0", listen="tcp:127.0.0.1:6799", netns=ovs.netns.name, ovs_db=ovs.db
@@ -127,7 +142,10 @@ async def main() -> None:
         assert report is not None
         active = sum(1 for s in statuses.values() if s[0] == "ACTIVE")
         flows = len(ovs.dump_flows())
-        print(f"neighbours                 {args.neighbours}  (router: {not args.single_subnet})")
+        print(
+            f"neighbours                 {args.neighbours}  (router: {not args.single_subnet},"
+            f" dual stack: {args.dual_stack})"
+        )
         print(
             f"flows installed            {flows}  (flow-mods sent: {report.adds + report.deletes})"
         )
@@ -144,7 +162,7 @@ async def main() -> None:
             nxt = dict(goal)
             nxt["port"] = dict(goal["port"])
             if k % 2 == 0:
-                add_port(nxt, extra + k, args.single_subnet)
+                add_port(nxt, extra + k, args.single_subnet, args.dual_stack)
             else:
                 del nxt["port"][port_id(extra + k - 1)]
             t0 = time.perf_counter()

@@ -9,6 +9,9 @@ give the same bytes and flows.
 
 from __future__ import annotations
 
+import base64
+import functools
+import struct
 from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -28,6 +31,30 @@ from alcor.agent.ir import (
 )
 
 ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
+
+# Fields OVS has and os-ken does not know: Ericsson's ND extensions (OVS 2.11+, OXM class
+# 0x1000), which let a flow turn a neighbour solicitation into the advertisement that answers it
+# (the R/S/O flags, and the option type: source into target link-layer address). name ->
+# (32-bit OXM header, value size); only ever set, never matched.
+EXTRA_FIELDS = {"nd_reserved": (0x10000204, 4), "nd_options_type": (0x10000401, 1)}
+# how os-ken names them when it parses them ("field_<class << 7 | field>")
+_EXTRA_BY_OSKEN_NAME = {
+    f"field_{h >> 16 << 7 | (h >> 9 & 0x7F)}": n for n, (h, _) in EXTRA_FIELDS.items()
+}
+
+
+class ExtraSetField(parser.OFPActionSetField):
+    """OFPAT_SET_FIELD of one of EXTRA_FIELDS, serialized as OVS expects it."""
+
+    def __init__(self, key: str, value: int) -> None:
+        super().__init__(**{key: value})
+
+    def serialize(self, buf: bytearray, offset: int) -> None:
+        header, size = EXTRA_FIELDS[self.key]
+        tlv = struct.pack("!I", header) + int(self.value).to_bytes(size, "big")
+        self.len = 4 + len(tlv) + (-(4 + len(tlv)) % 8)
+        raw = struct.pack("!HH", self.type, self.len) + tlv
+        buf[offset:offset] = raw + b"\0" * (self.len - len(raw))
 
 
 class CodecDatapath:
@@ -52,21 +79,31 @@ def to_action(a: Action) -> Any:
     if isinstance(a, Output):
         return parser.OFPActionOutput(a.port, ofp.OFPCML_NO_BUFFER)
     if isinstance(a, SetField):
+        if a.field in EXTRA_FIELDS:
+            return ExtraSetField(a.field, int(a.value))
         return parser.OFPActionSetField(**{a.field: a.value})
     if isinstance(a, Move):
         # With NXM field headers, as OVS reports register moves back: what we send is then
         # byte-for-byte what a flow-stats read-back returns (see match_read_back).
-        try:
-            return parser.NXActionRegMove(
-                src_field=a.src + "_nxm", dst_field=a.dst + "_nxm", n_bits=a.n_bits
-            )
-        except (KeyError, ValueError):
-            return parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
+        return parser.NXActionRegMove(
+            src_field=_nxm_name(a.src), dst_field=_nxm_name(a.dst), n_bits=a.n_bits
+        )
     if isinstance(a, DecTtl):
         return parser.OFPActionDecNwTtl()
     if isinstance(a, Group):
         return parser.OFPActionGroup(a.group_id)
     raise ValueError(f"cannot encode {a!r}")
+
+
+@functools.cache
+def _nxm_name(name: str) -> str:
+    """os-ken's name for the NXM header of a field ("eth_src_nxm"), or the field's own name when
+    its NXM name is the OXM one's (os-ken calls NXM_NX_ND_TLL "nd_tll") or it has none."""
+    try:
+        ofp.oxm_from_user_header(name + "_nxm")
+    except KeyError:
+        return name
+    return name + "_nxm"
 
 
 def to_instructions(flow: Flow) -> list[Any]:
@@ -134,6 +171,9 @@ def from_action(a: Any) -> Action:
         return Output(a.port)
     if isinstance(a, parser.OFPActionSetField):
         value = a.value
+        extra = _EXTRA_BY_OSKEN_NAME.get(a.key)
+        if extra is not None:  # os-ken gives the raw bytes, base64-encoded
+            return SetField(extra, int.from_bytes(base64.b64decode(value), "big"))
         return SetField(a.key, value.lower() if isinstance(value, str) else int(value))
     if isinstance(a, parser.NXActionRegMove) and a.src_ofs == 0 and a.dst_ofs == 0:
         return Move(_oxm_name(a.src_field), _oxm_name(a.dst_field), a.n_bits)

@@ -8,7 +8,7 @@ change, counted in `recomputes`. `compile_flows` is the same from scratch.
 
     >>> fs = compile_flows({"node_id": "n1"}, {})
     >>> sorted({f.table for f in fs.flows})
-    [0, 10, 20, 30]
+    [0, 10, 11, 20, 30]
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from alcor.agent.codec import ALL_ONES64, from_action, match_value, to_action
+from alcor.agent.codec import ALL_ONES64, EXTRA_FIELDS, from_action, match_value, to_action
 from alcor.agent.ir import Action, Flow, Match, MatchValue, Opaque, SetField
 
 _HEADER = struct.Struct("!BBHI")
@@ -44,20 +45,29 @@ class _Field:
 
     __slots__ = ("name", "header", "kind", "size")
 
-    def __init__(self, name: str, sample: Any) -> None:
-        n, v, m = ofp.oxm_from_user(name, sample)
-        buf = bytearray()
-        ofp.oxm_serialize(n, v, m, buf, 0)
+    def __init__(self, name: str, sample: Any, header: bytes | None = None, size: int = 0) -> None:
         self.name = name
-        self.size = len(v)
-        self.header = bytes(buf[: len(buf) - self.size])
-        self.kind = "mac" if ":" in str(sample) else "ipv4" if "." in str(sample) else "int"
+        if header is None:
+            n, v, m = ofp.oxm_from_user(name, sample)
+            buf = bytearray()
+            ofp.oxm_serialize(n, v, m, buf, 0)
+            size = len(v)
+            header = bytes(buf[: len(buf) - size])
+        self.size = size
+        self.header = header
+        text = str(sample)
+        self.kind = (
+            "ipv6" if text.startswith("::") else "mac" if ":" in text else
+            "ipv4" if "." in text else "int"
+        )  # fmt: skip
 
     def pack(self, value: Any) -> bytes:
         if self.kind == "mac":
             raw = bytes.fromhex(str(value).replace(":", ""))
         elif self.kind == "ipv4":
             raw = socket.inet_aton(str(value))
+        elif self.kind == "ipv6":
+            raw = socket.inet_pton(socket.AF_INET6, str(value))
         else:
             raw = int(value).to_bytes(self.size, "big")
         if len(raw) != self.size:
@@ -69,6 +79,8 @@ class _Field:
             return ":".join(f"{b:02x}" for b in raw)
         if self.kind == "ipv4":
             return socket.inet_ntoa(raw)
+        if self.kind == "ipv6":
+            return str(ipaddress.IPv6Address(raw))  # the compiler's spelling of an address
         return int.from_bytes(raw, "big")
 
 
@@ -80,7 +92,12 @@ _FIELDS = {
         "icmpv4_type": 1, "arp_op": 1, "arp_spa": "0.0.0.1", "arp_tpa": "0.0.0.1",
         "arp_sha": "00:00:00:00:00:01", "arp_tha": "00:00:00:00:00:01", "tunnel_id": 1,
         "tun_ipv4_dst": "0.0.0.1", "tun_ipv4_src": "0.0.0.1",
+        "ipv6_src": "::1", "ipv6_dst": "::1", "icmpv6_type": 1, "icmpv6_code": 1,
+        "ipv6_nd_target": "::1", "ipv6_nd_sll": "00:00:00:00:00:01",
     }.items()
+} | {
+    name: _Field(name, 0, struct.pack("!I", header), size)
+    for name, (header, size) in EXTRA_FIELDS.items()
 }  # fmt: skip
 _FIELDS_BY_HEADER = {f.header: f for f in _FIELDS.values()}
 
@@ -115,6 +132,10 @@ _SAMPLE: dict[str, Any] = {
     "ipv4_dst": "0.0.0.0",
     "tun_ipv4_src": "0.0.0.0",
     "tun_ipv4_dst": "0.0.0.0",
+    "ipv6_src": "::",
+    "ipv6_dst": "::",
+    "ipv6_nd_target": "::",
+    "ipv6_nd_sll": "00:00:00:00:00:00",
 }
 
 

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 
 T_CLASSIFY = 0
 T_RESPOND = 10
+T_ND_REPLY = 11  # the second step of a neighbour advertisement built from a solicitation
 T_L3 = 20
 T_L2 = 30
-TABLES = (T_CLASSIFY, T_RESPOND, T_L3, T_L2)
+TABLES = (T_CLASSIFY, T_RESPOND, T_ND_REPLY, T_L3, T_L2)
 
 P_DEFAULT = 0
 P_FLOOD = 10
 P_HOST = 100  # exact MAC / exact IP
 P_OWN_IP = 200  # beats the responder: a port asking for its own IP gets no answer
+P_ND_NO_ANSWER = 250  # solicitations never answered by the datapath (DAD, no link-layer option)
 P_PROXY_ARP = 150  # L3 neighbour, asked from another subnet: answered with the gateway MAC
 P_ROUTE_BASE = 20  # + prefix length, so longer prefixes win; stays below P_HOST
 P_GATEWAY_DROP = 1
@@ -39,7 +41,11 @@ OFPP_IN_PORT = 0xFFFFFFF8
 
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
+ETH_IPV6 = 0x86DD
 IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
+ICMPV6_NS, ICMPV6_NA = 135, 136
 METADATA_MASK = 0xFFFFFFFFFFFFFFFF  # metadata holds the VPC's VNI, written whole
 
 # --- cookies ---------------------------------------------------------------------------------

@@ -13,17 +13,23 @@ Pipeline (OpenFlow 1.3 tables):
     0  CLASSIFY   in_port=<tap>            -> metadata=VNI, goto RESPOND
                   in_port=<vxlan>,tun_id=VNI -> metadata=VNI, goto L2 (tunnelled traffic was
                                                  already answered and routed on the sending host)
-    10 RESPOND    ARP requests (arp_op=1) for known IPs of the VPC, ICMP echo to gateway IPs:
-                  answered in the datapath, sent back out IN_PORT. A port asking for its own IP
-                  falls through (no answer, normal flooding).
+    10 RESPOND    ARP requests (arp_op=1) and IPv6 neighbour solicitations for known IPs of the
+                  VPC, ICMP and ICMPv6 echo to gateway IPs: answered in the datapath, sent back
+                  out IN_PORT. A port asking for its own IP falls through (no answer, normal
+                  flooding); so do duplicate address detection and solicitations without a
+                  source link-layer option.
+    11 ND_REPLY   the last step of a neighbour advertisement (alcor/agent/ipv6.py)
     20 L3         dl_dst=<gateway MAC of subnet A>, ip_dst=<port in subnet B on A's router>
-                  -> eth_src=gateway MAC of B, eth_dst=port MAC, dec_ttl, metadata=VNI of B,
-                  goto L2. Distributed: done on the sending host, no router hop.
+                  -> eth_src=gateway MAC of B, eth_dst=port MAC, dec_ttl (IPv4 TTL or IPv6
+                  hop limit), metadata=VNI of B, goto L2. Distributed: done on the sending host,
+                  no router hop.
     30 L2         metadata=VNI, dl_dst=MAC -> output tap | set tun_id, tun_dst, output vxlan
                   metadata=VNI (anything else) -> flood to local ports and member hosts
 
-An IP of another subnet on the asker's router (an L3 neighbour) is answered with the asker's
-gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed traffic.
+An IPv4 address of another subnet on the asker's router (an L3 neighbour) is answered with the
+asker's gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed
+traffic; IPv6 hosts take their on-link prefixes from their subnet, so there is no proxy ND. An
+IPv6 gateway also answers on its link-local address (fe80:: + EUI-64 of its MAC).
 `metadata` holds the VPC's VNI, which isolates VPCs with overlapping CIDRs: every flow after
 classification matches it. Zeta redirection (alcor/agent/zeta.py): a VPC with a ready Zeta
 gateway floods to its local ports and its gateway's select group instead of to member hosts;
@@ -38,10 +44,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent import zeta
+from alcor.agent import ipv6, zeta
 from alcor.agent.ir import (
     ETH_ARP,
     ETH_IP,
+    ETH_IPV6,
     IPPROTO_ICMP,
     METADATA_MASK,
     OFPP_IN_PORT,
@@ -55,6 +62,7 @@ from alcor.agent.ir import (
     T_CLASSIFY,
     T_L2,
     T_L3,
+    T_ND_REPLY,
     T_RESPOND,
     Action,
     DecTtl,
@@ -78,7 +86,7 @@ class Endpoint:
     port_id: str
     vni: int
     mac: str
-    ip: str  # IPv4 only; "" for a MAC-only endpoint
+    ip: str  # IPv4 or IPv6; "" for a MAC-only endpoint
     subnet_id: str
     ofport: int | None  # local
     remote_ip: str | None  # remote: the hosting node's tunnel IP
@@ -88,9 +96,18 @@ class Endpoint:
 class Subnet:
     id: str
     vni: int
-    net: ipaddress.IPv4Network
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway_ip: str | None
     gateway_mac: str | None
+
+    @property
+    def gateway_addresses(self) -> tuple[str, ...]:
+        """What the gateway answers on: its IP, and for IPv6 its link-local address as well."""
+        if not (self.gateway_ip and self.gateway_mac):
+            return ()
+        if self.net.version == 4:
+            return (self.gateway_ip,)
+        return (self.gateway_ip, ipv6.link_local(self.gateway_mac))
 
 
 def _mac(value: Any) -> str | None:
@@ -103,6 +120,19 @@ def _ipv4(value: Any) -> str | None:
     except ValueError:
         return None
     return str(addr) if addr.version == 4 else None
+
+
+def _ip(value: Any, version: int | None = None) -> str | None:
+    """An IPv4 or IPv6 address as the flows spell it (and OVS reads it back), or None."""
+    try:
+        addr = ipaddress.ip_address(str(value))
+    except ValueError:
+        return None
+    return str(addr) if version in (None, addr.version) else None
+
+
+def _v6(ip: str) -> bool:
+    return ":" in ip
 
 
 def _vni(vpc: Body | None) -> int | None:
@@ -195,7 +225,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         if p.get("device_owner") == ROUTER_INTERFACE:
             mac = _mac(p.get("mac_address"))
             for fip in p.get("fixed_ips") or ():
-                ip = _ipv4(fip.get("ip_address"))
+                ip = _ip(fip.get("ip_address"))
                 if mac and ip:
                     rif_mac[(str(fip.get("subnet_id")), ip)] = mac
     subnets: dict[str, Subnet] = {}
@@ -207,9 +237,9 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
             net = ipaddress.ip_network(str(body.get("cidr")), strict=False)
         except ValueError:
             continue
-        if v is None or not isinstance(net, ipaddress.IPv4Network):
-            continue  # IPv6: no NDP responder yet; such subnets get L2 flooding only
-        gw_ip = _ipv4(body.get("gateway_ip"))
+        if v is None:
+            continue
+        gw_ip = _ip(body.get("gateway_ip"), net.version)
         gw_mac = _mac(body.get("gateway_mac")) or (rif_mac.get((sid, gw_ip)) if gw_ip else None)
         subnets[sid] = Subnet(sid, v, net, gw_ip, gw_mac)
     nodes = goal.get("node") or {}
@@ -227,7 +257,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         routers[rid] = (r, joined)
         for a in joined:
             for b in joined:
-                if b.id != a.id and not b.net.overlaps(a.net):
+                if b.id != a.id and b.net.version == a.net.version and not b.net.overlaps(a.net):
                     routed_to.setdefault(b.id, []).append((a, b))
     return Context(
         me=str(goal.get("node_id", "")),
@@ -282,14 +312,16 @@ def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows
         return PortFlows([], local, "port has no MAC address", vni, ofport, remote_ip)
     pairs: list[tuple[str, str, str]] = []  # (mac, ip, subnet_id)
     for fip in p.get("fixed_ips") or ():
-        ip = _ipv4(fip.get("ip_address"))
+        ip = _ip(fip.get("ip_address"))
         if ip:
             pairs.append((mac, ip, str(fip.get("subnet_id"))))
     for aap in p.get("allowed_address_pairs") or ():
         # A host address (a VIP, say) is answered and routed like a fixed IP; a wider prefix
-        # only lets its MAC, if it names one, be delivered (nothing to answer ARP for).
+        # only lets its MAC, if it names one, be delivered (nothing to answer ARP or NS for).
         addr, _, plen = str(aap.get("ip_address", "")).partition("/")
-        ip = _ipv4(addr) if plen in ("", "32") else None
+        ip = _ip(addr)
+        if ip and plen not in ("", "128" if _v6(ip) else "32"):
+            ip = None
         pair_mac = _mac(aap.get("mac_address")) or mac
         if ip:
             pairs.append((pair_mac, ip, ""))
@@ -319,6 +351,9 @@ def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows
             assert remote_ip is not None and ctx.tun_ofport is not None
             flows.append(Flow(T_L2, P_HOST, l2, _tunnel(vni, remote_ip, ctx.tun_ofport), cookie=c))
         if not ep.ip:
+            continue
+        if _v6(ep.ip):
+            flows.extend(_ipv6_endpoint_flows(ctx, ep, c, own_ips))
             continue
         arp = match(metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
         flows.append(Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(ep.mac, ep.ip), cookie=c))
@@ -362,6 +397,30 @@ def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows
     return PortFlows(flows, local, "", vni, ofport, remote_ip, endpoints)
 
 
+def _ipv6_endpoint_flows(ctx: Context, ep: Endpoint, c: int, own_ips: set[str]) -> list[Flow]:
+    """An IPv6 address of a port: answered to NS in its VPC, routed to from its router's subnets
+    (hop limit decremented). No proxy ND: IPv6 hosts take on-link prefixes from their subnet."""
+    flows = [ipv6.ns_responder(ep.vni, ep.mac, ep.ip, c)]
+    if ep.ofport is not None and ep.ip not in own_ips:
+        own_ips.add(ep.ip)
+        flows.append(ipv6.own_address(ep.vni, ep.ofport, ep.ip, c))
+    for sid in (ep.subnet_id,) if ep.subnet_id else _containing(ctx.subnets, ep):
+        for a, b in ctx.routed_to.get(sid, ()):
+            assert a.gateway_mac is not None and b.gateway_mac is not None
+            flows.append(
+                Flow(
+                    T_L3,
+                    P_HOST,
+                    match(metadata=a.vni, eth_type=ETH_IPV6, eth_dst=a.gateway_mac, ipv6_dst=ep.ip),
+                    _routed(b.gateway_mac, ep.mac),
+                    write_metadata=(b.vni, METADATA_MASK),
+                    goto_table=T_L2,
+                    cookie=c,
+                )
+            )
+    return flows
+
+
 def vpc_flows(
     ctx: Context, vpc_id: str, local_ofports: Iterable[int], remote_ips: Iterable[str]
 ) -> list[Flow]:
@@ -390,14 +449,21 @@ def vpc_flows(
             flood.extend(_tunnel(vni, rip, tun))
     if flood:
         flows.append(Flow(T_L2, P_FLOOD, match(metadata=vni), tuple(flood), cookie=c))
+    if any(s.vni == vni and s.net.version == 6 for s in ctx.subnets.values()):
+        flows.extend(ipv6.vpc_nd_flows(vni, c))
     return flows
 
 
 def subnet_flows(s: Subnet) -> list[Flow]:
-    """The gateway answers ARP and ping; traffic to its MAC that is not routed is dropped."""
+    """The gateway answers ARP (NS) and ping; traffic to its MAC that is not routed is dropped."""
     if not (s.gateway_ip and s.gateway_mac):
         return []
     c = cookie_for("subnet", s.id)
+    if s.net.version == 6:
+        return [
+            *ipv6.gateway_flows(s.vni, s.gateway_mac, s.gateway_addresses, c),
+            Flow(T_L3, P_GATEWAY_DROP, match(metadata=s.vni, eth_dst=s.gateway_mac), cookie=c),
+        ]
     arp = match(metadata=s.vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=s.gateway_ip)
     echo = match(
         metadata=s.vni, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=s.gateway_ip, icmpv4_type=8
@@ -421,25 +487,28 @@ def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | No
             dest = ipaddress.ip_network(str(route.get("destination")), strict=False)
         except ValueError:
             continue
-        nexthop = _ipv4(route.get("nexthop"))
-        if dest.version != 4 or nexthop is None:
+        nexthop = _ip(route.get("nexthop"), dest.version)
+        if nexthop is None:
             continue
-        nh_addr = ipaddress.IPv4Address(nexthop)
+        nh_addr = ipaddress.ip_address(nexthop)
+        eth_type, field_name = (ETH_IP, "ipv4_dst") if dest.version == 4 else (ETH_IPV6, "ipv6_dst")
         for b in joined:
-            ep = hop(b.id, nexthop) if nh_addr in b.net else None
+            ep = hop(b.id, nexthop) if b.net.version == dest.version and nh_addr in b.net else None
             if ep is None or b.gateway_mac is None:
                 continue
             for a in joined:
                 assert a.gateway_mac is not None
+                if a.net.version != dest.version:
+                    continue
                 flows.append(
                     Flow(
                         T_L3,
                         P_ROUTE_BASE + dest.prefixlen,
                         match(
                             metadata=a.vni,
-                            eth_type=ETH_IP,
+                            eth_type=eth_type,
                             eth_dst=a.gateway_mac,
-                            **prefix_match("ipv4_dst", dest),
+                            **prefix_match(field_name, dest),
                         ),
                         _routed(b.gateway_mac, ep.mac),
                         write_metadata=(b.vni, METADATA_MASK),
@@ -454,6 +523,7 @@ def base_flows() -> list[Flow]:
     return [
         Flow(T_CLASSIFY, P_DEFAULT, ()),  # drop: unknown in_port or tun_id
         Flow(T_RESPOND, P_DEFAULT, (), goto_table=T_L3),
+        Flow(T_ND_REPLY, P_DEFAULT, ()),  # drop: only the NS responder sends packets here
         Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
         Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
     ]
@@ -461,5 +531,9 @@ def base_flows() -> list[Flow]:
 
 def _containing(subnets: Mapping[str, Subnet], ep: Endpoint) -> Iterable[str]:
     """Subnets of the endpoint's VPC that hold its IP (allowed address pairs name no subnet)."""
-    addr = ipaddress.IPv4Address(ep.ip)
-    return [s.id for s in subnets.values() if s.vni == ep.vni and addr in s.net]
+    addr = ipaddress.ip_address(ep.ip)
+    return [
+        s.id
+        for s in subnets.values()
+        if s.vni == ep.vni and s.net.version == addr.version and addr in s.net
+    ]

@@ -49,7 +49,7 @@ EXTENSIONS = [
      "Extension indicating that If-Match based on revision_number is supported."),
     # Routing between the subnets a router joins, distributed on every host; no external gateway
     # (no network can be router:external yet), so no SNAT and no floating IPs.
-    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the IPv4 subnets a router joins (distributed on every host); external gateways, SNAT and floating IPs are not supported."),
+    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host); external gateways, SNAT and floating IPs are not supported."),
     ("security-group", "security-group", "The security groups extension."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),

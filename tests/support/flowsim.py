@@ -27,7 +27,8 @@ def _field_matches(pkt: Packet, name: str, want: Any) -> bool:
         value, mask = want
         if isinstance(value, int):
             return (int(have) & mask) == (value & mask)
-        net = ipaddress.ip_network(f"{value}/{mask}")
+        plen = bin(int(ipaddress.ip_address(mask))).count("1")
+        net = ipaddress.ip_network(f"{value}/{plen}")
         return ipaddress.ip_address(have) in net
     return have == want
 
@@ -103,6 +104,52 @@ def ipv4(in_port: int, src_mac: str, dst_mac: str, src: str, dst: str, **extra: 
         "ipv4_dst": dst,
         "ip_proto": 1,
         "icmpv4_type": 8,
+        "ttl": 64,
+        **extra,
+    }
+
+
+def solicited_node(ip: str) -> tuple[str, str]:
+    """The solicited-node multicast group of an IPv6 address, and its Ethernet address."""
+    low = ipaddress.IPv6Address(ip).packed[-3:]
+    group = ipaddress.IPv6Address(bytes.fromhex("ff02" + "00" * 9 + "01ff") + low)
+    return str(group), "33:33:ff:" + ":".join(f"{b:02x}" for b in low)
+
+
+def neighbour_solicitation(
+    in_port: int, src_mac: str, src: str, target: str, *, sll: str | None = None, **extra: Any
+) -> Packet:
+    """An NS as a host sends it to resolve `target` (from "::" for DAD, without an SLL option)."""
+    group, group_mac = solicited_node(target)
+    return {
+        "in_port": in_port,
+        "eth_src": src_mac,
+        "eth_dst": group_mac,
+        "eth_type": 0x86DD,
+        "ipv6_src": src,
+        "ipv6_dst": group,
+        "ip_proto": 58,
+        "icmpv6_type": 135,
+        "icmpv6_code": 0,
+        "ipv6_nd_target": target,
+        # OVS reads a missing option as all zeros
+        "ipv6_nd_sll": (src_mac if sll is None else sll) if src != "::" else "00:00:00:00:00:00",
+        "ttl": 255,
+        **extra,
+    }
+
+
+def ipv6(in_port: int, src_mac: str, dst_mac: str, src: str, dst: str, **extra: Any) -> Packet:
+    return {
+        "in_port": in_port,
+        "eth_src": src_mac,
+        "eth_dst": dst_mac,
+        "eth_type": 0x86DD,
+        "ipv6_src": src,
+        "ipv6_dst": dst,
+        "ip_proto": 58,
+        "icmpv6_type": 128,
+        "icmpv6_code": 0,
         "ttl": 64,
         **extra,
     }

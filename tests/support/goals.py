@@ -83,8 +83,7 @@ class GoalBuilder:
             "network_id": vpc_id,
             "mac_address": mac,
             "fixed_ips": [
-                {"subnet_id": sid, "ip_address": addr}
-                for sid, addr in ((subnet_id, ip), *more_ips)
+                {"subnet_id": sid, "ip_address": addr} for sid, addr in ((subnet_id, ip), *more_ips)
             ],
             "node_id": node,
             "device_owner": device_owner,
@@ -149,4 +148,29 @@ def two_vpcs() -> GoalBuilder:
     g.port(PB2, "vpc1", "s2", "10.0.1.6", MAC[PB2], node=B)
     g.port(QA1, "vpc2", "t1", "10.0.0.5", MAC[QA1], node=A)
     g.port(QB1, "vpc2", "t1", "10.0.0.6", MAC[QB1], node=B)
+    return g
+
+
+GW1V6, GW2V6, GW3V6 = "fa:16:3e:00:06:01", "fa:16:3e:00:06:02", "fa:16:3e:00:06:03"
+V6 = {  # each port of two_vpcs() gets an IPv6 address in the /64 beside its IPv4 subnet
+    PA1: ("s1v6", "2001:db8:1::5"),
+    PA2: ("s2v6", "2001:db8:2::5"),
+    PA3: ("s1v6", "2001:db8:1::7"),
+    PB1: ("s1v6", "2001:db8:1::6"),
+    PB2: ("s2v6", "2001:db8:2::6"),
+    QA1: ("t1v6", "2001:db8:1::5"),
+    QB1: ("t1v6", "2001:db8:1::6"),
+}
+
+
+def dual_stack() -> GoalBuilder:
+    """two_vpcs() with an IPv6 subnet beside each IPv4 one (VPC2's has VPC1's CIDR again), the
+    IPv6 subnets of VPC1 on r1 too, and every port dual-stacked."""
+    g = two_vpcs()
+    g.subnet("s1v6", "vpc1", "2001:db8:1::/64", "2001:db8:1::1", GW1V6)
+    g.subnet("s2v6", "vpc1", "2001:db8:2::/64", "2001:db8:2::1", GW2V6)
+    g.subnet("t1v6", "vpc2", "2001:db8:1::/64", "2001:db8:1::1", GW3V6)
+    g.router("r1", ["s1", "s2", "s1v6", "s2v6"])
+    for pid, (sid, ip) in V6.items():
+        g.res["port"][pid]["fixed_ips"].append({"subnet_id": sid, "ip_address": ip})
     return g

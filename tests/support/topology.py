@@ -47,7 +47,7 @@ class Vm:
         out = self.exec(
             "ping", "-6", "-c", str(count), "-i", str(interval), "-W", str(wait), "-q", ip,
             check=False,
-        )
+        )  # fmt: skip
         return f"{count} received" in out
 
     def add_ipv6(self, cidr_ip: str, gateway: str | None = None) -> None:
@@ -60,7 +60,9 @@ class Vm:
 
     def neighbour(self, ip: str) -> str | None:
         """The MAC this VM's kernel resolved `ip` to (ARP or ND), or None."""
-        entries = json.loads(self.exec("ip", "-j", "neigh", "show", "to", ip, "dev", "eth0") or "[]")
+        entries = json.loads(
+            self.exec("ip", "-j", "neigh", "show", "to", ip, "dev", "eth0") or "[]"
+        )
         for e in entries:
             if e.get("lladdr") and "FAILED" not in e.get("state", []):
                 return str(e["lladdr"]).lower()
@@ -194,7 +196,11 @@ def learn_tunnel_neighbours(a: Host, b: Host) -> None:
 
 @contextlib.asynccontextmanager
 async def two_hosts(
-    root: Path, names: tuple[str, str], ips: tuple[str, str], of_ports: tuple[int, int], mtu: int = 1600
+    root: Path,
+    names: tuple[str, str],
+    ips: tuple[str, str],
+    of_ports: tuple[int, int],
+    mtu: int = 1600,
 ) -> AsyncIterator[tuple[Host, Host]]:
     """Two hosts joined by an underlay of `mtu`, each with its agent connected; closed on exit."""
     hosts: list[Host] = []

@@ -29,6 +29,7 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     "extraroute": (
         f"{API}/test_routers.py::test_routes_need_a_connected_nexthop",
         f"{L3}::test_extra_route_through_a_vm_on_another_host",
+        "tests/unit/agent/test_ipv6.py::test_ipv6_extra_route_via_a_next_hop_port",
     ),
     "filter-validation": (f"{API}/test_conventions.py::test_filters_and_or_and_unknown",),
     "net-mtu": (
@@ -53,6 +54,8 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{API}/test_routers.py::test_interface_by_subnet_and_port",
         f"{API}/test_routers.py::test_no_external_gateway_without_a_north_south_datapath",
         f"{TWO_HOSTS}::test_cross_subnet_ping_through_the_distributed_router",
+        f"{L3}::test_ping6_to_the_gateway_from_either_host",
+        f"{L3}::test_ping6_between_subnets_across_hosts_decrements_the_hop_limit",
     ),
     "sorting": (f"{API}/test_conventions.py::test_pagination_and_sorting",),
     "standard-attr-description": (
