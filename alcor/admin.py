@@ -24,7 +24,9 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from alcor import config as config_mod
+from alcor import sections
+from alcor.agent.config import AgentConfig
+from alcor.api.config import ApiConfig
 from alcor.config import ConfigError
 from alcor.ops.topology import host_state
 
@@ -352,11 +354,11 @@ def _urls(args: argparse.Namespace) -> None:
     args.agent_explicit = bool(args.agent_url or os.environ.get("ALCOR_AGENT_URL"))
     if args.url and args.agent_url:
         return
-    cfg = config_mod.load(args.config)
-    api = cfg["api"]
-    host = "127.0.0.1" if api["host"] in ("0.0.0.0", "::", "") else api["host"]
-    args.url = args.url or os.environ.get("ALCOR_URL") or f"http://{host}:{api['port']}"
-    agent_http = str((cfg.get("agent") or {}).get("http", "127.0.0.1:9697"))
+    cfg = sections.load(args.config)
+    api = cfg.get(ApiConfig)
+    host = "127.0.0.1" if api.host in ("0.0.0.0", "::", "") else api.host
+    args.url = args.url or os.environ.get("ALCOR_URL") or f"http://{host}:{api.port}"
+    agent_http = cfg.get(AgentConfig).http
     args.agent_url = args.agent_url or os.environ.get("ALCOR_AGENT_URL") or (
         f"http://{agent_http.replace('0.0.0.0', '127.0.0.1')}" if agent_http else args.url)
 

@@ -17,11 +17,11 @@ import asyncio
 import sys
 from typing import Any
 
-from alcor import config as config_mod
 from alcor import log as log_mod
+from alcor import sections
 from alcor.config import Config, ConfigError
 from alcor.db.store import StoreError
-from alcor.kernel import Kernel, Module, load_plugin
+from alcor.kernel import Kernel, KernelConfig, Module, load_plugin
 
 ROLES = ("dev", "controller", "agent")
 
@@ -34,7 +34,7 @@ def modules_for(role: str, cfg: Config) -> list[Module]:
         modules += controller_modules(cfg)
     extra = _role_modules(role, cfg)
     modules += extra
-    for name in cfg["kernel"]["plugins"]:
+    for name in cfg.get(KernelConfig).plugins:
         modules.append(load_plugin(name, cfg))
     if not any(m.name == "ops" for m in modules):
         # The agent role has no API: ops opens its own listener for /healthz, /readyz, /metrics.
@@ -75,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         return admin.main(argv)
     args = parser().parse_args(argv)
     try:
-        cfg = config_mod.load(args.config)
+        flags: list[tuple[str, dict[str, Any]]] = []
         if args.port is not None:
-            cfg["api"]["port"] = args.port
+            flags.append(("--port", {"api": {"port": args.port}}))
         if args.db is not None:
-            cfg["store"]["path"] = args.db
-        log_mod.setup(cfg["log"]["level"], cfg["log"]["format"])
+            flags.append(("--db", {"store": {"path": args.db}}))
+        cfg = sections.load(args.config, layers=flags)
+        logging = cfg.get(log_mod.LogConfig)
+        log_mod.setup(logging.level, logging.format)
         kernel = Kernel(cfg, modules_for(args.role, cfg))
     except ConfigError as e:
         print(f"alcor: config error: {e}", file=sys.stderr)

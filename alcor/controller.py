@@ -11,16 +11,18 @@ import structlog
 from aiohttp import web
 
 from alcor.api.app import METRICS, Api, changes_routes, make_app
+from alcor.api.config import ApiConfig
 from alcor.config import Config
-from alcor.db.store import Store
+from alcor.db.store import Store, StoreConfig
 from alcor.ops import OpsModule
 from alcor.resources.base import Manager
-from alcor.resources.networks import Networks, max_mtu
+from alcor.resources.networks import NetworkConfig, Networks
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
 from alcor.resources.routers import Routers
 from alcor.resources.security_groups import SecurityGroupRules, SecurityGroups
 from alcor.resources.subnets import Subnets
+from alcor.transport import MqConfig
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel, Module
@@ -46,8 +48,8 @@ class StoreModule:
     requires: tuple[str, ...] = ()
 
     def __init__(self, config: Config) -> None:
-        cfg = config["store"]
-        self.store = Store(cfg["path"], cfg["synchronous"])
+        cfg = config.get(StoreConfig)
+        self.store = Store(cfg.path, cfg.synchronous)
 
     async def start(self, kernel: Kernel) -> None:
         await self.store.open()
@@ -62,7 +64,7 @@ class HttpModule:
     name = "api"
 
     def __init__(self, config: Config, managers: list[str]) -> None:
-        self.cfg = config["api"]
+        self.cfg = config.get(ApiConfig)
         self.requires = ("store", *managers)
         self.managers = managers
         self.runner: web.AppRunner | None = None
@@ -77,18 +79,18 @@ class HttpModule:
             routes = getattr(m, "routes", None)
             if routes is not None and m is not self:
                 extra += routes()
-        self.app = make_app(api, extra, self.cfg["max_body_bytes"])
+        self.app = make_app(api, extra, self.cfg.max_body_bytes)
         if kernel.has("ops"):
             # Request latency for /metrics; the error middleware calls it for every request.
             self.app[METRICS] = kernel.get("ops").observe_request
         self.runner = web.AppRunner(self.app, access_log=None,
-                                    shutdown_timeout=float(self.cfg["drain_seconds"]))
+                                    shutdown_timeout=float(self.cfg.drain_seconds))
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.cfg["host"], self.cfg["port"], reuse_address=True)
+        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
         await site.start()
         sockets = [s for s in (self.runner.addresses or [])]
-        self.port = sockets[0][1] if sockets else self.cfg["port"]
-        log.info("api.listening", host=self.cfg["host"], port=self.port)
+        self.port = sockets[0][1] if sockets else self.cfg.port
+        log.info("api.listening", host=self.cfg.host, port=self.port)
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -97,13 +99,12 @@ class HttpModule:
 
 
 def controller_modules(config: Config) -> list[Module]:
-    net = config["network"]
     managers: list[Any] = [
-        Networks(net["vni_min"], net["vni_max"], max_mtu(net["underlay_mtu"])),
+        Networks(config.get(NetworkConfig)),
         Subnets(),
         SecurityGroups(),
         SecurityGroupRules(),
-        Nodes(config["mq"]),
+        Nodes(config.get(MqConfig)),
         Ports(),
         Routers(),
     ]

@@ -18,13 +18,22 @@ import os
 import signal
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import structlog
 
 from alcor.config import Config, ConfigError
 
 log = structlog.get_logger("alcor.kernel")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """[kernel]"""
+
+    SECTION: ClassVar[str] = "kernel"
+    plugins: list[str] = field(default_factory=list)  # optional modules from plugins/, by name
 
 
 @runtime_checkable

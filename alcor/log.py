@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import structlog
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]"""
+
+    SECTION: ClassVar[str] = "log"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: console on a terminal, JSON otherwise
+    format: Literal["auto", "console", "json"] = "auto"
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:

@@ -16,18 +16,30 @@ from typing import Any
 
 from alcor.agent.datapath import DatapathModule
 from alcor.agent.stream import StreamModule
+from alcor.api.config import ApiConfig
 from alcor.config import Config
 from alcor.southbound import SouthboundModule
+from alcor.southbound.dispatcher import Settings
+
+
+def stream_module(config: Config, embedded: bool) -> StreamModule:
+    """The agent stream, given the two things of the controller's sections it must agree on."""
+    return StreamModule(
+        config,
+        embedded,
+        controller_queue=config.get(Settings).controller_queue,
+        admin_project=config.get(ApiConfig).admin_project,
+    )
 
 
 def southbound_modules(role: str, config: Config) -> list[Any]:
     """The dispatcher and agent stream of each role (no datapath)."""
     if role == "dev":
-        return [SouthboundModule(config), StreamModule(config, embedded=True)]
+        return [SouthboundModule(config), stream_module(config, embedded=True)]
     if role == "controller":
         return [SouthboundModule(config)]
     if role == "agent":
-        return [StreamModule(config, embedded=False)]
+        return [stream_module(config, embedded=False)]
     raise ValueError(f"unknown role {role!r}")
 
 

@@ -14,11 +14,21 @@ import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import structlog
 
 log = structlog.get_logger("alcor.southbound.transport")  # the name operators filter on
+
+
+@dataclass(frozen=True)
+class MqConfig:
+    """[mq]: the defaults of every node's own MQ settings."""
+
+    SECTION: ClassVar[str] = "mq"
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    vhost: str = "/"
+    exchange: str = "alcor"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,10 @@ from typing import Any, TypedDict
 # The "v" of every message, either way; a message of another version is rejected, never applied.
 WIRE_VERSION = 1
 
+# The queue the controller consumes agents' reports from, unless [southbound] controller_queue
+# says otherwise.
+CONTROLLER_QUEUE = "alcor.controller"
+
 # Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
 WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")
 

@@ -35,7 +35,7 @@ from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import Store  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
-from plugins.rabbitmq import RabbitTransport  # noqa: E402
+from plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
 from tests.integration.southbound.harness import write  # noqa: E402
 from tests.unit.southbound.world import World  # noqa: E402
 
@@ -110,7 +110,7 @@ class Fleet:
 
 def _fleet_child(conn: Any, queues: dict[str, str]) -> None:
     async def run() -> None:
-        fleet = Fleet(queues, True, RabbitTransport({"rabbitmq": {"reconnect_interval": 1.0}}))
+        fleet = Fleet(queues, True, RabbitTransport(RabbitConfig(reconnect_interval=1.0)))
         await fleet.start()
         conn.send("ready")
         while True:
@@ -144,9 +144,7 @@ async def main(args: argparse.Namespace) -> None:
     transport: Any = (
         InProcessTransport()
         if args.transport == "inprocess"
-        else RabbitTransport(
-            {"rabbitmq": {"reconnect_interval": 1.0, "persistent": not args.transient}}
-        )
+        else RabbitTransport(RabbitConfig(reconnect_interval=1.0, persistent=not args.transient))
     )
     settings = Settings(
         controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight

@@ -25,11 +25,13 @@ import structlog
 
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.compiler import FlowCompiler
+from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.agent.fastcodec import SigCache
 from alcor.agent.ir import Key, cookie_for
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
 from alcor.agent.reconcile import Reconciler, Report
+from alcor.config import Config
 from alcor.wire import ROUTER_INTERFACE, GoalState
 
 log = structlog.get_logger("alcor.agent.datapath")
@@ -42,14 +44,17 @@ ACTIVE, ERROR, DOWN = "ACTIVE", "ERROR", "DOWN"
 
 @dataclass(frozen=True)
 class DatapathConfig:
+    """The datapath's settings: [agent]'s (alcor/agent/config.py, whose defaults these are) plus
+    what only a program or a test sets (a network namespace, timeouts)."""
+
     node_id: str = ""  # for logs; which ports are local is decided by the goal state's node_id
-    bridge: str = "br-int"
-    listen: str = "tcp:127.0.0.1:6653"  # or unix:/path
+    bridge: str = AgentConfig.bridge
+    listen: str = AgentConfig.openflow_listen  # or unix:/path
     netns: str | None = None  # listen inside this network namespace (a switch in a container)
     controller: str | None = None  # what ovs-vswitchd dials; derived from `listen` by default
-    tunnel_port: str = "vxlan0"
-    datapath_type: str = "netdev"
-    manage_bridge: bool = True
+    tunnel_port: str = AgentConfig.tunnel_port
+    datapath_type: str = AgentConfig.datapath_type
+    manage_bridge: bool = AgentConfig.manage_bridge
     ovs_db: str | None = None  # ovs-vsctl --db; None honours OVS_RUNDIR
     barrier_timeout: float = 60.0
     # The first apply() after start waits this long for the switch to (re)connect, so that an
@@ -57,7 +62,7 @@ class DatapathConfig:
     connect_wait: float = 3.0
     # Every this many seconds, read every flow back and repair drift (someone's ovs-ofctl);
     # 0 = only on (re)connect.
-    resync_interval: float = 0.0
+    resync_interval: float = AgentConfig.flow_resync_interval
 
     def controller_target(self) -> str:
         if self.controller:
@@ -362,11 +367,8 @@ def _local_ports(goal: Mapping[str, Any]) -> list[str]:
 class DatapathModule:
     """Kernel module "datapath": this host's Datapath, which the agent stream applies goal states to.
 
-    Config, section [agent] (the stream reads its own keys there too):
-    bridge ("br-int"), openflow_listen ("tcp:127.0.0.1:6653"), controller (what OVS dials;
-    derived from openflow_listen), tunnel_port ("vxlan0"), datapath_type ("netdev"),
-    manage_bridge (true), ovs_db (ovs-vsctl --db; default honours OVS_RUNDIR),
-    flow_resync_interval (0: read every flow back only on (re)connect).
+    Config: [agent] (alcor/agent/config.py: bridge, openflow_listen, controller, tunnel_port,
+    datapath_type, manage_bridge, ovs_db, flow_resync_interval; the stream reads its own keys there).
     A bridge that cannot be set up (no Open vSwitch here) is logged, not fatal: the ports then
     report ERROR "bridge … not connected to the agent", which is what an operator needs to see.
     """
@@ -374,7 +376,7 @@ class DatapathModule:
     name = "datapath"
     requires: tuple[str, ...] = ()
 
-    def __init__(self, config: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, config: Config) -> None:
         self.datapath = Datapath(datapath_config(config))
 
     async def start(self, kernel: Any) -> None:
@@ -393,22 +395,22 @@ class DatapathModule:
         return await self.datapath.apply(goal)
 
 
-def datapath_config(config: Mapping[str, Mapping[str, Any]]) -> DatapathConfig:
-    agent = config.get("agent") or {}
-    node = config.get("node") or {}
+def datapath_config(config: Config) -> DatapathConfig:
+    agent = config.get(AgentConfig)
+    node = config.get(NodeConfig)
     return DatapathConfig(
-        node_id=str(node.get("id") or node.get("name") or ""),
-        bridge=str(agent.get("bridge", "br-int")),
-        listen=str(agent.get("openflow_listen", "tcp:127.0.0.1:6653")),
-        controller=agent.get("controller") or None,
-        tunnel_port=str(agent.get("tunnel_port", "vxlan0")),
-        datapath_type=str(agent.get("datapath_type", "netdev")),
-        manage_bridge=bool(agent.get("manage_bridge", True)),
-        ovs_db=agent.get("ovs_db") or None,
+        node_id=node.id or node.name,
+        bridge=agent.bridge,
+        listen=agent.openflow_listen,
+        controller=agent.controller or None,
+        tunnel_port=agent.tunnel_port,
+        datapath_type=agent.datapath_type,
+        manage_bridge=agent.manage_bridge,
+        ovs_db=agent.ovs_db or None,
         # not "resync_interval": the stream owns that key (how often it asks for a snapshot)
-        resync_interval=float(agent.get("flow_resync_interval", 0.0)),
+        resync_interval=agent.flow_resync_interval,
     )
 
 
-def create(config: Mapping[str, Mapping[str, Any]]) -> DatapathModule:
+def create(config: Config) -> DatapathModule:
     return DatapathModule(config)

@@ -1,4 +1,4 @@
-"""The agent's local goal state and the ordering rule of DESIGN.md §2, as a pure state machine.
+"""The agent's local goal state and the ordering rule (docs/architecture.md, "Revisions"), as a pure state machine.
 
 `AgentModel.receive(message)` decides, for one controller message, whether it is a duplicate, a
 gap (ask for a snapshot), a delta to apply op by op, or a snapshot that replaces the model. Each

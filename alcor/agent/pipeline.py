@@ -152,7 +152,7 @@ _DEC_TTL = DecTtl()
 
 
 def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
-    """Turn an ARP request into the reply for (ip is-at mac), in place (DESIGN §4)."""
+    """Turn an ARP request into the reply for (ip is-at mac), in place (docs/architecture.md, "The agent's datapath")."""
     return (
         _MOVE_ETH,
         SetField("eth_src", mac),

@@ -15,6 +15,7 @@ While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one ar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import socket
@@ -26,9 +27,12 @@ from typing import Any
 
 import structlog
 
+from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
-from alcor.transport import Address, Delivery, Subscription, Transport
-from alcor.wire import WIRE_VERSION
+from alcor.config import Config, ConfigError
+from alcor.context import Context
+from alcor.transport import Address, Delivery, MqConfig, Subscription, Transport
+from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION
 
 log = structlog.get_logger("alcor.agent.stream")
 
@@ -278,23 +282,33 @@ class AgentStream:
 class StreamModule:
     """Kernel module running one AgentStream: the dev run's embedded agent, or the agent role.
 
-    Config: [node] id (or name: the dev run resolves the id from the southbound's model) and the
-    node's MQ settings [node] mq_url/mq_vhost/mq_exchange/mq_queue (default: [mq]);
-    [agent] prefetch, resync_interval, status_quiet. Transport: the southbound's in-process one when the
+    Config (alcor/agent/config.py): [node] id (or name: the dev run resolves the id from the
+    southbound's model) and the node's MQ settings [node] mq_url/mq_vhost/mq_exchange/mq_queue
+    (default: [mq]); [agent] prefetch, resync_interval, status_quiet. Transport: the southbound's in-process one when the
     "southbound" module is loaded (embedded), else the "rabbitmq" plugin. The datapath, if a module
     named "datapath" is loaded, applies each new goal state.
     """
 
     name = "agent_stream"
 
-    def __init__(self, config: dict[str, dict[str, Any]], embedded: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        embedded: bool = True,
+        *,
+        controller_queue: str = CONTROLLER_QUEUE,
+        admin_project: str = "admin",
+    ) -> None:
         self.config = config
+        self.node = config.get(NodeConfig)
+        # [southbound] controller_queue and [api] admin_project, handed in by alcor/roles.py:
+        # the agent reads no section of the controller's.
+        self.controller_queue = controller_queue
+        self.admin_project = admin_project
         self.embedded = embedded
         # Embedded: the node manager registers the local host; the southbound lends its transport.
         self.requires: tuple[str, ...] = ("southbound", "nodes") if embedded else ("rabbitmq",)
-        if not embedded and not (config.get("node") or {}).get("id"):
-            from alcor.config import ConfigError
-
+        if not embedded and not self.node.id:
             raise ConfigError("the agent role needs [node] id (this host's node_id)")
         self.stream: AgentStream | None = None
         self._task: asyncio.Task[None] | None = None
@@ -302,30 +316,29 @@ class StreamModule:
     async def start(self, kernel: Any) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(kernel))
 
-    async def _resolve(self, kernel: Any) -> tuple[str, dict[str, Any]]:
-        node = self.config.get("node") or {}
+    async def _resolve(self, kernel: Any) -> tuple[str, Mapping[str, Any]]:
+        """This node's id and its body (the MQ settings to use come from it)."""
+        node = self.node
         if not self.embedded:
-            return str(node["id"]), node
+            return node.id, dataclasses.asdict(node)
         topology = kernel.get("southbound").dispatcher.topology
-        name = node.get("name") or socket.gethostname()
-        await self._register(kernel, name, node)
+        name = node.name or socket.gethostname()
+        await self._register(kernel, name)
         while True:
             for nid, body in topology.res["node"].items():
-                if nid == node.get("id") or body.get("node_name") == name:
+                if (node.id and nid == node.id) or body.get("node_name") == name:
                     return nid, body
             await asyncio.sleep(0.5)  # the local node is not registered yet
 
-    async def _register(self, kernel: Any, name: str, node: dict[str, Any]) -> None:
+    async def _register(self, kernel: Any, name: str) -> None:
         """Dev run: make sure the local host is a node, so ports can bind to it at once."""
-        if not node.get("register", True) or not kernel.has("nodes"):
+        if not self.node.register or not kernel.has("nodes"):
             return
         nodes = kernel.get("nodes")
         if nodes.by_name(name) is not None:
             return
-        from alcor.context import Context
-
-        admin = Context(self.config.get("api", {}).get("admin_project", "admin"), True)
-        body = {"node_name": name, "local_ip": node.get("local_ip", "127.0.0.1")}
+        admin = Context(self.admin_project, True)
+        body = {"node_name": name, "local_ip": self.node.local_ip}
         try:
             await nodes.create_many(admin, [body])
             log.info("agent.node_registered", node_name=name, local_ip=body["local_ip"])
@@ -334,15 +347,15 @@ class StreamModule:
 
     async def _run(self, kernel: Any) -> None:
         node_id, body = await self._resolve(kernel)
-        mq = self.config.get("mq") or {}
-        agent = self.config.get("agent") or {}
+        mq = self.config.get(MqConfig)
+        agent = self.config.get(AgentConfig)
         addr = Address(
-            body.get("mq_url") or mq.get("url", ""),
-            body.get("mq_vhost") or mq.get("vhost", "/"),
-            body.get("mq_exchange") or mq.get("exchange", "alcor"),
+            body.get("mq_url") or mq.url,
+            body.get("mq_vhost") or mq.vhost,
+            body.get("mq_exchange") or mq.exchange,
             body.get("mq_queue") or f"alcor.node.{node_id}",
         )
-        queue = (self.config.get("southbound") or {}).get("controller_queue", "alcor.controller")
+        queue = self.controller_queue
         transport = kernel.get("southbound").transport if self.embedded else kernel.get("rabbitmq")
         datapath = kernel.get("datapath") if kernel.has("datapath") else None
         self.stream = AgentStream(
@@ -351,9 +364,9 @@ class StreamModule:
             addr,
             addr.with_queue(queue),
             apply=getattr(datapath, "apply", None),
-            prefetch=int(agent.get("prefetch", 64)),
-            resync_interval=float(agent.get("resync_interval", 5.0)),
-            status_quiet=float(agent.get("status_quiet", 1.0)),
+            prefetch=agent.prefetch,
+            resync_interval=agent.resync_interval,
+            status_quiet=agent.status_quiet,
         )
         if datapath is not None:
             datapath.datapath.on_status = self.stream.datapath_status

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from alcor.api.auth import authenticate
+from alcor.api.config import ApiConfig
 from alcor.context import Context
 from alcor.db.store import StoreError
 from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
@@ -111,7 +112,7 @@ class Api:
 
     def __init__(self, kernel: Kernel, managers: list[Manager], prefixes: dict[str, str]) -> None:
         self.kernel = kernel
-        self.cfg = kernel.config["api"]
+        self.cfg = kernel.config.get(ApiConfig)
         self.managers = {m.res.collection: m for m in managers}
         self.prefixes = prefixes  # collection → URL path
 
@@ -122,7 +123,7 @@ class Api:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise NeutronError(f"Request body is larger than {self.cfg['max_body_bytes']} bytes.",
+            raise NeutronError(f"Request body is larger than {self.cfg.max_body_bytes} bytes.",
                                type="RequestEntityTooLarge", status=413) from None
         if not raw:
             raise BadRequest("Resource body required")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alcor.api.config import ApiConfig
 from alcor.context import Context
 from alcor.errors import Unauthorized
 
@@ -18,15 +19,15 @@ def _project(raw: str) -> str:
     return raw.strip()
 
 
-def authenticate(headers: Any, api_cfg: dict[str, Any]) -> Context:
-    if api_cfg["auth"] == "noauth":
+def authenticate(headers: Any, api_cfg: ApiConfig) -> Context:
+    if api_cfg.auth == "noauth":
         project = headers.get("X-Project-Id") or headers.get("X-Tenant-Id")
         if project:
             role = headers.get("X-Roles", "")
             return Context(_project(project), "admin" in [r.strip() for r in role.split(",")])
-        return Context(api_cfg["admin_project"], True)
+        return Context(api_cfg.admin_project, True)
     token = headers.get("X-Auth-Token")
-    entry = api_cfg["tokens"].get(token) if token else None
+    entry = api_cfg.tokens.get(token) if token else None
     if entry is None:
         raise Unauthorized("Authentication required")
-    return Context(entry["project"], entry.get("role", "member") == "admin")
+    return Context(entry.project, entry.role == "admin")

@@ -32,13 +32,25 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import aiosqlite
 import structlog
 
 from alcor.db.changelog import Change, ChangeLog
 from alcor.errors import Conflict
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """[store]"""
+
+    SECTION: ClassVar[str] = "store"
+    path: str = "var/alcor.db"
+    # NORMAL survives any crash of the process; FULL also survives power loss
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    # change-log rows kept below the lowest rev every node has applied, for late readers
+    retention: int = 10000
 
 log = structlog.get_logger("alcor.store")
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
+from alcor.agent.config import AgentConfig
 from alcor.api.app import METRICS, errors
 from alcor.api.auth import authenticate
+from alcor.api.config import ApiConfig
+from alcor.config import Config
 from alcor.errors import BadRequest, NeutronError, not_found, policy
 from alcor.ops import health, topology
 from alcor.ops.metrics import Metrics, datapath_of
@@ -41,7 +44,6 @@ log = structlog.get_logger("alcor.ops")
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
-AGENT_HTTP = "127.0.0.1:9697"
 READY_POLL = 0.2
 
 
@@ -53,7 +55,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 class OpsModule:
     name = "ops"
 
-    def __init__(self, config: dict[str, dict[str, Any]], role: str,
+    def __init__(self, config: Config, role: str,
                  paths: dict[str, str] | None = None) -> None:
         self.config = config
         self.role = role
@@ -156,7 +158,7 @@ class OpsModule:
         return resp
 
     def _admin(self, request: web.Request, action: str) -> None:
-        ctx = authenticate(request.headers, self._k.config["api"])
+        ctx = authenticate(request.headers, self._k.config.get(ApiConfig))
         if not ctx.is_admin:
             raise policy(action)
 
@@ -192,7 +194,7 @@ class OpsModule:
     # The agent role's own listener --------------------------------------------------------------
 
     async def _listen(self) -> None:
-        listen = str((self.config.get("agent") or {}).get("http", AGENT_HTTP))
+        listen = self.config.get(AgentConfig).http
         if not listen:
             log.info("ops.listener_disabled")
             return
@@ -220,5 +222,5 @@ def _long_poll(request: web.Request, max_wait: float) -> tuple[int | None, float
     return after, wait
 
 
-def create(config: dict[str, dict[str, Any]], role: str = "agent") -> OpsModule:
+def create(config: Config, role: str = "agent") -> OpsModule:
     return OpsModule(config, role)

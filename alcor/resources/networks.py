@@ -8,10 +8,12 @@ is its 400, and a network created without an `mtu` gets the maximum.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import structlog
 
+from alcor.config import ConfigError
 from alcor.context import Context
 from alcor.db.store import Tx
 from alcor.errors import Conflict, NeutronError, invalid_input, not_found
@@ -43,6 +45,26 @@ def max_mtu(underlay_mtu: int) -> int:
 
 
 log = structlog.get_logger("alcor.networks")
+
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """[network]: the VNI range networks are given segments from, and the underlay's MTU."""
+
+    SECTION: ClassVar[str] = "network"
+    vni_min: int = 1000
+    vni_max: int = 16000000
+    # MTU of the underlay (the hosts' tunnel interfaces and everything between them); a network's
+    # mtu is at most underlay_mtu - 50, and a network created without one gets that maximum
+    underlay_mtu: int = 1500
+
+    def check(self) -> None:
+        if not 1 <= self.vni_min <= self.vni_max <= 2**24 - 1:
+            raise ConfigError("network.vni_min..vni_max must lie within 1..16777215")
+        # A network's MTU is at most underlay_mtu - 50 (VXLAN over IPv4), and never below IPv4's 68.
+        if not 118 <= self.underlay_mtu <= 65535:
+            raise ConfigError(f"network.underlay_mtu must be 118..65535, got {self.underlay_mtu}")
 
 NETWORK = standard(Resource("network", "networks", "Network")).add(
     Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
@@ -82,10 +104,11 @@ class Networks(Manager):
     res = NETWORK
     type = "network"
 
-    def __init__(self, vni_min: int, vni_max: int, max_mtu: int) -> None:
+    def __init__(self, settings: NetworkConfig | None = None) -> None:
         super().__init__()
-        self.vnis = VniAllocator(vni_min, vni_max)
-        self.max_mtu = max_mtu
+        settings = settings or NetworkConfig()
+        self.vnis = VniAllocator(settings.vni_min, settings.vni_max)
+        self.max_mtu = max_mtu(settings.underlay_mtu)
         # id → body; networks are few and every port and subnet request checks one.
         self.index: dict[str, dict[str, Any]] = {}
 

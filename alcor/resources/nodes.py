@@ -21,6 +21,7 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.transport import MqConfig
 
 NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=False).add(
     Attr("node_id", uuid_str),
@@ -39,9 +40,9 @@ class Nodes(Manager):
     res = NODE
     type = "node"
 
-    def __init__(self, mq_defaults: dict[str, Any]) -> None:
+    def __init__(self, mq_defaults: MqConfig | None = None) -> None:
         super().__init__()
-        self.mq = mq_defaults
+        self.mq = mq_defaults or MqConfig()
         self._by_name: dict[str, dict[str, Any]] = {}
 
     async def load(self) -> None:
@@ -85,9 +86,9 @@ class Nodes(Manager):
             if await self.fetch(wanted_id, tx) is not None:
                 raise Conflict(f"Node {wanted_id} already exists.", type="NodeExists")
             body = {"node_id": wanted_id, **{k: v for k, v in body.items() if k != "node_id"}}
-        body.setdefault("mq_url", self.mq["url"])
-        body.setdefault("mq_vhost", self.mq["vhost"])
-        body.setdefault("mq_exchange", self.mq["exchange"])
+        body.setdefault("mq_url", self.mq.url)
+        body.setdefault("mq_vhost", self.mq.vhost)
+        body.setdefault("mq_exchange", self.mq.exchange)
         body.setdefault("mq_queue", f"alcor.node.{body['node_id']}")
         await self.insert(tx, body)
         await self._rebind(tx, body["node_name"])

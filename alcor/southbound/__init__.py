@@ -5,8 +5,8 @@ The kernel module is `SouthboundModule` (name "southbound"). It owns the dispatc
 transport (alcor/transport.py: in-process, or the `rabbitmq` plugin), and it answers
 `node_sync(node_id)` for GET /v2.0/alcor/nodes/{id}.
 
-Configuration ([southbound], all optional): `transport = "inprocess" | "rabbitmq"`, and any field
-of `dispatcher.Settings` (max_changes, linger, snapshots_per_batch, retry_deadline, …).
+Configuration: [southbound], `dispatcher.Settings` (transport = "inprocess" | "rabbitmq", and the
+dispatcher's tuning: max_changes, linger, snapshots_per_batch, retry_deadline, …).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from alcor.config import Config
 from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.transport import InProcessBroker, InProcessTransport, Transport
 
@@ -25,12 +26,9 @@ if TYPE_CHECKING:
 class SouthboundModule:
     name = "southbound"
 
-    def __init__(
-        self, config: dict[str, dict[str, Any]], transport: Transport | None = None
-    ) -> None:
+    def __init__(self, config: Config, transport: Transport | None = None) -> None:
         self.config = config
-        cfg = config.get("southbound") or {}
-        self.transport_name = str(cfg.get("transport", "inprocess"))
+        self.transport_name = config.get(Settings).transport
         self.requires: tuple[str, ...] = ("store",)
         if transport is None and self.transport_name == "rabbitmq":
             self.requires += ("rabbitmq",)
@@ -99,5 +97,5 @@ class SouthboundModule:
         )
 
 
-def create(config: dict[str, dict[str, Any]]) -> SouthboundModule:
+def create(config: Config) -> SouthboundModule:
     return SouthboundModule(config)

@@ -11,7 +11,7 @@ confirmed (`max_inflight` batches may be in flight; 1 by default, see Settings).
     → ONE transaction: watermark = rev, each node's sent_rev, the topology rows that changed.
 
 A crash anywhere before that transaction replays the same changes from W with the node's old
-prev_rev: agents drop what they already applied (DESIGN.md §2). With batches in flight, a later
+prev_rev: agents drop what they already applied (docs/architecture.md, "Revisions"). With batches in flight, a later
 batch's prev_rev assumes the earlier one arrives; if it does not, the agent sees a gap and asks
 for a snapshot, and the commit marks the node as owed one anyway. The topology is persisted with the
 watermark (table sb_model) because placement needs the model *at W*, not the newer one in the
@@ -22,21 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import structlog
 
+from alcor.config import Config
 from alcor.db.changelog import Change
-from alcor.db.store import Store
+from alcor.db.store import Store, StoreConfig
 from alcor.southbound.goalstate import WIRE_TYPE, Topology, goal_entries, node_digest
 from alcor.southbound.placement import Op, place
-from alcor.transport import Address, Delivery, Transport
-from alcor.wire import WIRE_VERSION
+from alcor.transport import Address, Delivery, MqConfig, Transport
+from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION
 
 log = structlog.get_logger("alcor.southbound")
 
@@ -52,8 +54,17 @@ MIGRATIONS = [
 PORT_STATES = ("ACTIVE", "ERROR", "DOWN")
 
 
+# Filled in from [mq] and [store] by `Settings.from_config`: not keys of [southbound].
+_NOT_A_KEY = {"config": False}
+
+
 @dataclass
 class Settings:
+    """[southbound]: how goal-state messages reach the nodes, and the dispatcher's tuning."""
+
+    SECTION: ClassVar[str] = "southbound"
+    # "inprocess" (the dev run) or "rabbitmq" (add "rabbitmq" to [kernel] plugins)
+    transport: Literal["inprocess", "rabbitmq"] = "inprocess"
     max_changes: int = 2000  # change-log rows per batch
     max_ops: int = 200_000  # node-ops per batch (bounds message sizes and memory)
     linger: float = 0.003  # seconds to wait for more changes before sending a small batch
@@ -75,29 +86,28 @@ class Settings:
     verify_interval: float = 1.0
     verify_budget: float = 0.005
     compact_interval: float = 60.0
-    retention: int = 10_000
+    retention: int = field(default=10_000, metadata=_NOT_A_KEY)  # [store] retention
     stale_node_seconds: float = 3600.0
     status_flush: float = 0.2  # seconds between status write-backs
     status_flush_reports: int = 1000  # ...or sooner, once this many reports wait for it
     feedback_prefetch: int = 4096  # agent reports in flight to the controller, per broker
-    controller_queue: str = "alcor.controller"
+    controller_queue: str = CONTROLLER_QUEUE
     compress_over: int = 8192  # bytes; larger message bodies travel zlib-compressed (wire.md)
-    mq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    mq_vhost: str = "/"
-    mq_exchange: str = "alcor"
+    # [mq]: where the controller listens for agents' reports by default
+    mq_url: str = field(default=MqConfig.url, metadata=_NOT_A_KEY)
+    mq_vhost: str = field(default=MqConfig.vhost, metadata=_NOT_A_KEY)
+    mq_exchange: str = field(default=MqConfig.exchange, metadata=_NOT_A_KEY)
 
     @classmethod
-    def from_config(cls, config: dict[str, dict[str, Any]]) -> Settings:
-        s = cls()
-        for k, v in (config.get("southbound") or {}).items():
-            if hasattr(s, k) and k not in ("mq_url", "mq_vhost", "mq_exchange"):
-                setattr(s, k, type(getattr(s, k))(v))
-        mq = config.get("mq") or {}
-        s.mq_url = mq.get("url", s.mq_url)
-        s.mq_vhost = mq.get("vhost", s.mq_vhost)
-        s.mq_exchange = mq.get("exchange", s.mq_exchange)
-        s.retention = int((config.get("store") or {}).get("retention", s.retention))
-        return s
+    def from_config(cls, config: Config) -> Settings:
+        mq = config.get(MqConfig)
+        return dataclasses.replace(
+            config.get(cls),
+            mq_url=mq.url,
+            mq_vhost=mq.vhost,
+            mq_exchange=mq.exchange,
+            retention=config.get(StoreConfig).retention,
+        )
 
 
 @dataclass

@@ -114,13 +114,13 @@ def _child(pipe: Any, node_ids: list[str], controller_queue: str) -> None:
 
 
 async def _serve(pipe: Any, node_ids: list[str], controller_queue: str) -> None:
-    from plugins.rabbitmq import RabbitTransport
+    from plugins.rabbitmq import RabbitConfig, RabbitTransport
 
     alcor_log.setup("warning", "console")
     # After `close_all_connections` aio-pika logs one "callback error" per restored channel: a
     # thousand lines saying the reconnect worked.
     logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
-    transport = RabbitTransport({"rabbitmq": {"reconnect_interval": 1.0}})
+    transport = RabbitTransport(RabbitConfig(reconnect_interval=1.0))
     controller = Address(URL, "/", EXCHANGE, controller_queue)
     streams: dict[str, AgentStream] = {}
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import aio_pika
 import structlog
@@ -31,7 +32,22 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from alcor.config import Config
 from alcor.transport import Address, Handler
+
+
+@dataclass(frozen=True)
+class RabbitConfig:
+    """[rabbitmq]"""
+
+    SECTION: ClassVar[str] = "rabbitmq"
+    reconnect_interval: float = 1.0  # seconds between reconnection attempts
+    connect_timeout: float = 5.0
+    publish_window: int = 1000  # messages awaiting confirms at once, per broker
+    # Persistent messages survive a broker restart, at an fsync per queue per batch before the
+    # confirm. Transient ones are confirmed from memory; a broker restart then loses queued
+    # messages, which agents see as a gap and repair with a snapshot (docs/architecture.md, "Revisions").
+    persistent: bool = True
 
 log = structlog.get_logger("alcor.rabbitmq")
 
@@ -49,7 +65,7 @@ def _redact(url: str) -> str:
 class _Broker:
     """One connection and one confirm channel for publishing; consumer channels come and go."""
 
-    def __init__(self, url: str, vhost: str, settings: dict[str, Any]) -> None:
+    def __init__(self, url: str, vhost: str, settings: RabbitConfig) -> None:
         self.url, self.vhost, self.settings = url, vhost, settings
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
@@ -62,8 +78,8 @@ class _Broker:
         async with self.lock:
             if self.connection is None:
                 self.connection = await aio_pika.connect_robust(
-                    broker_url(self.url, self.vhost, self.settings["reconnect_interval"]),
-                    timeout=self.settings["connect_timeout"],
+                    broker_url(self.url, self.vhost, self.settings.reconnect_interval),
+                    timeout=self.settings.connect_timeout,
                 )
                 self.connection.reconnect_callbacks.add(self._reconnected)
                 log.info("mq.connected", url=_redact(self.url), vhost=self.vhost)
@@ -163,19 +179,11 @@ class RabbitTransport:
     name = "rabbitmq"
     requires: tuple[str, ...] = ()
 
-    def __init__(self, config: dict[str, dict[str, Any]] | None = None) -> None:
-        cfg = (config or {}).get("rabbitmq") or {}
-        self.settings = {
-            "reconnect_interval": float(cfg.get("reconnect_interval", 1.0)),
-            "connect_timeout": float(cfg.get("connect_timeout", 5.0)),
-            "publish_window": int(cfg.get("publish_window", 1000)),
-        }
-        # Persistent messages survive a broker restart, at an fsync per queue per batch before
-        # the confirm. Transient ones are confirmed from memory; a broker restart then loses
-        # queued messages, which agents see as a gap and repair with a snapshot (DESIGN §2).
+    def __init__(self, settings: RabbitConfig | None = None) -> None:
+        self.settings = settings or RabbitConfig()
         self.delivery_mode = (
             aio_pika.DeliveryMode.PERSISTENT
-            if cfg.get("persistent", True)
+            if self.settings.persistent
             else aio_pika.DeliveryMode.NOT_PERSISTENT
         )
         self.brokers: dict[tuple[str, str], _Broker] = {}
@@ -238,7 +246,7 @@ class RabbitTransport:
         except Exception as e:
             log.warning("mq.publish_unavailable", url=_redact(b.url), vhost=b.vhost, error=str(e))
             return
-        window = int(self.settings["publish_window"])
+        window = self.settings.publish_window
         for start in range(0, len(idx), window):
             chunk = idx[start : start + window]
             outcomes = await asyncio.gather(
@@ -274,5 +282,5 @@ class RabbitTransport:
         return sub
 
 
-def create(config: dict[str, dict[str, Any]]) -> RabbitTransport:
-    return RabbitTransport(config)
+def create(config: Config) -> RabbitTransport:
+    return RabbitTransport(config.get(RabbitConfig))

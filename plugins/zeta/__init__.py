@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import urlparse
 
 import structlog
@@ -35,6 +36,8 @@ from aiohttp import web
 
 from alcor.api.app import Api
 from alcor.api.auth import authenticate
+from alcor.api.config import ApiConfig
+from alcor.config import Config
 from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
@@ -156,25 +159,39 @@ class Gateways(Manager):
             return await self.replace(tx, current, changes)
 
 
+@dataclass(frozen=True)
+class ZetaConfig:
+    """[zeta] (with "zeta" in [kernel] plugins)"""
+
+    SECTION: ClassVar[str] = "zeta"
+    url: str = "http://127.0.0.1:8080"  # Zeta's management API
+    timeout: float = 5.0  # seconds per call
+    attempts: int = 5
+    backoff: float = 0.2  # seconds before the first retry, doubling
+    backoff_max: float = 5.0
+    refresh_interval: float = 30.0  # re-read each ready gateway's FWD set; retry ports Zeta did not take
+    standin: bool = False  # true: serve the Zeta stand-in's management API on `url` (dev run)
+
+
 class ZetaModule:
     """Kernel module "zeta": the gateway API, Zeta registration workers, the change-log follower."""
 
     name = "zeta"
     requires: tuple[str, ...] = ("store", "networks", "ports", "nodes")
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        cfg = config.get("zeta") or {}
-        self.url = str(cfg.get("url", "http://127.0.0.1:8080"))
+        cfg = config.get(ZetaConfig)
+        self.url = cfg.url
         self.client = ZetaClient(
             self.url,
-            timeout=float(cfg.get("timeout", 5.0)),
-            attempts=int(cfg.get("attempts", 5)),
-            backoff=float(cfg.get("backoff", 0.2)),
-            backoff_max=float(cfg.get("backoff_max", 5.0)),
+            timeout=cfg.timeout,
+            attempts=cfg.attempts,
+            backoff=cfg.backoff,
+            backoff_max=cfg.backoff_max,
         )
-        self.refresh_interval = float(cfg.get("refresh_interval", 30.0))
-        self.run_standin = _flag(cfg.get("standin", False))
+        self.refresh_interval = cfg.refresh_interval
+        self.run_standin = cfg.standin
         self.gateways = Gateways(self)
         self.kernel: Kernel | None = None
         self._queues: dict[str, list[tuple[str, Any]]] = {}
@@ -253,7 +270,7 @@ class ZetaModule:
 
     async def _show(self, request: web.Request) -> web.Response:
         """Operator view (admin): Zeta's URL, counters, VPCs with work queued."""
-        if not authenticate(request.headers, self.config["api"]).is_admin:
+        if not authenticate(request.headers, self.config.get(ApiConfig)).is_admin:
             raise policy("get_zeta")
         return web.json_response(
             {
@@ -519,12 +536,5 @@ def _destinations(gws: Any) -> list[dict[str, str]]:
     return sorted(out, key=lambda d: (ipaddress.ip_address(d["ip"]), d["mac"]))
 
 
-def _flag(value: Any) -> bool:
-    """A boolean from TOML or from the environment (ALCOR_ZETA__STANDIN=false is a string)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def create(config: dict[str, Any]) -> ZetaModule:
+def create(config: Config) -> ZetaModule:
     return ZetaModule(config)

@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from alcor import config as config_mod
+from alcor import sections
+from alcor.config import Config
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 
@@ -75,15 +76,22 @@ class Client:
         return r.body[kind]
 
 
+def config_for_test(tmp: Path, **layer: dict[str, Any]) -> Config:
+    """The program's configuration for a test, checked like an operator's: its own database in
+    `tmp`, any free API port, the environment ignored, then `layer` on top, e.g.
+    config_for_test(tmp, agent={"resync_interval": 0.5})."""
+    own = {"store": {"path": str(tmp / "alcor.db"), "synchronous": "NORMAL"}, "api": {"port": 0}}
+    return sections.load(env={}, layers=[("test", own), ("test", layer)])
+
+
 @asynccontextmanager
 async def running_controller(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[Kernel, Client]]:
-    cfg = config_mod.load(env={})
-    cfg["store"]["path"] = str(tmp / "alcor.db")
-    cfg["store"]["synchronous"] = "NORMAL"
-    cfg["api"]["port"] = 0
+    """The controller's modules on `config_for_test`; overrides by SECTION__KEY (api__auth="token")."""
+    layer: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
-        cfg[section][key] = value
+        layer.setdefault(section, {})[key] = value
+    cfg = config_for_test(tmp, **layer)
     kernel = Kernel(cfg, controller_modules(cfg))
     await kernel.start()
     try:

@@ -10,7 +10,6 @@ namespace) however they end.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from bench.e2e.cluster import Cluster
 from bench.e2e.harness import Harness
 from bench.e2e.report import phase_figures
 from tests.conftest import require
+from tests.support.broker import require_broker
 from tests.support.ovs import have_ovs, is_root
 
 pytestmark = [
@@ -34,19 +34,11 @@ pytestmark = [
 NODES, VPCS, DRILL_PORTS = 6, 2, 60
 
 
-def _broker_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def h(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     require(is_root(), "the e2e drills need root (a network namespace for Open vSwitch)")
     require(have_ovs(), "the e2e drills need openvswitch-switch installed")
-    require(_broker_up(), "the e2e drills need RabbitMQ at 127.0.0.1:5672")
+    require_broker()
     require(shutil.which("rabbitmqctl") is not None, "the e2e drills need rabbitmqctl")
     cluster = Cluster(Path(tmp_path_factory.mktemp("e2e")), NODES, VPCS)
     harness = Harness(cluster, concurrency=8, progress=False)

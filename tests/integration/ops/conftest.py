@@ -14,26 +14,21 @@ from typing import Any
 
 import aiohttp
 
-from alcor import config as config_mod
-from alcor.agent.stream import StreamModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
-from alcor.southbound import SouthboundModule
-from tests.support.controller import Client
+from alcor.roles import southbound_modules
+from tests.support.controller import Client, config_for_test
 
 NODE = "meadow"
 
 
 @asynccontextmanager
 async def dev_controller(tmp: Path, node_name: str = NODE) -> AsyncIterator[tuple[Kernel, Client]]:
-    cfg = config_mod.load(env={})
-    cfg["store"]["path"] = str(tmp / "alcor.db")
-    cfg["store"]["synchronous"] = "NORMAL"
-    cfg["api"]["port"] = 0
     # The test registers the node itself (small_cloud), so the stream must not race it.
-    cfg["node"] = {"name": node_name, "register": False}
-    cfg["agent"] = {"resync_interval": 0.5}
-    modules = [*controller_modules(cfg), SouthboundModule(cfg), StreamModule(cfg, embedded=True)]
+    cfg = config_for_test(
+        tmp, node={"name": node_name, "register": False}, agent={"resync_interval": 0.5}
+    )
+    modules = [*controller_modules(cfg), *southbound_modules("dev", cfg)]
     kernel = Kernel(cfg, modules)
     await kernel.start()
     try:

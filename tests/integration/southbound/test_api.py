@@ -12,11 +12,10 @@ from typing import Any
 
 import aiohttp
 
-from alcor import config as config_mod
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from alcor.roles import southbound_modules
-from tests.support.controller import Client
+from tests.support.controller import Client, config_for_test
 
 
 async def _until(fn: Any, timeout: float = 10.0) -> Any:
@@ -29,12 +28,9 @@ async def _until(fn: Any, timeout: float = 10.0) -> Any:
 
 
 async def test_dev_run_local_node_in_sync_and_port_active(tmp_path: Path) -> None:
-    cfg = config_mod.load(env={})
-    cfg["store"]["path"] = str(tmp_path / "alcor.db")
-    cfg["store"]["synchronous"] = "NORMAL"
-    cfg["api"]["port"] = 0
-    cfg["node"] = {"name": "devhost", "local_ip": "127.0.0.1"}
-    cfg["southbound"] = {"linger": 0.001}
+    cfg = config_for_test(
+        tmp_path, node={"name": "devhost", "local_ip": "127.0.0.1"}, southbound={"linger": 0.001}
+    )
     kernel = Kernel(cfg, [*controller_modules(cfg), *southbound_modules("dev", cfg)])
     await kernel.start()
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,8 +13,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from alcor import sections
 from alcor.southbound.dispatcher import Settings
-from plugins.rabbitmq import RabbitTransport
+from alcor.transport import Address
+from plugins.rabbitmq import RabbitConfig, RabbitTransport
 from tests.conftest import require
 from tests.integration.southbound.harness import (
     Harness,
@@ -26,17 +27,9 @@ from tests.integration.southbound.harness import (
     topology,
     until,
 )
+from tests.support.broker import URL, require_broker
 
-URL = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.rabbitmq
-
-
-def _broker_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def ctl(*args: str) -> str:
@@ -59,14 +52,14 @@ async def _delete_queues(vhost: str, names: list[str]) -> None:
 
 @pytest.fixture
 async def h(tmp_path: Path):
-    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
+    require_broker()
     tag = f"test.{uuid.uuid4().hex[:8]}."
     settings = Settings(
         linger=0.001, retry_deadline=20.0, repair_interval=0.5, controller_queue=tag + "controller"
     )
     h = Harness(
         tmp_path / "alcor.db",
-        lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+        lambda: RabbitTransport(RabbitConfig(reconnect_interval=0.3)),
         settings,
     )
     h.world.queue_prefix = tag
@@ -99,7 +92,7 @@ async def test_controller_crash_mid_snapshot(h: Harness) -> None:
 @pytest.fixture
 async def vhost():
     """A vhost of the test's own, so closing its connections leaves other broker users alone."""
-    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
+    require_broker()
     require(shutil.which("rabbitmqctl") is not None, "rabbitmqctl is not installed")
     name = f"alcor-test-{uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(ctl, "add_vhost", name)
@@ -112,7 +105,7 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
     tag = f"test.{uuid.uuid4().hex[:8]}."
     h = Harness(
         tmp_path / "alcor.db",
-        lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+        lambda: RabbitTransport(RabbitConfig(reconnect_interval=0.3)),
         Settings(
             linger=0.001, retry_deadline=30.0, controller_queue=tag + "controller", mq_vhost=vhost
         ),
@@ -173,7 +166,7 @@ async def test_agent_down_while_1000_changes(h: Harness) -> None:
 
 
 async def test_two_vhosts_each_node_gets_only_its_own(tmp_path: Path) -> None:
-    require(_broker_up(), "RabbitMQ is not running at 127.0.0.1:5672")
+    require_broker()
     require(shutil.which("rabbitmqctl") is not None, "rabbitmqctl is not installed")
     vhost = f"alcor-test-{uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(ctl, "add_vhost", vhost)
@@ -182,7 +175,7 @@ async def test_two_vhosts_each_node_gets_only_its_own(tmp_path: Path) -> None:
         tag = f"test.{uuid.uuid4().hex[:8]}."
         h = Harness(
             tmp_path / "alcor.db",
-            lambda: RabbitTransport({"rabbitmq": {"reconnect_interval": 0.3}}),
+            lambda: RabbitTransport(RabbitConfig(reconnect_interval=0.3)),
             Settings(linger=0.001, controller_queue=tag + "controller"),
         )
         h.world.queue_prefix = tag
@@ -253,3 +246,26 @@ async def test_malformed_and_foreign_on_node_queue(h: Harness) -> None:
     out = await asyncio.to_thread(ctl, "list_queues", "-p", "/", "name", "messages")
     line = next(ln for ln in out.splitlines() if ln.startswith(a.address.queue))
     assert line.split()[-1] == "0"
+
+
+@pytest.mark.parametrize("persistent, mode", [("false", 1), ("0", 1), ("true", 2), (None, 2)])
+async def test_persistent_from_the_environment_sets_the_delivery_mode(
+    persistent: str | None, mode: int
+) -> None:
+    """Regression: ALCOR_RABBITMQ__PERSISTENT=false published persistent messages all the same."""
+    require_broker()
+    env = {} if persistent is None else {"ALCOR_RABBITMQ__PERSISTENT": persistent}
+    transport = RabbitTransport(sections.load(env=env).get(RabbitConfig))
+    address = Address(URL, "/", "alcor", f"alcor-test-mode-{uuid.uuid4().hex[:6]}")
+    conn = await aio_pika.connect(URL)
+    try:
+        assert await transport.publish([(address, b"{}")], 5.0) == [True]  # declares the queue
+        channel = await conn.channel()
+        queue = await channel.declare_queue(address.queue, durable=True)
+        message = await queue.get(timeout=5)
+        assert message is not None and message.delivery_mode == mode  # 1 transient, 2 persistent
+        await message.ack()
+        await queue.delete()
+    finally:
+        await transport.stop()
+        await conn.close()

@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from alcor import config as config_mod
 from alcor import roles
 from alcor.agent import zeta
 from alcor.controller import controller_modules
@@ -23,7 +22,7 @@ from alcor.kernel import Kernel
 from plugins.zeta import ZetaModule
 from plugins.zeta.standin import Standin
 from tests.conftest import require
-from tests.support.controller import Client
+from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root
 
 pytestmark = pytest.mark.ovs
@@ -49,13 +48,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, OvsSandbox, Stand
     with OvsSandbox.started(tmp_path / "ovs") as ovs:
         standin = Standin([FWD], run_fwds=False)
         await standin.start()
-        cfg = config_mod.load(env={})
-        cfg["store"].update(path=str(tmp_path / "alcor.db"), synchronous="NORMAL")
-        cfg["api"]["port"] = 0
-        cfg["node"].update(name=HOST, local_ip="127.0.0.78")  # lo; not a dev run's 127.0.0.1
-        # a unix socket crosses into the switch's namespace (OVS wants it in its run directory)
-        cfg["agent"].update(openflow_listen=f"unix:{ovs.dir}/alcor-of.sock", ovs_db=ovs.db)
-        cfg["zeta"] = {"url": standin.url, "refresh_interval": 0}
+        cfg = config_for_test(
+            tmp_path,
+            node={"name": HOST, "local_ip": "127.0.0.78"},  # lo; not a dev run's 127.0.0.1
+            # a unix socket crosses into the switch's namespace (OVS wants it in its run dir)
+            agent={"openflow_listen": f"unix:{ovs.dir}/alcor-of.sock", "ovs_db": ovs.db},
+            zeta={"url": standin.url, "refresh_interval": 0.0},
+        )
         kernel = Kernel(
             cfg, [*controller_modules(cfg), *roles.modules("dev", cfg), ZetaModule(cfg)]
         )

@@ -13,12 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from alcor import config as config_mod
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from plugins.zeta import ZetaModule
 from plugins.zeta.standin import Faults, Standin
-from tests.support.controller import Client
+from tests.support.controller import Client, config_for_test
 
 GWS = [{"ip": "172.31.255.9", "mac": "02:00:00:00:00:09"}]
 GW = "/v2.0/alcor/gateways"
@@ -73,18 +72,17 @@ class Env:
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     standin = Standin(GWS, run_fwds=False)
     await standin.start()
-    cfg = config_mod.load(env={})
-    cfg["store"]["path"] = str(tmp_path / "alcor.db")
-    cfg["store"]["synchronous"] = "NORMAL"
-    cfg["api"]["port"] = 0
-    cfg["zeta"] = {
-        "url": standin.url,
-        "timeout": 0.5,
-        "attempts": 3,
-        "backoff": 0.02,
-        "backoff_max": 0.05,
-        "refresh_interval": 0,
-    }
+    cfg = config_for_test(
+        tmp_path,
+        zeta={
+            "url": standin.url,
+            "timeout": 0.5,
+            "attempts": 3,
+            "backoff": 0.02,
+            "backoff_max": 0.05,
+            "refresh_interval": 0.0,
+        },
+    )
     zeta = ZetaModule(cfg)
     kernel = Kernel(cfg, [*controller_modules(cfg), zeta])
     await kernel.start()

@@ -30,10 +30,19 @@ def test_controller_target_follows_listen() -> None:
 
 def test_datapath_module_reads_the_agent_section() -> None:
     from alcor.agent.datapath import DatapathModule, datapath_config
+    from alcor.config import Config
+    from alcor.sections import load
 
     cfg = datapath_config(
-        {"agent": {"bridge": "br-x", "openflow_listen": "unix:/run/of.sock", "manage_bridge": False,
-                   "datapath_type": "system", "prefetch": 64}, "node": {"id": "n1"}}
+        load(
+            env={},
+            layers=[(
+                "test",
+                {"agent": {"bridge": "br-x", "openflow_listen": "unix:/run/of.sock",
+                           "manage_bridge": False, "datapath_type": "system", "prefetch": 64},
+                 "node": {"id": "n1"}},
+            )],
+        )
     )  # fmt: skip
     assert (cfg.node_id, cfg.bridge, cfg.listen, cfg.datapath_type) == (
         "n1",
@@ -42,5 +51,5 @@ def test_datapath_module_reads_the_agent_section() -> None:
         "system",
     )
     assert cfg.manage_bridge is False and cfg.controller_target() == "unix:/run/of.sock"
-    module = DatapathModule({})
+    module = DatapathModule(Config())
     assert module.name == "datapath" and module.datapath.config.listen == "tcp:127.0.0.1:6653"

@@ -1,4 +1,4 @@
-"""The ordering rule (DESIGN.md §2) under an adversarial network, as property tests.
+"""The ordering rule (docs/architecture.md, "Revisions") under an adversarial network, as property tests.
 
 A node's stream is built the way the dispatcher builds it (placement, random batch boundaries,
 ops compressed per resource), then a controller crash re-batches the unconfirmed tail from the
