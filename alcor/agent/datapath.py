@@ -27,9 +27,10 @@ from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.compiler import FlowCompiler
 from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.agent.fastcodec import SigCache
-from alcor.agent.ir import Key, cookie_for
+from alcor.agent.ir import Key, cookie_for, tap_name
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
+from alcor.agent.ra import RouterAdvertiser, advertisements
 from alcor.agent.reconcile import Reconciler, Report
 from alcor.config import Config
 from alcor.wire import ROUTER_INTERFACE, GoalState
@@ -101,6 +102,8 @@ class Datapath:
         self._last_apply = 0.0
         self._first_apply = True
         self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
+        # router advertisements for IPv6 slaac subnets, to local ports (alcor/agent/ra.py)
+        self.ra = RouterAdvertiser(counters=self.counters)
         self._resync: asyncio.Task[None] | None = None
 
     @property
@@ -147,6 +150,7 @@ class Datapath:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self.zeta.stop()
+        await self.ra.stop()
         await self._server.stop()
         self.switch = None
         self._reconciler = None
@@ -191,6 +195,7 @@ class Datapath:
         if switch is None or reconciler is None:
             reason = f"bridge {self.config.bridge} not connected to the agent"
             self.statuses = {pid: (ERROR, reason) for pid in _local_ports(goal)}
+            self.ra.update(None, {}, {})  # a switch that comes back gets every RA afresh
             return dict(self.statuses)
         start = time.perf_counter()
         changes = self._compiler.compile(goal, switch.ports)
@@ -219,6 +224,12 @@ class Datapath:
         self.counters["full"] += int(report.full)
         self.counters["flow_mods"] += report.adds + report.deletes
         before, self.statuses = self.statuses, self._statuses(report)
+        live = {
+            pid: ofport
+            for pid, (status, _) in self.statuses.items()
+            if status == ACTIVE and (ofport := switch.ports.get(tap_name(pid))) is not None
+        }
+        self.ra.update(switch, advertisements(goal, switch.ports, live), live)
         for pid, (status, reason) in self.statuses.items():
             if before.get(pid) != (status, reason):
                 log.info("datapath.port_status", port=pid, status=status, reason=reason)

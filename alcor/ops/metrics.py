@@ -47,6 +47,8 @@ DATAPATH_COUNTERS = {
     "flow_mods": ("alcor_agent_flow_mods_total", "Flow adds and deletes sent to the switch"),
     "packet_in": ("alcor_agent_packet_in_total", "Packet-ins from the switch"),
     "arp_packet_in": ("alcor_agent_arp_packet_in_total", "ARP packet-ins (the datapath should answer ARP)"),
+    "router_advertisements": ("alcor_agent_router_advertisements_total",
+                              "IPv6 router advertisements sent to local ports"),
 }
 
 

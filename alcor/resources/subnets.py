@@ -28,7 +28,9 @@ from alcor.resources.schema import (
 
 POOL = dict_of({"start": (ip_address, True), "end": (ip_address, True)})
 ROUTE = dict_of({"destination": (cidr, True), "nexthop": (ip_address, True)})
-V6_MODES = nullable(one_of("slaac", "dhcpv6-stateful", "dhcpv6-stateless"))
+# Neutron also has dhcpv6-stateful and dhcpv6-stateless; no DHCPv6 server answers on this cloud's
+# networks, so those would leave VMs waiting for answers that never come (a 400 instead).
+V6_MODES = nullable(one_of("slaac"))
 
 SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_id")).add(
     Attr("network_id", uuid_str, optional=False),
@@ -46,6 +48,19 @@ SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_
     Attr("service_types", list_of(string()), post=False, kind="array"),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
+
+
+def _check_ipv6_modes(net: Any, ra_mode: str | None, address_mode: str | None) -> None:
+    """Neutron's rules for the two modes. The hosts send router advertisements for
+    `ipv6_ra_mode` slaac, and VMs then take the EUI-64 address IPAM gave their port: so the
+    address mode must be slaac too, on a /64."""
+    if ra_mode is not None and ra_mode != address_mode:
+        raise invalid_input(f"ipv6_ra_mode set to '{ra_mode}' with ipv6_address_mode set to "
+                            f"'{address_mode}' is not valid. If both attributes are set, they "
+                            f"must be the same value")
+    if address_mode == "slaac" and net.prefixlen != 64:
+        raise invalid_input(f"Invalid CIDR {net} for IPv6 address mode. OpenStack uses the EUI-64 "
+                            f"address format, which requires the prefix to be /64")
 
 
 class SubnetInUse(NeutronError):
@@ -110,6 +125,8 @@ class Subnets(Manager):
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
         if given["ip_version"] == 4 and (given.get("ipv6_ra_mode") or given.get("ipv6_address_mode")):
             raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when ip_version is 4")
+        if given["ip_version"] == 6:
+            _check_ipv6_modes(net, given.get("ipv6_ra_mode"), given.get("ipv6_address_mode"))
         if given["ip_version"] == 6 and (network.get("mtu") or IPV6_MIN_MTU) < IPV6_MIN_MTU:
             raise invalid_input(f"IPv6 subnet needs a network MTU of at least {IPV6_MIN_MTU}; "
                                 f"network {network['id']} has {network['mtu']}")

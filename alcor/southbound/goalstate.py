@@ -354,6 +354,7 @@ def subnet_body(t: Topology, id: str, b: Body) -> Body:
         "ip_version": b.get("ip_version"),
         "gateway_ip": gw_ip,
         "gateway_mac": gateway_mac,
+        "ipv6_ra_mode": b.get("ipv6_ra_mode"),
     }
 
 

@@ -53,6 +53,7 @@ class GoalBuilder:
         cidr: str,
         gateway_ip: str | None = None,
         gateway_mac: str | None = None,
+        ipv6_ra_mode: str | None = None,
     ) -> GoalBuilder:
         self.res["subnet"][subnet_id] = {
             "id": subnet_id,
@@ -61,6 +62,7 @@ class GoalBuilder:
             "ip_version": ipaddress.ip_network(cidr, strict=False).version,
             "gateway_ip": gateway_ip,
             "gateway_mac": gateway_mac,
+            "ipv6_ra_mode": ipv6_ra_mode,
         }
         return self
 

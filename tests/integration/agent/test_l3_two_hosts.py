@@ -10,19 +10,25 @@ net2 (VNI 301): s5 10.1.1.0/24, s5v6 2001:db8:5::/64   A2 (host A), B2 (host B)
 router r1 joins s4, s4v6, s5, s5v6.
 net3 (VNI 302): s6 10.1.0.0/24, s6v6 2001:db8:4::/64 (net1's CIDRs again), no router
                                                        C1 (host A), D1 (host B)
+net4 (VNI 303): s7 10.1.7.0/24, s7v6 2001:db8:7::/64 ipv6_ra_mode slaac, both on r1
+                                                       E1 (host B): IPv6 from router advertisements
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from alcor.agent.ipv6 import link_local
 from alcor.resources.networks import max_mtu
+from alcor.resources.ports import eui64
 from alcor.wire import GoalState
 from tests.support.goals import GoalBuilder
 from tests.support.topology import Host, two_hosts, wait_taps
@@ -34,8 +40,10 @@ UNDERLAY_MTU = 1500
 MTU = max_mtu(UNDERLAY_MTU)  # 1450: what the API gives a network by default
 GW4, GW5 = "fa:16:3e:10:00:01", "fa:16:3e:10:01:01"
 GW4V6, GW5V6 = "fa:16:3e:10:06:01", "fa:16:3e:10:06:02"
+GW7, GW7V6 = "fa:16:3e:10:07:01", "fa:16:3e:10:07:06"
 A1, A2, B1, B2 = "a1000000-4444", "a2000000-4444", "b1000000-4444", "b2000000-4444"
 C1, D1 = "c1000000-5555", "d1000000-5555"
+E1 = "e1000000-7777"
 GHOST = "e1000000-6666"  # on node-c: no VM anywhere, only the datapath can answer for it
 MAC = {
     A1: "fa:16:3e:1a:00:05",
@@ -45,7 +53,9 @@ MAC = {
     C1: "fa:16:3e:1c:00:05",
     D1: "fa:16:3e:1d:00:06",
     GHOST: "fa:16:3e:1e:00:42",
+    E1: "fa:16:3e:1f:07:05",
 }
+E1_V6 = str(eui64(ipaddress.IPv6Network("2001:db8:7::/64"), MAC[E1]))  # what IPAM gives it
 # port -> (IPv4 address and prefix, its gateway, IPv6 address and prefix, its gateway)
 ADDR = {
     A1: ("10.1.0.5/24", "10.1.0.1", "2001:db8:4::5/64", "2001:db8:4::1"),
@@ -67,7 +77,9 @@ def v6(pid: str) -> str:
     return ADDR[pid][2].split("/")[0]
 
 
-def goal_for(node_id: str, *, routes: list[dict[str, str]] | None = None) -> GoalState:
+def goal_for(
+    node_id: str, *, routes: list[dict[str, str]] | None = None, slaac_routed: bool = True
+) -> GoalState:
     g = GoalBuilder(node_id).node(A, "172.31.254.1").node(B, "172.31.254.2")
     g.node(C, "172.31.254.3")
     g.vpc("net1", 300).vpc("net2", 301).vpc("net3", 302)
@@ -77,12 +89,20 @@ def goal_for(node_id: str, *, routes: list[dict[str, str]] | None = None) -> Goa
     g.subnet("s5v6", "net2", "2001:db8:5::/64", "2001:db8:5::1", GW5V6)
     g.subnet("s6", "net3", "10.1.0.0/24", "10.1.0.1")
     g.subnet("s6v6", "net3", "2001:db8:4::/64", "2001:db8:4::1")
-    g.router("r1", ["s4", "s4v6", "s5", "s5v6"], routes)
+    g.subnet("s7", "net4", "10.1.7.0/24", "10.1.7.1", GW7)
+    g.subnet(
+        "s7v6", "net4", "2001:db8:7::/64", "2001:db8:7::1", GW7V6 if slaac_routed else None,
+        ipv6_ra_mode="slaac",
+    )  # fmt: skip
+    g.vpc("net4", 303)
+    joined = ["s4", "s4v6", "s5", "s5v6", "s7", *(["s7v6"] if slaac_routed else [])]
+    g.router("r1", joined, routes)
     nets = {A1: ("net1", "s4"), B1: ("net1", "s4"), A2: ("net2", "s5"), B2: ("net2", "s5"),
             C1: ("net3", "s6"), D1: ("net3", "s6")}  # fmt: skip
     for pid, (net, sub) in nets.items():
         g.port(pid, net, sub, v4(pid), MAC[pid], node=HOST[pid], more_ips=((f"{sub}v6", v6(pid)),))
     g.port(GHOST, "net1", "s4v6", "2001:db8:4::42", MAC[GHOST], node=C)
+    g.port(E1, "net4", "s7", "10.1.7.5", MAC[E1], node=B, more_ips=(("s7v6", E1_V6),))
     return g.goal()
 
 
@@ -91,7 +111,7 @@ class Cloud:
     a: Host
     b: Host
 
-    async def apply(self, **kw: list[dict[str, str]]) -> None:
+    async def apply(self, **kw: Any) -> None:
         for h in (self.a, self.b):
             assert h.agent is not None
             statuses = await h.agent.apply(goal_for(h.name, **kw))
@@ -112,6 +132,9 @@ async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud
         for pid, (ip4, gw4, ip6, gw6) in ADDR.items():
             vm = hosts[HOST[pid]].add_vm(pid, ip4, MAC[pid], gw4, mtu=MTU)
             vm.add_ipv6(ip6, gw6)
+        # E1 takes its IPv6 address, route and MTU from router advertisements (eth0 starts at
+        # 1500, so the advertised 1450 shows)
+        b.add_vm(E1, "10.1.7.5/24", MAC[E1], "10.1.7.1", mtu=1500)
         await wait_taps(a, b)
         c = Cloud(a, b)
         await c.apply()
@@ -265,3 +288,43 @@ async def test_ipv6_flows_survive_an_agent_restart_untouched(cloud: Cloud) -> No
     assert (report.adds, report.deletes) == (0, 0)  # every IPv6 flow read back as desired
     assert sorted(host.ovs.dump_flows()) == flows_before
     assert await asyncio.to_thread(cloud.vm(A1).ping6, v6(B2), 1)
+
+
+async def until(cond, timeout: float = 8.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(cond):
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.2)
+
+
+async def test_router_advertisements_configure_a_slaac_vm(cloud: Cloud) -> None:
+    await cloud.apply()
+    e1 = cloud.vm(E1)
+    gw_ll = link_local(GW7V6)
+
+    def addressed() -> bool:
+        out = e1.exec("ip", "-6", "addr", "show", "dev", "eth0", "scope", "global")
+        return E1_V6 in out and "tentative" not in out
+
+    def default_route() -> str:
+        return e1.exec("ip", "-6", "route", "show", "default")
+
+    # the EUI-64 address IPAM gave the port, the gateway as default router, the network's MTU
+    await until(addressed)
+    await until(lambda: gw_ll in default_route())
+    assert "proto ra" in default_route()
+    assert e1.exec("cat", "/proc/sys/net/ipv6/conf/eth0/mtu").strip() == str(MTU)
+    assert await asyncio.to_thread(e1.neighbour, gw_ll) == GW7V6
+    # and through it, routed to a VM on the other host
+    assert await asyncio.to_thread(e1.ping6, v6(A1), 2, 0.1)
+    assert cloud.b.agent is not None and cloud.a.agent is not None
+    assert cloud.b.agent.counters["router_advertisements"] >= 1
+    assert cloud.a.agent.counters["router_advertisements"] == 0  # no local port of its own
+    assert packet_ins(cloud) == [0, 0]
+    # the router lets go of the subnet: one last advertisement, and the VM drops the route
+    try:
+        await cloud.apply(slaac_routed=False)
+        await until(lambda: gw_ll not in default_route(), timeout=4)
+    finally:
+        await cloud.apply()
+    await until(lambda: gw_ll in default_route())

@@ -105,3 +105,30 @@ async def test_subnet_in_use(ctl, net):
     assert (await ctl.delete(f"/v2.0/subnets/{s['id']}")).status == 204
     n = (await ctl.get(f"/v2.0/networks/{network['id']}")).body["network"]
     assert n["subnets"] == []
+
+
+async def test_ipv6_modes(ctl):
+    n = await ctl.create("network", "/v2.0/networks")
+    nid = n["id"]
+    before = last_rev(ctl)
+    bad = [
+        # no DHCPv6 server answers on this cloud's networks
+        {"cidr": "2001:db8:1::/64", "ipv6_ra_mode": "dhcpv6-stateful",
+         "ipv6_address_mode": "dhcpv6-stateful"},
+        {"cidr": "2001:db8:1::/64", "ipv6_address_mode": "dhcpv6-stateless"},
+        # Neutron's rules: equal when both are set; SLAAC's EUI-64 needs a /64
+        {"cidr": "2001:db8:1::/64", "ipv6_ra_mode": "slaac"},
+        {"cidr": "2001:db8:1::/80", "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"},
+        {"cidr": "2001:db8:1::/56", "ipv6_address_mode": "slaac"},
+    ]  # fmt: skip
+    for body in bad:
+        r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": nid, "ip_version": 6, **body}})
+        assert r.status == 400, (body, r.body)
+        assert r.error["type"] in ("InvalidInput", "HTTPBadRequest")
+    assert last_rev(ctl) == before
+    s = await ctl.create("subnet", "/v2.0/subnets", network_id=nid, ip_version=6,
+                         cidr="2001:db8:1::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    assert (s["ipv6_ra_mode"], s["ipv6_address_mode"]) == ("slaac", "slaac")
+    # a port takes the EUI-64 address of its MAC, what the VM autoconfigures from the RA
+    p = await ctl.create("port", "/v2.0/ports", network_id=nid, mac_address="fa:16:3e:12:34:56")
+    assert p["fixed_ips"] == [{"subnet_id": s["id"], "ip_address": "2001:db8:1:0:f816:3eff:fe12:3456"}]
