@@ -230,6 +230,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
                     rif_mac[(str(fip.get("subnet_id")), ip)] = mac
     subnets: dict[str, Subnet] = {}
     subnets_in = goal.get("subnet") or {}
+    down = gateways_down(goal)
     for sid in sorted(subnets_in):
         body = subnets_in[sid]
         v = vni.get(str(body.get("network_id")))
@@ -241,6 +242,8 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
             continue
         gw_ip = _ip(body.get("gateway_ip"), net.version)
         gw_mac = _mac(body.get("gateway_mac")) or (rif_mac.get((sid, gw_ip)) if gw_ip else None)
+        if sid in down:
+            gw_mac = None  # like a router with no interfaces: no answers, no routing
         subnets[sid] = Subnet(sid, v, net, gw_ip, gw_mac)
     nodes = goal.get("node") or {}
     node_ip = {nid: ip for nid in nodes if (ip := _ipv4((nodes[nid] or {}).get("local_ip")))}
@@ -269,6 +272,18 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         routers=routers,
         redirect=_zeta_redirects(goal),
     )
+
+
+def gateways_down(goal: Mapping[str, Any]) -> set[str]:
+    """Subnets whose gateway is on a router with admin_state_up false: as in Neutron, where such
+    a router's interfaces go away, their gateway answers nothing and nothing is routed."""
+    routers = goal.get("router") or {}
+    return {
+        str(sid)
+        for r in routers.values()
+        if (r or {}).get("admin_state_up") is False
+        for sid in r.get("subnet_ids") or ()
+    }
 
 
 def _zeta_redirects(goal: Mapping[str, Any]) -> dict[str, int]:

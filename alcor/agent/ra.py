@@ -32,6 +32,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent.ipv6 import link_local
 from alcor.agent.ir import ETH_IPV6, IPPROTO_ICMPV6, tap_name
+from alcor.agent.pipeline import gateways_down
 from alcor.wire import ROUTER_INTERFACE
 
 log = structlog.get_logger("alcor.agent.ra")
@@ -94,6 +95,7 @@ def advertisements(
     vpcs = goal.get("vpc") or {}
     me = goal.get("node_id")
     ports = goal.get("port") or {}
+    down = gateways_down(goal)
     out: dict[Key, Advert] = {}
     cache: dict[str, tuple[bytes, bytes]] = {}
     for pid in sorted(set(active)):
@@ -107,6 +109,8 @@ def advertisements(
             sid = str(fip.get("subnet_id"))
             s = subnets.get(sid)
             if not s or s.get("ipv6_ra_mode") != "slaac" or not s.get("gateway_mac"):
+                continue
+            if sid in down:
                 continue
             if s.get("ip_version") != 6 or s.get("network_id") != p.get("network_id"):
                 continue

@@ -367,7 +367,12 @@ def router_body(t: Topology, id: str, b: Body) -> Body:
         for r in b.get("routes") or ()
     ]
     routes.sort(key=lambda r: (str(r["destination"]), str(r["nexthop"])))
-    return {"id": id, "subnet_ids": sorted(subnets), "routes": routes}
+    return {
+        "id": id,
+        "subnet_ids": sorted(subnets),
+        "routes": routes,
+        "admin_state_up": b.get("admin_state_up", True) is not False,
+    }
 
 
 _RULE_FIELDS = (

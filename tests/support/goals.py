@@ -96,12 +96,17 @@ class GoalBuilder:
         return self
 
     def router(
-        self, router_id: str, subnet_ids: list[str], routes: list[dict[str, str]] | None = None
+        self,
+        router_id: str,
+        subnet_ids: list[str],
+        routes: list[dict[str, str]] | None = None,
+        admin_state_up: bool = True,
     ) -> GoalBuilder:
         self.res["router"][router_id] = {
             "id": router_id,
             "subnet_ids": list(subnet_ids),
             "routes": routes or [],
+            "admin_state_up": admin_state_up,
         }
         return self
 

@@ -78,7 +78,11 @@ def v6(pid: str) -> str:
 
 
 def goal_for(
-    node_id: str, *, routes: list[dict[str, str]] | None = None, slaac_routed: bool = True
+    node_id: str,
+    *,
+    routes: list[dict[str, str]] | None = None,
+    slaac_routed: bool = True,
+    router_up: bool = True,
 ) -> GoalState:
     g = GoalBuilder(node_id).node(A, "172.31.254.1").node(B, "172.31.254.2")
     g.node(C, "172.31.254.3")
@@ -96,7 +100,7 @@ def goal_for(
     )  # fmt: skip
     g.vpc("net4", 303)
     joined = ["s4", "s4v6", "s5", "s5v6", "s7", *(["s7v6"] if slaac_routed else [])]
-    g.router("r1", joined, routes)
+    g.router("r1", joined, routes, admin_state_up=router_up)
     nets = {A1: ("net1", "s4"), B1: ("net1", "s4"), A2: ("net2", "s5"), B2: ("net2", "s5"),
             C1: ("net3", "s6"), D1: ("net3", "s6")}  # fmt: skip
     for pid, (net, sub) in nets.items():
@@ -328,3 +332,16 @@ async def test_router_advertisements_configure_a_slaac_vm(cloud: Cloud) -> None:
     finally:
         await cloud.apply()
     await until(lambda: gw_ll in default_route())
+
+
+async def test_a_router_set_down_routes_nothing(cloud: Cloud) -> None:
+    a1 = cloud.vm(A1)
+    try:
+        await cloud.apply(router_up=False)
+        for ping, dst in ((a1.ping6, v6(B2)), (a1.ping, v4(B2)), (a1.ping6, "2001:db8:4::1")):
+            assert not await asyncio.to_thread(ping, dst, 1, 0.2, 1), dst
+        assert await asyncio.to_thread(a1.ping6, v6(B1), 1)  # switching goes on
+    finally:
+        await cloud.apply()
+    assert await asyncio.to_thread(a1.ping6, v6(B2), 1)
+    assert await asyncio.to_thread(a1.ping, v4(B2), 1)

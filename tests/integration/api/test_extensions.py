@@ -56,6 +56,7 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{TWO_HOSTS}::test_cross_subnet_ping_through_the_distributed_router",
         f"{L3}::test_ping6_to_the_gateway_from_either_host",
         f"{L3}::test_ping6_between_subnets_across_hosts_decrements_the_hop_limit",
+        f"{L3}::test_a_router_set_down_routes_nothing",
     ),
     "sorting": (f"{API}/test_conventions.py::test_pagination_and_sorting",),
     "standard-attr-description": (

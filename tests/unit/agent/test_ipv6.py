@@ -150,3 +150,21 @@ def test_all_in_the_datapath_and_scoped_to_a_vpc(fs: FlowSet) -> None:
     for f in fs.flows:
         if f.table != T_CLASSIFY and f.match:
             assert dict(f.match)["metadata"] in (100, 200), f
+
+
+def test_a_router_set_down_routes_nothing_and_its_gateways_answer_nothing() -> None:
+    g = dual_stack()
+    g.res["router"]["r1"]["admin_state_up"] = False
+    fs = compile_flows(g.goal(), OFPORTS)
+    # the gateway MAC is nobody's now: flooded like any unknown destination, never routed
+    outs = simulate(fs, ipv6(1, MAC[PA1], GW1V6, ip6(PA1), ip6(PB2)))
+    assert outs and all(p["eth_dst"] == GW1V6 and p["ttl"] == 64 for _, p in outs)
+    outs = simulate(fs, ipv6(1, MAC[PA1], GW1V6, ip6(PA1), "2001:db8:1::1"))
+    assert 1 not in [port for port, _ in outs]  # no echo reply
+    assert solicit(fs, 1, PA1, "2001:db8:1::1") is None
+    assert solicit(fs, 1, PA1, ip6(PB1)) is not None  # switching within a subnet goes on
+    # IPv4 alike (its gateways are on the same router)
+    vpc1 = [dict(f.match) for f in fs.flows if dict(f.match).get("metadata") == 100]
+    assert not [m for m in vpc1 if m.get("ipv4_dst") == "10.0.0.1" or m.get("arp_tpa") == "10.0.0.1"]
+    # VPC2's gateway is on no router: its subnet never had routing, its gateway MAC stays known
+    assert solicit(fs, 3, QA1, "2001:db8:1::1") is not None

@@ -99,6 +99,8 @@ def test_advertised_to_active_local_ports_of_slaac_subnets_on_a_router() -> None
     assert advertisements(goal, OFPORTS, [PA1, PB1]).keys() == {(PA1, "s1v6")}
     # a port not (yet) active gets nothing, nor does anyone once the router lets go of the subnet
     assert advertisements(goal, OFPORTS, [PA3]).keys() == {(PA3, "s1v6")}
+    down = {**goal, "router": {"r1": {**goal["router"]["r1"], "admin_state_up": False}}}
+    assert advertisements(down, OFPORTS, live) == {}  # a router set down advertises nothing
     goal["subnet"]["s1v6"] = {**goal["subnet"]["s1v6"], "gateway_mac": None}
     assert advertisements(goal, OFPORTS, live) == {}
 
