@@ -183,39 +183,39 @@ class Api:
     def _list(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             ctx = self.ctx(request)
-            lq = q.parse(m.res, request.query)
-            bodies, full = await m.list_raw(ctx, lq)
+            lq = q.parse(m.res, request.query, m.extra_filters)
+            bodies, _ = await m.list_raw(ctx, lq)
             coll = m.res.collection
             if lq.fields:
                 items = q.dumps([q.project(json.loads(b), lq.fields) for b in bodies])
             else:
                 items = "[" + ",".join(bodies) + "]"
             text = f'{{"{coll}":{items}'
-            links = self._links(request, m, lq, bodies, full)
+            links = self._links(request, m, lq, bodies)
             if links:
                 text += f',"{coll}_links":{q.dumps(links)}'
             return json_response(text + "}")
         return handler
 
-    def _links(self, request: web.Request, m: Manager, lq: q.ListQuery, bodies: list[str],
-               full: bool) -> list[dict[str, str]]:
-        if not lq.limit or not bodies:
+    def _links(self, request: web.Request, m: Manager, lq: q.ListQuery,
+               bodies: list[str]) -> list[dict[str, str]]:
+        """Neutron's rule, exactly: a page has a `next` link unless it is short and was walked
+        forwards, and a `previous` link unless it is short and was walked backwards (so the first
+        forward page has one too, and an empty page past the end has only `previous`)."""
+        if not lq.limit:
             return []
         idf = m.res.id_field
         base = f"{self.base_url(request)}{request.path}"
         params = [(k, v) for k, v in request.query.items() if k not in ("marker", "page_reverse")]
-        first, last = json.loads(bodies[0])[idf], json.loads(bodies[-1])[idf]
-        forward = [("marker", last)]
-        backward = [("marker", first), ("page_reverse", "True")]
-        # Walking forwards, a full page has a next page and a marker means there is a previous one;
-        # walking backwards (page_reverse) the roles swap.
-        more_next = full if not lq.page_reverse else bool(lq.marker)
-        more_prev = bool(lq.marker) if not lq.page_reverse else full
+        short = len(bodies) < lq.limit
         links = []
-        if more_next:
-            links.append({"rel": "next", "href": f"{base}?{urlencode(params + forward)}"})
-        if more_prev:
-            links.append({"rel": "previous", "href": f"{base}?{urlencode(params + backward)}"})
+        if not (short and not lq.page_reverse):
+            marker = [("marker", json.loads(bodies[-1])[idf])] if bodies else []
+            links.append({"rel": "next", "href": f"{base}?{urlencode(params + marker)}"})
+        if not (short and lq.page_reverse):
+            marker = [("marker", json.loads(bodies[0])[idf])] if bodies else []
+            links.append({"rel": "previous",
+                          "href": f"{base}?{urlencode(params + marker + [('page_reverse', 'True')])}"})
         return links
 
     def _show(self, m: Manager) -> Handler:

@@ -41,6 +41,9 @@ class Manager:
     type: str                     # change-log type: network, subnet, port, …
     requires: tuple[str, ...] = ("store",)
     admin_only_create = False     # e.g. nodes
+    # Filters that are not attributes of the body (Neutron's hidden filters, e.g. a subnet's
+    # `shared`, which is its network's): the manager turns them into SQL (`extra_filter_sql`).
+    extra_filters: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.name = self.res.collection
@@ -84,6 +87,9 @@ class Manager:
         sql = q.SQL()
         sql.add("type = ?", self.type)
         self.scope(ctx, sql)
+        extra = {k: lq.filters.pop(k) for k in list(lq.filters) if k in self.extra_filters}
+        if extra:
+            self.extra_filter_sql(extra, sql)
         q.filter_sql(self.res, lq, sql)
         cols, order = q.order_sql(self.res, lq)
         if lq.marker:
@@ -99,6 +105,10 @@ class Manager:
         if lq.page_reverse:
             bodies.reverse()
         return bodies, bool(lq.limit) and len(bodies) == lq.limit
+
+    def extra_filter_sql(self, filters: dict[str, list[str]], sql: q.SQL) -> None:
+        """SQL for the `extra_filters` given (raw query-string values)."""
+        raise NotImplementedError
 
     async def list_all(self, ctx: Context, lq: q.ListQuery | None = None) -> list[dict[str, Any]]:
         bodies, _ = await self.list_raw(ctx, lq or q.ListQuery())

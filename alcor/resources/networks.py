@@ -123,12 +123,17 @@ class Networks(Manager):
                 log.warning("network.mtu_above_overlay", network_id=body["id"], mtu=body["mtu"],
                             max_mtu=self.max_mtu)
 
+    # Neutron's get_network: a shared network is everyone's to use, and an external one everyone's
+    # to see (routers' gateways and floating IPs are taken from it).
+
     def scope(self, ctx: Context, sql: q.SQL) -> None:
         if not ctx.is_admin:
-            sql.add("(project_id = ? OR json_extract(body, '$.shared') = 1)", ctx.project_id)
+            sql.add("(project_id = ? OR json_extract(body, '$.shared') = 1 OR "
+                    "json_extract(body, '$.\"router:external\"') = 1)", ctx.project_id)
 
     def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
-        return ctx.is_admin or body.get("project_id") == ctx.project_id or bool(body.get("shared"))
+        return (ctx.is_admin or body.get("project_id") == ctx.project_id or bool(body.get("shared"))
+                or bool(body.get("router:external")))
 
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["id"]

@@ -346,6 +346,18 @@ class Ports(Manager):
                                 (network_id,))
         return int(row[0])
 
+    async def forget_subnet(self, tx: Tx, subnet_id: str) -> None:
+        """A subnet goes away: its addresses leave the ports that hold one (each an update of its
+        port, so hosts see the address go). The subnet's allocator goes with the subnet."""
+        rows = await tx.fetchall("SELECT DISTINCT port_id FROM ip_allocations WHERE subnet_id = ?",
+                                 (subnet_id,))
+        for (pid,) in rows:
+            body = await self.fetch(pid, tx)
+            if body is not None:
+                await self.replace(tx, body, {"fixed_ips": [f for f in body["fixed_ips"]
+                                                            if f["subnet_id"] != subnet_id]})
+        await tx.execute("DELETE FROM ip_allocations WHERE subnet_id = ?", (subnet_id,))
+
     async def set_statuses(self, statuses: dict[str, tuple[str, str]]) -> None:
         """Agent feedback: {port id: (ACTIVE/ERROR/DOWN, the reporting node's name)}. A node only
         speaks for the ports bound to it; unknown ids are ignored."""

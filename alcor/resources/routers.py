@@ -20,8 +20,10 @@ from alcor.resources.schema import (
     Resource,
     boolean,
     cidr,
+    described,
     dict_of,
     ip_address,
+    json_schema_of,
     list_of,
     nullable,
     standard,
@@ -33,14 +35,22 @@ from alcor.wire import ROUTER_INTERFACE
 ROUTER_GATEWAY = "network:router_gateway"
 ROUTE = dict_of({"destination": (cidr, True), "nexthop": (ip_address, True)})
 EXT_IP = dict_of({"subnet_id": (uuid_str, False), "ip_address": (ip_address, False)})
-GATEWAY = nullable(dict_of({"network_id": (uuid_str, True), "enable_snat": (boolean, False),
-                            "external_fixed_ips": (list_of(EXT_IP), False)}))
+_GATEWAY = nullable(dict_of({"network_id": (uuid_str, True), "enable_snat": (boolean, False),
+                             "external_fixed_ips": (list_of(EXT_IP), False)}))
+
+
+def gateway_info(value: Any) -> dict[str, Any] | None:
+    """Neutron reads `{}` as "no gateway", like null (Tempest's and Horizon's router helpers send it)."""
+    return None if value == {} else _GATEWAY(value)
+
+
+described(gateway_info, json_schema_of(_GATEWAY) or {})
 INTERFACE = dict_of({"subnet_id": (uuid_str, False), "port_id": (uuid_str, False)})
 
 ROUTER = standard(Resource("router", "routers", "Router")).add(
     Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
     Attr("status", string(), post=False),
-    Attr("external_gateway_info", GATEWAY, default=None, put=True, kind="object", filterable=False),
+    Attr("external_gateway_info", gateway_info, default=None, put=True, kind="object", filterable=False),
     Attr("routes", list_of(ROUTE), default=list, put=True, kind="array", filterable=False),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )

@@ -17,10 +17,12 @@ from alcor.resources import query as q
 from alcor.resources.base import Manager, new_id, now
 from alcor.resources.schema import (
     Attr,
+    Invalid,
     Resource,
     any_dict,
     boolean,
     cidr,
+    described,
     integer,
     list_of,
     nullable,
@@ -58,9 +60,66 @@ def protocol(value: Any) -> str | None:
             return v
         if v.isdigit() and 0 <= int(v) <= 255:
             return v
-    from alcor.resources.schema import Invalid
-    raise Invalid(f"Security group rule protocol {value} not supported. Only protocol values "
-                  f"{sorted(PROTOCOLS)} and integer representations [0 to 255] are supported")
+    # Neutron's own error type and text, not the generic "Invalid input for protocol".
+    raise BadRequest(f"Security group rule protocol {value} not supported. Only protocol values "
+                     f"{[None, *sorted(PROTOCOLS)]} and integer representations [0 to 255] are "
+                     f"supported.", type="SecurityGroupRuleInvalidProtocol")
+
+
+def port_value(value: Any) -> int | None:
+    """A port_range_min/max: an integer 0..65535 (given as a number or a numeric string)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    raise BadRequest(f"Invalid value for port {value}", type="SecurityGroupInvalidPortValue")
+
+
+described(port_value, {"type": "integer", "minimum": 0, "maximum": 65535, "nullable": True})
+
+
+def ethertype(value: Any) -> str:
+    if isinstance(value, str):
+        for e in ("IPv4", "IPv6"):
+            if value.lower() == e.lower():
+                return e
+    raise BadRequest(f"Security group rule for ethertype '{value}' not supported. Allowed values "
+                     f"are ['IPv4', 'IPv6'].", type="SecurityGroupRuleInvalidEtherType")
+
+
+described(ethertype, {"type": "string", "enum": ["IPv4", "IPv6"]})
+
+
+def ip_prefix(value: Any) -> str | None:
+    """remote_ip_prefix: a CIDR, or an address meaning its host prefix (10.0.0.1 → 10.0.0.1/32)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and "/" not in value:
+        try:
+            return str(ipaddress.ip_network(value))
+        except ValueError:
+            pass
+    try:
+        return cidr(value)
+    except Invalid:
+        raise BadRequest(f"'{value}' is not a valid IP subnet.", type="InvalidCIDR") from None
+
+
+described(ip_prefix, {"type": "string", "format": "cidr", "nullable": True})
+
+
+def group_ref(value: Any) -> str | None:
+    """A security group named by id: any string; one that names no group is a 404 (not a 400)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 255:
+        raise Invalid(f"'{value}' is not a valid string")
+    return value
+
+
+described(group_ref, {"type": "string", "maxLength": 255, "nullable": True})
 
 
 RULE = Resource("security_group_rule", "security_group_rules", "SecurityGroupRule",
@@ -68,14 +127,14 @@ RULE = Resource("security_group_rule", "security_group_rules", "SecurityGroupRul
     Attr("id", uuid_str, post=False),
     Attr("project_id", string(255)),
     Attr("tenant_id", string(255)),
-    Attr("security_group_id", uuid_str, optional=False),
+    Attr("security_group_id", string(255), optional=False),
     Attr("direction", one_of("ingress", "egress"), optional=False),
-    Attr("ethertype", one_of("IPv4", "IPv6"), default="IPv4"),
+    Attr("ethertype", ethertype, default="IPv4"),
     Attr("protocol", protocol, default=None),
-    Attr("port_range_min", nullable(integer(0, 65535)), default=None, kind="integer"),
-    Attr("port_range_max", nullable(integer(0, 65535)), default=None, kind="integer"),
-    Attr("remote_ip_prefix", nullable(cidr), default=None),
-    Attr("remote_group_id", nullable(uuid_str), default=None),
+    Attr("port_range_min", port_value, default=None, kind="integer"),
+    Attr("port_range_max", port_value, default=None, kind="integer"),
+    Attr("remote_ip_prefix", ip_prefix, default=None),
+    Attr("remote_group_id", group_ref, default=None),
     Attr("remote_address_group_id", nullable(uuid_str), default=None),
     Attr("normalized_cidr", nullable(string()), post=False),
     Attr("description", string(255), default=""),
@@ -92,45 +151,67 @@ def _proto_number(p: str | None) -> int | None:
     return PROTOCOLS.get(p, int(p) if p.isdigit() else None)
 
 
+V6_ONLY = {"ipv6-encap", "ipv6-frag", "ipv6-icmp", "icmpv6", "ipv6-nonxt", "ipv6-opts", "ipv6-route",
+           "41", "44", "58", "59", "60", "43"}
+
+
+def canonical_rule(r: dict[str, Any]) -> None:
+    """Neutron's normal forms, before validation: ICMP under IPv6 is ipv6-icmp, and the whole port
+    range 1-65535 is no range at all."""
+    if r["ethertype"] == "IPv6":
+        if r["protocol"] in ("icmp", "icmpv6"):
+            r["protocol"] = "ipv6-icmp"
+        elif r["protocol"] == "1":
+            r["protocol"] = "58"
+    if r["port_range_min"] == 1 and r["port_range_max"] == 65535:
+        r["port_range_min"] = r["port_range_max"] = None
+
+
 def check_rule(r: dict[str, Any]) -> None:
-    """Neutron's checks of one rule's fields (not of its group)."""
+    """Neutron's checks of one rule's fields (not of its group), in Neutron's order and words."""
+    canonical_rule(r)
     num = _proto_number(r["protocol"])
     lo, hi = r["port_range_min"], r["port_range_max"]
-    if num is None and (lo is not None or hi is not None):
-        raise BadRequest("Must also specify protocol if port range is given.",
-                         type="SecurityGroupProtocolRequiredWithPorts")
-    if num in PORT_PROTOCOLS:
-        if (lo is None) != (hi is None) and lo is None:
-            raise BadRequest("For TCP/UDP protocols, port_range_min must be <= port_range_max",
-                             type="SecurityGroupInvalidPortRange")
-        if lo is not None and hi is not None and lo > hi:
-            raise BadRequest("For TCP/UDP protocols, port_range_min must be <= port_range_max",
-                             type="SecurityGroupInvalidPortRange")
-        for v in (lo, hi):
-            if v == 0:
+    if lo is not None or hi is not None:
+        if r["protocol"] is None:
+            raise BadRequest("Must also specify protocol if port range is given.",
+                             type="SecurityGroupProtocolRequiredWithPorts")
+        if num in PORT_PROTOCOLS:
+            if lo == 0 or hi == 0:
                 raise BadRequest("Invalid value for port 0", type="SecurityGroupInvalidPortValue")
-    elif num in ICMP:
-        for name, v in (("type", lo), ("code", hi)):
-            if v is not None and v > 255:
-                raise BadRequest(f"Invalid value for ICMP {name} ({'port_range_min' if name == 'type' else 'port_range_max'}) {v}. It must be 0 to 255.",
-                                 type="SecurityGroupInvalidIcmpValue")
-        if lo is None and hi is not None:
-            raise BadRequest(f"ICMP code (port-range-max) {hi} is provided but ICMP type "
-                             f"(port-range-min) is missing.", type="SecurityGroupMissingIcmpType")
-        if num == 58 and r["ethertype"] == "IPv4":
-            raise BadRequest(f"Protocol {r['protocol']} is only supported for IPv6 (ethertype IPv6)",
-                             type="SecurityGroupEthertypeConflictWithProtocol")
-    elif lo is not None or hi is not None:
-        raise BadRequest(f"Protocol {r['protocol']} does not support port ranges",
-                         type="SecurityGroupInvalidProtocolForPort")
-    if r["remote_ip_prefix"] and r["remote_group_id"]:
-        raise BadRequest("Only remote_ip_prefix or remote_group_id may be provided.",
-                         type="SecurityGroupRemoteGroupAndRemoteIpPrefix")
+            if lo is None or hi is None or lo > hi:
+                raise BadRequest("For TCP/UDP protocols, port_range_min must be <= port_range_max",
+                                 type="SecurityGroupInvalidPortRange")
+        elif num in ICMP:
+            for attr, name, v in (("port_range_min", "type", lo), ("port_range_max", "code", hi)):
+                if v is not None and not 0 <= v <= 255:
+                    raise BadRequest(f"Invalid value for ICMP {name} ({attr}) {v}. It must be 0 to 255.",
+                                     type="SecurityGroupInvalidIcmpValue")
+            if lo is None:
+                raise BadRequest(f"ICMP code (port-range-max) {hi} is provided but ICMP type "
+                                 f"(port-range-min) is missing.", type="SecurityGroupMissingIcmpType")
+        else:
+            raise BadRequest(f"Ports cannot be specified for protocol {num}. Ports are only supported "
+                             f"for DCCP, SCTP, TCP, UDP, UDPLITE.", type="SecurityGroupInvalidProtocolForPort")
     if r["remote_ip_prefix"]:
         version = ipaddress.ip_network(r["remote_ip_prefix"]).version
         if f"IPv{version}" != r["ethertype"]:
             raise BadRequest(f"Conflicting value ethertype {r['ethertype']} for CIDR "
                              f"{r['remote_ip_prefix']}", type="SecurityGroupRuleParameterConflict")
+    if r["protocol"] in V6_ONLY and r["ethertype"] == "IPv4":
+        raise BadRequest(f"Invalid ethertype {r['ethertype']} for protocol {r['protocol']}.",
+                         type="SecurityGroupEthertypeConflictWithProtocol")
+    remotes = [k for k in ("remote_ip_prefix", "remote_group_id", "remote_address_group_id") if r.get(k)]
+    if len(remotes) > 1:
+        raise BadRequest("Only one of remote_ip_prefix or remote_group_id or remote_address_group_id "
+                         "may be provided.", type="SecurityGroupMultipleRemoteEntites")
+
+
+def check_not_default(name: str) -> None:
+    """Only the project's own default group is called default (in any case): a second one would be
+    ambiguous, so Neutron refuses the name on create and on rename."""
+    if name.lower() == "default":
+        raise Conflict("Default security group already exists.", type="SecurityGroupDefaultAlreadyExists")
 
 
 def rule_key(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -202,10 +283,7 @@ class SecurityGroups(Manager):
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         body = self.new_body(ctx, given)
-        if body["name"] == "default":
-            # A second group named default would be ambiguous; Neutron refuses it too.
-            await self.default_for(tx, body["project_id"])
-            raise Conflict("Default security group already exists.", type="SecurityGroupDefaultAlreadyExists")
+        check_not_default(body["name"])
         await self.default_for(tx, body["project_id"])
         rules = []
         for ethertype in ("IPv4", "IPv6"):
@@ -224,9 +302,11 @@ class SecurityGroups(Manager):
 
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
                      tx: Tx) -> dict[str, Any]:
-        if current["name"] == "default" and changes.get("name", "default") != "default":
-            raise Conflict("Updating default security group not allowed.",
-                           type="SecurityGroupCannotUpdateDefault")
+        if "name" in changes:
+            check_not_default(changes["name"])
+            if current["name"] == "default":
+                raise Conflict("Updating default security group not allowed.",
+                               type="SecurityGroupCannotUpdateDefault")
         return await self.replace(tx, current, changes)
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from alcor.api import query as q
 from alcor.context import Context
 from alcor.db.store import Tx
-from alcor.errors import NeutronError, invalid_input, not_found, policy
+from alcor.errors import BadRequest, NeutronError, invalid_input, not_found, policy
 from alcor.resources import ipam
 from alcor.resources.base import Manager
 from alcor.resources.networks import IPV6_MIN_MTU
 from alcor.resources.schema import (
     Attr,
+    Invalid,
     Resource,
     boolean,
     cidr,
@@ -50,15 +52,32 @@ SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_
 )
 
 
-def _check_ipv6_modes(net: Any, ra_mode: str | None, address_mode: str | None) -> None:
-    """Neutron's rules for the two modes. The hosts send router advertisements for
-    `ipv6_ra_mode` slaac, and VMs then take the EUI-64 address IPAM gave their port: so the
-    address mode must be slaac too, on a /64."""
-    if ra_mode is not None and ra_mode != address_mode:
-        raise invalid_input(f"ipv6_ra_mode set to '{ra_mode}' with ipv6_address_mode set to "
-                            f"'{address_mode}' is not valid. If both attributes are set, they "
-                            f"must be the same value")
-    if address_mode == "slaac" and net.prefixlen != 64:
+AUTO_MODES = ("slaac", "dhcpv6-stateless")
+
+
+def auto_address(body: dict[str, Any]) -> bool:
+    """Ports take their address from the prefix (EUI-64), not from the pool (Neutron's
+    is_auto_address_subnet): the address mode says so, or, without one, the RA mode."""
+    mode = body.get("ipv6_address_mode")
+    return mode in AUTO_MODES or (mode is None and body.get("ipv6_ra_mode") in AUTO_MODES)
+
+
+def check_ipv6_modes(given: dict[str, Any], net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Neutron's rules for ipv6_ra_mode / ipv6_address_mode on create."""
+    ra, addr = given.get("ipv6_ra_mode"), given.get("ipv6_address_mode")
+    if ra is None and addr is None:
+        return
+    if net.version == 4:
+        raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when ip_version is 4")
+    if not given.get("enable_dhcp", True):
+        raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is "
+                            "set to False")
+    # Neutron lets ipv6_ra_mode stand alone; here the hosts' router advertisements follow it and
+    # VMs take the address IPAM gave their port, so an RA mode needs the same address mode.
+    if ra is not None and ra != addr:
+        raise invalid_input(f"ipv6_ra_mode set to '{ra}' with ipv6_address_mode set to '{addr}' is "
+                            f"not valid. If both attributes are set, they must be the same value")
+    if auto_address(given) and net.prefixlen != 64:
         raise invalid_input(f"Invalid CIDR {net} for IPv6 address mode. OpenStack uses the EUI-64 "
                             f"address format, which requires the prefix to be /64")
 
@@ -94,7 +113,7 @@ class Subnets(Manager):
         old = self.allocators.get(body["id"])
         alloc = ipam.SubnetAllocator(body["id"], body["network_id"], net, pools, gw,
                                      taken=old.taken if old else set(),
-                                     slaac=body.get("ipv6_address_mode") in ("slaac", "dhcpv6-stateless"))
+                                     slaac=auto_address(body))
         self.allocators[body["id"]] = alloc
         ids = self.by_network.setdefault(body["network_id"], [])
         if body["id"] not in ids:
@@ -115,6 +134,44 @@ class Subnets(Manager):
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["network_id"]
 
+    # Who sees a subnet: its project, and everyone when its network is shared (Neutron's
+    # get_subnet). Subnets of an external network stay hidden: Neutron shows them only with the
+    # subnet-external-network extension, which this API does not list.
+
+    def _networks_where(self, pred: Any) -> list[str]:
+        return [n["id"] for n in self.kernel.get("networks").index.values() if pred(n)]
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        if ctx.is_admin:
+            return
+        open_ = self._networks_where(lambda n: n.get("shared"))
+        if not open_:
+            sql.add("project_id = ?", ctx.project_id)
+            return
+        sql.add(f"(project_id = ? OR parent_id IN ({','.join('?' * len(open_))}))",
+                ctx.project_id, *open_)
+
+    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
+        if ctx.is_admin or body.get("project_id") == ctx.project_id:
+            return True
+        network = self.kernel.get("networks").index.get(body["network_id"])
+        return network is not None and bool(network.get("shared"))
+
+    extra_filters = frozenset({"shared"})
+
+    def extra_filter_sql(self, filters: dict[str, list[str]], sql: q.SQL) -> None:
+        """A subnet's `shared` is its network's (a hidden filter in Neutron)."""
+        for key, values in filters.items():
+            wanted = set()
+            for v in values:
+                try:
+                    wanted.add(boolean(v))
+                except Invalid:
+                    raise BadRequest(f"Invalid input for {key}. Reason: '{v}' cannot be converted "
+                                     f"to boolean.") from None
+            ids = self._networks_where(lambda n, k=key, w=frozenset(wanted): bool(n.get(k)) in w)
+            sql.add(f"parent_id IN ({','.join('?' * len(ids))})" if ids else "0", *ids)
+
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         networks = self.kernel.get("networks")
         network = networks.lookup(ctx, given["network_id"])
@@ -123,10 +180,7 @@ class Subnets(Manager):
         net = ipaddress.ip_network(given["cidr"])
         if net.version != given["ip_version"]:
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
-        if given["ip_version"] == 4 and (given.get("ipv6_ra_mode") or given.get("ipv6_address_mode")):
-            raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when ip_version is 4")
-        if given["ip_version"] == 6:
-            _check_ipv6_modes(net, given.get("ipv6_ra_mode"), given.get("ipv6_address_mode"))
+        check_ipv6_modes(given, net)
         if given["ip_version"] == 6 and (network.get("mtu") or IPV6_MIN_MTU) < IPV6_MIN_MTU:
             raise invalid_input(f"IPv6 subnet needs a network MTU of at least {IPV6_MIN_MTU}; "
                                 f"network {network['id']} has {network['mtu']}")
@@ -188,6 +242,9 @@ class Subnets(Manager):
             raise NeutronError(f"Gateway ip {ipaddress.ip_address(gw)} is in use by a port.",
                                type="GatewayIpInUse", status=409)
         self._check_routes(net, changes.get("host_routes", []))
+        if changes.get("enable_dhcp") is False and (current.get("ipv6_ra_mode") or
+                                                    current.get("ipv6_address_mode")):
+            raise invalid_input("Cannot disable enable_dhcp with ipv6 attributes set")
         if "allocation_pools" in changes:
             changes["allocation_pools"] = ipam.pools_json(pools)
         new = await self.replace(tx, current, changes)
@@ -195,11 +252,18 @@ class Subnets(Manager):
         return new
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
-        row = await tx.fetchone("SELECT port_id FROM ip_allocations WHERE subnet_id = ? LIMIT 1",
-                                (current["id"],))
-        if row is not None:
-            raise SubnetInUse(f"Unable to complete operation on subnet {current['id']}: One or more "
-                              f"ports have an IP allocation from this subnet.")
+        sid = current["id"]
+        in_use = SubnetInUse(f"Unable to complete operation on subnet {sid}: One or more ports have "
+                             f"an IP allocation from this subnet.")
+        if await self.kernel.get("routers").subnet_attached(tx, sid):
+            raise in_use
+        # A port's address on an auto-address (SLAAC, DHCPv6-stateless) subnet was never asked
+        # for: Neutron takes it off the port with the subnet. Any other address was, so it blocks.
+        if not auto_address(current):
+            row = await tx.fetchone("SELECT 1 FROM ip_allocations WHERE subnet_id = ? LIMIT 1", (sid,))
+            if row is not None:
+                raise in_use
+        await self.kernel.get("ports").forget_subnet(tx, sid)
         networks = self.kernel.get("networks")
         network = await networks.fetch(current["network_id"], tx)
         await self.drop(tx, current)
