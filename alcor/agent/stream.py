@@ -338,7 +338,9 @@ class StreamModule:
         if nodes.by_name(name) is not None:
             return
         admin = Context(self.admin_project, True)
-        body = {"node_name": name, "local_ip": self.node.local_ip}
+        agent = self.config.get(AgentConfig)
+        body = {"node_name": name, "local_ip": self.node.local_ip, "bridge_name": agent.bridge,
+                "datapath_type": agent.datapath_type}
         try:
             await nodes.create_many(admin, [body])
             log.info("agent.node_registered", node_name=name, local_ip=body["local_ip"])

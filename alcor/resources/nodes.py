@@ -17,6 +17,7 @@ from alcor.resources.schema import (
     Resource,
     ip_address,
     mac_address,
+    one_of,
     standard,
     string,
     uuid_str,
@@ -32,6 +33,10 @@ NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=Fal
     Attr("mq_vhost", string(255), put=True),
     Attr("mq_exchange", string(255), put=True),
     Attr("mq_queue", string(255), put=True),
+    # The host's integration bridge, as its agent is configured ([agent] bridge, datapath_type):
+    # os-vif plugs VM taps there from the ports' binding:vif_details.
+    Attr("bridge_name", string(15), default="br-int", put=True),
+    Attr("datapath_type", one_of("system", "netdev"), default="system", put=True),
 )
 del NODE.attrs["id"]
 
@@ -91,22 +96,21 @@ class Nodes(Manager):
         body.setdefault("mq_exchange", self.mq.exchange)
         body.setdefault("mq_queue", f"alcor.node.{body['node_id']}")
         await self.insert(tx, body)
-        await self._rebind(tx, body["node_name"])
+        await self._rebind(tx, body)
         tx.after_commit(lambda: self._by_name.__setitem__(body["node_name"], body))
         return body
 
-    async def _rebind(self, tx: Tx, name: str) -> None:
-        """Ports that asked for this host before it was registered bind now (vif_type ovs)."""
+    async def _rebind(self, tx: Tx, node: dict[str, Any]) -> None:
+        """The ports that ask for this host get its binding now: those that asked before it was
+        registered (binding_failed → ovs), and bound ones when its bridge or datapath changes."""
         ports = self.kernel.get("ports")
         rows = await tx.fetchall(
             "SELECT body FROM resources WHERE type = 'port' AND "
-            "json_extract(body, '$.\"binding:host_id\"') = ? AND "
-            "json_extract(body, '$.\"binding:vif_type\"') = 'binding_failed'", (name,))
+            "json_extract(body, '$.\"binding:host_id\"') = ?", (node["node_name"],))
         for (text,) in rows:
             port = json.loads(text)
-            binding = ports.binding_for(name, registered=True,
-                                        vnic_type=port.get("binding:vnic_type", "normal"))
-            if binding["binding:vif_type"] != port["binding:vif_type"]:
+            binding = ports.binding_for(port, node)
+            if any(port.get(k) != v for k, v in binding.items()):
                 await ports.replace(tx, port, binding)
 
     async def _bound_ports(self, tx: Tx, name: str) -> int:
@@ -126,6 +130,8 @@ class Nodes(Manager):
                 raise Conflict(f"Node {old_name} has ports bound to it; it cannot be renamed.",
                                type="NodeInUse")
         new = await self.replace(tx, current, changes)
+        if any(new.get(k) != current.get(k) for k in ("bridge_name", "datapath_type")):
+            await self._rebind(tx, new)
 
         def reindex() -> None:
             self._by_name.pop(old_name, None)

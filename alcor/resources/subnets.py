@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from alcor.api import query as q
 from alcor.context import Context
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, NeutronError, invalid_input, not_found, policy
 from alcor.resources import ipam
+from alcor.resources import query as q
 from alcor.resources.base import Manager
 from alcor.resources.networks import IPV6_MIN_MTU
 from alcor.resources.schema import (

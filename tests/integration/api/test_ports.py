@@ -218,3 +218,37 @@ async def test_only_normal_vnic_ports_bind(ctl, net):
     await ctl.create("node", "/v2.0/alcor/nodes", node_name="host2", local_ip="172.16.0.2")
     q2 = (await ctl.get(f"/v2.0/ports/{q['id']}")).body["port"]
     assert q2["binding:vif_type"] == "binding_failed" and q2["revision_number"] == q["revision_number"]
+
+
+async def test_vif_details_are_what_os_vif_plugs_from(ctl, net):
+    """Nova hands binding:vif_type/vif_details to os-vif, which plugs tap<port[:11]> into
+    `bridge_name` with `datapath_type`; they are the node's, as its agent is configured."""
+    network, _ = net
+    node = await ctl.create("node", "/v2.0/alcor/nodes", node_name="cmp1", local_ip="172.16.0.3",
+                            datapath_type="netdev", bridge_name="br-alcor")
+    assert (node["bridge_name"], node["datapath_type"]) == ("br-alcor", "netdev")
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], device_owner="compute:nova",
+                         **{"binding:host_id": "cmp1"})
+    assert p["binding:vif_type"] == "ovs" and p["binding:vnic_type"] == "normal"
+    assert p["binding:vif_details"] == {"port_filter": False, "ovs_hybrid_plug": False,
+                                        "connectivity": "l2", "bridge_name": "br-alcor",
+                                        "datapath_type": "netdev"}
+    # The operator moves the host to the kernel datapath: its bound ports follow.
+    r = await ctl.put(f"/v2.0/alcor/nodes/{node['node_id']}", {"node": {"datapath_type": "system"}})
+    assert r.status == 200
+    got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
+    assert got["binding:vif_details"]["datapath_type"] == "system"
+    assert got["revision_number"] == p["revision_number"] + 1
+    bad = await ctl.put(f"/v2.0/alcor/nodes/{node['node_id']}", {"node": {"datapath_type": "dpdk"}})
+    assert bad.status == 400
+    # Only the normal vnic type binds here: no SR-IOV, no hardware offload.
+    d = await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                         **{"binding:host_id": "cmp1", "binding:vnic_type": "direct"})
+    assert d["binding:vif_type"] == "binding_failed" and d["binding:vif_details"] == {}
+    u = await ctl.put(f"/v2.0/ports/{d['id']}", {"port": {"binding:vnic_type": "normal"}})
+    assert u.body["port"]["binding:vif_type"] == "ovs"
+    # Defaults for a node registered without them: Neutron's br-int on the kernel datapath.
+    await ctl.create("node", "/v2.0/alcor/nodes", node_name="cmp2", local_ip="172.16.0.4")
+    q = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "cmp2"})
+    assert (q["binding:vif_details"]["bridge_name"], q["binding:vif_details"]["datapath_type"]) == \
+        ("br-int", "system")
