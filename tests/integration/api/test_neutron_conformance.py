@@ -199,23 +199,6 @@ async def test_subnets_filter_on_their_networks_shared(ctl):
     assert (await t.delete(f"/v2.0/subnets/{a['id']}")).status == 404
 
 
-async def test_external_networks_are_visible_to_every_project(ctl):
-    ext = await ctl.create("network", "/v2.0/networks", name="public", **{"router:external": True})
-    sub = await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="172.24.4.0/24",
-                           ip_version=4)
-    await ctl.create("network", "/v2.0/networks", name="private")
-    t = ctl.as_project("p1")
-    listed = (await t.get("/v2.0/networks?router:external=true")).body["networks"]
-    assert [n["id"] for n in listed] == [ext["id"]]
-    assert [n["name"] for n in (await t.get("/v2.0/networks")).body["networks"]] == ["public"]
-    assert (await t.get(f"/v2.0/networks/{ext['id']}")).status == 200
-    # Seen, not owned: a tenant cannot change or delete it, nor see its subnets (no
-    # subnet-external-network extension).
-    assert (await t.put(f"/v2.0/networks/{ext['id']}", {"network": {"name": "x"}})).status == 404
-    assert (await t.delete(f"/v2.0/networks/{ext['id']}")).status == 404
-    assert (await t.get(f"/v2.0/subnets/{sub['id']}")).status == 404
-
-
 # Pagination --------------------------------------------------------------------------------------------
 
 async def test_pagination_links_as_neutron_gives_them(ctl):
