@@ -66,11 +66,12 @@ def test_changes_prints_recent_changes_in_rev_order(program: Program) -> None:
 
 def test_changes_follow_prints_a_new_change_as_it_commits(program: Program) -> None:
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "changes", "--follow", "--last",
-                             "0", "--url", program.url], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                             "1", "--url", program.url], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        import time
-
-        time.sleep(1.0)  # let it reach its long-poll
+        # The newest change, printed first, says the follower is connected: a change made after
+        # it is one it must follow (a fixed sleep lost that race on a busy machine, and the
+        # readline below then waited forever).
+        assert proc.stdout.readline()  # type: ignore[union-attr]
         post(program.url + "/v2.0/networks", {"network": {"name": "followed"}})
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert "network" in line and "create" in line and "name=followed" in line
