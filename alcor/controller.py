@@ -13,7 +13,8 @@ from aiohttp import web
 from alcor.api.app import METRICS, Api, changes_routes, make_app
 from alcor.api.config import ApiConfig
 from alcor.config import Config
-from alcor.db.store import Store, StoreConfig
+from alcor.db.backends import open_store
+from alcor.db.store import StoreConfig
 from alcor.ops import OpsModule
 from alcor.resources.base import Manager
 from alcor.resources.networks import NetworkConfig, Networks
@@ -42,14 +43,13 @@ PATHS = {
 
 
 class StoreModule:
-    """Owns the SQLite store for the other modules (`kernel.get("store").store`)."""
+    """Owns the store (SQLite, or PostgreSQL with `[store] url`) for the other modules (`kernel.get("store").store`)."""
 
     name = "store"
     requires: tuple[str, ...] = ()
 
     def __init__(self, config: Config) -> None:
-        cfg = config.get(StoreConfig)
-        self.store = Store(cfg.path, cfg.synchronous)
+        self.store = open_store(config.get(StoreConfig))
 
     async def start(self, kernel: Kernel) -> None:
         await self.store.open()

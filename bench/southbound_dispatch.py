@@ -32,7 +32,7 @@ import aio_pika  # noqa: E402
 
 from alcor import log as alcor_log  # noqa: E402
 from alcor.agent.model import unpack  # noqa: E402
-from alcor.db.store import Store  # noqa: E402
+from alcor.db.store import SqliteStore  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
 from plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
@@ -139,7 +139,7 @@ async def main(args: argparse.Namespace) -> None:
     alcor_log.setup(args.log, "console")
     tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
     tag = f"bench.{uuid.uuid4().hex[:6]}."
-    store = Store(tmp / "alcor.db", "NORMAL")
+    store = SqliteStore(tmp / "alcor.db", "NORMAL")
     await store.open()
     transport: Any = (
         InProcessTransport()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: installs what the tests need (Debian packages, a venv with
-# the project and its test extras), makes sure RabbitMQ is up, then lint, types and pytest.
+# the project and its test extras), makes sure RabbitMQ and PostgreSQL are up, then lint, types and pytest.
 # Usage: bash tests/run.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ command -v ping >/dev/null || missing+=(iputils-ping)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
+command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
@@ -41,6 +42,17 @@ if ! port_open; then
   $SUDO rabbitmq-server -detached || true
   for _ in $(seq 1 90); do port_open && break; sleep 1; done
   port_open || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+fi
+
+# PostgreSQL for the store tests on the second backend (each test creates a database of its own).
+pg_open() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if ! pg_open; then
+  echo "== starting PostgreSQL"
+  for v in $(ls /etc/postgresql 2>/dev/null); do
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+  done
+  for _ in $(seq 1 30); do pg_open && break; sleep 1; done
+  pg_open || { echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
 fi
 
 echo "== ruff"

@@ -1,6 +1,7 @@
 """The change log: every committed mutation, in rev order, readable since any rev and awaitable.
 
-Rows are appended by `Store.transaction()` in the same transaction as the resource they describe;
+Rows are appended by `Store.transaction()` in the same transaction as the resource they describe
+(on PostgreSQL, other controllers' rows also arrive through `committed`, in rev order);
 this class is the reading side: page through rows after a rev, wait for the next rev without
 polling, and compact below a watermark.
 """
@@ -75,11 +76,23 @@ class ChangeLog:
         self.last_rev = max(row[0] or 0, self.horizon)
 
     def committed(self, rows: list[tuple[Any, ...]]) -> None:
-        """A transaction's change rows (`Change.row()`) are durable."""
+        """A transaction's change rows (`Change.row()`) are durable (on a shared store, also the
+        rows other controllers committed, as this one learns of them)."""
+        if rows and rows[0][0] <= self.last_rev:
+            rows = [r for r in rows if r[0] > self.last_rev]
+            if not rows:
+                return
         if self._tail and self._tail[-1][0] != rows[0][0] - 1:
             self._tail.clear()  # not contiguous (never expected): serve reads from SQLite
         self._tail.extend(rows)
         self.last_rev = rows[-1][0]
+        self._new_rev.set()
+        self._new_rev = asyncio.Event()
+
+    def reset(self, rev: int) -> None:
+        """The store rebuilt its state at `rev`: forget the tail, wake the waiters."""
+        self._tail.clear()
+        self.last_rev = max(rev, self.horizon)
         self._new_rev.set()
         self._new_rev = asyncio.Event()
 

@@ -1,5 +1,8 @@
 """The store: one SQLite file in WAL mode, one writer, versioned migrations, and the change log.
 
+(This is the embedded default; alcor/db/postgres.py is the same store on PostgreSQL, for several
+controllers on one database. `alcor.db.backends.open_store(settings)` picks one.)
+
 Every mutation runs in `store.transaction()`: it holds the only write lock, so revs handed out with
 `tx.record(...)` are strictly increasing and gap-free, and the resource rows and their change-log rows
 commit together or not at all.
@@ -28,8 +31,8 @@ import concurrent.futures
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,7 +40,9 @@ from typing import Any, ClassVar, Literal
 import aiosqlite
 import structlog
 
+from alcor.config import ConfigError
 from alcor.db.changelog import Change, ChangeLog
+from alcor.db.dialect import SQLITE, Dialect
 from alcor.errors import Conflict
 
 
@@ -47,17 +52,27 @@ class StoreConfig:
 
     SECTION: ClassVar[str] = "store"
     path: str = "var/alcor.db"
+    # PostgreSQL instead of the SQLite file, e.g. "postgresql://alcor:secret@db:5432/alcor"
+    url: str = ""
     # NORMAL survives any crash of the process; FULL also survives power loss
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
     # change-log rows kept below the lowest rev every node has applied, for late readers
     retention: int = 10000
 
+    def check(self) -> None:
+        if self.url and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"store.url must be a postgresql:// URL, got {self.url!r}")
+
 log = structlog.get_logger("alcor.store")
 
-# Each owner's migrations, applied in order; the version applied is kept per owner.
-CORE_MIGRATIONS: list[str] = [
+# Each owner's migrations, applied in order; the version applied is kept per owner. A migration is
+# one script for both engines, or {"sqlite": …, "postgresql": …} where their DDL differs.
+Migration = str | dict[str, str]
+
+CORE_MIGRATIONS: list[Migration] = [
     # 1: resources, allocations, change log
-    """
+    {
+        "sqlite": """
     CREATE TABLE resources (
         type TEXT NOT NULL, id TEXT NOT NULL, project_id TEXT, parent_id TEXT,
         body TEXT NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
@@ -78,7 +93,37 @@ CORE_MIGRATIONS: list[str] = [
         op TEXT NOT NULL, project_id TEXT, vpc_id TEXT, revision_number INTEGER, body TEXT);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+        # The same tables; `json` keeps a body's text as written (what the API returns), ids sort
+        # in byte order as in SQLite, and the counter row hands out revs (alcor/db/postgres.py).
+        "postgresql": """
+    CREATE TABLE resources (
+        type TEXT NOT NULL, id TEXT COLLATE "C" NOT NULL, project_id TEXT, parent_id TEXT,
+        body JSON NOT NULL, PRIMARY KEY (type, id));
+    CREATE INDEX ix_resources_project ON resources(type, project_id);
+    CREATE INDEX ix_resources_parent ON resources(type, parent_id);
+    CREATE INDEX ix_resources_name ON resources(type, ((body->>'name') COLLATE "C"));
+    CREATE INDEX ix_resources_device ON resources(type, (body->>'device_id'));
+    CREATE TABLE ip_allocations (
+        subnet_id TEXT NOT NULL, ip_address TEXT NOT NULL, port_id TEXT NOT NULL,
+        PRIMARY KEY (subnet_id, ip_address));
+    CREATE INDEX ix_ip_port ON ip_allocations(port_id);
+    CREATE TABLE mac_allocations (
+        network_id TEXT NOT NULL, mac_address TEXT NOT NULL, port_id TEXT NOT NULL,
+        PRIMARY KEY (network_id, mac_address));
+    CREATE TABLE vni_allocations (vni BIGINT PRIMARY KEY, network_id TEXT NOT NULL UNIQUE);
+    CREATE TABLE changes (
+        rev BIGINT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+        op TEXT NOT NULL, project_id TEXT, vpc_id TEXT, revision_number BIGINT, body TEXT);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE rev_counter (id INTEGER PRIMARY KEY CHECK (id = 1), rev BIGINT NOT NULL);
+    INSERT INTO rev_counter(id, rev) VALUES (1, 0);
+    """,
+    },
 ]
+
+
+def script_for(migration: Migration, dialect: str) -> str:
+    return migration if isinstance(migration, str) else migration[dialect]
 
 
 class StoreError(Exception):
@@ -89,7 +134,7 @@ class StoreError(Exception):
 class Tx:
     """One write transaction. Statements run on the writer connection; changes are appended at commit."""
 
-    conn: sqlite3.Connection
+    conn: Any
     first_rev: int
     changes: list[Change] = field(default_factory=list)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -137,6 +182,50 @@ class Tx:
 
 
 class Store:
+    """What the managers, the change log and the dispatcher use, whichever engine is behind it."""
+
+    dialect: Dialect = SQLITE
+    # Several controllers on one database (PostgreSQL): each must follow the others' changes.
+    shared = False
+    changes: ChangeLog
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def migrate(self, owner: str, migrations: list[Migration]) -> None:
+        """Apply the owner's migrations that are not yet applied, each once."""
+        raise NotImplementedError
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """The only way to write. Commits on success; on any exception rolls back and re-raises."""
+        raise NotImplementedError
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def follow(self, fn: Callable[[Change], None]) -> None:
+        """fn(change) for every change another controller commits (a shared store only)."""
+
+    def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """fn() rebuilds an owner's in-memory indexes from the tables (a shared store only)."""
+
+    async def writable(self) -> bool:
+        """True when a write transaction can be opened (for readiness checks)."""
+        try:
+            async with self.transaction() as tx:
+                await tx.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+
+class SqliteStore(Store):
     """Owns the database file: the writer, the reader and the change log."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
@@ -207,7 +296,7 @@ class Store:
             self._writer.close()
         self._reader = self._writer = None
 
-    async def migrate(self, owner: str, migrations: list[str]) -> None:
+    async def migrate(self, owner: str, migrations: list[Migration]) -> None:
         """Apply the owner's migrations that are not yet applied, each in its own transaction."""
         w = self._w
         w.execute(
@@ -223,7 +312,7 @@ class Store:
             for version, script in enumerate(migrations[current:], start=current + 1):
                 w.execute("BEGIN IMMEDIATE")
                 try:
-                    for stmt in _statements(script):
+                    for stmt in _statements(script_for(script, "sqlite")):
                         w.execute(stmt)
                     w.execute(
                         "INSERT INTO schema_versions(owner, version) VALUES (?, ?) "
@@ -250,7 +339,6 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """The only way to write. Commits on success; on any exception rolls back and re-raises."""
         async with self._lock:
             w = self._w
             tx = Tx(w, self._next_rev)
@@ -329,15 +417,7 @@ class Store:
         async with self._r.execute(sql, params) as cur:
             return await cur.fetchone()
 
-    async def writable(self) -> bool:
-        """True when a write transaction can be opened (for readiness checks)."""
-        try:
-            async with self.transaction() as tx:
-                await tx.execute("SELECT 1")
-            return True
-        except Exception:
-            return False
-
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+

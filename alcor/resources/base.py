@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Store, Tx
 from alcor.errors import BadRequest, PreconditionFailed, not_found, policy
 from alcor.resources import query as q
@@ -54,12 +55,31 @@ class Manager:
         self.kernel = kernel
         self.store = kernel.get("store").store
         await self.load()
+        # On a shared store (PostgreSQL) other controllers write too: their changes reach the
+        # indexes through `followed`, in rev order, before any transaction of ours checks them.
+        self.store.follow(self._on_change)
+        self.store.on_reload(self.reload)
 
     async def stop(self) -> None:
         pass
 
     async def load(self) -> None:
         """Rebuild in-memory indexes from the store (override where a manager keeps any)."""
+
+    def reset(self) -> None:
+        """Forget the in-memory indexes (before `load` builds them again)."""
+
+    async def reload(self) -> None:
+        self.reset()
+        await self.load()
+
+    def _on_change(self, change: Change) -> None:
+        if change.type == self.type:
+            self.followed(change)
+
+    def followed(self, change: Change) -> None:
+        """Another controller committed this change of our type: bring the indexes along.
+        Applying one the indexes already show must be harmless (see PgStore._reload)."""
 
     # Reads -------------------------------------------------------------------------------------
 
@@ -90,13 +110,13 @@ class Manager:
         extra = {k: lq.filters.pop(k) for k in list(lq.filters) if k in self.extra_filters}
         if extra:
             self.extra_filter_sql(extra, sql)
-        q.filter_sql(self.res, lq, sql)
-        cols, order = q.order_sql(self.res, lq)
+        q.filter_sql(self.res, lq, sql, self.store.dialect)
+        cols, order = q.order_sql(self.res, lq, self.store.dialect)
         if lq.marker:
             marker = await self.fetch(lq.marker)
             if marker is None or not self.visible(ctx, marker):
                 raise not_found(self.res.neutron_name, lq.marker)
-            q.marker_sql(cols, marker, self.res, lq, sql)
+            q.marker_sql(cols, marker, self.res, lq, sql, self.store.dialect)
         text = f"SELECT body FROM resources WHERE {' AND '.join(sql.where)} ORDER BY {order}"
         if lq.limit:
             text += f" LIMIT {int(lq.limit)}"

@@ -15,6 +15,7 @@ import structlog
 
 from alcor.config import ConfigError
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import Conflict, NeutronError, invalid_input, not_found
 from alcor.resources import query as q
@@ -123,13 +124,28 @@ class Networks(Manager):
                 log.warning("network.mtu_above_overlay", network_id=body["id"], mtu=body["mtu"],
                             max_mtu=self.max_mtu)
 
+    def reset(self) -> None:
+        self.index.clear()
+        self.vnis.used = set()
+
+    def followed(self, change: Change) -> None:
+        if change.op == "delete":
+            old = self.index.pop(change.id, None)
+            if old is not None:
+                self.vnis.used.discard(old["provider:segmentation_id"])
+            return
+        assert change.body is not None
+        self.index[change.id] = change.body
+        self.vnis.used.add(change.body["provider:segmentation_id"])
+
     # Neutron's get_network: a shared network is everyone's to use, and an external one everyone's
     # to see (routers' gateways and floating IPs are taken from it).
 
     def scope(self, ctx: Context, sql: q.SQL) -> None:
         if not ctx.is_admin:
-            sql.add("(project_id = ? OR json_extract(body, '$.shared') = 1 OR "
-                    "json_extract(body, '$.\"router:external\"') = 1)", ctx.project_id)
+            d = self.store.dialect
+            sql.add(f"(project_id = ? OR {d.is_true('shared')} OR {d.is_true('router:external')})",
+                    ctx.project_id)
 
     def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
         return (ctx.is_admin or body.get("project_id") == ctx.project_id or bool(body.get("shared"))

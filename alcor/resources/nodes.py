@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import Conflict, policy
 from alcor.resources.base import Manager
@@ -53,6 +54,16 @@ class Nodes(Manager):
     async def load(self) -> None:
         for body in await self.list_all(Context("", True)):
             self._by_name[body["node_name"]] = body
+
+    def reset(self) -> None:
+        self._by_name.clear()
+
+    def followed(self, change: Change) -> None:
+        old = next((n for n, b in self._by_name.items() if b["node_id"] == change.id), None)
+        if old is not None:
+            del self._by_name[old]
+        if change.body is not None:
+            self._by_name[change.body["node_name"]] = change.body
 
     def by_name(self, name: str) -> dict[str, Any] | None:
         return self._by_name.get(name)
@@ -104,9 +115,10 @@ class Nodes(Manager):
         """The ports that ask for this host get its binding now: those that asked before it was
         registered (binding_failed → ovs), and bound ones when its bridge or datapath changes."""
         ports = self.kernel.get("ports")
+        d = self.store.dialect
         rows = await tx.fetchall(
-            "SELECT body FROM resources WHERE type = 'port' AND "
-            "json_extract(body, '$.\"binding:host_id\"') = ?", (node["node_name"],))
+            f"SELECT body FROM resources WHERE type = 'port' AND {d.text('binding:host_id')} = ?",
+            (node["node_name"],))
         for (text,) in rows:
             port = json.loads(text)
             binding = ports.binding_for(port, node)
@@ -116,7 +128,7 @@ class Nodes(Manager):
     async def _bound_ports(self, tx: Tx, name: str) -> int:
         row = await tx.fetchone(
             "SELECT COUNT(*) FROM resources WHERE type = 'port' AND "
-            "json_extract(body, '$.\"binding:host_id\"') = ?", (name,))
+            f"{self.store.dialect.text('binding:host_id')} = ?", (name,))
         return int(row[0])
 
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, Conflict, NeutronError, invalid_input
 from alcor.resources import ipam
@@ -88,11 +89,71 @@ class Ports(Manager):
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         self.macs: dict[str, set[str]] = {}
+        # port → (network, MAC, ((subnet, IP), …)), on a shared store only (see `followed`).
+        self.held: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {}
         self.rng = random.Random(seed)
 
     async def load(self) -> None:
-        for nid, mac in await self.store.fetchall("SELECT network_id, mac_address FROM mac_allocations"):
+        for nid, mac, pid in await self.store.fetchall(
+                "SELECT network_id, mac_address, port_id FROM mac_allocations"):
             self.macs.setdefault(nid, set()).add(mac)
+            if self.store.shared:
+                self.held[pid] = (nid, mac, ())
+        if self.store.shared:
+            for sid, ip, pid in await self.store.fetchall(
+                    "SELECT subnet_id, ip_address, port_id FROM ip_allocations"):
+                if pid in self.held:
+                    nid, mac, ips = self.held[pid]
+                    self.held[pid] = (nid, mac, (*ips, (sid, ip)))
+
+    def reset(self) -> None:
+        self.macs.clear()
+        self.held.clear()
+
+    # A shared store: other controllers' port changes arrive as change-log rows, and a delete's row
+    # has no body, so what each port holds is kept to release it then.
+
+    def _hold(self, body: dict[str, Any]) -> None:
+        self.held[body["id"]] = (body["network_id"], body["mac_address"],
+                                 tuple((f["subnet_id"], f["ip_address"]) for f in body["fixed_ips"]))
+
+    def _unhold(self, port_id: str) -> None:
+        self.held.pop(port_id, None)
+
+    def followed(self, change: Change) -> None:
+        nid_mac_ips = self.held.pop(change.id, None)
+        subnets = self.kernel.get("subnets")
+        if nid_mac_ips is not None:
+            nid, mac, ips = nid_mac_ips
+            self.macs.get(nid, set()).discard(mac)
+            for sid, ip in ips:
+                if sid in subnets.allocators:
+                    subnets.allocators[sid].release(int(ipaddress.ip_address(ip)))
+        if change.body is None:
+            return
+        body = change.body
+        self.macs.setdefault(body["network_id"], set()).add(body["mac_address"])
+        for f in body["fixed_ips"]:
+            alloc = subnets.allocators.get(f["subnet_id"])
+            if alloc is not None:
+                alloc.take(int(ipaddress.ip_address(f["ip_address"])))
+        self._hold(body)
+
+    async def insert(self, tx: Tx, body: dict[str, Any]) -> None:
+        await super().insert(tx, body)
+        if self.store.shared:
+            tx.after_commit(lambda: self._hold(body))
+
+    async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        new = await super().replace(tx, body, changes)
+        if self.store.shared:
+            tx.after_commit(lambda: self._hold(new))
+        return new
+
+    async def remove(self, tx: Tx, body: dict[str, Any]) -> None:
+        await super().remove(tx, body)
+        if self.store.shared:
+            tx.after_commit(lambda: self._unhold(body["id"]))
 
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["network_id"]
@@ -374,9 +435,9 @@ class Ports(Manager):
                 chunk = ids[i:i + 500]
                 # Most reports change nothing (an agent's full report after a snapshot): SQLite
                 # compares status and host, and only the ports that change are decoded.
+                d = self.store.dialect
                 rows = await tx.fetchall(
-                    "SELECT id, json_extract(body, '$.status'), "
-                    "json_extract(body, '$.\"binding:host_id\"'), body "
+                    f"SELECT id, {d.text('status')}, {d.text('binding:host_id')}, body "
                     f"FROM resources WHERE type = 'port' AND id IN ({','.join('?' * len(chunk))})",
                     chunk)
                 for pid, held, bound, text in rows:

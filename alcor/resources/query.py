@@ -2,32 +2,27 @@
 
 `?name=a&name=b&status=ACTIVE` is (name = a OR name = b) AND status = ACTIVE; a parameter that is not
 an attribute of the resource is a 400, as in Neutron with filter validation on. `changed_since=T`
-keeps what was updated at or after T (Neutron's standard-attr-timestamp). Filters run in SQLite
-on the stored JSON bodies, so a list never loads rows it will not return.
+keeps what was updated at or after T (Neutron's standard-attr-timestamp). Filters run in the
+database on the stored JSON bodies (alcor/db/dialect.py), so a list never loads rows it will not
+return.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from multidict import MultiMapping
 
+from alcor.db.dialect import SQLITE, Dialect
 from alcor.errors import BadRequest
 from alcor.resources.schema import Invalid, Resource
 
 RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
 MAX_LIMIT = 10000
 SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
-_SIMPLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def path(key: str) -> str:
-    """The JSON path SQLite needs for an attribute (quoted when it has a colon, as binding:host_id)."""
-    return f"$.{key}" if _SIMPLE.match(key) else f'$."{key}"'
 
 
 @dataclass
@@ -133,18 +128,20 @@ class SQL:
         self.params.extend(params)
 
 
-def filter_sql(res: Resource, q: ListQuery, sql: SQL) -> None:
+def filter_sql(res: Resource, q: ListQuery, sql: SQL, d: Dialect = SQLITE) -> None:
     if q.changed_since is not None:
-        sql.add("json_extract(body, '$.updated_at') >= ?", q.changed_since)
+        sql.add(f"{d.value('updated_at', 'string')} >= ?", q.changed_since)
     for key, values in q.filters.items():
         attr = res.attrs.get(key)
         if key == "fixed_ips":
-            _fixed_ips_filter(values, sql)
+            _fixed_ips_filter(values, sql, d)
             continue
         if attr is not None and attr.kind == "array":
             marks = ",".join("?" * len(values))
-            sql.add(f"EXISTS (SELECT 1 FROM json_each(body, '{path(key)}') WHERE value IN ({marks}))", *values)
+            sql.add(f"EXISTS (SELECT 1 FROM {d.elements(key)} WHERE {d.element_text()} IN ({marks}))",
+                    *values)
             continue
+        kind = attr.kind if attr is not None else "string"
         if key == res.id_field or key == "id":
             col = "id"
         elif key in ("project_id", "tenant_id"):
@@ -152,9 +149,9 @@ def filter_sql(res: Resource, q: ListQuery, sql: SQL) -> None:
         elif res.parent_field and key == res.parent_field:
             col = "parent_id"
         else:
-            col = f"json_extract(body, '{path(key)}')"
+            col = d.value(key, kind)
         has_null = any(v is None or v == "" for v in values) and attr is not None and attr.kind != "string"
-        vals = [int(v) if isinstance(v, bool) else v for v in values if not (has_null and v in (None, ""))]
+        vals = [d.param(v, kind) for v in values if not (has_null and v in (None, ""))]
         parts = []
         if vals:
             parts.append(f"{col} IN ({','.join('?' * len(vals))})")
@@ -163,7 +160,7 @@ def filter_sql(res: Resource, q: ListQuery, sql: SQL) -> None:
         sql.add("(" + " OR ".join(parts) + ")", *vals)
 
 
-def _fixed_ips_filter(values: list[str], sql: SQL) -> None:
+def _fixed_ips_filter(values: list[str], sql: SQL, d: Dialect) -> None:
     ors = []
     params: list[Any] = []
     for v in values:
@@ -171,43 +168,40 @@ def _fixed_ips_filter(values: list[str], sql: SQL) -> None:
         if key not in ("ip_address", "subnet_id", "ip_address_substr"):
             raise BadRequest(f"Invalid fixed_ips filter {v!r}: use ip_address=…, subnet_id=… or ip_address_substr=…")
         if key == "ip_address_substr":
-            ors.append("instr(json_extract(j.value, '$.ip_address'), ?) > 0")
+            ors.append(d.contains(d.element_text("j", "ip_address")))
         else:
-            ors.append(f"json_extract(j.value, '$.{key}') = ?")
+            ors.append(f"{d.element_text('j', key)} = ?")
         params.append(value)
-    sql.add(
-        f"EXISTS (SELECT 1 FROM json_each(body, '$.fixed_ips') AS j WHERE {' OR '.join(ors)})", *params
-    )
+    sql.add(f"EXISTS (SELECT 1 FROM {d.elements('fixed_ips')} WHERE {' OR '.join(ors)})", *params)
 
 
-def order_sql(res: Resource, q: ListQuery) -> tuple[list[tuple[str, str]], str]:
-    """The sort columns as (expression, direction), always ending with id for a stable order."""
-    cols: list[tuple[str, str]] = []
-    for key, d in q.sort:
+def order_sql(res: Resource, q: ListQuery, d: Dialect = SQLITE) -> tuple[list[tuple[str, str, str]], str]:
+    """The sort columns as (expression, direction, kind), always ending with id for a stable order."""
+    cols: list[tuple[str, str, str]] = []
+    for key, direction in q.sort:
         if key == res.id_field:
             continue
-        cols.append((f"json_extract(body, '{path(key)}')", d))
+        kind = res.attrs[key].kind if key in res.attrs else "string"
+        cols.append((d.value(key, kind), direction, kind))
     last = q.sort[-1][1] if q.sort else "asc"
-    cols.append(("id", dict(q.sort).get(res.id_field, last)))
+    cols.append(("id", dict(q.sort).get(res.id_field, last), "string"))
     if q.page_reverse:
-        cols = [(c, "desc" if d == "asc" else "asc") for c, d in cols]
-    return cols, ", ".join(f"{c} {d.upper()}" for c, d in cols)
+        cols = [(c, "desc" if o == "asc" else "asc", k) for c, o, k in cols]
+    return cols, ", ".join(d.order(c, o) for c, o, _ in cols)
 
 
-def marker_sql(cols: list[tuple[str, str]], marker_row: dict[str, Any], res: Resource, q: ListQuery,
-               sql: SQL) -> None:
+def marker_sql(cols: list[tuple[str, str, str]], marker_row: dict[str, Any], res: Resource,
+               q: ListQuery, sql: SQL, d: Dialect = SQLITE) -> None:
     """Rows strictly after the marker in the sort order (lexicographic over the sort columns)."""
     values = []
-    for key, _ in q.sort:
-        if key != res.id_field:
-            v = marker_row.get(key)
-            values.append(int(v) if isinstance(v, bool) else v)
+    for (key, _), (_, _, kind) in zip([s for s in q.sort if s[0] != res.id_field], cols, strict=False):
+        values.append(d.param(marker_row.get(key), kind))
     values.append(marker_row[res.id_field])
     ors = []
     params: list[Any] = []
-    for i, (col, d) in enumerate(cols):
-        eqs = [f"{cols[j][0]} IS ?" for j in range(i)]
-        op = ">" if d == "asc" else "<"
+    for i, (col, direction, _) in enumerate(cols):
+        eqs = [d.same(cols[j][0]) for j in range(i)]
+        op = ">" if direction == "asc" else "<"
         ors.append("(" + " AND ".join([*eqs, f"{col} {op} ?"]) + ")")
         params.extend(values[:i])
         params.append(values[i])

@@ -107,7 +107,7 @@ class Routers(Manager):
     async def _ports(self, tx: Tx, router_id: str, owner: str) -> list[dict[str, Any]]:
         ports = self.kernel.get("ports")
         rows = await tx.fetchall(
-            "SELECT id FROM resources WHERE type = 'port' AND json_extract(body, '$.device_id') = ?",
+            f"SELECT id FROM resources WHERE type = 'port' AND {self.store.dialect.text('device_id')} = ?",
             (router_id,))
         out = []
         for (pid,) in rows:
@@ -148,7 +148,7 @@ class Routers(Manager):
     async def subnet_attached(self, tx: Tx, subnet_id: str) -> bool:
         row = await tx.fetchone(
             "SELECT 1 FROM ip_allocations a JOIN resources r ON r.type = 'port' AND r.id = a.port_id "
-            "WHERE a.subnet_id = ? AND json_extract(r.body, '$.device_owner') = ? LIMIT 1",
+            f"WHERE a.subnet_id = ? AND {self.store.dialect.text('device_owner', 'r.body')} = ? LIMIT 1",
             (subnet_id, ROUTER_INTERFACE))
         return row is not None
 

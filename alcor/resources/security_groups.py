@@ -241,7 +241,7 @@ class SecurityGroups(Manager):
 
     async def _default_row(self, project_id: str, tx: Tx | None) -> str | None:
         sql = ("SELECT id FROM resources WHERE type = 'security_group' AND project_id = ? AND "
-               "json_extract(body, '$.name') = 'default' LIMIT 1")
+               f"{self.store.dialect.text('name')} = 'default' LIMIT 1")
         row = await (tx.fetchone(sql, (project_id,)) if tx else self.store.fetchone(sql, (project_id,)))
         return row[0] if row else None
 
@@ -313,9 +313,10 @@ class SecurityGroups(Manager):
         if current["name"] == "default" and not ctx.is_admin:
             raise Conflict("Insufficient rights for removing default security group.",
                            type="SecurityGroupCannotRemoveDefault")
+        d = self.store.dialect
         row = await tx.fetchone(
-            "SELECT 1 FROM resources WHERE type = 'port' AND EXISTS (SELECT 1 FROM "
-            "json_each(body, '$.security_groups') WHERE value = ?) LIMIT 1", (current["id"],))
+            f"SELECT 1 FROM resources WHERE type = 'port' AND EXISTS (SELECT 1 FROM "
+            f"{d.elements('security_groups')} WHERE {d.element_text()} = ?) LIMIT 1", (current["id"],))
         if row:
             raise NeutronError(f"Security Group {current['id']} in use.", type="SecurityGroupInUse",
                                status=409)

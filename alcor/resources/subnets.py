@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, NeutronError, invalid_input, not_found, policy
 from alcor.resources import ipam
@@ -105,6 +106,19 @@ class Subnets(Manager):
             if alloc is not None:
                 alloc.take(int(ipaddress.ip_address(ip)))
 
+    def reset(self) -> None:
+        self.allocators.clear()
+        self.by_network.clear()
+
+    def followed(self, change: Change) -> None:
+        if change.op == "delete":
+            alloc = self.allocators.get(change.id)
+            if alloc is not None:
+                self._forget({"id": change.id, "network_id": alloc.network_id})
+            return
+        assert change.body is not None
+        self._register(change.body)
+
     def _register(self, body: dict[str, Any]) -> None:
         net = ipaddress.ip_network(body["cidr"])
         gw = int(ipaddress.ip_address(body["gateway_ip"])) if body.get("gateway_ip") else None
@@ -170,7 +184,7 @@ class Subnets(Manager):
                     raise BadRequest(f"Invalid input for {key}. Reason: '{v}' cannot be converted "
                                      f"to boolean.") from None
             ids = self._networks_where(lambda n, k=key, w=frozenset(wanted): bool(n.get(k)) in w)
-            sql.add(f"parent_id IN ({','.join('?' * len(ids))})" if ids else "0", *ids)
+            sql.add(f"parent_id IN ({','.join('?' * len(ids))})" if ids else "1 = 0", *ids)
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         networks = self.kernel.get("networks")

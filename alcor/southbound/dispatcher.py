@@ -34,7 +34,7 @@ import structlog
 
 from alcor.config import Config
 from alcor.db.changelog import Change
-from alcor.db.store import Store, StoreConfig
+from alcor.db.store import Migration, Store, StoreConfig
 from alcor.southbound.goalstate import WIRE_TYPE, Topology, goal_entries, node_digest
 from alcor.southbound.placement import Op, place
 from alcor.transport import Address, Delivery, MqConfig, Transport
@@ -42,14 +42,23 @@ from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION
 
 log = structlog.get_logger("alcor.southbound")
 
-MIGRATIONS = [
-    """
+MIGRATIONS: list[Migration] = [
+    {
+        "sqlite": """
     CREATE TABLE sb_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE sb_nodes (node_id TEXT PRIMARY KEY, sent_rev INTEGER NOT NULL,
                            need_snapshot INTEGER NOT NULL DEFAULT 0);
     CREATE TABLE sb_model (type TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
                            PRIMARY KEY (type, id)) WITHOUT ROWID;
     """,
+        "postgresql": """
+    CREATE TABLE sb_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sb_nodes (node_id TEXT PRIMARY KEY, sent_rev BIGINT NOT NULL,
+                           need_snapshot INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE sb_model (type TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+                           PRIMARY KEY (type, id));
+    """,
+    },
 ]
 PORT_STATES = ("ACTIVE", "ERROR", "DOWN")
 

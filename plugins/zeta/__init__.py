@@ -103,6 +103,15 @@ class Gateways(Manager):
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body.get("vpc_id")
 
+    def reset(self) -> None:
+        self.by_vpc.clear()
+
+    def followed(self, change: Change) -> None:
+        if change.op == "create" and change.vpc_id:
+            self.by_vpc[change.vpc_id] = change.id
+        elif change.op == "delete" and change.vpc_id and self.by_vpc.get(change.vpc_id) == change.id:
+            del self.by_vpc[change.vpc_id]
+
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         vpc_id = given["vpc_id"]
         network = await self.kernel.get("networks").fetch(vpc_id, tx)

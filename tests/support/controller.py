@@ -1,4 +1,5 @@
-"""A controller running in the test's event loop on a temp SQLite file and an ephemeral port."""
+"""A controller running in the test's event loop on a temp SQLite file (or a PostgreSQL database of
+its own) and an ephemeral port."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from alcor import sections
 from alcor.config import Config
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
+from tests.support.stores import store_settings
 
 
 @dataclass
@@ -85,18 +87,34 @@ def config_for_test(tmp: Path, **layer: dict[str, Any]) -> Config:
 
 
 @asynccontextmanager
-async def running_controller(tmp: Path, **overrides: Any) -> AsyncIterator[tuple[Kernel, Client]]:
-    """The controller's modules on `config_for_test`; overrides by SECTION__KEY (api__auth="token")."""
+async def _store(backend: str, tmp: Path, given: dict[str, Any] | None
+                 ) -> AsyncIterator[dict[str, Any]]:
+    if given is not None:
+        yield given
+        return
+    async with store_settings(backend, tmp) as settings:
+        yield settings
+
+
+@asynccontextmanager
+async def running_controller(
+    tmp: Path, backend: str = "sqlite", store: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Kernel, Client]]:
+    """The controller's modules on `config_for_test`; overrides by SECTION__KEY (api__auth="token").
+    The store is of the given backend ("sqlite", or "postgresql": a fresh database), or the
+    `store` settings given (to start a second controller on the same one)."""
     layer: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         layer.setdefault(section, {})[key] = value
-    cfg = config_for_test(tmp, **layer)
-    kernel = Kernel(cfg, controller_modules(cfg))
-    await kernel.start()
-    try:
-        port = kernel.get("api").port
-        async with aiohttp.ClientSession() as session:
-            yield kernel, Client(session, f"http://127.0.0.1:{port}")
-    finally:
-        await kernel.stop()
+    async with _store(backend, tmp, store) as settings:
+        layer["store"] = {**layer.get("store", {}), **settings}
+        cfg = config_for_test(tmp, **layer)
+        kernel = Kernel(cfg, controller_modules(cfg))
+        await kernel.start()
+        try:
+            port = kernel.get("api").port
+            async with aiohttp.ClientSession() as session:
+                yield kernel, Client(session, f"http://127.0.0.1:{port}")
+        finally:
+            await kernel.stop()

@@ -1,11 +1,19 @@
+"""Every API test runs on both store backends: SQLite and PostgreSQL (a database per test)."""
+
 import pytest
 
 from tests.support.controller import running_controller
+from tests.support.stores import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
 
 
 @pytest.fixture
-async def ctl(tmp_path):
-    async with running_controller(tmp_path) as (kernel, client):
+async def ctl(tmp_path, backend):
+    async with running_controller(tmp_path, backend) as (kernel, client):
         client.kernel = kernel
         yield client
 

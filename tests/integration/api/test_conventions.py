@@ -69,11 +69,11 @@ async def test_pagination_and_sorting(ctl):
     assert (await ctl.get("/v2.0/networks?marker=4c5d0f5e-0000-4000-8000-000000000000")).status == 404
 
 
-async def test_token_mode(tmp_path):
+async def test_token_mode(tmp_path, backend):
     from tests.support.controller import running_controller
     tokens = {"s3cret-admin": {"project": "ops", "role": "admin"},
               "s3cret-t": {"project": "tenant-x", "role": "member"}}
-    async with running_controller(tmp_path, api__auth="token", api__tokens=tokens) as (_, c):
+    async with running_controller(tmp_path, backend, api__auth="token", api__tokens=tokens) as (_, c):
         r = await c.get("/v2.0/networks")
         assert r.status == 401 and r.error["type"] == "HTTPUnauthorized"
         r = await c.get("/v2.0/networks", headers={"X-Auth-Token": "wrong"})

@@ -28,9 +28,9 @@ async def test_explicit_vni_in_use_is_409(ctl):
     assert last_rev(ctl) == before
 
 
-async def test_vni_freed_on_delete_and_reused_range(tmp_path):
+async def test_vni_freed_on_delete_and_reused_range(tmp_path, backend):
     from tests.support.controller import running_controller
-    async with running_controller(tmp_path, network__vni_min=10, network__vni_max=11) as (_, c):
+    async with running_controller(tmp_path, backend, network__vni_min=10, network__vni_max=11) as (_, c):
         a = await c.create("network", "/v2.0/networks")
         await c.create("network", "/v2.0/networks")
         r = await c.post("/v2.0/networks", {"network": {}})

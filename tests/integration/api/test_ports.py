@@ -178,13 +178,20 @@ async def test_delete_releases_ip_and_mac(ctl, net):
                      fixed_ips=[{"ip_address": "10.0.0.9"}])
 
 
-async def test_state_survives_restart(tmp_path):
+async def test_state_survives_restart(tmp_path, backend):
     from tests.support.controller import running_controller
-    async with running_controller(tmp_path) as (_, c):
-        n = await c.create("network", "/v2.0/networks")
-        await c.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.7.0.0/24", ip_version=4)
-        p = await c.create("port", "/v2.0/ports", network_id=n["id"])
-    async with running_controller(tmp_path) as (k, c):
+    from tests.support.stores import store_settings
+    async with store_settings(backend, tmp_path) as store:
+        async with running_controller(tmp_path, store=store) as (_, c):
+            n = await c.create("network", "/v2.0/networks")
+            await c.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.7.0.0/24", ip_version=4)
+            p = await c.create("port", "/v2.0/ports", network_id=n["id"])
+        await _after_restart(tmp_path, store, n, p)
+
+
+async def _after_restart(tmp_path, store, n, p):
+    from tests.support.controller import running_controller
+    async with running_controller(tmp_path, store=store) as (k, c):
         r = await c.post("/v2.0/ports", {"port": {"network_id": n["id"], "mac_address": p["mac_address"]}})
         assert r.status == 409
         q = await c.create("port", "/v2.0/ports", network_id=n["id"])

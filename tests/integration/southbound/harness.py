@@ -16,7 +16,7 @@ from typing import Any
 
 from alcor.agent.stream import AgentStream
 from alcor.db.changelog import Change
-from alcor.db.store import Store
+from alcor.db.store import SqliteStore, Store
 from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.southbound.goalstate import goal_state
 from alcor.transport import Address, Transport
@@ -76,7 +76,7 @@ class Harness:
         self.statuses: dict[str, str] = {}
 
     async def start(self) -> Dispatcher:
-        self.store = Store(self.path, "NORMAL")
+        self.store = SqliteStore(self.path, "NORMAL")
         await self.store.open()
         self.transport = self.make_transport()
         await self.transport.start()

@@ -186,9 +186,9 @@ async def test_watermark_behind_compaction_rebuilds_and_snapshots(h: Harness) ->
     await all_agents_converged(h, 2)
     await h.crash()
     # While the controller is down, many changes happen and the log is compacted past W.
-    from alcor.db.store import Store
+    from alcor.db.store import SqliteStore
 
-    store = Store(h.path, "NORMAL")
+    store = SqliteStore(h.path, "NORMAL")
     await store.open()
     from tests.integration.southbound.harness import write
 

@@ -123,6 +123,7 @@ def test_rabbitmq_persistent_false_from_the_environment_publishes_transient_mess
         ),
         ("", {"ALCOR_SOUTHBOUND__RETENTION": "5"}, "unknown key southbound.retention"),
         ("", {"ALCOR_METRICS__PORT": "1"}, "unknown section [metrics]"),
+        ("", {"ALCOR_STORE__URL": "mysql://x"}, "store.url must be a postgresql:// URL"),
         ("", {"ALCOR_API__TOKENS": "x"}, "a table cannot be set from the environment"),
     ],
 )

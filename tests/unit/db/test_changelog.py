@@ -1,12 +1,16 @@
-"""The change log serves recent rows from memory exactly as SQLite has them."""
+"""The change log serves recent rows from memory exactly as the database has them (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from alcor.db.store import Store
+from alcor.db.backends import open_store
+from alcor.db.store import Store, StoreConfig
+from tests.support.stores import BACKENDS, store_settings
 
 
 async def _commit(store: Store, n: int, fail: bool = False) -> None:
@@ -18,8 +22,14 @@ async def _commit(store: Store, n: int, fail: bool = False) -> None:
             raise ValueError("abandoned")
 
 
-async def test_reads_from_memory_equal_reads_from_the_database(tmp_path: Path) -> None:
-    store = Store(tmp_path / "a.db", "NORMAL")
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_reads_from_memory_equal_reads_from_the_database(tmp_path: Path, backend: str) -> None:
+    async with store_settings(backend, tmp_path) as settings:
+        await _memory_and_database(settings)
+
+
+async def _memory_and_database(settings: dict[str, Any]) -> None:
+    store = open_store(StoreConfig(**settings))
     await store.open()
     try:
         await _commit(store, 3)
@@ -38,7 +48,7 @@ async def test_reads_from_memory_equal_reads_from_the_database(tmp_path: Path) -
     finally:
         await store.close()
 
-    again = Store(tmp_path / "a.db", "NORMAL")  # a fresh log: nothing in memory, all from SQLite
+    again = open_store(StoreConfig(**settings))  # a fresh log: nothing in memory, all from the database
     await again.open()
     try:
         assert again.changes.last_rev == 51

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alcor.db.store import Store, StoreError
+from alcor.db.store import SqliteStore, Store, StoreError
 
 
 async def _write(store: Store, i: int, hooks: list[int] | None = None) -> None:
@@ -33,7 +33,7 @@ async def test_concurrent_commits_share_wal_fsyncs(
         real(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    store = Store(tmp_path / "s.db", "FULL")
+    store = SqliteStore(tmp_path / "s.db", "FULL")
     await store.open()
     try:
         await asyncio.gather(*(_write(store, i) for i in range(50)))
@@ -55,7 +55,7 @@ async def test_nothing_is_answered_or_shown_before_its_fsync(
         real(fd)
 
     monkeypatch.setattr(os, "fsync", gated_fsync)
-    store = Store(tmp_path / "s.db", "FULL")
+    store = SqliteStore(tmp_path / "s.db", "FULL")
     await store.open()
     try:
         hooks: list[int] = []
@@ -80,7 +80,7 @@ async def test_nothing_is_answered_or_shown_before_its_fsync(
 async def test_a_failed_fsync_fails_the_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = Store(tmp_path / "s.db", "FULL")
+    store = SqliteStore(tmp_path / "s.db", "FULL")
     await store.open()
 
     def broken(fd: int) -> None:
@@ -98,7 +98,7 @@ async def test_a_failed_fsync_fails_the_request(
 
 
 async def test_a_store_without_fsync_commits_inline(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db", "NORMAL")
+    store = SqliteStore(tmp_path / "s.db", "NORMAL")
     await store.open()
     try:
         await _write(store, 1)

@@ -1,0 +1,167 @@
+"""The PostgreSQL store on the real server: what several controllers sharing one database rely on.
+
+Each `PgStore` here stands for one controller (its own writer, readers and listener connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+
+from alcor.db.changelog import Change
+from alcor.db.postgres import PgStore
+from alcor.db.store import StoreError
+from alcor.errors import Conflict
+from tests.support.postgres import temp_database
+
+
+@pytest.fixture
+async def url():
+    async with temp_database() as u:
+        yield u
+
+
+async def _open(url: str, n: int = 1) -> list[PgStore]:
+    stores = [PgStore(url) for _ in range(n)]
+    await asyncio.gather(*(s.open() for s in stores))  # migrations race: each applies once
+    return stores
+
+
+async def _close(stores: list[PgStore]) -> None:
+    for s in stores:
+        await s.close()
+
+
+async def _write(store: PgStore, tag: str, n: int = 1) -> None:
+    async with store.transaction() as tx:
+        for i in range(n):
+            await tx.execute(
+                "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
+                ("node", f"{tag}-{i}", "p", None, '{"id": "%s-%d"}' % (tag, i)))
+            tx.record("node", f"{tag}-{i}", "create", {"id": f"{tag}-{i}"})
+        await asyncio.sleep(random.random() * 0.002)  # hold the transaction open a little
+
+
+async def test_concurrent_writers_on_three_controllers_get_gap_free_revs_in_commit_order(url):
+    stores = await _open(url, 3)
+    followed: dict[int, list[int]] = {i: [] for i in range(3)}
+    for i, s in enumerate(stores):
+        s.follow(lambda c, i=i: followed[i].append(c.rev))
+    try:
+        await asyncio.gather(*(
+            _write(s, f"c{i}-{k}", n=1 + k % 3) for k in range(30) for i, s in enumerate(stores)))
+        total = sum(1 + k % 3 for k in range(30)) * 3
+        conn = await asyncpg.connect(url)
+        try:
+            revs = [r[0] for r in await conn.fetch("SELECT rev FROM changes ORDER BY rev")]
+            counter = await conn.fetchval("SELECT rev FROM rev_counter")
+            versions = await conn.fetch("SELECT owner, version FROM schema_versions")
+        finally:
+            await conn.close()
+        assert revs == list(range(1, total + 1)) and counter == total
+        assert [tuple(v) for v in versions] == [("store", 1)]
+        # A transaction's rows are contiguous: its writer held the counter row throughout.
+        rows = await stores[0].changes.read(0, total)
+        by_tx: dict[str, list[int]] = {}
+        for c in rows:
+            by_tx.setdefault(c.id.rsplit("-", 1)[0], []).append(c.rev)
+        assert all(r == list(range(r[0], r[0] + len(r))) for r in by_tx.values())
+        for s in stores:
+            await asyncio.wait_for(s.changes.wait(total - 1, timeout=5), 6)
+            assert s.changes.last_rev == total
+            assert [c.rev for c in await s.changes.read(0, total)] == list(range(1, total + 1))
+        # Each controller followed exactly the others' changes, in rev order.
+        for i in range(3):
+            assert followed[i] == sorted(followed[i])
+            assert len(set(followed[i])) == len(followed[i])
+        assert sorted(followed[0] + [c.rev for c in rows if c.id.startswith("c0-")]) == revs
+    finally:
+        await _close(stores)
+
+
+async def test_a_listener_hears_another_controllers_commit_at_once(url):
+    a, b = await _open(url, 2)
+    try:
+        seen: list[Change] = []
+        b.follow(seen.append)
+        waiter = asyncio.ensure_future(b.changes.wait(0, timeout=5))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await _write(a, "x")
+        assert await waiter == 1
+        assert loop.time() - t0 < 0.5  # NOTIFY, not the one-second poll
+        assert [c.id for c in seen] == ["x-0"]
+    finally:
+        await _close([a, b])
+
+
+async def test_a_constraint_is_a_conflict_and_nothing_is_half_written(url):
+    (s,) = await _open(url)
+    try:
+        async with s.transaction() as tx:
+            await tx.execute("INSERT INTO mac_allocations(network_id, mac_address, port_id) "
+                             "VALUES (?, ?, ?)", ("n", "fa:16:3e:00:00:01", "p1"))
+            tx.record("port", "p1", "create", {"id": "p1"})
+        with pytest.raises(Conflict):
+            async with s.transaction() as tx:
+                await tx.execute("INSERT INTO ip_allocations(subnet_id, ip_address, port_id) "
+                                 "VALUES (?, ?, ?)", ("s", "10.0.0.5", "p2"))
+                tx.record("port", "p2", "create", {"id": "p2"})
+                await tx.execute("INSERT INTO mac_allocations(network_id, mac_address, port_id) "
+                                 "VALUES (?, ?, ?)", ("n", "fa:16:3e:00:00:01", "p2"))
+        assert await s.fetchall("SELECT * FROM ip_allocations") == []
+        await _write(s, "after")
+        assert [c.rev for c in await s.changes.read(0)] == [1, 2]  # the failed one took no rev
+    finally:
+        await s.close()
+
+
+async def _kill_writer(url: str) -> None:
+    admin = await asyncpg.connect(url)
+    try:
+        q = ("FROM pg_stat_activity WHERE application_name = 'alcor-writer' "
+             "AND datname = current_database()")
+        await admin.execute(f"SELECT pg_terminate_backend(pid) {q}")
+        for _ in range(500):  # the backend exits a moment after the signal
+            if not await admin.fetchval(f"SELECT count(*) {q}"):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.close()
+
+
+async def test_a_connection_lost_mid_transaction_is_a_503_then_the_store_rebuilds(url):
+    (s,) = await _open(url)
+    reloads: list[int] = []
+
+    async def reload() -> None:
+        reloads.append(s.changes.last_rev)
+
+    s.on_reload(reload)
+    try:
+        await _write(s, "a")
+        with pytest.raises(StoreError):
+            async with s.transaction() as tx:
+                tx.record("node", "b", "create", {"id": "b"})
+                await _kill_writer(url)
+                await tx.execute("SELECT 1")
+        await _write(s, "c")
+        # The outcome of a cut-off transaction is unknown: indexes are rebuilt from the tables.
+        assert reloads == [1]
+        assert [c.id for c in await s.changes.read(0)] == ["a-0", "c-0"]
+        # A connection that died while idle is replaced without failing anyone.
+        await _kill_writer(url)
+        await _write(s, "d")
+        assert [c.rev for c in await s.changes.read(0)] == [1, 2, 3]
+    finally:
+        await s.close()
+
+
+async def test_an_unreachable_database_is_one_line(tmp_path):
+    s = PgStore("postgresql://postgres:pw@127.0.0.1:1/nothing", connect_timeout=1)
+    with pytest.raises(StoreError) as e:
+        await s.open()
+    assert "pw" not in str(e.value) and "127.0.0.1:1" in str(e.value)
