@@ -144,10 +144,7 @@ class PgStore(Store):
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
-            try:
-                await self._follower
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({self._follower}, timeout=5)
             self._follower = None
         if self._writer is not None:
             try:
@@ -235,8 +232,11 @@ class PgStore(Store):
                 listener = await self._connect("listener")
                 await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
                 while not listener.is_closed():
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that lands as it times out, and close() would wait forever.
                     try:
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
                     self._wake.clear()
