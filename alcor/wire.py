@@ -33,6 +33,25 @@ Body = Mapping[str, Any]
 # OVS interface, it only tells a host its gateway's MAC.
 ROUTER_INTERFACE = "network:router_interface"
 
+# A security group rule's `protocol` is a name from this table, a number (as text) or null
+# (any): the API validates it, the wire carries it as given, the agent matches its number.
+IP_PROTOCOLS = {
+    "ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "icmp": 1, "icmpv6": 58, "igmp": 2,
+    "ipip": 4, "ipv6-encap": 41, "ipv6-frag": 44, "ipv6-icmp": 58, "ipv6-nonxt": 59,
+    "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46, "sctp": 132, "tcp": 6,
+    "udp": 17, "udplite": 136, "vrrp": 112,
+}  # fmt: skip
+
+
+def protocol_number(protocol: Any) -> int | None:
+    """A rule's protocol as an IP protocol number; None for any (and for what is not one)."""
+    if protocol is None or protocol in ("", "any"):
+        return None
+    text = str(protocol).lower()
+    if text in IP_PROTOCOLS:
+        return IP_PROTOCOLS[text]
+    return int(text) if text.isdigit() and int(text) <= 255 else None
+
 
 class GoalState(TypedDict, total=False):
     """A host's goal state as docs/wire.md describes it: plain dicts of wire bodies by id."""

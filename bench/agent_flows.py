@@ -2,12 +2,20 @@
 
     .venv/bin/python bench/agent_flows.py [--neighbours 10000] [--deltas 200] [--single-subnet]
                                           [--dual-stack]
+    .venv/bin/python bench/agent_flows.py --security [--local-ports 1000] [--groups 50]
 
 Prints: a goal state with N neighbours applied from scratch (compile + flow-mods + barrier); one
 port delta to flows installed (p50/p99); a switch reconnect and an agent restart with nothing
 changed (flow-mods sent, time). Needs root and openvswitch-switch. Targets (issue 4): 10,000
 neighbours < 2 s, one delta p99 < 20 ms, reconnect: zero flow-mods and < 1 s. --dual-stack gives
 every port an IPv6 address too, in a /64 beside each IPv4 subnet (on the same router).
+
+--security (issue 11): 10,000 neighbours, 1,000 local ports, 50 security groups of 20 rules each
+(half of them naming remote groups), every port in one group: flows installed and the apply from
+scratch (target < 2 s), the flows of one local port and one neighbour, then one rule change (of a
+class that exists, and one that adds a remote group to a group) and one membership change (a
+neighbour and a local port moving group): flow-mods and time until the switch has them (target
+p99 < 50 ms).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import structlog  # noqa: E402
 
 from alcor.agent import fastcodec  # noqa: E402
 from alcor.agent.datapath import Datapath, DatapathConfig  # noqa: E402
-from alcor.agent.ir import tap_name  # noqa: E402
+from alcor.agent.ir import cookie_for, tap_name  # noqa: E402
 from tests.support.ovs import OvsSandbox  # noqa: E402
 
 LOCAL_PORTS = 10
@@ -69,9 +77,15 @@ def port_id(i: int) -> str:
     return f"{i:08x}-0000-4000-8000-{i:012x}"
 
 
-def add_port(goal: dict[str, Any], i: int, single_subnet: bool, dual_stack: bool = False) -> None:
+def add_port(
+    goal: dict[str, Any],
+    i: int,
+    single_subnet: bool,
+    dual_stack: bool = False,
+    local: int = LOCAL_PORTS,
+) -> None:
     subnet = 0 if single_subnet else i % 2
-    host = 0 if i < LOCAL_PORTS else 1 + i % NODES
+    host = 0 if i < local else 1 + i % NODES
     goal["port"][port_id(i)] = {
         "id": port_id(i),
         "network_id": "vpc1",
@@ -101,10 +115,190 @@ async def wait_for(cond: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
+# --- security groups ----------------------------------------------------------------------------
+
+
+def sg_id(g: int) -> str:
+    return f"5ec{g:05x}-0000-4000-8000-000000000000"
+
+
+def sg_rules(g: int, groups: int) -> list[dict[str, Any]]:
+    """20 rules: egress v4/v6, 10 tcp ports each from another remote group, and an assortment."""
+
+    def rule(
+        direction: str,
+        ethertype: str = "IPv4",
+        protocol: str | None = None,
+        lo: int | None = None,
+        hi: int | None = None,
+        prefix: str | None = None,
+        remote: int | None = None,
+    ) -> dict[str, Any]:
+        return {"direction": direction, "ethertype": ethertype, "protocol": protocol,
+                "port_range_min": lo, "port_range_max": hi if hi is not None else lo,
+                "remote_ip_prefix": prefix,
+                "remote_group_id": sg_id(remote % groups) if remote is not None else None}  # fmt: skip
+
+    return [
+        rule("egress"),
+        rule("egress", "IPv6"),
+        *(rule("ingress", protocol="tcp", lo=1000 + i, remote=g + i) for i in range(10)),
+        rule("ingress", protocol="tcp", lo=2000, hi=2999, prefix="10.0.0.0/8"),
+        rule("ingress", protocol="udp", lo=53),
+        rule("ingress", protocol="icmp", lo=8),
+        rule("ingress", "IPv6", protocol="tcp", lo=22),
+        rule("ingress", protocol="tcp", lo=443, remote=g),
+        rule("ingress", protocol="tcp", lo=8000, hi=8080),
+        rule("ingress", protocol="tcp", lo=3306, prefix="10.1.0.0/16"),
+        rule("ingress", protocol="udp", lo=5000, hi=5100, remote=g + 1),
+    ]
+
+
+def build_security_goal(neighbours: int, local: int, groups: int) -> dict[str, Any]:
+    goal = build_goal(0, single_subnet=False)
+    goal["port"] = {}
+    for i in range(local + neighbours):
+        add_port(goal, i, single_subnet=False, local=local)
+        goal["port"][port_id(i)]["security_group_ids"] = [sg_id(i % groups)]
+    goal["security_group"] = {
+        sg_id(g): {"id": sg_id(g), "stateful": True, "rules": sg_rules(g, groups)}
+        for g in range(groups)
+    }
+    return goal
+
+
+async def security_bench(args: argparse.Namespace) -> None:
+    local, groups = args.local_ports, args.groups
+    goal = build_security_goal(args.neighbours, local, groups)
+    with tempfile.TemporaryDirectory() as tmp, OvsSandbox.started(Path(tmp) / "ovs") as ovs:
+        cfg = DatapathConfig(
+            node_id="node-0", listen="tcp:127.0.0.1:6798", netns=ovs.netns.name, ovs_db=ovs.db
+        )
+        dp = Datapath(cfg)
+        await dp.start()
+        await dp.wait_connected()
+        cmd: list[str] = []
+        for i in range(local):
+            name = tap_name(port_id(i))
+            cmd += [
+                "--",
+                "add-port",
+                "br-int",
+                name,
+                "--",
+                "set",
+                "interface",
+                name,
+                "type=internal",
+            ]
+        ovs.vsctl(*cmd[1:])
+        await wait_for(lambda: dp.switch and len(dp.switch.ports) >= local + 1, timeout=120)
+        await asyncio.sleep(0.5)
+
+        gc.collect()
+        t0 = time.perf_counter()
+        statuses = await dp.apply(goal)
+        t_full = time.perf_counter() - t0
+        report = dp.last_report
+        assert report is not None
+        active = sum(1 for st in statuses.values() if st[0] == "ACTIVE")
+        flows = ovs.dump_flows()
+        by_cookie: dict[str, int] = {}
+        for f in flows:
+            c = f.split(",", 1)[0]
+            by_cookie[c] = by_cookie.get(c, 0) + 1
+        mine = f"cookie={cookie_for('port', port_id(0)):#x}"
+        theirs = f"cookie={cookie_for('port', port_id(local)):#x}"
+        sg_cookies = {f"cookie={cookie_for('security_group', sg_id(g)):#x}" for g in range(groups)}
+        sg_flows = sum(n for c, n in by_cookie.items() if c in sg_cookies)
+        print(
+            f"security groups            {groups} x {len(sg_rules(0, groups))} rules (remote groups: 12 per group)"
+        )
+        print(f"neighbours / local ports   {args.neighbours} / {local}  ACTIVE {active}/{local}")
+        print(
+            f"flows installed            {len(flows)}  (flow-mods sent: {report.adds + report.deletes})"
+        )
+        print(
+            f"apply from scratch         {t_full * 1000:.0f} ms  (zones, compile, flow-mods, barrier)"
+        )
+        print(
+            f"flows per local port       {by_cookie.get(mine, 0)}  (a neighbour: {by_cookie.get(theirs, 0)};"
+            f" all groups' own: {sg_flows})"
+        )
+
+        async def timed(changes: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+            lat, mods = [], []
+            for nxt in changes:
+                t0 = time.perf_counter()
+                await dp.apply(nxt)
+                lat.append(time.perf_counter() - t0)
+                r = dp.last_report
+                mods.append((r.adds + r.deletes) if r else 0)
+            return lat, mods
+
+        def with_group(g: int, rules: list[dict[str, Any]]) -> dict[str, Any]:
+            nxt = dict(goal)
+            nxt["security_group"] = dict(goal["security_group"])
+            nxt["security_group"][sg_id(g)] = {"id": sg_id(g), "stateful": True, "rules": rules}
+            return nxt
+
+        def with_member(i: int, g: int) -> dict[str, Any]:
+            nxt = dict(goal)
+            nxt["port"] = dict(goal["port"])
+            nxt["port"][port_id(i)] = {**goal["port"][port_id(i)], "security_group_ids": [sg_id(g)]}
+            return nxt
+
+        n = args.deltas
+        base = sg_rules(0, groups)
+        same_class = {**base[2], "port_range_min": 1900, "port_range_max": 1900}  # remote g+0
+        new_class = {**base[2], "port_range_min": 1901, "port_range_max": 1901,
+                     "remote_group_id": sg_id(groups // 2)}  # fmt: skip
+        cases = {
+            "rule (existing class)": [
+                with_group(0, [*base, same_class]) if k % 2 == 0 else goal for k in range(n)
+            ],
+            "rule (new remote group)": [
+                with_group(0, [*base, new_class]) if k % 2 == 0 else goal for k in range(n)
+            ],
+            "membership (neighbour)": [
+                with_member(local + 7, 3) if k % 2 == 0 else goal for k in range(n)
+            ],
+            "membership (local port)": [
+                with_member(7, 3) if k % 2 == 0 else goal for k in range(n)
+            ],
+        }
+        for label, changes in cases.items():
+            lat, mods = await timed(changes)
+            print(
+                f"{label:<27}p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms"
+                f"  max {max(lat) * 1000:.2f} ms  flow-mods {min(mods)}-{max(mods)}  ({n} changes)"
+            )
+
+        # the agent restarts: same zones (from OVSDB), nothing to send
+        zones = dict(dp.port_zones)
+        await dp.stop()
+        dp = Datapath(cfg)
+        await dp.start()
+        await dp.wait_connected()
+        t0 = time.perf_counter()
+        await dp.apply(goal)
+        t_restart = time.perf_counter() - t0
+        r = dp.last_report
+        assert r is not None
+        print(
+            f"agent restart, same goal   {t_restart * 1000:.0f} ms  read back {r.read_back}"
+            f"  flow-mods {r.adds + r.deletes}  zones kept: {dict(dp.port_zones) == zones}"
+        )
+        await dp.stop()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--neighbours", type=int, default=10_000)
     ap.add_argument("--deltas", type=int, default=200)
+    ap.add_argument("--security", action="store_true", help="the security group scenario")
+    ap.add_argument("--local-ports", type=int, default=1000, help="with --security")
+    ap.add_argument("--groups", type=int, default=50, help="with --security")
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
     ap.add_argument("--dual-stack", action="store_true", help="an IPv6 address on every port too")
     ap.add_argument(
@@ -118,6 +312,9 @@ async def main() -> None:
             logging.DEBUG if os.environ.get("BENCH_LOG") else logging.WARNING
         )
     )
+    if args.security:
+        await security_bench(args)
+        return
 
     goal = build_goal(args.neighbours, args.single_subnet, args.dual_stack)
     with tempfile.TemporaryDirectory() as tmp, OvsSandbox.started(Path(tmp) / "ovs") as ovs:

@@ -14,6 +14,7 @@ command -v arping >/dev/null || missing+=(arping)
 command -v ping >/dev/null || missing+=(iputils-ping)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v tcpdump >/dev/null || missing+=(tcpdump)
+command -v ethtool >/dev/null || missing+=(ethtool)  # TX checksum offload off in VM namespaces
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -14,11 +14,15 @@ import functools
 import struct
 from typing import Any
 
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent.ir import (
+    REG_ZONE,
     Action,
+    Conjunction,
+    Ct,
     DecTtl,
     Flow,
     Group,
@@ -27,6 +31,8 @@ from alcor.agent.ir import (
     Move,
     Opaque,
     Output,
+    OutputReg,
+    Resubmit,
     SetField,
 )
 
@@ -92,6 +98,22 @@ def to_action(a: Action) -> Any:
         return parser.OFPActionDecNwTtl()
     if isinstance(a, Group):
         return parser.OFPActionGroup(a.group_id)
+    if isinstance(a, Ct):
+        nested = [parser.OFPActionSetField(ct_mark=a.mark)] if a.mark is not None else []
+        return parser.NXActionCT(
+            flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0,
+            zone_src=REG_ZONE,
+            zone_ofs_nbits=_ZONE_BITS,
+            recirc_table=nicira_ext.NX_CT_RECIRC_NONE if a.table is None else a.table,
+            alg=0,
+            actions=nested,
+        )
+    if isinstance(a, Conjunction):  # OVS numbers clauses from 0 on the wire
+        return parser.NXActionConjunction(clause=a.clause - 1, n_clauses=a.n_clauses, id_=a.id)
+    if isinstance(a, Resubmit):
+        return parser.NXActionResubmitTable(in_port=_OFPP10_IN_PORT, table_id=a.table)
+    if isinstance(a, OutputReg):
+        return parser.NXActionOutputReg(ofs_nbits=nicira_ext.ofs_nbits(0, 31), src=a.reg, max_len=0)
     raise ValueError(f"cannot encode {a!r}")
 
 
@@ -104,6 +126,10 @@ def _nxm_name(name: str) -> str:
     except KeyError:
         return name
     return name + "_nxm"
+
+
+_ZONE_BITS = nicira_ext.ofs_nbits(0, 15)  # zone=REG_ZONE[0..15]
+_OFPP10_IN_PORT = 0xFFF8  # resubmit keeps the OpenFlow 1.0 port numbers: "the same in_port"
 
 
 def to_instructions(flow: Flow) -> list[Any]:
@@ -181,7 +207,31 @@ def from_action(a: Any) -> Action:
         return DecTtl()
     if isinstance(a, parser.OFPActionGroup):
         return Group(a.group_id)
+    if isinstance(a, parser.NXActionCT):
+        return _from_ct(a)
+    if isinstance(a, parser.NXActionConjunction):
+        return Conjunction(a.id, a.clause + 1, a.n_clauses)
+    if isinstance(a, parser.NXActionResubmitTable) and a.in_port == _OFPP10_IN_PORT:
+        return Resubmit(a.table_id)
+    if isinstance(a, parser.NXActionOutputReg) and a.ofs_nbits == nicira_ext.ofs_nbits(0, 31):
+        return OutputReg(_oxm_name(a.src))
     return Opaque(repr(a))
+
+
+def _from_ct(a: Any) -> Action:
+    """A ct action in the compiler's terms, if it is one the compiler emits."""
+    mark: int | None = None
+    for nested in a.actions:
+        if isinstance(nested, parser.OFPActionSetField) and nested.key == "ct_mark":
+            mark = int(nested.value)
+        else:
+            return Opaque(repr(a))
+    if a.zone_src != REG_ZONE or a.zone_ofs_nbits != _ZONE_BITS or a.alg != 0:
+        return Opaque(repr(a))
+    if a.flags not in (0, nicira_ext.NX_CT_F_COMMIT):
+        return Opaque(repr(a))
+    table = None if a.recirc_table == nicira_ext.NX_CT_RECIRC_NONE else a.recirc_table
+    return Ct(commit=bool(a.flags), table=table, mark=mark)
 
 
 def _oxm_name(name: str) -> str:

@@ -4,7 +4,9 @@ A pure function (no I/O, no clock, no os-ken): the reconciler diffs its result a
 switch holds. `FlowCompiler` keeps the desired set grouped by the resource each flow belongs to
 (the rules of alcor/agent/pipeline.py, one function per kind of resource) and recompiles only
 the ports that changed; a full recompute only when VPCs, subnets, routers, nodes or gateways
-change, counted in `recomputes`. `compile_flows` is the same from scratch.
+change, counted in `recomputes`. Security groups (alcor/agent/secgroups.py) are incremental
+too: a changed group rebuilds its own flows, and only the ports whose filter or remote-group
+membership flows it changes. `compile_flows` is the same from scratch.
 
     >>> fs = compile_flows({"node_id": "n1"}, {})
     >>> sorted({f.table for f in fs.flows})
@@ -18,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent.ir import Flow, Key, cookie_for, tap_name
+from alcor.agent import ctzones, secgroups
+from alcor.agent.ir import Action, Conjunction, Flow, Key, cookie_for, tap_name
 from alcor.agent.pipeline import (
     Context,
     Endpoint,
@@ -35,7 +38,7 @@ from alcor.wire import ROUTER_INTERFACE, Body, GoalState
 Ref = tuple[str, str]  # the (type, id) of the resource a group of flows belongs to
 
 # When two resources want the same flow key (conflicting goal state), the first in this order wins.
-_REF_ORDER = {"pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4}
+_REF_ORDER = {"pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4, "security_group": 5}
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,27 @@ class FlowCompiler:
         self._port_ofport: dict[str, int | None] = {}
         self._groups: dict[Ref, list[Flow]] = {}
         self._refs: dict[Key, dict[Ref, Flow]] = {}
-        self._local_ofports: dict[int, dict[int, int]] = {}  # vni -> ofport -> count
+        self._shared: set[Key] = set()  # keys with several resources, to resolve
+        # vni -> (ofport, how its VPC's flood reaches it) -> count
+        self._local_ofports: dict[int, dict[tuple[int, tuple[Action, ...]], int]] = {}
         self._remote_ips: dict[int, dict[str, int]] = {}  # vni -> tunnel IP -> count
         self._hops: dict[tuple[str, str], list[Endpoint]] = {}  # (subnet, ip) -> endpoints
+        self.security = secgroups.SecurityIndex()
+        self.zones: dict[str, int] = {}  # local port -> conntrack zone, as last compiled with
+        self._in_group: dict[str, set[str]] = {}  # security group -> ports naming it
 
     # --- public ---
 
-    def compile(self, goal: Mapping[str, Any], ofports: Mapping[str, int]) -> Changes:
+    def compile(
+        self,
+        goal: Mapping[str, Any],
+        ofports: Mapping[str, int],
+        zones: Mapping[str, int] | None = None,
+    ) -> Changes:
+        """The desired flows for `goal`; `zones` are the local ports' conntrack zones (None:
+        numbered here in port id order, as alcor.agent.ctzones.allocate does from nothing)."""
+        if zones is None:
+            zones = ctzones.allocate({}, _local_ports(goal))
         tun = ofports.get(self.tunnel_port)
         ctx_inputs = (
             goal.get("node_id"),
@@ -115,11 +132,23 @@ class FlowCompiler:
         )
         ports: Mapping[str, Body] = goal.get("port") or {}
         if self._ctx is None or not _same_inputs(self._ctx_inputs, ctx_inputs):
-            return self._recompute(goal, ofports, ctx_inputs)
-        changed_ports = self._changed_ports(ports, ofports)
+            return self._recompute(goal, ofports, zones, ctx_inputs)
+        changed_ports = self._changed_ports(ports, ofports, zones)
         if changed_ports is None:  # a router interface changed: gateway MACs are context
-            return self._recompute(goal, ofports, ctx_inputs)
+            return self._recompute(goal, ofports, zones, ctx_inputs)
         touched: dict[Key, Flow | None] = {}
+        sec = self.security.update(goal.get("security_group") or {})
+        if sec:
+            for sid in sorted(sec.groups):
+                flows = secgroups.group_flows(self.security, sid)
+                self._set_group(("security_group", sid), flows, touched)
+            again = set(changed_ports)
+            for sid in sec.filtered_by:  # its local ports' filters
+                again.update(p for p in self._in_group.get(sid, ()) if p in self.local_ports)
+            for sid in sec.remotes:  # its members' address flows
+                again.update(self._in_group.get(sid, ()))
+            changed_ports = sorted(again)
+        self.zones = dict(zones)
         vpcs: set[int] = set()
         for pid in changed_ports:
             for v in self._set_port(pid, ports.get(pid), ofports, touched):
@@ -137,7 +166,7 @@ class FlowCompiler:
             for refs in self._refs.values()
             if len(refs) > 1
             for a, b in [sorted(refs, key=_ref_order)[:2]]
-            if refs[a] != refs[b]
+            if refs[a] != refs[b] and not all(_conjunctive(f) for f in refs.values())
         )
         return FlowSet(
             flows=frozenset(self.desired.values()),
@@ -150,28 +179,41 @@ class FlowCompiler:
     # --- internals ---
 
     def _recompute(
-        self, goal: Mapping[str, Any], ofports: Mapping[str, int], ctx_inputs: tuple[Any, ...]
+        self,
+        goal: Mapping[str, Any],
+        ofports: Mapping[str, int],
+        zones: Mapping[str, int],
+        ctx_inputs: tuple[Any, ...],
     ) -> Changes:
         # Building ~10^5 acyclic objects triggers the cyclic GC again and again over a large
         # heap (a third of the time at 10,000 neighbours); nothing here can form a cycle.
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._recompute_all(goal, ofports, ctx_inputs)
+            return self._recompute_all(goal, ofports, zones, ctx_inputs)
         finally:
             if paused:
                 gc.enable()
 
     def _recompute_all(
-        self, goal: Mapping[str, Any], ofports: Mapping[str, int], ctx_inputs: tuple[Any, ...]
+        self,
+        goal: Mapping[str, Any],
+        ofports: Mapping[str, int],
+        zones: Mapping[str, int],
+        ctx_inputs: tuple[Any, ...],
     ) -> Changes:
         before = self.desired
         self._reset()
         self.recomputes += 1
         ctx = self._ctx = context(goal, ctx_inputs[1])
         self._ctx_inputs = ctx_inputs
+        self.zones = dict(zones)
         touched: dict[Key, Flow | None] = {}
         self._set_group(("pipeline", "base"), base_flows(), touched)
+        self.security.update(goal.get("security_group") or {})
+        for sid in sorted(self.security.groups):
+            flows = secgroups.group_flows(self.security, sid)
+            self._set_group(("security_group", sid), flows, touched)
         ports: Mapping[str, Body] = goal.get("port") or {}
         self._ports = ports
         for pid in sorted(ports):
@@ -181,6 +223,7 @@ class FlowCompiler:
             self._set_group(("subnet", sid), subnet_flows(ctx.subnets[sid]), touched)
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
+        self._resolve_shared()
         changes: dict[Key, tuple[Flow | None, Flow | None]] = {}
         for k, f in self.desired.items():
             old = before.get(k)
@@ -192,7 +235,7 @@ class FlowCompiler:
         return Changes(changes, recomputed=True)
 
     def _changed_ports(
-        self, ports: Mapping[str, Body], ofports: Mapping[str, int]
+        self, ports: Mapping[str, Body], ofports: Mapping[str, int], zones: Mapping[str, int]
     ) -> list[str] | None:
         old = self._ports
         changed: list[str] = []
@@ -202,8 +245,11 @@ class FlowCompiler:
                 if prev is not body and prev != body:
                     changed.append(pid)
             changed.extend(pid for pid in old if pid not in ports)
-        for pid in self.local_ports:  # a tap that appeared, went or moved
-            if pid in ports and ofports.get(tap_name(pid)) != self._port_ofport.get(pid):
+        for pid in self.local_ports:  # a tap that appeared, went or moved; a zone that changed
+            if pid in ports and (
+                ofports.get(tap_name(pid)) != self._port_ofport.get(pid)
+                or zones.get(pid) != self.zones.get(pid)
+            ):
                 changed.append(pid)
         for pid in changed:
             for maybe in (old.get(pid), ports.get(pid)):
@@ -229,11 +275,22 @@ class FlowCompiler:
         self.port_problems.pop(pid, None)
         self.local_ports.pop(pid, None)
         self._port_ofport.pop(pid, None)
+        old_body = self._ports.get(pid)
+        for sid in _groups(old_body):
+            self._in_group.get(sid, set()).discard(pid)
         out = None
+        flows: list[Flow] = []
         if body is not None:
+            for sid in _groups(body):
+                self._in_group.setdefault(sid, set()).add(pid)
             ofport = ofports.get(tap_name(pid))
-            out = port_flows(self._ctx, pid, body, ofport)
+            filtered, zone = self._zone(pid, body)
+            if filtered and zone is None:  # never unfiltered for want of a zone: no flows
+                out = PortFlows([], True, "no conntrack zone assigned to the port")
+            else:
+                out = port_flows(self._ctx, pid, body, ofport, zone)
         if out is not None:
+            assert body is not None
             self._port_out[pid] = out
             self._membership(out, +1)
             if out.vni is not None:
@@ -242,14 +299,32 @@ class FlowCompiler:
                 self.local_ports[pid] = tap_name(pid)
                 self.port_problems[pid] = out.problem
                 self._port_ofport[pid] = ofport
-        self._set_group(("port", pid), out.flows if out else [], touched)
+                if zone is not None and out.flows and ofport is not None:
+                    groups = _groups(body)
+                    flows += secgroups.filter_flows(self.security, pid, ofport, groups)
+            flows = out.flows + flows + secgroups.member_flows(self.security, pid, body)
+        self._set_group(("port", pid), flows, touched)
         return vnis
+
+    def _zone(self, pid: str, body: Body) -> tuple[bool, int | None]:
+        """Whether a port is a local port with port security, and what its packets carry in
+        REG_ZONE (None without a zone)."""
+        assert self._ctx is not None
+        if body.get("node_id") != self._ctx.me or body.get("port_security_enabled") is False:
+            return False, None
+        if body.get("device_owner") == ROUTER_INTERFACE:
+            return False, None
+        zone = self.zones.get(pid)
+        if zone is None:
+            return True, None
+        return True, secgroups.zone_register(zone, self.security.stateless(_groups(body)))
 
     def _membership(self, out: PortFlows, delta: int) -> None:
         if out.vni is None or not out.flows:
             return
         if out.ofport is not None:
-            _count(self._local_ofports.setdefault(out.vni, {}), out.ofport, delta)
+            item = (out.ofport, out.deliver)
+            _count(self._local_ofports.setdefault(out.vni, {}), item, delta)
         if out.remote_ip is not None:
             _count(self._remote_ips.setdefault(out.vni, {}), out.remote_ip, delta)
         for ep in out.endpoints:
@@ -296,7 +371,7 @@ class FlowCompiler:
             refs = self._refs[k]
             del refs[ref]
             if refs:
-                self.desired[k] = refs[min(refs, key=_ref_order)]
+                self._shared.add(k)  # resolved once the whole compile is done
             else:
                 del self._refs[k]
                 del self.desired[k]
@@ -306,14 +381,27 @@ class FlowCompiler:
                 touched[k] = self.desired.get(k)
             refs = self._refs.setdefault(k, {})
             refs[ref] = f
-            self.desired[k] = refs[min(refs, key=_ref_order)] if len(refs) > 1 else f
+            if len(refs) > 1:
+                self._shared.add(k)
+            else:
+                self.desired[k] = f
         if flows:
             self._groups[ref] = flows
             self.owners[cookie_for(*ref)] = ref
         else:
             self.owners.pop(cookie_for(*ref), None)
 
+    def _resolve_shared(self) -> None:
+        """The flows of keys several resources want, once all of them said what they want
+        (one merge per key per compile, not one per resource)."""
+        for k in self._shared:
+            refs = self._refs.get(k)
+            if refs:
+                self.desired[k] = _resolve(refs)
+        self._shared.clear()
+
     def _diff(self, touched: dict[Key, Flow | None]) -> dict[Key, tuple[Flow | None, Flow | None]]:
+        self._resolve_shared()
         out: dict[Key, tuple[Flow | None, Flow | None]] = {}
         for k, before in touched.items():
             after = self.desired.get(k)
@@ -334,6 +422,37 @@ def _ref_order(ref: Ref) -> tuple[int, str]:
     return (_REF_ORDER.get(ref[0], 9), ref[1])
 
 
+def _resolve(refs: Mapping[Ref, Flow]) -> Flow:
+    """The one flow of a key several resources want: the first resource's, or, when all of them
+    are clauses of conjunctive matches (the same rule in two groups, one address in two remote
+    groups), one flow with all their conjunctions."""
+    first = refs[min(refs, key=_ref_order)]
+    if not _conjunctive(first):
+        return first
+    if not all(_conjunctive(f) for f in refs.values()):
+        return first
+    actions = {a for f in refs.values() for a in f.actions}
+    merged = tuple(sorted(actions, key=lambda a: (a.id, a.clause)))  # type: ignore[union-attr]
+    return Flow(first.table, first.priority, first.match, merged, cookie=first.cookie)
+
+
+def _conjunctive(f: Flow) -> bool:
+    return bool(f.actions) and all(isinstance(a, Conjunction) for a in f.actions)
+
+
+def _groups(body: Body | None) -> tuple[str, ...]:
+    return tuple(body.get("security_group_ids") or ()) if body else ()
+
+
+def _local_ports(goal: Mapping[str, Any]) -> list[str]:
+    me = goal.get("node_id")
+    return [
+        pid
+        for pid, p in (goal.get("port") or {}).items()
+        if p.get("node_id") == me and p.get("device_owner") != ROUTER_INTERFACE
+    ]
+
+
 def _same_inputs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     if len(a) != len(b):
         return False
@@ -349,9 +468,14 @@ def _same_inputs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 def compile_flows(
-    goal: GoalState | Mapping[str, Any], ofports: Mapping[str, int], *, tunnel_port: str = "vxlan0"
+    goal: GoalState | Mapping[str, Any],
+    ofports: Mapping[str, int],
+    *,
+    tunnel_port: str = "vxlan0",
+    zones: Mapping[str, int] | None = None,
 ) -> FlowSet:
-    """The flows this host's switch should hold for `goal`, given its ofports by interface name."""
+    """The flows this host's switch should hold for `goal`, given its ofports by interface name
+    and its local ports' conntrack zones (see FlowCompiler.compile)."""
     compiler = FlowCompiler(tunnel_port)
-    compiler.compile(goal, ofports)
+    compiler.compile(goal, ofports, zones)
     return compiler.flowset()

@@ -8,7 +8,9 @@
 It keeps the last goal state, so a switch that (re)connects and a tap that appears or disappears
 trigger another reconcile on their own; `on_status` hears about the port statuses those change.
 Until the first goal state is applied after a start, a connecting switch is left untouched: an
-agent restart must not wipe flows the datapath is forwarding on.
+agent restart must not wipe flows the datapath is forwarding on. Each local port's conntrack
+zone comes from alcor.agent.ctzones (kept in the bridge's OVSDB record, so the same after a
+restart); a zone given back is flushed once no flow uses it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import structlog
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.compiler import FlowCompiler
 from alcor.agent.config import AgentConfig, NodeConfig
+from alcor.agent.ctzones import ZoneStore
 from alcor.agent.fastcodec import SigCache
 from alcor.agent.ir import Key, cookie_for, tap_name
 from alcor.agent.oam import ZetaAgent
@@ -105,6 +108,8 @@ class Datapath:
         # router advertisements for IPv6 slaac subnets, to local ports (alcor/agent/ra.py)
         self.ra = RouterAdvertiser(counters=self.counters)
         self._resync: asyncio.Task[None] | None = None
+        self.zones = ZoneStore(BridgeConfig(bridge=config.bridge, db=config.ovs_db))
+        self._unflushed: set[int] = set()  # zones given back whose connections may linger
 
     @property
     def oam_counters(self) -> dict[str, int]:
@@ -163,6 +168,11 @@ class Datapath:
         return None if r is None or r.installed is None else len(r.installed)
 
     @property
+    def port_zones(self) -> Mapping[str, int]:
+        """The conntrack zone of each local port, as the flows use them."""
+        return self._compiler.zones
+
+    @property
     def desired_flows(self) -> Mapping[Key, Any]:
         """The flows the switch should hold for the current goal state (key -> Flow)."""
         return self._compiler.desired
@@ -198,7 +208,9 @@ class Datapath:
             self.ra.update(None, {}, {})  # a switch that comes back gets every RA afresh
             return dict(self.statuses)
         start = time.perf_counter()
-        changes = self._compiler.compile(goal, switch.ports)
+        zones, released = await self.zones.assign(_local_ports(goal))
+        self._unflushed.update(released.values())
+        changes = self._compiler.compile(goal, switch.ports, zones)
         compiled = time.perf_counter() - start
         desired = self._compiler.desired
         try:
@@ -213,6 +225,7 @@ class Datapath:
             else:
                 report = await reconciler.partial(desired, keys, cookies)
             await self.zeta.after_flows(switch)  # stale groups once no flow names them
+            await self._flush_zones(switch, set(zones.values()))
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
@@ -250,6 +263,15 @@ class Datapath:
             owner = self._compiler.owners.get(err.flow.cookie) if err.flow else None
             log.warning("datapath.flow_rejected", owner=owner, error=err.error, flow=str(err.flow))
         return dict(self.statuses)
+
+    async def _flush_zones(self, switch: Switch, in_use: set[int]) -> None:
+        """Forget the connections of zones given back (their flows are gone now), so a port
+        that gets one of them later starts with none; a zone handed out again since is kept."""
+        for zone in sorted(self._unflushed - in_use):
+            errors = await switch.ct_flush_zone(zone)
+            if errors:
+                log.warning("datapath.ct_flush_failed", zone=zone, error=errors[0].error)
+        self._unflushed.clear()
 
     async def _reconcile_disconnected(self, why: str) -> dict[str, PortStatus]:
         self.switch = None

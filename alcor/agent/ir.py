@@ -14,17 +14,34 @@ here knows os-ken or the goal state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
 # --- tables and priorities -------------------------------------------------------------------
 
 T_CLASSIFY = 0
+T_PORT_SECURITY = 1  # what a local port may send (alcor/agent/portsec.py)
+T_EGRESS_CT = 2  # conntrack in the sending port's zone (alcor/agent/secgroups.py)
+T_EGRESS_RULES = 3  # the sending port's egress rules
 T_RESPOND = 10
 T_ND_REPLY = 11  # the second step of a neighbour advertisement built from a solicitation
 T_L3 = 20
 T_L2 = 30
-TABLES = (T_CLASSIFY, T_RESPOND, T_ND_REPLY, T_L3, T_L2)
+T_INGRESS_CT = 40  # conntrack in the receiving port's zone
+T_INGRESS_RULES = 41  # the receiving port's ingress rules, then out to it
+TABLES = (
+    T_CLASSIFY,
+    T_PORT_SECURITY,
+    T_EGRESS_CT,
+    T_EGRESS_RULES,
+    T_RESPOND,
+    T_ND_REPLY,
+    T_L3,
+    T_L2,
+    T_INGRESS_CT,
+    T_INGRESS_RULES,
+)
 
 P_DEFAULT = 0
 P_FLOOD = 10
@@ -43,9 +60,22 @@ ETH_IP = 0x0800
 ETH_ARP = 0x0806
 ETH_IPV6 = 0x86DD
 IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 ICMPV6_NS, ICMPV6_NA = 135, 136
+
+# Registers a filtered local port's packets carry through the pipeline. REG_ZONE holds the
+# conntrack zone of the port being filtered (the sender's from CLASSIFY on, the receiver's from
+# L2 on) in bits 0-15, and ZONE_UNTRACKED when its groups are stateless; REG_PORT holds the
+# ofport a packet is delivered to once the receiver's ingress rules accept it.
+REG_ZONE = "reg6"
+REG_PORT = "reg7"
+ZONE_UNTRACKED = 1 << 16
+
+# ct_state bits (OVS: +new, +est, +rel, +rpl, +inv, +trk)
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 METADATA_MASK = 0xFFFFFFFFFFFFFFFF  # metadata holds the VPC's VNI, written whole
 
 # --- cookies ---------------------------------------------------------------------------------
@@ -64,9 +94,11 @@ COOKIE_TYPES = {
     "router": 4,
     "node": 5,
     "gateway": 6,
+    "security_group": 7,
 }
 
 
+@functools.lru_cache(maxsize=1 << 17)  # asked once per flow a resource owns
 def cookie_for(rtype: str, rid: str) -> int:
     """The cookie of every flow that belongs to resource (rtype, rid); stable across restarts."""
     digest = hashlib.blake2b(rid.encode(), digest_size=8).digest()
@@ -120,13 +152,47 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class Ct:
+    """NXAST_CT in the zone held by REG_ZONE[0..15]: `table` set, the tracked packet continues
+    there (a clone: the actions after this one see the packet untracked); `commit` stores the
+    connection, with `mark` written to its ct_mark when given."""
+
+    commit: bool = False
+    table: int | None = None
+    mark: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """NXAST_CONJUNCTION: this flow is clause `clause` (1..n_clauses) of conjunctive match `id`."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """NXAST_RESUBMIT_TABLE to `table`, then on with the next action."""
+
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputReg:
+    """NXAST_OUTPUT_REG: output to the port whose number is in register `reg` (all 32 bits)."""
+
+    reg: str
+
+
+@dataclass(frozen=True, slots=True)
 class Opaque:
     """An action read back from the switch that the compiler never emits (so never "equal")."""
 
     text: str
 
 
-Action = Output | SetField | Move | DecTtl | Group | Opaque
+Action = Output | SetField | Move | DecTtl | Group | Ct | Conjunction | Resubmit | OutputReg | Opaque
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ from alcor.agent.ir import Flow
 log = structlog.get_logger("alcor.agent.openflow")
 
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
+NX_VENDOR_ID = 0x00002320  # Nicira extensions (OVS)
+NXT_CT_FLUSH_ZONE = 37
 OFP13 = ofp.OFP_VERSION
 
 
@@ -177,6 +179,25 @@ class Switch:
         batch = _Batch()
         data = self._encode(msg)
         batch.xids[msg.xid] = ("group", None, msg)
+        self._inflight[msg.xid] = batch
+        try:
+            self._write(data)
+            await self.barrier()
+        finally:
+            self._inflight.pop(msg.xid, None)
+        return batch.errors
+
+    async def ct_flush_zone(self, zone: int) -> list[FlowModError]:
+        """Forget every connection of a conntrack zone (NXT_CT_FLUSH_ZONE), closed by a barrier."""
+        msg = parser.OFPExperimenter(
+            codec.DP,
+            experimenter=NX_VENDOR_ID,
+            exp_type=NXT_CT_FLUSH_ZONE,
+            data=struct.pack("!H6x", zone),
+        )
+        batch = _Batch()
+        data = self._encode(msg)
+        batch.xids[msg.xid] = ("ct_flush_zone", None, msg)
         self._inflight[msg.xid] = batch
         try:
             self._write(data)

@@ -10,9 +10,12 @@ set current incrementally. No I/O, no clock, no os-ken. The flows are `alcor.age
 
 Pipeline (OpenFlow 1.3 tables):
 
-    0  CLASSIFY   in_port=<tap>            -> metadata=VNI, goto RESPOND
+    0  CLASSIFY   in_port=<tap>            -> metadata=VNI, REG_ZONE=its zone, goto PORT_SECURITY
+                                              (port security off: goto RESPOND)
                   in_port=<vxlan>,tun_id=VNI -> metadata=VNI, goto L2 (tunnelled traffic was
                                                  already answered and routed on the sending host)
+    1  PORT_SECURITY  what the port may send (alcor/agent/portsec.py), then:
+    2, 3  EGRESS_CT, EGRESS_RULES  its security groups' egress rules (alcor/agent/secgroups.py)
     10 RESPOND    ARP requests (arp_op=1) and IPv6 neighbour solicitations for known IPs of the
                   VPC, ICMP and ICMPv6 echo to gateway IPs: answered in the datapath, sent back
                   out IN_PORT. A port asking for its own IP falls through (no answer, normal
@@ -23,8 +26,12 @@ Pipeline (OpenFlow 1.3 tables):
                   -> eth_src=gateway MAC of B, eth_dst=port MAC, dec_ttl (IPv4 TTL or IPv6
                   hop limit), metadata=VNI of B, goto L2. Distributed: done on the sending host,
                   no router hop.
-    30 L2         metadata=VNI, dl_dst=MAC -> output tap | set tun_id, tun_dst, output vxlan
-                  metadata=VNI (anything else) -> flood to local ports and member hosts
+    30 L2         metadata=VNI, dl_dst=MAC -> deliver to the local port | set tun_id, tun_dst,
+                  output vxlan; metadata=VNI (anything else) -> flood to local ports and member
+                  hosts. Delivering to a filtered port is REG_ZONE=its zone, REG_PORT=its ofport,
+                  then INGRESS_CT (a flood resubmits there once per such port); to a port with
+                  port security off, output to it.
+    40, 41 INGRESS_CT, INGRESS_RULES  the receiver's ingress rules, then output:REG_PORT
 
 An IPv4 address of another subnet on the asker's router (an L3 neighbour) is answered with the
 asker's gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed
@@ -44,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent import ipv6, zeta
+from alcor.agent import ipv6, portsec, secgroups, zeta
 from alcor.agent.ir import (
     ETH_ARP,
     ETH_IP,
@@ -59,18 +66,24 @@ from alcor.agent.ir import (
     P_OWN_IP,
     P_PROXY_ARP,
     P_ROUTE_BASE,
+    REG_PORT,
+    REG_ZONE,
     T_CLASSIFY,
+    T_INGRESS_CT,
     T_L2,
     T_L3,
     T_ND_REPLY,
+    T_PORT_SECURITY,
     T_RESPOND,
     Action,
     DecTtl,
     Flow,
     Group,
+    Match,
     MatchValue,
     Move,
     Output,
+    Resubmit,
     SetField,
     cookie_for,
     match,
@@ -115,8 +128,13 @@ def _mac(value: Any) -> str | None:
 
 
 def _ipv4(value: Any) -> str | None:
+    return _ipv4_text(str(value))
+
+
+@functools.lru_cache(maxsize=1 << 17)  # every address is read again for each of its flows
+def _ipv4_text(text: str) -> str | None:
     try:
-        addr = ipaddress.ip_address(str(value))
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return None
     return str(addr) if addr.version == 4 else None
@@ -299,10 +317,25 @@ class PortFlows:
     ofport: int | None = None
     remote_ip: str | None = None
     endpoints: tuple[Endpoint, ...] = ()
+    # local ports: how its VPC's flood reaches it (straight out, or through its ingress rules)
+    deliver: tuple[Action, ...] = ()
 
 
-def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows | None:
-    """All flows of one port (cookie of the port); None for router interfaces."""
+def deliver_actions(ofport: int, zone: int | None) -> tuple[Action, ...]:
+    """How a flood reaches a local port: through its ingress filter when it has a zone."""
+    if zone is None:
+        return (Output(ofport),)
+    return (SetField(REG_ZONE, zone), SetField(REG_PORT, ofport), Resubmit(T_INGRESS_CT))
+
+
+def port_flows(
+    ctx: Context, pid: str, p: Body, ofport: int | None, zone: int | None = None
+) -> PortFlows | None:
+    """All flows of one port (cookie of the port); None for router interfaces.
+
+    `zone` is what a filtered local port's packets carry in REG_ZONE (its conntrack zone and
+    whether it is tracked, secgroups.zone_register); None for a port with port security off,
+    whose packets go straight from CLASSIFY to RESPOND and from L2 out to it."""
     if p.get("device_owner") == ROUTER_INTERFACE:
         return None
     local = p.get("node_id") == ctx.me
@@ -348,20 +381,14 @@ def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows
     flows: list[Flow] = []
     endpoints = tuple(Endpoint(pid, vni, m, ip, sid, ofport, remote_ip) for m, ip, sid in pairs)
     own_ips: set[str] = set()
+    if ofport is not None:
+        flows.append(_classify(ofport, vni, zone, c))
+        if zone is not None:
+            flows += portsec.port_flows(pid, ofport, p)
     for ep in endpoints:
         l2 = match(metadata=vni, eth_dst=ep.mac)
         if ofport is not None:
-            flows.append(
-                Flow(
-                    T_CLASSIFY,
-                    P_HOST,
-                    match(in_port=ofport),
-                    write_metadata=(vni, METADATA_MASK),
-                    goto_table=T_RESPOND,
-                    cookie=c,
-                )
-            )
-            flows.append(Flow(T_L2, P_HOST, l2, (Output(ofport),), cookie=c))
+            flows.append(_deliver(l2, ofport, zone, c))
         else:
             assert remote_ip is not None and ctx.tun_ofport is not None
             flows.append(Flow(T_L2, P_HOST, l2, _tunnel(vni, remote_ip, ctx.tun_ofport), cookie=c))
@@ -409,7 +436,28 @@ def port_flows(ctx: Context, pid: str, p: Body, ofport: int | None) -> PortFlows
                         cookie=c,
                     )
                 )
-    return PortFlows(flows, local, "", vni, ofport, remote_ip, endpoints)
+    deliver = deliver_actions(ofport, zone) if ofport is not None else ()
+    return PortFlows(flows, local, "", vni, ofport, remote_ip, endpoints, deliver)
+
+
+def _classify(ofport: int, vni: int, zone: int | None, cookie: int) -> Flow:
+    m = match(in_port=ofport)
+    if zone is None:
+        return Flow(
+            T_CLASSIFY, P_HOST, m, write_metadata=(vni, METADATA_MASK), goto_table=T_RESPOND,
+            cookie=cookie,
+        )  # fmt: skip
+    return Flow(
+        T_CLASSIFY, P_HOST, m, (SetField(REG_ZONE, zone),), write_metadata=(vni, METADATA_MASK),
+        goto_table=T_PORT_SECURITY, cookie=cookie,
+    )  # fmt: skip
+
+
+def _deliver(m: Match, ofport: int, zone: int | None, cookie: int) -> Flow:
+    if zone is None:
+        return Flow(T_L2, P_HOST, m, (Output(ofport),), cookie=cookie)
+    regs = (SetField(REG_ZONE, zone), SetField(REG_PORT, ofport))
+    return Flow(T_L2, P_HOST, m, regs, goto_table=T_INGRESS_CT, cookie=cookie)
 
 
 def _ipv6_endpoint_flows(ctx: Context, ep: Endpoint, c: int, own_ips: set[str]) -> list[Flow]:
@@ -437,9 +485,14 @@ def _ipv6_endpoint_flows(ctx: Context, ep: Endpoint, c: int, own_ips: set[str]) 
 
 
 def vpc_flows(
-    ctx: Context, vpc_id: str, local_ofports: Iterable[int], remote_ips: Iterable[str]
+    ctx: Context,
+    vpc_id: str,
+    local_deliveries: Iterable[tuple[int, tuple[Action, ...]]],
+    remote_ips: Iterable[str],
 ) -> list[Flow]:
-    """Tunnel ingress and flooding (broadcast, multicast, unknown unicast) of one VPC."""
+    """Tunnel ingress and flooding (broadcast, multicast, unknown unicast) of one VPC.
+
+    `local_deliveries` are (ofport, how a flood reaches it) of its local ports."""
     vni = ctx.vni[vpc_id]
     c = cookie_for("vpc", vpc_id)
     flows: list[Flow] = []
@@ -455,7 +508,8 @@ def vpc_flows(
                 cookie=c,
             )
         )
-    flood: list[Action] = [Output(o) for o in sorted(local_ofports)]
+    ordered = sorted(local_deliveries, key=lambda d: d[0])
+    flood: list[Action] = [a for _, deliver in ordered for a in deliver]
     group = ctx.redirect.get(vpc_id)
     if group is not None and tun is not None:
         flood.append(Group(group))  # Zeta: the gateway cluster forwards to member hosts
@@ -541,6 +595,8 @@ def base_flows() -> list[Flow]:
         Flow(T_ND_REPLY, P_DEFAULT, ()),  # drop: only the NS responder sends packets here
         Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
         Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
+        *portsec.base_flows(),
+        *secgroups.base_flows(),
     ]
 
 

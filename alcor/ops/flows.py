@@ -15,12 +15,17 @@ from alcor.agent.ir import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
     COOKIE_TYPES,
+    REG_ZONE,
+    Conjunction,
+    Ct,
     DecTtl,
     Flow,
     Group,
     Move,
     Opaque,
     Output,
+    OutputReg,
+    Resubmit,
     SetField,
 )
 
@@ -32,7 +37,8 @@ def action_text(a: Any) -> str:
     if isinstance(a, Output):
         return "IN_PORT" if a.port == 0xFFFFFFF8 else f"output:{a.port}"
     if isinstance(a, SetField):
-        value = hex(a.value) if isinstance(a.value, int) and a.field in ("tun_id", "metadata") else a.value
+        hexed = ("tun_id", "metadata", "reg6", "reg7")
+        value = hex(a.value) if isinstance(a.value, int) and a.field in hexed else a.value
         return f"set_field:{value}->{a.field}"
     if isinstance(a, Move):
         return f"move:{a.src}[]->{a.dst}[]"
@@ -40,6 +46,18 @@ def action_text(a: Any) -> str:
         return "dec_ttl"
     if isinstance(a, Group):
         return f"group:{a.group_id}"
+    if isinstance(a, Ct):
+        args = (["commit"] if a.commit else []) + ([f"table={a.table}"] if a.table is not None else [])
+        args.append(f"zone={REG_ZONE}[0..15]")
+        if a.mark is not None:
+            args.append(f"exec(set_field:{a.mark:#x}->ct_mark)")
+        return f"ct({','.join(args)})"
+    if isinstance(a, Conjunction):
+        return f"conjunction({a.id},{a.clause}/{a.n_clauses})"
+    if isinstance(a, Resubmit):
+        return f"resubmit(,{a.table})"
+    if isinstance(a, OutputReg):
+        return f"output:{a.reg}"
     if isinstance(a, Opaque):
         return a.text
     return repr(a)
@@ -97,7 +115,7 @@ async def flow_report(dp: Any) -> dict[str, Any]:
     goal = dp.goal or {}
     switch = dp.switch
     ports = dict(switch.ports) if switch is not None else {}
-    fs = compile_flows(goal, ports, tunnel_port=dp.config.tunnel_port)
+    fs = compile_flows(goal, ports, tunnel_port=dp.config.tunnel_port, zones=dp.port_zones)
     desired = fs.by_key()
     installed = None
     if switch is not None:

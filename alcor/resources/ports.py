@@ -35,9 +35,9 @@ from alcor.resources.schema import (
 )
 from alcor.wire import ROUTER_INTERFACE
 
-# binding:vif_details port_filter: whether the host's datapath applies the port's security groups
-# (then Nova/os-vif need not). Not yet: set it to True with the agent's firewall (issue 11).
-PORT_FILTER = False
+# binding:vif_details port_filter: the host's datapath applies the port's security groups (the
+# agent's flows, alcor/agent/secgroups.py), so Nova and os-vif need not (no hybrid plug).
+PORT_FILTER = True
 MISSING_NODE: Any = object()
 MAX_FIXED_IPS = 5
 
@@ -169,8 +169,8 @@ class Ports(Manager):
         body["mac_address"] = self._take_mac(tx, nid, given.get("mac_address"))
         owner = body["device_owner"]
         body["fixed_ips"] = self._take_ips(tx, network, given.get("fixed_ips"), owner, body["mac_address"])
+        self._check_port_security(body, given)
         body["security_groups"] = await self._security_groups(ctx, tx, body, given.get("security_groups"))
-        self._check_port_security(body)
         body.update(self.binding_for(body))
         body["status"] = "ACTIVE" if owner == ROUTER_INTERFACE else "DOWN"
         body["tags"] = []
@@ -289,20 +289,28 @@ class Ports(Manager):
                                given: list[str] | None) -> list[str]:
         sgs = self.kernel.get("security_groups")
         if given is not None:
-            await sgs.check_ids(ctx, tx, given, body["project_id"])
+            await sgs.check_ids(ctx, tx, given, body["project_id"], port_id=body["id"])
             return given
         if body["device_owner"].startswith("network:") or not body["port_security_enabled"]:
             return []
         return [await sgs.default_for(tx, body["project_id"])]
 
-    def _check_port_security(self, body: dict[str, Any]) -> None:
-        if body["port_security_enabled"]:
+    def _check_port_security(self, merged: dict[str, Any], asked: dict[str, Any],
+                             current: dict[str, Any] | None = None) -> None:
+        """Neutron's rules (ML2): without port security a port has no security groups and no
+        allowed address pairs. `asked` is the request (a create's body or an update's changes),
+        `current` the port before an update."""
+        if merged["port_security_enabled"]:
             return
-        if body["security_groups"]:
+        if asked.get("security_groups"):
+            raise Conflict("Port security must be enabled and port must have an IP address in "
+                           "order to use security groups.",
+                           type="PortSecurityAndIPRequiredForSecurityGroups")
+        if current is not None and "security_groups" not in asked and current["security_groups"]:
             raise Conflict("Port has security group associated. Cannot disable port security or ip "
                            "address until security group is removed",
                            type="PortSecurityPortHasSecurityGroup")
-        if body["allowed_address_pairs"]:
+        if merged["allowed_address_pairs"]:
             raise Conflict("Port Security must be enabled in order to have allowed address pairs on "
                            "a port.", type="AddressPairAndPortSecurityRequired")
 
@@ -370,11 +378,11 @@ class Ports(Manager):
             changes["fixed_ips"] = new_ips
             merged["fixed_ips"] = new_ips
             await self._write_ips(tx, merged, skip=have)
-        if "security_groups" in changes:
-            await self.kernel.get("security_groups").check_ids(ctx, tx, changes["security_groups"],
-                                                                 current["project_id"])
         if any(k in changes for k in ("port_security_enabled", "security_groups", "allowed_address_pairs")):
-            self._check_port_security(merged)
+            self._check_port_security(merged, changes, current)
+        if "security_groups" in changes:
+            await self.kernel.get("security_groups").check_ids(
+                ctx, tx, changes["security_groups"], current["project_id"], port_id=current["id"])
         if "binding:host_id" in changes or "binding:vnic_type" in changes:
             changes.update(self.binding_for(merged))
             if merged["binding:host_id"] != current["binding:host_id"] and \

@@ -31,20 +31,16 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.wire import IP_PROTOCOLS
 
 SECURITY_GROUP = standard(Resource("security_group", "security_groups", "SecurityGroup")).add(
     Attr("security_group_rules", list_of(any_dict), post=False, kind="array", filterable=False),
-    Attr("stateful", boolean, default=True, kind="boolean"),
+    Attr("stateful", boolean, default=True, put=True, kind="boolean"),
     Attr("shared", boolean, post=False, kind="boolean"),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
 
-PROTOCOLS = {
-    "ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "icmp": 1, "icmpv6": 58, "igmp": 2,
-    "ipip": 4, "ipv6-encap": 41, "ipv6-frag": 44, "ipv6-icmp": 58, "ipv6-nonxt": 59,
-    "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46, "sctp": 132, "tcp": 6,
-    "udp": 17, "udplite": 136, "vrrp": 112,
-}
+PROTOCOLS = IP_PROTOCOLS
 PORT_PROTOCOLS = {6, 17, 33, 132, 136}
 ICMP = {1, 58}
 
@@ -307,28 +303,47 @@ class SecurityGroups(Manager):
             if current["name"] == "default":
                 raise Conflict("Updating default security group not allowed.",
                                type="SecurityGroupCannotUpdateDefault")
+        if changes.get("stateful", current["stateful"]) != current["stateful"] and \
+                await self._in_use(tx, current["id"]):
+            # Its ports' connections would change tracking under them (and might end up with
+            # stateful and stateless groups at once): Neutron refuses it while the group is used.
+            raise NeutronError(f"Security Group {current['id']} in use.", type="SecurityGroupInUse",
+                               status=409)
         return await self.replace(tx, current, changes)
+
+    async def _in_use(self, tx: Tx, sg_id: str) -> bool:
+        """Whether a port names the group (SQLite or PostgreSQL, by the store's dialect)."""
+        d = self.store.dialect
+        row = await tx.fetchone(
+            f"SELECT 1 FROM resources WHERE type = 'port' AND EXISTS (SELECT 1 FROM "
+            f"{d.elements('security_groups')} WHERE {d.element_text()} = ?) LIMIT 1", (sg_id,))
+        return row is not None
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
         if current["name"] == "default" and not ctx.is_admin:
             raise Conflict("Insufficient rights for removing default security group.",
                            type="SecurityGroupCannotRemoveDefault")
-        d = self.store.dialect
-        row = await tx.fetchone(
-            f"SELECT 1 FROM resources WHERE type = 'port' AND EXISTS (SELECT 1 FROM "
-            f"{d.elements('security_groups')} WHERE {d.element_text()} = ?) LIMIT 1", (current["id"],))
-        if row:
+        if await self._in_use(tx, current["id"]):
             raise NeutronError(f"Security Group {current['id']} in use.", type="SecurityGroupInUse",
                                status=409)
         await tx.execute("DELETE FROM resources WHERE type = 'security_group_rule' AND parent_id = ?",
                          (current["id"],))
         await self.remove(tx, current)
 
-    async def check_ids(self, ctx: Context, tx: Tx, ids: list[str], project_id: str) -> None:
+    async def check_ids(self, ctx: Context, tx: Tx, ids: list[str], project_id: str,
+                        port_id: str = "") -> None:
+        """The groups a port asks for exist and are its project's, and are all stateful or all
+        stateless (a port's connections are tracked or not)."""
+        stateful = set()
         for sg_id in ids:
             body = await self.fetch(sg_id, tx)
             if body is None or not (ctx.is_admin or body["project_id"] == project_id):
                 raise not_found("SecurityGroup", sg_id)
+            stateful.add(bool(body.get("stateful", True)))
+        if len(stateful) > 1:
+            raise Conflict("Error Cannot apply both stateful and stateless security groups on the "
+                           f"same port at the same time while attempting the operation on port "
+                           f"{port_id} while attempting the operation.", type="SecurityGroupConflict")
 
 
 class SecurityGroupRules(Manager):
@@ -355,6 +370,10 @@ class SecurityGroupRules(Manager):
             raise BadRequest("Specifying 'project_id' or 'tenant_id' other than the authenticated "
                              "project in request requires admin privileges")
         check_rule(given)
+        if given.get("remote_address_group_id"):
+            # Address groups are not built (no address-group extension): a rule naming one would
+            # be enforced as if it named no remote at all.
+            raise BadRequest("Unrecognized attribute(s) 'remote_address_group_id'")
         if given["remote_group_id"]:
             remote = await sgs.fetch(given["remote_group_id"], tx)
             if remote is None or not sgs.visible(ctx, remote):

@@ -389,7 +389,7 @@ _RULE_FIELDS = (
 def security_group_body(id: str, b: Body) -> Body:
     rules = [{f: r.get(f) for f in _RULE_FIELDS} for r in b.get("security_group_rules") or ()]
     rules.sort(key=canonical)
-    return {"id": id, "rules": rules}
+    return {"id": id, "stateful": b.get("stateful", True) is not False, "rules": rules}
 
 
 def gateway_body(id: str, b: Body) -> Body:

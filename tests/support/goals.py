@@ -6,6 +6,13 @@ g.vpc("vpc1", 100).subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:
 g.port("p1…", "vpc1", "s1", "10.0.0.5", "fa:16:3e:00:01:05", node="node-a")
 goal = g.goal()
 
+Ports have port security on and are in the group OPEN (every IPv4/IPv6 packet in and out, with
+conntrack) unless told otherwise: forwarding tests run through the whole filtering pipeline.
+`sg()` and `rule()` build others:
+
+g.sg("web", [rule("ingress", protocol="tcp", port_range_min=22, port_range_max=22)])
+g.port(..., security_groups=("web",))
+
 `two_vpcs()` is the usual scene of the agent's tests (two hosts, two VPCs with the same CIDR, a
 router); its names (ports PA1…, MACs, OFPORTS) are shared by the unit and integration tests.
 """
@@ -18,6 +25,33 @@ from typing import Any
 
 from alcor.agent.ir import tap_name
 from alcor.wire import GoalState
+
+OPEN = "sg-open"  # allows everything, both ways
+
+
+def rule(
+    direction: str,
+    ethertype: str = "IPv4",
+    protocol: str | None = None,
+    port_range_min: int | None = None,
+    port_range_max: int | None = None,
+    remote_ip_prefix: str | None = None,
+    remote_group_id: str | None = None,
+) -> dict[str, Any]:
+    """A security group rule as the wire carries it (docs/wire.md)."""
+    return {
+        "direction": direction,
+        "ethertype": ethertype,
+        "protocol": protocol,
+        "port_range_min": port_range_min,
+        "port_range_max": port_range_max,
+        "remote_ip_prefix": remote_ip_prefix,
+        "remote_group_id": remote_group_id,
+    }
+
+
+def open_rules() -> list[dict[str, Any]]:
+    return [rule(d, e) for d in ("ingress", "egress") for e in ("IPv4", "IPv6")]
 
 
 class GoalBuilder:
@@ -78,8 +112,16 @@ class GoalBuilder:
         admin_state_up: bool = True,
         device_owner: str = "compute:nova",
         more_ips: tuple[tuple[str, str], ...] = (),
+        port_security: bool = True,
+        security_groups: tuple[str, ...] | None = None,
+        allowed_address_pairs: list[dict[str, Any]] | None = None,
     ) -> GoalBuilder:
-        """A port with `ip` on `subnet_id`, and (subnet, ip) pairs in `more_ips` (dual stack)."""
+        """A port with `ip` on `subnet_id`, and (subnet, ip) pairs in `more_ips` (dual stack);
+        with port security on, in OPEN unless `security_groups` are given."""
+        if security_groups is None:
+            security_groups = (OPEN,) if port_security else ()
+        if OPEN in security_groups and OPEN not in self.res["security_group"]:
+            self.sg(OPEN, open_rules())
         self.res["port"][port_id] = {
             "id": port_id,
             "network_id": vpc_id,
@@ -90,8 +132,21 @@ class GoalBuilder:
             "node_id": node,
             "device_owner": device_owner,
             "admin_state_up": admin_state_up,
-            "allowed_address_pairs": [],
-            "security_group_ids": [],
+            "allowed_address_pairs": [
+                {"ip_address": a["ip_address"], "mac_address": a.get("mac_address")}
+                for a in allowed_address_pairs or ()
+            ],
+            "security_group_ids": sorted(security_groups),
+            "port_security_enabled": port_security,
+        }
+        return self
+
+    def sg(self, sg_id: str, rules: list[dict[str, Any]], *, stateful: bool = True) -> GoalBuilder:
+        """A security group (the wire body: its rules, sorted as the controller sorts them)."""
+        self.res["security_group"][sg_id] = {
+            "id": sg_id,
+            "stateful": stateful,
+            "rules": sorted(rules, key=lambda r: sorted((k, str(v)) for k, v in r.items())),
         }
         return self
 

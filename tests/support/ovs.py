@@ -235,6 +235,34 @@ class OvsSandbox:
         self.vsctl("add-port", bridge, name)
 
 
+def trace_outcome(out: str) -> tuple[str, str]:
+    """(final flow, datapath actions) of `ofproto/trace` output that may recirculate through
+    conntrack: the last pass's final flow, and every pass's actions except ct() and recirc(),
+    comma-separated ("drop" when nothing is left)."""
+    lines = out.splitlines()
+    finals = [ln for ln in lines if ln.startswith("Final flow:")]
+    actions: list[str] = []
+    for ln in lines:
+        if ln.startswith("Datapath actions:"):
+            for a in _split_actions(ln.removeprefix("Datapath actions: ")):
+                if not a.startswith(("ct(", "recirc(")) and a != "drop":
+                    actions.append(a)
+    return (finals[-1] if finals else ""), ",".join(actions) or "drop"
+
+
+def _split_actions(text: str) -> list[str]:
+    """Datapath actions split on the commas outside parentheses."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        depth += (ch == "(") - (ch == ")")
+        cur += ch
+    return [*out, cur] if cur else out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -15,8 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,38 @@ from alcor.agent.ir import tap_name
 from tests.support.ovs import Netns, OvsSandbox, unique
 
 UNDERLAY_PREFIX = 24
+ROOT = Path(__file__).resolve().parents[2]  # tests.support.probe runs from here
+
+
+class Stream:
+    """A TCP connection out of a VM sending a numbered line every 50 ms; echoes are counted."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.echoes = 0
+        self.connected = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("connected"):
+                self.connected.set()
+            elif line.startswith("echo "):
+                self.echoes += 1
+
+    def wait(self, more: int, timeout: float = 5) -> bool:
+        """Whether `more` echoes beyond the count now arrive within `timeout`."""
+        want = self.echoes + more
+        deadline = time.monotonic() + timeout
+        while self.echoes < want and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.echoes >= want
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 @dataclass
@@ -45,7 +81,16 @@ class Vm:
 
     def ping6(self, ip: str, count: int = 1, interval: float = 0.2, wait: float = 2) -> bool:
         out = self.exec(
-            "ping", "-6", "-c", str(count), "-i", str(interval), "-W", str(wait), "-q", ip,
+            "ping",
+            "-6",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            str(wait),
+            "-q",
+            ip,
             check=False,
         )  # fmt: skip
         return f"{count} received" in out
@@ -67,6 +112,78 @@ class Vm:
             if e.get("lladdr") and "FAILED" not in e.get("state", []):
                 return str(e["lladdr"]).lower()
         return None
+
+    # --- traffic (tests/support/probe.py, run inside the VM) ---
+
+    def _probe_cmd(self, *args: str) -> list[str]:
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns.name,
+            sys.executable,
+            "-m",
+            "tests.support.probe",
+            *args,
+        ]
+
+    def tcp_ok(self, ip: str, port: int, timeout: float = 1.0, sport: int = 0) -> bool:
+        """Whether a TCP connection to ip:port is made and echoes a line."""
+        return self._connect("tcp", ip, port, timeout, sport)
+
+    def udp_ok(self, ip: str, port: int, timeout: float = 1.0, sport: int = 0) -> bool:
+        """Whether a datagram to ip:port comes back (from an echo server there)."""
+        return self._connect("udp", ip, port, timeout, sport)
+
+    def _connect(self, proto: str, ip: str, port: int, timeout: float, sport: int) -> bool:
+        cmd = self._probe_cmd("connect", proto, ip, str(port), "--timeout", str(timeout))
+        if sport:
+            cmd += ["--sport", str(sport)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 10)
+        return proc.returncode == 0
+
+    @contextlib.contextmanager
+    def server(self, proto: str, port: int) -> Iterator[None]:
+        """An echo server on this VM while the block runs."""
+        proc = subprocess.Popen(
+            self._probe_cmd("serve", proto, str(port)), cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            yield
+        finally:
+            proc.kill()
+            proc.wait()
+
+    def stream(self, ip: str, port: int) -> Stream:
+        proc = subprocess.Popen(
+            self._probe_cmd("stream", ip, str(port)), cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        s = Stream(proc)
+        s.connected.wait(5)
+        return s
+
+    def send_frame(self, frame: bytes, count: int = 1) -> None:
+        """A raw Ethernet frame out of eth0, whatever its addresses say."""
+        cmd = self._probe_cmd("send", frame.hex(), "--count", str(count))
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=20)
+
+    @contextlib.contextmanager
+    def sniffing(self, seconds: float = 1.5) -> Iterator[list[bytes]]:
+        """The frames eth0 receives while the block runs (and until `seconds` are up)."""
+        proc = subprocess.Popen(
+            self._probe_cmd("sniff", str(seconds)), cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        frames: list[bytes] = []
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            yield frames
+            out, _ = proc.communicate(timeout=seconds + 10)
+            frames.extend(bytes.fromhex(line) for line in out.split())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def arping(self, ip: str, wait: float = 2) -> str | None:
         """The MAC that answered an ARP request for ip, or None."""
@@ -133,6 +250,8 @@ class Host:
             vm_ns.exec("ip", "link", "set", tmp, "name", "eth0")
             vm_ns.exec("ip", "link", "set", "eth0", "address", mac, "mtu", str(mtu), "up")
             vm_ns.exec("ip", "addr", "add", cidr_ip, "dev", "eth0")
+            if shutil.which("ethtool"):  # the userspace datapath does not complete checksums
+                vm_ns.exec("ethtool", "-K", "eth0", "tx", "off")
             if gateway:
                 vm_ns.exec("ip", "route", "add", "default", "via", gateway)
             self.ovs.vsctl("add-port", "br-int", tap)

@@ -103,8 +103,14 @@ def goal_for(
     g.router("r1", joined, routes, admin_state_up=router_up)
     nets = {A1: ("net1", "s4"), B1: ("net1", "s4"), A2: ("net2", "s5"), B2: ("net2", "s5"),
             C1: ("net3", "s6"), D1: ("net3", "s6")}  # fmt: skip
+    # B2 routes ROUTED_PREFIX: as in Neutron, port security lets it send from those addresses
+    # only when they are among its allowed address pairs
+    aap = {B2: [{"ip_address": ROUTED_PREFIX}]}
     for pid, (net, sub) in nets.items():
-        g.port(pid, net, sub, v4(pid), MAC[pid], node=HOST[pid], more_ips=((f"{sub}v6", v6(pid)),))
+        g.port(
+            pid, net, sub, v4(pid), MAC[pid], node=HOST[pid], more_ips=((f"{sub}v6", v6(pid)),),
+            allowed_address_pairs=aap.get(pid),
+        )  # fmt: skip
     g.port(GHOST, "net1", "s4v6", "2001:db8:4::42", MAC[GHOST], node=C)
     g.port(E1, "net4", "s7", "10.1.7.5", MAC[E1], node=B, more_ips=(("s7v6", E1_V6),))
     return g.goal()

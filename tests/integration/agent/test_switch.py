@@ -25,7 +25,7 @@ from alcor.agent.ir import (
     tap_name,
 )
 from tests.support.goals import GW1, MAC, PA1, PA2, PA3, PB1, PB2, QA1, QB1, two_vpcs
-from tests.support.ovs import OvsSandbox
+from tests.support.ovs import OvsSandbox, trace_outcome
 
 pytestmark = pytest.mark.ovs
 
@@ -45,11 +45,10 @@ class Host:
         return self.ovs.dp_port(tap_name(port_id))
 
     def trace(self, flow: str) -> tuple[str, str]:
-        """(final flow, datapath actions) of a packet traced through br-int."""
-        out = self.ovs.trace("br-int", flow)
-        final = next((ln for ln in out.splitlines() if ln.startswith("Final flow:")), "")
-        actions = next(ln for ln in out.splitlines() if ln.startswith("Datapath actions:"))
-        return final, actions.removeprefix("Datapath actions: ")
+        """(final flow, datapath actions) of a packet traced through br-int, across the
+        recirculations conntrack makes (each traced as a new connection): the last pass's
+        final flow, and every pass's actions but the conntrack ones."""
+        return trace_outcome(self.ovs.trace("br-int", flow))
 
     async def wait(self, cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[3]
 API = "tests/integration/api"
 TWO_HOSTS = "tests/integration/agent/test_two_hosts.py"
 L3 = "tests/integration/agent/test_l3_two_hosts.py"
+PORTSEC = "tests/integration/agent/test_port_security.py"
+SG = "tests/integration/agent/test_security_groups.py"
 
 # alias -> tests that show it honoured (API behaviour, and packets where it reaches the datapath)
 EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -67,13 +69,39 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{API}/test_networks.py::test_create_shows_neutron_shape_and_unique_vni",
         f"{API}/test_conventions.py::test_changed_since",
     ),
+    "port-security": (
+        f"{API}/test_ports.py::test_port_security_and_security_groups_go_together",
+        f"{PORTSEC}::test_spoofed_source_mac_and_ip_reach_nobody_on_the_host_or_across_hosts",
+        f"{PORTSEC}::test_spoofed_arp_poisons_no_neighbour",
+        f"{PORTSEC}::test_spoofed_neighbour_advertisement_poisons_no_neighbour",
+        f"{PORTSEC}::test_dhcp_server_replies_and_router_advertisements_from_a_vm_reach_nobody",
+        f"{PORTSEC}::test_port_security_off_lets_everything_through",
+    ),
+    "allowed-address-pairs": (
+        f"{API}/test_ports.py::test_security_groups_and_port_security",
+        f"{PORTSEC}::test_allowed_address_pairs_let_exactly_their_addresses_through",
+    ),
+    "security-group": (
+        f"{API}/test_security_groups.py::test_default_group_per_project",
+        f"{API}/test_security_groups.py::test_rules_validation_and_duplicates",
+        f"{SG}::test_default_group_members_reach_each_other_others_do_not",
+        f"{SG}::test_tcp_22_only",
+        f"{SG}::test_remote_group_membership_follows_ports_across_hosts",
+        f"{SG}::test_a_rule_added_and_removed_while_a_connection_runs",
+        f"{SG}::test_replies_of_the_vms_own_tcp_and_udp_pass_nothing_else_does",
+        f"{SG}::test_an_established_connection_survives_an_agent_restart",
+        "tests/integration/agent/test_security_full_stack.py::"
+        "test_groups_and_membership_from_the_api_to_the_packets",
+    ),
+    "stateful-security-group": (
+        f"{API}/test_ports.py::test_a_port_is_not_in_stateful_and_stateless_groups_at_once",
+        f"{SG}::test_stateless_groups_track_nothing_and_replies_need_rules",
+        f"{SG}::test_replies_of_the_vms_own_tcp_and_udp_pass_nothing_else_does",
+    ),
     "alcor-nodes": (f"{API}/test_nodes_and_changes.py::test_node_crud_and_mq_defaults",),
     "alcor-changes": (f"{API}/test_nodes_and_changes.py::test_change_log_is_gap_free_and_paged",),
 }
 
-# Listed today and not yet honoured in the datapath: port security and security groups (issue 11,
-# items 1 and 2). That work either honours each of these, moving it to EVIDENCE, or unlists it.
-PENDING = {"security-group", "stateful-security-group", "port-security", "allowed-address-pairs"}
 
 # Never listed until built: what Neutron clients probe for and this cloud does not do.
 NOT_HONOURED = {
@@ -98,7 +126,7 @@ async def test_the_list_is_exactly_what_is_honoured(ctl):
     assert r.status == 200
     listed = [e["alias"] for e in r.body["extensions"]]
     assert len(listed) == len(set(listed))
-    assert set(listed) == set(EVIDENCE) | PENDING
+    assert set(listed) == set(EVIDENCE)
     assert not set(listed) & NOT_HONOURED
     for e in r.body["extensions"]:
         assert set(e) >= {"alias", "name", "description", "updated", "links"}

@@ -154,6 +154,58 @@ async def test_security_groups_and_port_security(ctl, net):
     assert q["allowed_address_pairs"][0]["ip_address"] == "10.0.0.0/28"
 
 
+async def test_port_security_and_security_groups_go_together(ctl, net):
+    """Neutron's rules (ML2): no security groups, and no address pairs, without port security."""
+    network, _ = net
+    sg = await ctl.create("security_group", "/v2.0/security-groups", name="web")
+    before = ctl.kernel.get("store").store.changes.last_rev
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "port_security_enabled": False,
+                                                "security_groups": [sg["id"]]}})
+    assert r.status == 409 and r.error["type"] == "PortSecurityAndIPRequiredForSecurityGroups"
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "port_security_enabled": False,
+                                                "allowed_address_pairs": [{"ip_address": "10.0.0.9"}]}})
+    assert r.status == 409 and r.error["type"] == "AddressPairAndPortSecurityRequired"
+    assert ctl.kernel.get("store").store.changes.last_rev == before  # nothing half-written
+    # a port in a group cannot drop port security while it keeps the group...
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], security_groups=[sg["id"]])
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"port_security_enabled": False}})
+    assert r.status == 409 and r.error["type"] == "PortSecurityPortHasSecurityGroup"
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"port_security_enabled": False,
+                                                         "security_groups": [sg["id"]]}})
+    assert r.status == 409 and r.error["type"] == "PortSecurityAndIPRequiredForSecurityGroups"
+    got = (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]
+    assert got["port_security_enabled"] is True and got["security_groups"] == [sg["id"]]
+    # ...and can when it gives the groups up in the same request
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"port_security_enabled": False,
+                                                         "security_groups": []}})
+    assert r.status == 200 and r.body["port"]["port_security_enabled"] is False
+    # a port without port security cannot join a group
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"security_groups": [sg["id"]]}})
+    assert r.status == 409 and r.error["type"] == "PortSecurityAndIPRequiredForSecurityGroups"
+    # a port created on a network without port security has none, and no default group
+    open_net = await ctl.create("network", "/v2.0/networks", port_security_enabled=False)
+    q = await ctl.create("port", "/v2.0/ports", network_id=open_net["id"])
+    assert q["port_security_enabled"] is False and q["security_groups"] == []
+
+
+async def test_a_port_is_not_in_stateful_and_stateless_groups_at_once(ctl, net):
+    network, _ = net
+    full = await ctl.create("security_group", "/v2.0/security-groups", name="full")
+    bare = await ctl.create("security_group", "/v2.0/security-groups", name="bare", stateful=False)
+    assert full["stateful"] is True and bare["stateful"] is False
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"],
+                                                "security_groups": [full["id"], bare["id"]]}})
+    assert r.status == 409 and r.error["type"] == "SecurityGroupConflict"
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], security_groups=[bare["id"]])
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"security_groups": [bare["id"], full["id"]]}})
+    assert r.status == 409 and r.error["type"] == "SecurityGroupConflict"
+    # a group in use keeps its statefulness; an unused one may change it
+    r = await ctl.put(f"/v2.0/security-groups/{bare['id']}", {"security_group": {"stateful": True}})
+    assert r.status == 409 and r.error["type"] == "SecurityGroupInUse"
+    r = await ctl.put(f"/v2.0/security-groups/{full['id']}", {"security_group": {"stateful": False}})
+    assert r.status == 200 and r.body["security_group"]["stateful"] is False
+
+
 async def test_tenant_ports_isolated_and_shared_network(ctl):
     pub = await ctl.create("network", "/v2.0/networks", shared=True)
     await ctl.create("subnet", "/v2.0/subnets", network_id=pub["id"], cidr="10.6.0.0/24", ip_version=4)
@@ -237,7 +289,7 @@ async def test_vif_details_are_what_os_vif_plugs_from(ctl, net):
     p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], device_owner="compute:nova",
                          **{"binding:host_id": "cmp1"})
     assert p["binding:vif_type"] == "ovs" and p["binding:vnic_type"] == "normal"
-    assert p["binding:vif_details"] == {"port_filter": False, "ovs_hybrid_plug": False,
+    assert p["binding:vif_details"] == {"port_filter": True, "ovs_hybrid_plug": False,
                                         "connectivity": "l2", "bridge_name": "br-alcor",
                                         "datapath_type": "netdev"}
     # The operator moves the host to the kernel datapath: its bound ports follow.

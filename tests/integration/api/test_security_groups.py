@@ -41,6 +41,8 @@ async def test_rules_validation_and_duplicates(ctl):
         {"direction": "ingress", "remote_ip_prefix": "10.0.0.0/8", "remote_group_id": sid},
         {"direction": "ingress", "protocol": "tcp", "port_range_min": 0, "port_range_max": 10},
         {"direction": "ingress", "protocol": "icmpv6"},
+        # no address groups here (no address-group extension): refused, never enforced as "any"
+        {"direction": "ingress", "remote_address_group_id": "6e4f5d5c-0000-4000-8000-000000000000"},
     ]:
         r = await ctl.post("/v2.0/security-group-rules", {"security_group_rule": {"security_group_id": sid, **body}})
         assert r.status == 400, (body, r.body)

@@ -7,7 +7,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alcor.agent.compiler import FlowSet, compile_flows
-from alcor.agent.ir import COOKIE_TAG, COOKIE_TAG_MASK, T_CLASSIFY, Output, cookie_for, tap_name
+from alcor.agent.ir import (
+    COOKIE_TAG,
+    COOKIE_TAG_MASK,
+    T_CLASSIFY,
+    T_EGRESS_CT,
+    T_EGRESS_RULES,
+    T_INGRESS_RULES,
+    T_L2,
+    T_L3,
+    T_RESPOND,
+    Output,
+    cookie_for,
+    tap_name,
+)
 from tests.support.flowsim import arp_request, ipv4, simulate
 from tests.support.goals import (
     B_IP,
@@ -226,8 +239,13 @@ def test_every_flow_past_classification_is_scoped_to_a_vpc(
     fs = compile_flows(g.goal(), ofports)
     assert fs.conflicts == ()
     for f in fs.flows:
-        if f.table != T_CLASSIFY and f.match:
+        if f.table in (T_RESPOND, T_L3, T_L2) and f.match:
             assert dict(f.match)["metadata"] in (100, 200)
+        elif f.table not in (T_CLASSIFY, T_RESPOND, T_L3, T_L2):
+            # The filter tables judge one port's packets: they go on to RESPOND (egress) or
+            # out to the port L2 chose (REG_PORT, ingress), never anywhere a VPC could not.
+            assert f.goto_table in (None, T_EGRESS_CT, T_EGRESS_RULES, T_RESPOND, T_INGRESS_RULES)
+            assert not [a for a in f.actions if isinstance(a, Output)]
 
 
 def test_allowed_address_pairs() -> None:
