@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from alcor.agent.ipv6 import link_local
 from alcor.agent.ir import (
     ETH_ARP,
     ETH_IP,
@@ -52,13 +53,6 @@ NO_LLADDR = "00:00:00:00:00:00"  # what OVS reads as the link-layer option of an
 UNSPECIFIED_V6 = "::"
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def link_local(mac: str) -> ipaddress.IPv6Address:
-    """The EUI-64 link-local address a host with this MAC configures (fe80::/64)."""
-    b = bytes(int(x, 16) for x in mac.split(":"))
-    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
-    return ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid)
 
 
 def allowed_pairs(body: Body) -> list[tuple[str, Net]]:

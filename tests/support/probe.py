@@ -4,8 +4,9 @@
     ip netns exec <vm> python -m tests.support.probe connect tcp 10.0.0.6 22   # exit 0: echoed
     ip netns exec <vm> python -m tests.support.probe stream 10.0.0.6 22  # a line out every
                                                                          # 50 ms, each echo printed
-    ip netns exec <vm> python -m tests.support.probe send <hex frame>    # out of eth0, as is
-    ip netns exec <vm> python -m tests.support.probe sniff 1.5           # "ready", then hex frames
+    ip netns exec <vm> python -m tests.support.probe send <hex frame>... # out of eth0, as is
+    ip netns exec <vm> python -m tests.support.probe sniff 10            # "ready", then a hex
+                                                                         # frame per line
 
 tests/support/topology.py's Vm wraps these; run from the repository root (they import nothing
 but the standard library).
@@ -101,11 +102,12 @@ def stream(host: str, port: int, interval: float) -> int:
                 print(f"echo {line.decode()}", flush=True)
 
 
-def send(frame_hex: str, iface: str, count: int) -> None:
+def send(frames_hex: list[str], iface: str, count: int) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((iface, 0))
     for _ in range(count):
-        s.send(bytes.fromhex(frame_hex))
+        for frame in frames_hex:
+            s.send(bytes.fromhex(frame))
         time.sleep(0.05)
 
 
@@ -141,7 +143,7 @@ def main() -> int:
     p.add_argument("port", type=int)
     p.add_argument("--interval", type=float, default=0.05)
     p = sub.add_parser("send")
-    p.add_argument("frame")
+    p.add_argument("frames", nargs="+")
     p.add_argument("--iface", default="eth0")
     p.add_argument("--count", type=int, default=1)
     p = sub.add_parser("sniff")
@@ -155,7 +157,7 @@ def main() -> int:
     elif a.cmd == "stream":
         return stream(a.host, a.port, a.interval)
     elif a.cmd == "send":
-        send(a.frame, a.iface, a.count)
+        send(a.frames, a.iface, a.count)
     elif a.cmd == "sniff":
         sniff(a.seconds, a.iface)
     return 0

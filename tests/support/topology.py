@@ -163,22 +163,24 @@ class Vm:
         s.connected.wait(5)
         return s
 
-    def send_frame(self, frame: bytes, count: int = 1) -> None:
-        """A raw Ethernet frame out of eth0, whatever its addresses say."""
-        cmd = self._probe_cmd("send", frame.hex(), "--count", str(count))
+    def send_frames(self, frames: list[bytes], count: int = 1) -> None:
+        """Raw Ethernet frames out of eth0, whatever their addresses say (`count` times each)."""
+        cmd = self._probe_cmd("send", *(f.hex() for f in frames), "--count", str(count))
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=20)
 
     @contextlib.contextmanager
-    def sniffing(self, seconds: float = 1.5) -> Iterator[list[bytes]]:
-        """The frames eth0 receives while the block runs (and until `seconds` are up)."""
+    def sniffing(self, grace: float = 0.5) -> Iterator[list[bytes]]:
+        """The frames eth0 receives while the block runs and `grace` seconds after it."""
         proc = subprocess.Popen(
-            self._probe_cmd("sniff", str(seconds)), cwd=ROOT, stdout=subprocess.PIPE, text=True
+            self._probe_cmd("sniff", "60"), cwd=ROOT, stdout=subprocess.PIPE, text=True
         )
         frames: list[bytes] = []
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             yield frames
-            out, _ = proc.communicate(timeout=seconds + 10)
+            time.sleep(grace)
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
             frames.extend(bytes.fromhex(line) for line in out.split())
         finally:
             if proc.poll() is None:

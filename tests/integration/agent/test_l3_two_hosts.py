@@ -105,7 +105,7 @@ def goal_for(
             C1: ("net3", "s6"), D1: ("net3", "s6")}  # fmt: skip
     # B2 routes ROUTED_PREFIX: as in Neutron, port security lets it send from those addresses
     # only when they are among its allowed address pairs
-    aap = {B2: [{"ip_address": ROUTED_PREFIX}]}
+    aap = {B2: [{"ip_address": ROUTED_PREFIX}, {"ip_address": "2001:db8:77::/64"}]}
     for pid, (net, sub) in nets.items():
         g.port(
             pid, net, sub, v4(pid), MAC[pid], node=HOST[pid], more_ips=((f"{sub}v6", v6(pid)),),

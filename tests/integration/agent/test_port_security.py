@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from os_ken.lib.packet import arp, dhcp, icmpv6, ipv4
 
-from alcor.agent.portsec import link_local
+from alcor.agent.ipv6 import link_local
 from alcor.wire import GoalState
 from tests.support import frames as F
 from tests.support.goals import GoalBuilder
@@ -85,9 +85,8 @@ async def heard(
 
     def go() -> dict[str, list[bytes]]:
         with contextlib.ExitStack() as stack:
-            caught = {pid: stack.enter_context(cloud.vm(pid).sniffing(1.5)) for pid in by}
-            for frame in sent:
-                cloud.vm(sender).send_frame(frame, count=2)
+            caught = {pid: stack.enter_context(cloud.vm(pid).sniffing()) for pid in by}
+            cloud.vm(sender).send_frames(sent, count=2)
         return caught
 
     return await asyncio.to_thread(go)

@@ -18,12 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from alcor import config as config_mod
 from alcor import roles
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from tests.conftest import require
-from tests.support.controller import Client
+from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root
 from tests.support.topology import Host, Vm
 
@@ -47,11 +46,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Host, Kernel]]:
     require(is_root(), "needs root (network namespaces, Open vSwitch)")
     require(have_ovs(), "needs openvswitch-switch installed")
     with OvsSandbox.started(tmp_path / "ovs") as ovs:
-        cfg = config_mod.load(env={})
-        cfg["store"].update(path=str(tmp_path / "alcor.db"), synchronous="NORMAL")
-        cfg["api"]["port"] = 0
-        cfg["node"].update(name=HOST, local_ip="127.0.0.79")
-        cfg["agent"].update(openflow_listen=f"unix:{ovs.dir}/alcor-of.sock", ovs_db=ovs.db)
+        cfg = config_for_test(
+            tmp_path,
+            node={"name": HOST, "local_ip": "127.0.0.79"},
+            agent={"openflow_listen": f"unix:{ovs.dir}/alcor-of.sock", "ovs_db": ovs.db},
+        )
         kernel = Kernel(cfg, [*controller_modules(cfg), *roles.modules("dev", cfg)])
         await kernel.start()
         host = Host(HOST, ovs, "127.0.0.79", 0)

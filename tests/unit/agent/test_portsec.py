@@ -6,13 +6,14 @@ import ipaddress
 
 from alcor.agent import portsec
 from alcor.agent.compiler import compile_flows
+from alcor.agent.ipv6 import link_local
 from alcor.agent.ir import T_CLASSIFY, T_PORT_SECURITY, T_RESPOND
 from tests.support.flowsim import Packet, arp_request, ipv4, simulate
 from tests.support.goals import GW1, MAC, OFPORTS, PA1, PA2, PA3, PB1, VX, two_vpcs
 
 P1, P2, P3 = (OFPORTS["tap" + p[:11]] for p in (PA1, PA2, PA3))
 FLOOD = {P2, P3, VX}  # the rest of VPC 1: its other local ports and host B
-LLA1 = str(portsec.link_local(MAC[PA1]))
+LLA1 = link_local(MAC[PA1])
 
 
 def sent(goal: object, pkt: Packet) -> set[int]:
@@ -33,10 +34,9 @@ def icmp6(src: str, mac: str, icmp_type: int, dst: str = "ff02::1", **extra: obj
     }
 
 
-def test_link_local_is_eui64() -> None:
-    assert portsec.link_local("fa:16:3e:0a:00:05") == ipaddress.IPv6Address(
-        "fe80::f816:3eff:fe0a:5"
-    )
+def test_the_link_local_address_is_allowed_with_the_ports_mac() -> None:
+    pairs = portsec.allowed_pairs(two_vpcs().goal()["port"][PA1])
+    assert (MAC[PA1], ipaddress.IPv6Network("fe80::f816:3eff:fe0a:5/128")) in pairs
 
 
 def test_own_addresses_pass_spoofed_ones_are_dropped_before_any_port() -> None:
