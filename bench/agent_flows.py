@@ -196,9 +196,9 @@ async def security_bench(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.5)
 
         gc.collect()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         statuses = await dp.apply(goal)
-        t_full = time.perf_counter() - t0
+        t_full, c_full = time.perf_counter() - t0, time.process_time() - c0
         report = dp.last_report
         assert report is not None
         active = sum(1 for st in statuses.values() if st[0] == "ACTIVE")
@@ -207,24 +207,34 @@ async def security_bench(args: argparse.Namespace) -> None:
         for f in flows:
             c = f.split(",", 1)[0]
             by_cookie[c] = by_cookie.get(c, 0) + 1
-        mine = f"cookie={cookie_for('port', port_id(0)):#x}"
-        theirs = f"cookie={cookie_for('port', port_id(local)):#x}"
-        sg_cookies = {f"cookie={cookie_for('security_group', sg_id(g)):#x}" for g in range(groups)}
-        sg_flows = sum(n for c, n in by_cookie.items() if c in sg_cookies)
+
+        def count(rtype: str, rid: str) -> int:
+            return by_cookie.get(f"cookie={cookie_for(rtype, rid):#x}", 0)
+
+        mine = count("port", port_id(0)) + count("member", port_id(0))
+        theirs = count("port", port_id(local)) + count("member", port_id(local))
+        sg_flows = sum(count("security_group", sg_id(g)) for g in range(groups))
+        rules = len(sg_rules(0, groups))
+        load = os.getloadavg()[0]
         print(
-            f"security groups            {groups} x {len(sg_rules(0, groups))} rules (remote groups: 12 per group)"
+            f"machine                    load {load:.1f} on {os.cpu_count()} CPUs (1-min average)"
         )
+        print(f"security groups            {groups} x {rules} rules (12 naming remote groups)")
         print(f"neighbours / local ports   {args.neighbours} / {local}  ACTIVE {active}/{local}")
         print(
             f"flows installed            {len(flows)}  (flow-mods sent: {report.adds + report.deletes})"
         )
         print(
-            f"apply from scratch         {t_full * 1000:.0f} ms  (zones, compile, flow-mods, barrier)"
+            f"apply from scratch         {t_full * 1000:.0f} ms  (zones, compile, flow-mods on"
+            f" {dp.config.flow_mod_connections} connections, barriers; agent CPU {c_full * 1000:.0f} ms)"
         )
         print(
-            f"flows per local port       {by_cookie.get(mine, 0)}  (a neighbour: {by_cookie.get(theirs, 0)};"
-            f" all groups' own: {sg_flows})"
+            f"flows per local port       {mine}  (per neighbour: {theirs}; the groups' own, all"
+            f" {groups}: {sg_flows})"
         )
+
+        # the agent takes the collection it owes after a bulk apply once applies pause (1 s)
+        await asyncio.sleep(2.5)
 
         async def timed(changes: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
             lat, mods = [], []

@@ -38,7 +38,9 @@ from alcor.wire import ROUTER_INTERFACE, Body, GoalState
 Ref = tuple[str, str]  # the (type, id) of the resource a group of flows belongs to
 
 # When two resources want the same flow key (conflicting goal state), the first in this order wins.
-_REF_ORDER = {"pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4, "security_group": 5}
+_REF_ORDER = {
+    "pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4, "security_group": 5, "member": 6,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,11 @@ class FlowCompiler:
             again = set(changed_ports)
             for sid in sec.filtered_by:  # its local ports' filters
                 again.update(p for p in self._in_group.get(sid, ()) if p in self.local_ports)
+            members: set[str] = set()
             for sid in sec.remotes:  # its members' address flows
-                again.update(self._in_group.get(sid, ()))
+                members.update(self._in_group.get(sid, ()))
+            for pid in sorted(members - again):
+                self._set_members(pid, ports.get(pid), touched)
             changed_ports = sorted(again)
         self.zones = dict(zones)
         vpcs: set[int] = set()
@@ -302,9 +307,15 @@ class FlowCompiler:
                 if zone is not None and out.flows and ofport is not None:
                     groups = _groups(body)
                     flows += secgroups.filter_flows(self.security, pid, ofport, groups)
-            flows = out.flows + flows + secgroups.member_flows(self.security, pid, body)
+            flows = out.flows + flows
         self._set_group(("port", pid), flows, touched)
+        self._set_members(pid, body if out is not None else None, touched)
         return vnis
+
+    def _set_members(self, pid: str, body: Body | None, touched: dict[Key, Flow | None]) -> None:
+        """A port's flows as a member of remote groups (its own group of flows)."""
+        flows = secgroups.member_flows(self.security, pid, body) if body is not None else []
+        self._set_group(("member", pid), flows, touched)
 
     def _zone(self, pid: str, body: Body) -> tuple[bool, int | None]:
         """Whether a port is a local port with port security, and what its packets carry in
@@ -364,7 +375,12 @@ class FlowCompiler:
             if flows:
                 self._groups[ref] = flows
             return
+        # only the keys whose flow changed: a group that gains one rule leaves the others (and
+        # the merges of the ones it shares with other groups) as they are
+        kept = set(old).intersection(flows) if old and flows else set()
         for f in old:
+            if f in kept:
+                continue
             k = f.key
             if k not in touched:
                 touched[k] = self.desired.get(k)
@@ -376,6 +392,8 @@ class FlowCompiler:
                 del self._refs[k]
                 del self.desired[k]
         for f in flows:
+            if f in kept:
+                continue
             k = f.key
             if k not in touched:
                 touched[k] = self.desired.get(k)

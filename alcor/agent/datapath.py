@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from alcor.agent.fastcodec import SigCache
 from alcor.agent.ir import Key, cookie_for, tap_name
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
+from alcor.agent.openflow import connect as openflow_connect
 from alcor.agent.ra import RouterAdvertiser, advertisements
 from alcor.agent.reconcile import Reconciler, Report
 from alcor.config import Config
@@ -67,6 +69,18 @@ class DatapathConfig:
     # Every this many seconds, read every flow back and repair drift (someone's ovs-ofctl);
     # 0 = only on (re)connect.
     resync_interval: float = AgentConfig.flow_resync_interval
+    # a big batch of flow-mods is spread over this many connections (the extra ones to the
+    # bridge's management socket, `<bridge>.mgmt` in OVS's run directory)
+    flow_mod_connections: int = AgentConfig.flow_mod_connections
+
+    def management_socket(self) -> str:
+        """Where ovs-vswitchd serves the bridge's OpenFlow management connections: its run
+        directory, the one ovsdb-server's socket is in (ovs_db), else OVS_RUNDIR's."""
+        if self.ovs_db and self.ovs_db.startswith("unix:"):
+            rundir = os.path.dirname(self.ovs_db.removeprefix("unix:"))
+        else:
+            rundir = os.environ.get("OVS_RUNDIR", "/var/run/openvswitch")
+        return os.path.join(rundir, f"{self.bridge}.mgmt")
 
     def controller_target(self) -> str:
         if self.controller:
@@ -264,6 +278,22 @@ class Datapath:
             log.warning("datapath.flow_rejected", owner=owner, error=err.error, flow=str(err.flow))
         return dict(self.statuses)
 
+    async def _helper_connections(self) -> list[Switch]:
+        """More connections to the switch for a big batch of flow-mods, or [] (then the batch
+        goes on the controller connection alone, just slower)."""
+        extra = self.config.flow_mod_connections - 1
+        path = self.config.management_socket()
+        if extra <= 0:
+            return []
+        opened = await asyncio.gather(
+            *(openflow_connect(path) for _ in range(extra)), return_exceptions=True
+        )
+        helpers = [sw for sw in opened if isinstance(sw, Switch)]
+        if len(helpers) < extra:
+            errors = [str(e) for e in opened if isinstance(e, BaseException)]
+            log.info("datapath.helper_connections", path=path, opened=len(helpers), errors=errors)
+        return helpers
+
     async def _flush_zones(self, switch: Switch, in_use: set[int]) -> None:
         """Forget the connections of zones given back (their flows are gone now), so a port
         that gets one of them later starts with none; a zone handed out again since is kept."""
@@ -356,7 +386,10 @@ class Datapath:
             await old.close()
         self.switch = switch
         self._reconciler = Reconciler(
-            switch, barrier_timeout=self.config.barrier_timeout, signatures=self._signatures
+            switch,
+            barrier_timeout=self.config.barrier_timeout,
+            signatures=self._signatures,
+            helpers=self._helper_connections,
         )
         self.connected.set()
         if self.goal is not None:
@@ -385,7 +418,9 @@ class Datapath:
 
 BULK_ADDS = 1000
 IDLE_GC_AFTER = 1.0  # seconds without apply()
-PARTIAL_COOKIES = 256  # beyond this many touched resources one full read-back is cheaper
+# Beyond this many touched resources, one full read-back is cheaper than planning each change
+# (a partial reconcile no longer reads back each of many resources: see Reconciler.partial).
+PARTIAL_COOKIES = 4096
 
 
 def _local_ports(goal: Mapping[str, Any]) -> list[str]:
@@ -442,6 +477,7 @@ def datapath_config(config: Config) -> DatapathConfig:
         ovs_db=agent.ovs_db or None,
         # not "resync_interval": the stream owns that key (how often it asks for a snapshot)
         resync_interval=agent.flow_resync_interval,
+        flow_mod_connections=agent.flow_mod_connections,
     )
 
 

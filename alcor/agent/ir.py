@@ -95,6 +95,9 @@ COOKIE_TYPES = {
     "node": 5,
     "gateway": 6,
     "security_group": 7,
+    # a port's addresses as members of remote groups (alcor/agent/secgroups.py member_flows):
+    # apart from the port's own flows, so a rule naming a new remote group reflows only these
+    "member": 8,
 }
 
 

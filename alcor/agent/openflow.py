@@ -383,6 +383,20 @@ class Switch:
                 await task
 
 
+async def connect(path: str, timeout: float = 5.0) -> Switch:
+    """A connection of the agent's own to a bridge's management socket (`<bridge>.mgmt` in
+    OVS's run directory, as ovs-ofctl makes one): flow-mods sent on it are the switch's like
+    any others. Nothing listens to its port-status or packet-ins."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    sw = Switch(reader, writer)
+    try:
+        await sw.handshake(timeout)
+    except BaseException:
+        await sw.close()
+        raise
+    return sw
+
+
 def parse_listen(listen: str) -> tuple[str, str, int]:
     """ "tcp:HOST:PORT" | "unix:PATH" -> (kind, host-or-path, port)."""
     kind, _, rest = listen.partition(":")

@@ -1,7 +1,10 @@
 """Bring a switch's flows to the desired set: read ours back by cookie, send only the difference.
 
 Level-triggered, like a Kubernetes controller: desired flows in, the smallest set of flow-mods
-out. After a (re)connect the whole set of our flows (cookie tag) is read back and diffed; after a
+out. A batch of more than BULK_FLOW_MODS is spread over the switch connection and a few more of
+the agent's own (`helpers`): ovs-vswitchd reads at most 50 messages of a connection per turn of
+its main loop, and a turn costs more the more ports the bridge has (~4 ms at 1,000 ports here),
+so tens of thousands of flow-mods on one connection spend most of their time waiting for turns. After a (re)connect the whole set of our flows (cookie tag) is read back and diffed; after a
 goal-state delta only the flows of the touched cookies are read back. Unchanged flows are never
 touched, stale ones are deleted one by one (DELETE_STRICT on cookie, table, priority and match),
 and flows without our cookie tag are left alone. A barrier closes every batch.
@@ -9,8 +12,9 @@ and flows without our cookie tag are left alone. A barrier closes every batch.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,6 +24,7 @@ from alcor.agent.ir import COOKIE_TAG, COOKIE_TAG_MASK, Flow, Key
 from alcor.agent.openflow import FlowModError, Switch
 
 log = structlog.get_logger("alcor.agent.reconcile")
+
 
 @dataclass
 class Report:
@@ -60,6 +65,14 @@ def plan(
     return adds, deletes
 
 
+BULK_FLOW_MODS = 4000
+READ_BACK_COOKIES = 32  # a partial reconcile reads back the touched resources up to this many
+
+# Opens more connections to the switch for a big batch; [] when it cannot (the batch then goes on
+# the main connection alone). The reconciler closes them after the batch.
+Helpers = Callable[[], Awaitable[list[Switch]]]
+
+
 class Reconciler:
     """One per switch connection; `installed` is the switch's state as last read or confirmed."""
 
@@ -69,8 +82,10 @@ class Reconciler:
         *,
         barrier_timeout: float = 60.0,
         signatures: fastcodec.SigCache | None = None,
+        helpers: Helpers | None = None,
     ) -> None:
         self.switch = switch
+        self.helpers = helpers
         # kept by the owner across connections, so a reconnect does not re-encode every flow
         self.signatures: fastcodec.SigCache = signatures if signatures is not None else {}
         self.installed: dict[Key, Flow] | None = None  # unknown until the first full read-back
@@ -103,10 +118,16 @@ class Reconciler:
         self, desired: Mapping[Key, Flow], keys: Collection[Key], cookies: Collection[int]
     ) -> Report:
         """Reconcile the flows under `keys` (changed in the desired set) after reading back the
-        switch's flows of `cookies` (the resources those keys belong to, before and after)."""
+        switch's flows of `cookies` (the resources those keys belong to, before and after), when
+        they are few: a change that touches hundreds of resources (a rule naming a new remote
+        group reaches every member) is planned against what the agent installed, without a
+        read-back request per resource. Drift is repaired by full read-backs (reconnects,
+        `flow_resync_interval`)."""
         if self.installed is None:
             return await self.full(desired)
         start = time.perf_counter()
+        if len(cookies) > READ_BACK_COOKIES:
+            cookies = ()
         truth = await self.switch.flow_stats_many(cookies) if cookies else []
         installed = self.installed
         for f in truth:
@@ -130,9 +151,7 @@ class Reconciler:
         report.adds, report.deletes = len(adds), len(deletes)
         if not adds and not deletes:
             return
-        errors = await self.switch.flow_mods(
-            adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
-        )
+        errors = await self._flow_mods(adds, deletes)
         report.errors = errors
         failed = {e.flow.key for e in errors if e.flow is not None}
         for f in adds:
@@ -142,3 +161,45 @@ class Reconciler:
                 self.installed[f.key] = f
         for f in deletes:
             self.installed.pop(f.key, None)
+
+    async def _flow_mods(self, adds: list[Flow], deletes: list[Flow]) -> list[FlowModError]:
+        helpers: list[Switch] = []
+        if self.helpers is not None and len(adds) + len(deletes) > BULK_FLOW_MODS:
+            helpers = await self.helpers()
+        if not helpers:
+            return await self.switch.flow_mods(
+                adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
+            )
+        conns = [self.switch, *helpers]
+        try:
+            # every add confirmed (each connection's barrier) before any delete: a flow that
+            # takes over from a stale one is in place before the stale one goes
+            errors: list[FlowModError] = []
+            for batch, kind in ((adds, "adds"), (deletes, "deletes")):
+                parts = [batch[i :: len(conns)] for i in range(len(conns))]
+                results = await asyncio.gather(
+                    *(
+                        self._send_part(sw, kind, part)
+                        for sw, part in zip(conns, parts, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+                for sw, part, result in zip(conns, parts, results, strict=True):
+                    if isinstance(result, BaseException):
+                        if sw is self.switch or not isinstance(result, ConnectionError):
+                            raise result
+                        # a helper went away: its share goes on the main connection
+                        log.info("reconcile.helper_lost", error=str(result), flow_mods=len(part))
+                        result = await self._send_part(self.switch, kind, part)
+                    errors.extend(result)
+            return errors
+        finally:
+            for sw in helpers:
+                await sw.close()
+
+    async def _send_part(self, sw: Switch, kind: str, part: list[Flow]) -> list[FlowModError]:
+        if not part:
+            return []
+        if kind == "adds":
+            return await sw.flow_mods(part, (), self.barrier_timeout, self.signatures)
+        return await sw.flow_mods((), part, self.barrier_timeout, self.signatures)

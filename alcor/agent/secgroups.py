@@ -34,6 +34,7 @@ conjunctions at one priority: overlapping rules cannot change the verdict.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -205,13 +206,18 @@ def conj_ids(keys: Iterable[ClassKey]) -> dict[ClassKey, int]:
     out: dict[ClassKey, int] = {}
     used: set[int] = set()
     for key in sorted(keys):
-        digest = hashlib.blake2b(repr(tuple(key)).encode(), digest_size=4).digest()
-        cid = int.from_bytes(digest, "big") or 1
+        cid = _conj_hash(key)
         while cid in used:
             cid = cid % 0xFFFFFFFF + 1
         used.add(cid)
         out[key] = cid
     return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _conj_hash(key: ClassKey) -> int:
+    digest = hashlib.blake2b(repr(tuple(key)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") or 1
 
 
 # --- the index the flows are built from -------------------------------------------------------
@@ -362,12 +368,13 @@ def filter_flows(
 
 
 def member_flows(index: SecurityIndex, pid: str, body: Body) -> list[Flow]:
-    """A port's addresses as clause 3 of every class whose remote group it is a member of (its
-    cookie): the source of what reaches a local port, the destination of what one sends."""
+    """A port's addresses as clause 3 of every class whose remote group it is a member of (the
+    port's "member" cookie): the source of what reaches a local port, the destination of what
+    one sends."""
     conj = index.member_conjunctions(tuple(body.get("security_group_ids") or ()))
     if not conj:
         return []
-    c = cookie_for("port", pid)
+    c = cookie_for("member", pid)
     flows: list[Flow] = []
     for net in portsec.addresses(body):
         ethertype = ETH_IP if net.version == 4 else ETH_IPV6
