@@ -7,11 +7,11 @@ would look new (and be judged by the rules again) after an agent restart; so the
 each assignment to the integration bridge's `external_ids` (`alcor-ct-zone-<port id>=<zone>`)
 before any flow uses it, and reads them back on start. `allocate` is the pure part:
 
-    >>> allocate({"p1": 1, "gone": 2}, ["p1", "p3", "p2"])
-    {'p1': 1, 'p2': 2, 'p3': 3}
+    >>> allocate({"p1": 1, "gone": 2}, ["p1", "p3", "p2"], reserved=[2])
+    {'p1': 1, 'p2': 3, 'p3': 4}
 
-A port that leaves gives its zone back; the agent flushes the zone's connections
-(NXT_CT_FLUSH_ZONE) before it can be handed to another port.
+A port that leaves gives its zone back only once the agent has flushed the zone's connections
+(NXT_CT_FLUSH_ZONE): until then no other port gets it.
 """
 
 from __future__ import annotations
@@ -29,21 +29,20 @@ FIRST_ZONE = 1  # zone 0 is the default zone everything untracked shares
 LAST_ZONE = 0xFFFF
 
 
-def allocate(held: Mapping[str, int], ports: Iterable[str]) -> dict[str, int]:
-    """Zones for `ports`: the one each already holds, else the lowest free one (ports in id
-    order, so the result depends only on its inputs). Ports not in `ports` give theirs back."""
+def allocate(
+    held: Mapping[str, int], ports: Iterable[str], reserved: Iterable[int] = ()
+) -> dict[str, int]:
+    """Zones for `ports`: the one each already holds, else the lowest zone nobody holds and not
+    `reserved` (zones given back whose connections are not flushed yet), ports in id order, so
+    the result depends only on its inputs."""
     wanted = sorted(set(ports))
-    out = {p: held[p] for p in wanted if p in held and FIRST_ZONE <= held[p] <= LAST_ZONE}
-    used = set(out.values())
-    if len(used) != len(out):  # two ports claiming one zone (hand-edited OVSDB): first keeps it
-        seen: set[int] = set()
-        for p in wanted:
-            z = out.get(p)
-            if z is not None and z in seen:
-                del out[p]
-            elif z is not None:
-                seen.add(z)
-        used = set(out.values())
+    out: dict[str, int] = {}
+    used = set(reserved)
+    for p in wanted:  # two ports claiming one zone (a hand-edited OVSDB): the first keeps it
+        z = held.get(p)
+        if z is not None and FIRST_ZONE <= z <= LAST_ZONE and z not in used:
+            out[p] = z
+            used.add(z)
     free = FIRST_ZONE
     for p in wanted:
         if p in out:
@@ -72,14 +71,16 @@ def parse_external_ids(text: str) -> dict[str, int]:
 class ZoneStore:
     """The zones of this host's local ports, persisted in the bridge's external_ids.
 
-    Owned by the datapath. `assign` gives every wanted port a zone and writes what changed in
-    one ovs-vsctl call; if OVSDB cannot be written (no Open vSwitch here), the zones are kept
+    Owned by the datapath. `assign` gives every wanted port a zone and writes the new ones in one
+    ovs-vsctl call. A port that left keeps its entry, and its zone stays out of use, until
+    `forget` is told its connections were flushed (so an agent restart in between still knows
+    the zone must be flushed). If OVSDB cannot be written (no Open vSwitch here), the zones live
     in memory only, which is logged: forwarding works, but an agent restart may renumber them.
     """
 
     def __init__(self, bridge: BridgeConfig) -> None:
         self.bridge = bridge
-        self.zones: dict[str, int] = {}
+        self.zones: dict[str, int] = {}  # every entry, ports that left included until forgotten
         self.loaded = False
 
     async def load(self) -> None:
@@ -92,27 +93,30 @@ class ZoneStore:
         self.loaded = True
 
     async def assign(self, ports: Iterable[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """(zones of `ports`, zones given back), with OVSDB updated to match."""
+        """(zones of `ports`, zones of ports that left and are not forgotten yet)."""
         if not self.loaded:
             await self.load()
-        new = allocate(self.zones, ports)
-        released = {p: z for p, z in self.zones.items() if new.get(p) != z}
+        wanted = set(ports)
+        gone = {p: z for p, z in self.zones.items() if p not in wanted}
+        new = allocate(self.zones, wanted, gone.values())
         added = {p: z for p, z in new.items() if self.zones.get(p) != z}
-        if added or released:
-            # one command per kind, every key in it: one transaction, ~30 ms for 1,000 ports
-            # (a command per key costs that per key)
-            br = self.bridge.bridge
-            args: list[str] = []
-            if released:
-                args += ["--", "remove", "bridge", br, "external_ids", *(KEY_PREFIX + p for p in released)]
-            if added:
-                cols = (f'external_ids:"{KEY_PREFIX}{p}"="{z}"' for p, z in added.items())
-                args += ["--", "set", "bridge", br, *cols]
-            try:
-                await vsctl(self.bridge, *args[1:])
-            except (BridgeError, OSError) as exc:
-                log.warning("ctzones.save_failed", bridge=self.bridge.bridge, error=str(exc))
-            else:
-                log.info("ctzones.saved", assigned=len(added), released=len(released))
-        self.zones = new
-        return new, released
+        if added:
+            # every key in one command, one transaction: ~30 ms for 1,000 ports
+            cols = (f'external_ids:"{KEY_PREFIX}{p}"="{z}"' for p, z in added.items())
+            await self._vsctl("set", "bridge", self.bridge.bridge, *cols)
+            log.info("ctzones.assigned", ports=len(added))
+        self.zones = {**gone, **new}
+        return new, gone
+
+    async def forget(self, ports: Iterable[str]) -> None:
+        """Ports that left, whose zones' connections are flushed: their zones are free again."""
+        keys = [KEY_PREFIX + p for p in ports if self.zones.pop(p, None) is not None]
+        if keys:
+            await self._vsctl("remove", "bridge", self.bridge.bridge, "external_ids", *keys)
+            log.info("ctzones.released", ports=len(keys))
+
+    async def _vsctl(self, *args: str) -> None:
+        try:
+            await vsctl(self.bridge, *args)
+        except (BridgeError, OSError) as exc:
+            log.warning("ctzones.save_failed", bridge=self.bridge.bridge, error=str(exc))

@@ -123,7 +123,6 @@ class Datapath:
         self.ra = RouterAdvertiser(counters=self.counters)
         self._resync: asyncio.Task[None] | None = None
         self.zones = ZoneStore(BridgeConfig(bridge=config.bridge, db=config.ovs_db))
-        self._unflushed: set[int] = set()  # zones given back whose connections may linger
 
     @property
     def oam_counters(self) -> dict[str, int]:
@@ -222,8 +221,7 @@ class Datapath:
             self.ra.update(None, {}, {})  # a switch that comes back gets every RA afresh
             return dict(self.statuses)
         start = time.perf_counter()
-        zones, released = await self.zones.assign(_local_ports(goal))
-        self._unflushed.update(released.values())
+        zones, gone = await self.zones.assign(_local_ports(goal))
         changes = self._compiler.compile(goal, switch.ports, zones)
         compiled = time.perf_counter() - start
         desired = self._compiler.desired
@@ -239,7 +237,7 @@ class Datapath:
             else:
                 report = await reconciler.partial(desired, keys, cookies)
             await self.zeta.after_flows(switch)  # stale groups once no flow names them
-            await self._flush_zones(switch, set(zones.values()))
+            await self._flush_zones(switch, gone)
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
@@ -294,14 +292,17 @@ class Datapath:
             log.info("datapath.helper_connections", path=path, opened=len(helpers), errors=errors)
         return helpers
 
-    async def _flush_zones(self, switch: Switch, in_use: set[int]) -> None:
-        """Forget the connections of zones given back (their flows are gone now), so a port
-        that gets one of them later starts with none; a zone handed out again since is kept."""
-        for zone in sorted(self._unflushed - in_use):
+    async def _flush_zones(self, switch: Switch, gone: Mapping[str, int]) -> None:
+        """The connections of ports that left (their flows are gone now) are flushed, then
+        their zones may go to other ports, who so start with none."""
+        flushed = []
+        for pid, zone in sorted(gone.items()):
             errors = await switch.ct_flush_zone(zone)
             if errors:
                 log.warning("datapath.ct_flush_failed", zone=zone, error=errors[0].error)
-        self._unflushed.clear()
+            else:
+                flushed.append(pid)
+        await self.zones.forget(flushed)
 
     async def _reconcile_disconnected(self, why: str) -> dict[str, PortStatus]:
         self.switch = None

@@ -36,7 +36,7 @@ log = structlog.get_logger("alcor.agent.openflow")
 
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
 NX_VENDOR_ID = 0x00002320  # Nicira extensions (OVS)
-NXT_CT_FLUSH_ZONE = 37
+NXT_CT_FLUSH_ZONE = 29  # body: nx_zone_id, six zero bytes then the zone (as ovs-ofctl sends it)
 OFP13 = ofp.OFP_VERSION
 
 
@@ -193,7 +193,7 @@ class Switch:
             codec.DP,
             experimenter=NX_VENDOR_ID,
             exp_type=NXT_CT_FLUSH_ZONE,
-            data=struct.pack("!H6x", zone),
+            data=struct.pack("!6xH", zone),
         )
         batch = _Batch()
         data = self._encode(msg)

@@ -36,6 +36,7 @@ class Report:
     deletes: int = 0
     errors: list[FlowModError] = field(default_factory=list)
     seconds: float = 0.0
+    connections: int = 1  # the flow-mods went over this many connections
 
     @property
     def failed_cookies(self) -> set[int]:
@@ -151,7 +152,7 @@ class Reconciler:
         report.adds, report.deletes = len(adds), len(deletes)
         if not adds and not deletes:
             return
-        errors = await self._flow_mods(adds, deletes)
+        errors = await self._flow_mods(adds, deletes, report)
         report.errors = errors
         failed = {e.flow.key for e in errors if e.flow is not None}
         for f in adds:
@@ -162,7 +163,9 @@ class Reconciler:
         for f in deletes:
             self.installed.pop(f.key, None)
 
-    async def _flow_mods(self, adds: list[Flow], deletes: list[Flow]) -> list[FlowModError]:
+    async def _flow_mods(
+        self, adds: list[Flow], deletes: list[Flow], report: Report
+    ) -> list[FlowModError]:
         helpers: list[Switch] = []
         if self.helpers is not None and len(adds) + len(deletes) > BULK_FLOW_MODS:
             helpers = await self.helpers()
@@ -171,6 +174,7 @@ class Reconciler:
                 adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
             )
         conns = [self.switch, *helpers]
+        report.connections = len(conns)
         try:
             # every add confirmed (each connection's barrier) before any delete: a flow that
             # takes over from a stale one is in place before the stale one goes

@@ -250,3 +250,21 @@ async def test_an_established_connection_survives_an_agent_restart(cloud: Cloud)
         assert await asyncio.to_thread(stream.wait, 10), "the connection stopped after the restart"
     finally:
         await asyncio.to_thread(stream.stop)
+
+
+async def test_a_port_that_leaves_takes_its_connections_and_zone_with_it(cloud: Cloud) -> None:
+    member = {A1: ("default",), A2: ("default",), B1: ("echo",), B2: ("default",)}
+    await cloud.apply(member)
+    assert cloud.a.agent
+    zone = cloud.a.agent.port_zones[A2]
+    assert await cloud.udp(A2, B1, 53)
+    assert [ln for ln in cloud.conntrack(cloud.a, zone) if "dport=53" in ln]
+    # A2 leaves host A's goal state: its flows go, then its zone's connections, then the zone
+    goal = goal_for(A, member, GROUPS)
+    goal["port"] = {k: v for k, v in goal["port"].items() if k != A2}
+    await cloud.a.agent.apply(goal)
+    assert cloud.conntrack(cloud.a, zone) == []
+    ids = cloud.a.ovs.vsctl("get", "bridge", "br-int", "external_ids")
+    assert f"alcor-ct-zone-{A2}" not in ids and f"alcor-ct-zone-{A1}" in ids
+    await cloud.apply(member)  # back, with a zone again
+    assert A2 in cloud.a.agent.port_zones and await cloud.udp(A2, B1, 53)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from alcor.agent import reconcile
 from alcor.agent.bridge import BridgeConfig, ensure_bridge
 from alcor.agent.datapath import Datapath, DatapathConfig
 from alcor.agent.ir import (
@@ -337,3 +338,25 @@ async def test_periodic_resync_repairs_drift(ovs_sandbox: OvsSandbox, unused_tcp
         await h.wait(lambda: sorted(ovs_sandbox.dump_flows()) == want)
     finally:
         await dp.stop()
+
+
+async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same(host: Host) -> None:
+    """Thousands of flow-mods are spread over the controller connection and three of the
+    agent's own to the bridge's management socket (OVS reads 50 messages per connection per
+    turn of its loop); what they installed is exactly the desired set."""
+    await with_ports(host)
+    g = two_vpcs()
+    for i in range(1500):  # neighbours on host B: ~4 flows each
+        g.port(f"eeee{i:04x}-0000", "vpc1", "s1", f"10.0.{2 + i // 250}.{i % 250 + 2}",
+               f"fa:16:3e:ee:{i >> 8:02x}:{i & 255:02x}", node="node-b")  # fmt: skip
+    await host.dp.apply(g.goal())
+    report = host.dp.last_report
+    assert report is not None and report.adds > reconcile.BULK_FLOW_MODS
+    assert report.connections == host.dp.config.flow_mod_connections == 4 and not report.errors
+    assert len(host.ovs.dump_flows()) == len(host.dp.desired_flows)
+    full = host.dp.counters["full"]
+    assert host.dp.switch is not None
+    await host.dp.switch.close()
+    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    again = host.dp.last_report
+    assert again is not None and (again.adds, again.deletes) == (0, 0)
