@@ -160,7 +160,18 @@ def cmd_status(http: Http, args: argparse.Namespace, out: TextIO) -> int:
     active = sum(p["status"] == "ACTIVE" for p in ports)
     print(f"VPCs {len(t['vpcs'])}  subnets {sum(len(v['subnets']) for v in t['vpcs'])}  "
           f"ports {len(ports)} ({active} active)  routers {len(t['routers'])}", file=out)
+    status, sb = http.get("/v2.0/alcor/southbound", ok=(200, 404))
+    lead = sb.get("southbound", {}) if status == 200 else {}
+    controllers = lead.get("controllers") or []
     print(file=out)
+    if controllers:
+        print(f"dispatcher  led by {lead.get('leader')} since {lead.get('since')}, epoch "
+              f"{lead.get('epoch')}", file=out)
+        table(["CONTROLLER", "HOST", "URL", "ROLE", "LAST SEEN"],
+              [[c["id"], c["host"], c["url"],
+                "leader" if c["leader"] else "standby" if c["alive"] else "GONE", c["seen_at"]]
+               for c in controllers], out)
+        print(file=out)
     if not t["hosts"]:
         print("no nodes registered", file=out)
     rows = []
@@ -172,6 +183,8 @@ def cmd_status(http: Http, args: argparse.Namespace, out: TextIO) -> int:
     if rows:
         table(["NODE", "TUNNEL IP", "PORTS UP", "APPLIED/GOAL", "STATE"], rows, out)
     healthy = ready["status"] == "ok" and all(h["state"] in ("in sync", "unknown") for h in t["hosts"])
+    if controllers and not any(c["leader"] and c["alive"] for c in controllers):
+        healthy = False  # nobody dispatches
     return 0 if healthy else DEGRADED
 
 

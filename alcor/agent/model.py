@@ -54,6 +54,9 @@ class Message:
     prev_rev: int
     rev: int
     ops: tuple[WireOp, ...]
+    # The dispatching leader's epoch (0 from a controller that sends none): rises at every
+    # takeover; a message from an older epoch than the agent has seen comes from a deposed leader.
+    epoch: int = 0
 
 
 def _int(v: Any, what: str) -> int:
@@ -121,7 +124,8 @@ def parse_message(raw: bytes) -> Message:
             raise MalformedMessage("an upsert needs an object body")
         rn = _int(o.get("revision_number", 0), "revision_number")
         ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None))
-    return Message(node_id, kind, prev_rev, rev, tuple(ops))
+    epoch = _int(d.get("epoch", 0), "epoch")
+    return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch)
 
 
 class Outcome(enum.Enum):
@@ -130,6 +134,7 @@ class Outcome(enum.Enum):
     WAITING = "waiting"  # a delta while a snapshot is awaited: dropped
     APPLIED = "applied"
     SNAPSHOT = "snapshot"
+    DEPOSED = "deposed"  # from a leader older than one already heard: refused, never applied
 
 
 @dataclass
@@ -140,6 +145,7 @@ class AgentModel:
     applied_rev: int = 0
     # A fresh agent has nothing: it asks for a snapshot (hello) and applies no delta before it.
     awaiting_snapshot: bool = True
+    epoch: int = 0  # the highest leader epoch heard from
     resources: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {t: {} for t in WIRE_TYPES}
     )
@@ -150,7 +156,11 @@ class AgentModel:
     _total: int = 0
 
     def receive(self, msg: Message) -> Outcome:
-        """The ordering rule. The caller acknowledges the message whatever the outcome."""
+        """The ordering rule. The caller acknowledges the message whatever the outcome, except
+        DEPOSED, which it refuses."""
+        if msg.epoch < self.epoch:
+            return Outcome.DEPOSED
+        self.epoch = msg.epoch
         if msg.kind == "snapshot":
             # A snapshot replaces the model whatever its prev_rev, unless it is an old one
             # redelivered after newer deltas were applied.

@@ -49,6 +49,7 @@ class StreamCounters:
     waiting: int = 0
     snapshots: int = 0
     rejected: int = 0
+    deposed: int = 0  # refused: sent by a leader older than one already heard
     foreign: int = 0
     statuses: int = 0
 
@@ -137,6 +138,13 @@ class AgentStream:
             return
         was_awaiting = self.model.awaiting_snapshot
         outcome = self.model.receive(msg)
+        if outcome is Outcome.DEPOSED:
+            c.deposed += 1
+            c.rejected += 1
+            log.warning("stream.deposed_leader", node=self.node_id, epoch=msg.epoch,
+                        current=self.model.epoch, rev=msg.rev)
+            await d.reject()
+            return
         if outcome is Outcome.DUPLICATE:
             c.duplicates += 1
         elif outcome is Outcome.WAITING:

@@ -25,6 +25,7 @@ def _key(key: str) -> str:
 
 class Dialect:
     name: str
+    lock_row = ""  # appended to a SELECT that must lock the rows it reads until commit
 
     def text(self, key: str, col: str = "body") -> str:
         """The attribute as text (strings compare equal to a str parameter; NULL when absent)."""
@@ -100,6 +101,7 @@ class SQLite(Dialect):
 
 class PostgreSQL(Dialect):
     name = "postgresql"
+    lock_row = " FOR UPDATE"
 
     def text(self, key: str, col: str = "body") -> str:
         return f"({col}->>'{_key(key)}')"

@@ -117,6 +117,11 @@ class StateCollector:
             yield from self._datapath(dp)
 
     def _dispatcher(self, d: Any, last_rev: int | None) -> Iterator[Metric]:
+        # 1 on the controller that dispatches (one of them), with the epoch it was elected with.
+        yield GaugeMetricFamily("alcor_southbound_leader", "1 while this controller dispatches",
+                                value=1 if d.epoch else 0)
+        yield GaugeMetricFamily("alcor_southbound_epoch", "Leader epoch this controller dispatches "
+                                "with (0 while standing by)", value=d.epoch)
         yield GaugeMetricFamily("alcor_southbound_watermark", "Rev up to which changes were delivered",
                                 value=d.watermark)
         if last_rev is not None:

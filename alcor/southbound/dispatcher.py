@@ -59,7 +59,22 @@ MIGRATIONS: list[Migration] = [
                            PRIMARY KEY (type, id));
     """,
     },
+    # 2: who leads (one row, its epoch rising at every takeover: alcor/southbound/election.py),
+    # every controller, and each node's last agent report as the leader saw it (for the others).
+    """
+    CREATE TABLE sb_leader (id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL,
+                            holder TEXT NOT NULL, since DOUBLE PRECISION NOT NULL);
+    CREATE TABLE sb_controllers (id TEXT PRIMARY KEY, host TEXT NOT NULL, url TEXT NOT NULL,
+                                 started_at DOUBLE PRECISION NOT NULL,
+                                 seen_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE sb_reports (node_id TEXT PRIMARY KEY, applied_rev BIGINT, digest_match INTEGER,
+                             last_report DOUBLE PRECISION);
+    """,
 ]
+
+
+class Deposed(Exception):
+    """Another controller leads now (a higher epoch is recorded): this one must stop dispatching."""
 PORT_STATES = ("ACTIVE", "ERROR", "DOWN")
 
 
@@ -102,6 +117,9 @@ class Settings:
     feedback_prefetch: int = 4096  # agent reports in flight to the controller, per broker
     controller_queue: str = CONTROLLER_QUEUE
     compress_over: int = 8192  # bytes; larger message bodies travel zlib-compressed (wire.md)
+    # Several controllers on PostgreSQL: seconds a stalled leader keeps the lead before
+    # PostgreSQL ends its quiet session and another controller takes over (election.py).
+    leader_timeout: float = 5.0
     # [mq]: where the controller listens for agents' reports by default
     mq_url: str = field(default=MqConfig.url, metadata=_NOT_A_KEY)
     mq_vhost: str = field(default=MqConfig.vhost, metadata=_NOT_A_KEY)
@@ -178,8 +196,15 @@ class Dispatcher:
         transport: Transport,
         settings: Settings | None = None,
         set_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None = None,
+        epoch: int = 0,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
+        """`epoch`: the leader epoch this dispatcher was elected with (on every message, checked
+        at every commit); `fence()`: may it still publish (election.py). Defaults: a sole leader."""
         self.store = store
+        self.epoch = epoch
+        self.fence = fence or (lambda: True)
+        self.deposed = False
         self.transport = transport
         self.settings = settings or Settings()
         self.set_statuses = set_statuses
@@ -204,6 +229,7 @@ class Dispatcher:
         self._pipeline: asyncio.Queue[Batch] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.settings.max_inflight)
         self._subscribed: set[tuple[str, str, str]] = set()
+        self._reports_written: dict[str, tuple[Any, ...]] = {}
         self._subs: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -268,12 +294,19 @@ class Dispatcher:
             st.snapshot_reason = "rebuild"
         log.warning("dispatch.rebuilt", reason=reason, rev=rev, nodes=len(self.nodes))
 
-    @staticmethod
-    async def _set_watermark(tx: Any, rev: int) -> None:
-        await tx.execute(
-            "INSERT INTO sb_state(key, value) VALUES ('watermark', ?) "
+    async def _set_watermark(self, tx: Any, rev: int) -> None:
+        """The watermark, with the epoch it was written under; fails (Deposed) when a newer
+        leader was elected: its row lock orders this commit before or after the takeover."""
+        if self.epoch:
+            row = await tx.fetchone(
+                "SELECT epoch FROM sb_leader WHERE id = 1" + self.store.dialect.lock_row)
+            if row is None or int(row[0]) != self.epoch:
+                self.deposed = True
+                raise Deposed(f"epoch {self.epoch} is over (now {row[0] if row else None})")
+        await tx.executemany(
+            "INSERT INTO sb_state(key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(rev),),
+            [("watermark", str(rev)), ("epoch", str(self.epoch))],
         )
 
     def start(self) -> None:
@@ -313,6 +346,10 @@ class Dispatcher:
             except asyncio.CancelledError:
                 await self._halt(tasks)
                 raise
+            except Deposed as e:
+                log.warning("dispatch.deposed", epoch=self.epoch, error=str(e))
+                await self._halt(tasks)
+                return
             except Exception:
                 # The in-memory model is ahead of W: stop both halves, drop what is in flight,
                 # reload from the database and replay (agents drop the duplicates).
@@ -463,7 +500,8 @@ class Dispatcher:
             if ns.need_snapshot:
                 # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
                 continue
-            raw = _encode(node, "delta", ns.next_prev, rev, bucket.values(), cache, self.topology)
+            raw = _encode(node, "delta", ns.next_prev, rev, bucket.values(), cache, self.topology,
+                          self.epoch)
             messages.append((node, "delta", _pack(raw, s.compress_over)))
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
@@ -479,7 +517,7 @@ class Dispatcher:
                 break
             t0 = time.perf_counter()
             st = self.nodes[node]
-            raw, n = encode_snapshot(self.topology, node, st.next_prev, rev)
+            raw, n = encode_snapshot(self.topology, node, st.next_prev, rev, self.epoch)
             snap_ops += n
             messages.append((node, "snapshot", _pack(raw, s.compress_over)))
             # Deltas of the following batches build on this snapshot; if it is not confirmed,
@@ -526,6 +564,7 @@ class Dispatcher:
         deadline = time.monotonic() + s.retry_deadline
         delay = 0.1
         while pending:
+            await self._fenced()
             ok = await self.transport.publish([(a, b) for _, _, a, b in pending], s.publish_timeout)
             failed = []
             for item, good in zip(pending, ok, strict=True):
@@ -545,6 +584,14 @@ class Dispatcher:
             delay = min(delay * 2, 2.0)
             pending = failed
         return confirmed
+
+    async def _fenced(self) -> None:
+        """Wait while this controller may not act as leader (its lease is in doubt); a deposed
+        one is stopped meanwhile by its election."""
+        while not self.fence():
+            if self.deposed:
+                raise Deposed(f"epoch {self.epoch} is over")
+            await asyncio.sleep(0.05)
 
     async def _commit(self, batch: Batch, confirmed: set[str]) -> None:
         """Record a confirmed batch: watermark, nodes' sent_rev, the model rows. One transaction."""
@@ -692,7 +739,15 @@ class Dispatcher:
         if not isinstance(applied, int) or not isinstance(dig, str) or not isinstance(ports, dict):
             raise ValueError("status needs applied_rev, digest and ports")
         st = self.nodes.setdefault(node, NodeState())
-        st.applied_rev, st.digest, st.last_report = applied, dig, time.time()
+        if st.applied_rev is not None and applied < st.applied_rev:
+            # An older report than one already heard: it waited at a controller that was
+            # deposed and handed it back to the queue. An agent's applied rev never goes back
+            # (a restarted one gets a snapshot at the newest rev), so keep the newer one; the
+            # port states it carries are still taken below.
+            log.info("feedback.stale_report", node=node, applied_rev=applied, held=st.applied_rev)
+        else:
+            st.applied_rev, st.digest = applied, dig
+        st.last_report = time.time()
         self._verify.add(node)
         if self._between_batches():
             self._verify_digests()
@@ -721,6 +776,8 @@ class Dispatcher:
             self._flush_now.clear()
             if self._verify and self._between_batches():
                 self._verify_digests()  # reports deferred while busy
+            if not self.fence():
+                continue  # not leading (for now): reports stay unacknowledged
             held, self._held = self._held, []
             batch, self._port_updates = self._port_updates, {}
             if batch and self.set_statuses is not None:
@@ -737,6 +794,48 @@ class Dispatcher:
                 log.debug("ports.status_set", count=len(batch), reports=len(held))
             for d in held:
                 await d.ack()
+            if self.store.shared:
+                try:
+                    await self._write_reports()
+                except Exception:
+                    log.exception("dispatch.reports_failed")
+
+    async def _write_reports(self) -> None:
+        """On a shared store, each node's last agent report as this leader saw it, for the
+        other controllers' views (GET /v2.0/alcor/nodes/{id} on any of them)."""
+        rows = []
+        for node, st in self.nodes.items():
+            report = (st.applied_rev, st.digest_match, st.last_report)
+            if st.last_report is not None and self._reports_written.get(node) != report:
+                rows.append((node, st.applied_rev, None if st.digest_match is None
+                             else int(st.digest_match), st.last_report))
+                self._reports_written[node] = report
+        if rows:
+            async with self.store.transaction() as tx:
+                await tx.executemany(
+                    "INSERT INTO sb_reports(node_id, applied_rev, digest_match, last_report) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET "
+                    "applied_rev = excluded.applied_rev, digest_match = excluded.digest_match, "
+                    "last_report = excluded.last_report", rows)
+
+    async def read_view(self) -> None:
+        """A standby's view of the leader's state (not dispatching): watermark, each node's
+        stream and its agent's last report, as the leader recorded them."""
+        row = await self.store.fetchone("SELECT value FROM sb_state WHERE key = 'watermark'")
+        self.watermark = self.placed = int(row[0]) if row else 0
+        nodes: dict[str, NodeState] = {}
+        for node_id, sent_rev, need in await self.store.fetchall(
+            "SELECT node_id, sent_rev, need_snapshot FROM sb_nodes"
+        ):
+            nodes[node_id] = NodeState(sent_rev=sent_rev, next_prev=sent_rev,
+                                       need_snapshot=bool(need), persisted_need=bool(need))
+        for node_id, applied, match, last in await self.store.fetchall(
+            "SELECT node_id, applied_rev, digest_match, last_report FROM sb_reports"
+        ):
+            st = nodes.setdefault(node_id, NodeState())
+            st.applied_rev, st.last_report = applied, last
+            st.digest_match = None if match is None else bool(match)
+        self.nodes = nodes
 
     def _verify_digests(self) -> None:
         """Compare agents' digests with the goal state (only between batches: the topology is then
@@ -835,6 +934,7 @@ def _encode(
     ops: Any,
     cache: dict[int, bytes],
     t: Topology | None = None,
+    epoch: int = 0,
 ) -> bytes:
     """Serialise a message; an op shared by many nodes' messages is encoded once, and a port's
     body JSON comes from the topology's cache."""
@@ -857,13 +957,15 @@ def _encode(
             cache[id(op)] = b
         parts.append(b)
     head = json.dumps(
-        {"v": WIRE_VERSION, "node_id": node, "kind": kind, "prev_rev": prev, "rev": rev},
+        {"v": WIRE_VERSION, "epoch": epoch, "node_id": node, "kind": kind, "prev_rev": prev,
+         "rev": rev},
         separators=(",", ":"),
     ).encode()
     return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}"
 
 
-def encode_snapshot(t: Topology, node: str, prev: int, rev: int) -> tuple[bytes, int]:
+def encode_snapshot(t: Topology, node: str, prev: int, rev: int, epoch: int = 0
+                    ) -> tuple[bytes, int]:
     """A node's whole goal state as one snapshot message; returns (body, number of ops).
 
     Port bodies (nearly all of a big snapshot) come from the topology's JSON cache, so a
@@ -877,7 +979,8 @@ def encode_snapshot(t: Topology, node: str, prev: int, rev: int) -> tuple[bytes,
             bj = json.dumps(body, separators=(",", ":")).encode()
         parts.append(_op_json(rev, wtype, id, "upsert", rn, bj))
     head = json.dumps(
-        {"v": WIRE_VERSION, "node_id": node, "kind": "snapshot", "prev_rev": prev, "rev": rev},
+        {"v": WIRE_VERSION, "epoch": epoch, "node_id": node, "kind": "snapshot",
+         "prev_rev": prev, "rev": rev},
         separators=(",", ":"),
     ).encode()
     return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}", len(parts)

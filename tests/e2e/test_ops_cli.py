@@ -51,6 +51,13 @@ def test_status_prints_the_controller_and_its_nodes(program: Program) -> None:
     assert header.split() == ["NODE", "TUNNEL", "IP", "PORTS", "UP", "APPLIED/GOAL", "STATE"]
     row = next(line for line in lines if line.startswith("compute-1"))
     assert "172.16.0.11" in row and "0/1" in row
+    # The controllers, and which one dispatches (here the only one).
+    led = next(line for line in lines if line.startswith("dispatcher  led by"))
+    assert "epoch" in led
+    header = next(line for line in lines if line.startswith("CONTROLLER"))
+    assert header.split() == ["CONTROLLER", "HOST", "URL", "ROLE", "LAST", "SEEN"]
+    me = lines[lines.index(header) + 1].split()
+    assert me[2] == program.url and me[3] == "leader"
 
 
 def test_changes_prints_recent_changes_in_rev_order(program: Program) -> None:

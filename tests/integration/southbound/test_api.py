@@ -69,5 +69,10 @@ async def test_dev_run_local_node_in_sync_and_port_active(tmp_path: Path) -> Non
             goal = stream.model.goal()
             assert p["id"] in goal["port"] and sub["id"] in goal["subnet"]
             assert goal["vpc"][net["id"]]["segmentation_id"] == net["provider:segmentation_id"]
+            # On SQLite the only controller leads, with an epoch its messages carry.
+            sb = (await c.get("/v2.0/alcor/southbound")).body["southbound"]
+            assert sb["role"] == "leader" and sb["leader"] == sb["this_controller"]
+            assert sb["since"] and sb["epoch"] == stream.model.epoch > 0
+            assert [x["leader"] for x in sb["controllers"]] == [True]
     finally:
         await kernel.stop()

@@ -195,3 +195,28 @@ def test_malformed_messages_are_refused() -> None:
         except MalformedMessage:
             continue
         raise AssertionError(f"accepted {raw!r}")
+
+
+def _from(epoch: int, kind: str, prev: int, rev: int) -> bytes:
+    d = json.loads(message(kind, prev, rev, []))
+    return json.dumps({**d, "epoch": epoch}).encode()
+
+
+def test_a_deposed_leaders_messages_are_refused() -> None:
+    agent = AgentModel(NODE)
+    assert agent.receive(parse_message(_from(3, "snapshot", 0, 5))) is Outcome.SNAPSHOT
+    # The next leader (epoch 4) continues the chain from what was committed.
+    assert agent.receive(parse_message(_from(4, "delta", 5, 8))) is Outcome.APPLIED
+    # The old leader, resumed after a stall, still sends: refused, whatever its revs say.
+    assert agent.receive(parse_message(_from(3, "delta", 8, 12))) is Outcome.DEPOSED
+    assert agent.receive(parse_message(_from(3, "snapshot", 0, 20))) is Outcome.DEPOSED
+    assert agent.applied_rev == 8 and agent.epoch == 4
+    assert agent.receive(parse_message(_from(4, "delta", 8, 9))) is Outcome.APPLIED
+    # A message without an epoch (a controller that sends none) counts as epoch 0.
+    assert agent.receive(parse_message(message("delta", 9, 10, []))) is Outcome.DEPOSED
+    try:
+        parse_message(_from(-1, "delta", 0, 1))
+    except MalformedMessage:
+        pass
+    else:
+        raise AssertionError("a negative epoch was accepted")
