@@ -24,6 +24,8 @@ against ~0.6 ms for a whole port-create transaction.)
 Failures. A lost connection (PostgreSQL restarted or failed over) fails the request with
 StoreError (the API answers 503); the next transaction connects again, and since a commit cut off
 mid-way may or may not have happened, the in-memory indexes are rebuilt from the tables first.
+A controller that stalls inside a transaction would hold the counter row, and with it everyone's
+writes: its writer session ends after IDLE_IN_TRANSACTION_MS idle in a transaction.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ CHANNEL = "alcor_changes"
 # pg_advisory_xact_lock key that serialises migrations between controllers starting together.
 MIGRATION_LOCK = 0x616C636F72  # "alcor"
 CATCH_UP_ROWS = 5000
+# A writer that stops in the middle of a transaction (its process stalled, SIGSTOP, a frozen VM)
+# holds the counter row and so every other controller's writes: PostgreSQL ends such a session
+# after this long (ms). Our transactions are never idle for more than a few milliseconds.
+IDLE_IN_TRANSACTION_MS = 3000
 CHANGE_COLUMNS = "rev, ts, type, id, op, project_id, vpc_id, revision_number, body"
 # One round trip at the end of a write: the change rows, the counter, the wake-up for the others.
 FINISH = (
@@ -120,9 +126,11 @@ class PgStore(Store):
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def _connect(self, role: str) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self.url, timeout=self.connect_timeout,
-            server_settings={"application_name": f"alcor-{role}"})
+        settings = {"application_name": f"alcor-{role}"}
+        if role == "writer":
+            settings["idle_in_transaction_session_timeout"] = str(IDLE_IN_TRANSACTION_MS)
+        return await asyncpg.connect(self.url, timeout=self.connect_timeout,
+                                     server_settings=settings)
 
     async def open(self) -> None:
         try:

@@ -165,3 +165,30 @@ async def test_an_unreachable_database_is_one_line(tmp_path):
     with pytest.raises(StoreError) as e:
         await s.open()
     assert "pw" not in str(e.value) and "127.0.0.1:1" in str(e.value)
+
+
+async def test_a_writer_stalled_inside_a_transaction_does_not_hold_the_others(url):
+    a, b = await _open(url, 2)
+    try:
+        stalled = asyncio.Event()
+
+        async def stall() -> None:
+            async with a.transaction() as tx:
+                tx.record("node", "stalled", "create", {"id": "stalled"})
+                stalled.set()
+                await asyncio.sleep(5)  # as if its process were stopped: the counter row is held
+                await tx.execute("SELECT 1")
+
+        stalling = asyncio.ensure_future(stall())
+        await stalled.wait()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await _write(b, "other")  # waits for the counter row until PostgreSQL ends a's session
+        waited = loop.time() - t0
+        assert 2 < waited < 4.5, waited
+        with pytest.raises(StoreError):
+            await stalling
+        await _write(a, "after")  # a reconnects (and rebuilds its indexes)
+        assert [c.id for c in await a.changes.read(0)] == ["other-0", "after-0"]
+    finally:
+        await _close([a, b])
