@@ -172,7 +172,11 @@ async def security_bench(args: argparse.Namespace) -> None:
     goal = build_security_goal(args.neighbours, local, groups)
     with tempfile.TemporaryDirectory() as tmp, OvsSandbox.started(Path(tmp) / "ovs") as ovs:
         cfg = DatapathConfig(
-            node_id="node-0", listen="tcp:127.0.0.1:6798", netns=ovs.netns.name, ovs_db=ovs.db
+            node_id="node-0",
+            listen="tcp:127.0.0.1:6798",
+            netns=ovs.netns.name,
+            ovs_db=ovs.db,
+            flow_mod_connections=args.connections,
         )
         dp = Datapath(cfg)
         await dp.start()
@@ -309,6 +313,9 @@ async def main() -> None:
     ap.add_argument("--security", action="store_true", help="the security group scenario")
     ap.add_argument("--local-ports", type=int, default=1000, help="with --security")
     ap.add_argument("--groups", type=int, default=50, help="with --security")
+    ap.add_argument(
+        "--connections", type=int, default=4, help="with --security: [agent] flow_mod_connections"
+    )
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
     ap.add_argument("--dual-stack", action="store_true", help="an IPv6 address on every port too")
     ap.add_argument(
