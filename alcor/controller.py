@@ -11,11 +11,13 @@ import structlog
 from aiohttp import web
 
 from alcor.api.app import METRICS, Api, changes_routes, make_app
+from alcor.api.auth import AUTH, POLICY, Authenticator, authenticator
 from alcor.api.config import ApiConfig
 from alcor.config import Config
 from alcor.db.backends import open_store
 from alcor.db.store import StoreConfig
 from alcor.ops import OpsModule
+from alcor.policy import Policy
 from alcor.resources.base import Manager
 from alcor.resources.networks import NetworkConfig, Networks
 from alcor.resources.nodes import Nodes
@@ -65,6 +67,10 @@ class HttpModule:
 
     def __init__(self, config: Config, managers: list[str]) -> None:
         self.cfg = config.get(ApiConfig)
+        # Built here, not at start: a bad [keystone_authtoken] or policy file stops the program
+        # with one line before anything listens.
+        self.auth: Authenticator = authenticator(config)
+        self.policy = Policy(self.cfg.policy_file or None)
         self.requires = ("store", *managers)
         self.managers = managers
         self.runner: web.AppRunner | None = None
@@ -80,6 +86,8 @@ class HttpModule:
             if routes is not None and m is not self:
                 extra += routes()
         self.app = make_app(api, extra, self.cfg.max_body_bytes)
+        self.app[AUTH] = self.auth
+        self.app[POLICY] = self.policy
         if kernel.has("ops"):
             # Request latency for /metrics; the error middleware calls it for every request.
             self.app[METRICS] = kernel.get("ops").observe_request
@@ -96,6 +104,7 @@ class HttpModule:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        await self.auth.close()
 
 
 def controller_modules(config: Config) -> list[Module]:

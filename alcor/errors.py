@@ -36,6 +36,11 @@ class Unauthorized(NeutronError):
     status = 401
     type = "HTTPUnauthorized"
 
+    def __init__(self, message: str, *, www_authenticate: str = "") -> None:
+        super().__init__(message)
+        # Where to get a token (Keystone's "Keystone uri=…"), sent back as WWW-Authenticate.
+        self.headers = {"WWW-Authenticate": www_authenticate} if www_authenticate else {}
+
 
 class Forbidden(NeutronError):
     status = 403

@@ -2,6 +2,7 @@
 
     >>> cfg = load(env={"ALCOR_API__PORT": "9797"})
     >>> from alcor.api.config import ApiConfig
+from alcor.api.keystone import KeystoneAuthtokenConfig
     >>> cfg.get(ApiConfig).port
     9797
 
@@ -20,6 +21,7 @@ from typing import Any
 from alcor import config
 from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.api.config import ApiConfig
+from alcor.api.keystone import KeystoneAuthtokenConfig
 from alcor.db.store import StoreConfig
 from alcor.kernel import KernelConfig
 from alcor.log import LogConfig
@@ -35,6 +37,7 @@ SECTIONS: tuple[type, ...] = (
     LogConfig,
     StoreConfig,
     ApiConfig,
+    KeystoneAuthtokenConfig,
     NetworkConfig,
     MqConfig,
     SouthboundConfig,

@@ -28,3 +28,18 @@ def pytest_runtest_makereport(item, call):
     if CI and report.skipped and call.when in ("setup", "call") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
+
+
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory):
+    """A real Keystone for the whole session (tests/support/keystone.py): projects p1 and p2,
+    users alice (member p1), rita (reader p1), bob (member p2), adam (admin p1), and the service
+    users neutron and nova."""
+    from tests.support import keystone as ks
+
+    why = ks.available()
+    require(why is None, why or "")
+    with ks.running_keystone(tmp_path_factory.mktemp("keystone")) as k:
+        yield k

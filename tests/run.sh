@@ -37,6 +37,14 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
+# A real Keystone for the tests, in a venv of its own (its pins need not agree with ours); its
+# database and keys are made once, on first use (tests/support/keystone.py).
+if [ ! -x .venv-keystone/bin/gunicorn ] || [ ! -x .venv-keystone/bin/keystone-manage ]; then
+  echo "== installing Keystone (tests/support/keystone-requirements.txt)"
+  [ -x .venv-keystone/bin/python ] || python3 -m venv .venv-keystone
+  .venv-keystone/bin/pip install -q --disable-pip-version-check -r tests/support/keystone-requirements.txt
+fi
+
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 if ! port_open; then
   echo "== starting RabbitMQ"

@@ -15,11 +15,12 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
-from alcor.api.auth import authenticate
+from alcor.api.auth import context
 from alcor.api.config import ApiConfig
 from alcor.context import Context
 from alcor.db.store import StoreError
 from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
+from alcor.policy import enforce
 from alcor.resources import query as q
 from alcor.resources.base import Manager, parse_if_match
 
@@ -68,7 +69,9 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def error_response(e: NeutronError) -> web.Response:
-    return json_response(e.body(), e.status)
+    response = json_response(e.body(), e.status)
+    response.headers.update(getattr(e, "headers", None) or {})  # e.g. 401's WWW-Authenticate
+    return response
 
 
 _HTTP_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
@@ -116,8 +119,8 @@ class Api:
         self.managers = {m.res.collection: m for m in managers}
         self.prefixes = prefixes  # collection → URL path
 
-    def ctx(self, request: web.Request) -> Context:
-        return authenticate(request.headers, self.cfg)
+    async def ctx(self, request: web.Request) -> Context:
+        return await context(request)
 
     async def body(self, request: web.Request) -> Any:
         try:
@@ -167,11 +170,11 @@ class Api:
             for c, m in self.managers.items() if c in self.prefixes]})
 
     async def extensions(self, request: web.Request) -> web.Response:
-        self.ctx(request)
+        await self.ctx(request)
         return json_response({"extensions": [_ext(*e) for e in EXTENSIONS]})
 
     async def extension(self, request: web.Request) -> web.Response:
-        self.ctx(request)
+        await self.ctx(request)
         alias = request.match_info["alias"]
         for e in EXTENSIONS:
             if e[0] == alias:
@@ -182,11 +185,13 @@ class Api:
 
     def _list(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             lq = q.parse(m.res, request.query, m.extra_filters)
             bodies, _ = await m.list_raw(ctx, lq)
             coll = m.res.collection
-            if lq.fields:
+            if not m.sees_all_fields(ctx):
+                items = q.dumps([_visible(m, ctx, json.loads(b), lq.fields) for b in bodies])
+            elif lq.fields:
                 items = q.dumps([q.project(json.loads(b), lq.fields) for b in bodies])
             else:
                 items = "[" + ",".join(bodies) + "]"
@@ -220,11 +225,10 @@ class Api:
 
     def _show(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             body = await m.get(ctx, request.match_info["id"])
             fields = [f for f in request.query.getall("fields", []) if f]
-            if fields:
-                body = q.project(body, fields)
+            body = _visible(m, ctx, body, fields)
             extra = getattr(m, "show_extra", None)
             if extra is not None and not fields:
                 body = {**body, **extra(body)}
@@ -233,7 +237,7 @@ class Api:
 
     def _create(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             data = await self.body(request)
             single, plural = m.res.name, m.res.collection
             if not isinstance(data, dict) or len(data) != 1 or not (single in data or plural in data):
@@ -244,15 +248,15 @@ class Api:
                     raise BadRequest(f"Invalid input: '{plural}' must be a non-empty list")
                 created = await m.create_many(ctx, items)
                 log.info(f"{single}.created", count=len(created), project=ctx.project_id)
-                return json_response({plural: created}, 201)
+                return json_response({plural: [_visible(m, ctx, c, []) for c in created]}, 201)
             created = await m.create_many(ctx, [data[single]])
             log.info(f"{single}.created", id=created[0][m.res.id_field], project=ctx.project_id)
-            return json_response({single: created[0]}, 201)
+            return json_response({single: _visible(m, ctx, created[0], [])}, 201)
         return handler
 
     def _update(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             if_match = parse_if_match(request.headers.get("If-Match"))
             data = await self.body(request)
             if not isinstance(data, dict) or m.res.name not in data or len(data) != 1:
@@ -260,12 +264,12 @@ class Api:
             body = await m.update_one(ctx, request.match_info["id"], data[m.res.name], if_match)
             log.info(f"{m.res.name}.updated", id=request.match_info["id"],
                      revision_number=body.get("revision_number"))
-            return json_response({m.res.name: body})
+            return json_response({m.res.name: _visible(m, ctx, body, [])})
         return handler
 
     def _delete(self, m: Manager) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             if_match = parse_if_match(request.headers.get("If-Match"))
             await m.delete_one(ctx, request.match_info["id"], if_match)
             log.info(f"{m.res.name}.deleted", id=request.match_info["id"])
@@ -274,7 +278,7 @@ class Api:
 
     def _interface(self, routers: Any, add: bool) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            ctx = self.ctx(request)
+            ctx = await self.ctx(request)
             data = await self.body(request)
             rid = request.match_info["id"]
             if add:
@@ -284,6 +288,15 @@ class Api:
             log.info("router.interface_" + ("added" if add else "removed"), id=rid, port=info["port_id"])
             return json_response(info)
         return handler
+
+
+def _visible(m: Manager, ctx: Context, body: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """The body as this caller may read it: without the attributes its policy hides (Neutron's
+    get_<resource>:<attr> rules), then only the `fields` asked for."""
+    hidden = m.hidden_fields(ctx, body)
+    if hidden:
+        body = {k: v for k, v in body.items() if k not in hidden}
+    return q.project(body, fields) if fields else body
 
 
 def _ext(alias: str, name: str, description: str) -> dict[str, Any]:
@@ -303,10 +316,7 @@ def changes_routes(kernel: Kernel, api: Api) -> list[web.RouteDef]:
     changes = kernel.get("store").store.changes
 
     async def handler(request: web.Request) -> web.Response:
-        ctx = api.ctx(request)
-        if not ctx.is_admin:
-            raise NeutronError("(rule:get_changes) is disallowed by policy",
-                               type="PolicyNotAuthorized", status=403)
+        enforce(await api.ctx(request), "get_changes")
         try:
             since = int(request.query.get("since", "0"))
             limit = min(int(request.query.get("limit", "1000")), 10000)

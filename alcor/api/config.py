@@ -13,7 +13,7 @@ class Token:
     """[api.tokens.<token>]: a static token's project and role."""
 
     project: str
-    role: Literal["admin", "member"] = "member"
+    role: Literal["admin", "member", "reader", "service"] = "member"
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,13 @@ class ApiConfig:
     port: int = 9696  # 0: any free port (the log's api.listening says which)
     max_body_bytes: int = 1048576
     # "noauth": the token is ignored; the project comes from X-Project-Id, else admin_project
-    # (admin). "token": X-Auth-Token must be one of `tokens`.
-    auth: Literal["noauth", "token"] = "noauth"
+    # (admin). "token": X-Auth-Token must be one of `tokens`. "keystone": Keystone tokens,
+    # validated by keystonemiddleware with [keystone_authtoken].
+    auth: Literal["noauth", "token", "keystone"] = "noauth"
     admin_project: str = "admin"
     drain_seconds: int = 10  # time to let in-flight requests finish on SIGTERM
+    # oslo.policy YAML/JSON overriding rules of the default policy (alcor/policy.py) by name
+    policy_file: str = ""
     tokens: dict[str, Token] = field(default_factory=dict)
 
     def check(self) -> None:

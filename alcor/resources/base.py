@@ -16,11 +16,16 @@ from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Store, Tx
 from alcor.errors import BadRequest, PreconditionFailed, not_found, policy
+from alcor.policy import enforce
 from alcor.resources import query as q
 from alcor.resources.schema import Resource, check_create, check_update, tenant_of
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
+
+
+# A project id no caller has: the target of "another project's resource" in policy decisions.
+OTHER = "\x00another-project"
 
 
 def now() -> str:
@@ -82,14 +87,51 @@ class Manager:
         Applying one the indexes already show must be harmless (see PgStore._reload)."""
 
     # Reads -------------------------------------------------------------------------------------
+    #
+    # What a caller sees is what the policy's get_<resource> rule says (alcor/api/policy.py). A rule
+    # sees only a few fields of its target (`target`), so a list is scoped in SQL from the decisions
+    # for each class of rows (`scope`), never row by row.
+
+    def target(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the policy rules see of a resource."""
+        project = body.get("project_id") or ""
+        return {"project_id": project, "tenant_id": project}
 
     def scope(self, ctx: Context, sql: q.SQL) -> None:
-        """Restrict to what the caller may see: its own project, unless admin."""
-        if not ctx.is_admin:
+        """Restrict to what the caller may see: its own project's rows, or every row."""
+        action = f"get_{self.res.name}"
+        if ctx.allowed(action, {"project_id": OTHER, "tenant_id": OTHER}):
+            return
+        if ctx.allowed(action, {"project_id": ctx.project_id, "tenant_id": ctx.project_id}):
             sql.add("project_id = ?", ctx.project_id)
+        else:
+            sql.add("FALSE")
 
     def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
-        return ctx.is_admin or body.get("project_id") == ctx.project_id
+        return ctx.allowed(f"get_{self.res.name}", self.target(body))
+
+    def hidden_fields(self, ctx: Context, body: dict[str, Any]) -> list[str]:
+        """Attributes of this body the caller may not read (get_<resource>:<attr> rules)."""
+        if not self.field_rules:
+            return []
+        t = self.target(body)
+        return [a for a in self.field_rules if not ctx.allowed(f"get_{self.res.name}:{a}", t)]
+
+    def sees_all_fields(self, ctx: Context) -> bool:
+        """True when no row of a list needs attributes taken out for this caller (checked over every
+        class of target, memoised): the list is then served from the stored text as is."""
+        if not self.field_rules:
+            return True
+        return all(ctx.allowed(f"get_{self.res.name}:{a}", t)
+                   for t in self.target_classes(ctx) for a in self.field_rules)
+
+    def target_classes(self, ctx: Context) -> list[dict[str, Any]]:
+        """One target per combination of the target fields, relative to the caller."""
+        own, other = ctx.project_id, OTHER
+        return [{"project_id": p, "tenant_id": p} for p in (own, other)]
+
+    # get_<resource>:<attr> rules of this resource (attributes some callers may not read).
+    field_rules: tuple[str, ...] = ()
 
     async def fetch(self, id: str, tx: Tx | None = None) -> dict[str, Any] | None:
         sql = "SELECT body FROM resources WHERE type = ? AND id = ?"
@@ -188,10 +230,31 @@ class Manager:
     def check_create(self, ctx: Context, body: Any) -> dict[str, Any]:
         if self.admin_only_create and not ctx.is_admin:
             raise policy(f"create_{self.res.name}")
-        return check_create(self.res, body, is_admin=ctx.is_admin)
+        # Who may set which attribute is the policy's (create_<resource>:<attr>), checked in
+        # create_many once the target is known; without a policy (internal callers), admin_only.
+        return check_create(self.res, body, is_admin=ctx.is_admin or ctx.policy is not None)
 
     def check_update(self, ctx: Context, body: Any) -> dict[str, Any]:
-        return check_update(self.res, body, is_admin=ctx.is_admin)
+        return check_update(self.res, body, is_admin=ctx.is_admin or ctx.policy is not None)
+
+    async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        """The policy target of a resource about to be created from `given` (checked attributes)."""
+        project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
+        return self.target({**given, "project_id": project})
+
+    def attr_actions(self, given: dict[str, Any]) -> list[str]:
+        """The `<attr>` suffixes of the per-attribute rules a request's body touches."""
+        return [k for k in given if k in self.res.attrs]
+
+    def enforce_write(self, ctx: Context, action: str, target: dict[str, Any],
+                      given: dict[str, Any] | None = None) -> None:
+        """The rule for the action, then one per attribute the body sets (where the policy has one)."""
+        enforce(ctx, action, target)
+        if given and ctx.policy is not None:
+            for attr in self.attr_actions(given):
+                name = f"{action}:{attr}"
+                if ctx.policy.has(name):
+                    enforce(ctx, name, target)
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         body = self.new_body(ctx, given)
@@ -210,6 +273,10 @@ class Manager:
     async def create_many(self, ctx: Context, bodies: list[Any]) -> list[dict[str, Any]]:
         """Create one or many (bulk) atomically: all commit or none does."""
         checked = [self.check_create(ctx, b) for b in bodies]
+        action = f"create_{self.res.name}"
+        for b, c in zip(bodies, checked, strict=True):
+            tenant_of(self.res, dict(c), ctx.project_id, ctx.is_admin)  # its 400 before any 403
+            self.enforce_write(ctx, action, await self.create_target(ctx, c), b)
         async with self.store.transaction() as tx:
             return [await self.create(ctx, c, tx) for c in checked]
 
@@ -217,7 +284,7 @@ class Manager:
         changes = self.check_update(ctx, body)
         async with self.store.transaction() as tx:
             current = await self.get(ctx, id, tx)
-            self.check_owner_write(ctx, current)
+            self.check_write(ctx, f"update_{self.res.name}", current, body)
             check_revision(current, if_match)
             if not changes:
                 return current
@@ -226,14 +293,22 @@ class Manager:
     async def delete_one(self, ctx: Context, id: str, if_match: int | None) -> None:
         async with self.store.transaction() as tx:
             current = await self.get(ctx, id, tx)
-            self.check_owner_write(ctx, current)
+            self.check_write(ctx, f"delete_{self.res.name}", current)
             check_revision(current, if_match)
             await self.delete(ctx, current, tx)
 
-    def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
-        """A resource seen through sharing may still not be changed by a non-owner."""
-        if not ctx.is_admin and current.get("project_id") != ctx.project_id:
+    def check_write(self, ctx: Context, action: str, current: dict[str, Any],
+                    given: Any = None) -> None:
+        """May the caller do `action` to a resource it can see? As Neutron: 403 when it may see it
+        but not change it (a shared network), 404 when it may not even see it."""
+        target = self.target(current)
+        if not ctx.allowed(action, target) and not self.visible(ctx, current):
             raise not_found(self.res.neutron_name, current[self.res.id_field])
+        self.enforce_write(ctx, action, target, given if isinstance(given, dict) else None)
+
+    def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
+        """The caller may change this resource (404 when it may not see it, 403 otherwise)."""
+        self.check_write(ctx, f"update_{self.res.name}", current)
 
 
 def check_revision(current: dict[str, Any], if_match: int | None) -> None:

@@ -19,7 +19,7 @@ from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import Conflict, NeutronError, invalid_input, not_found
 from alcor.resources import query as q
-from alcor.resources.base import Manager
+from alcor.resources.base import OTHER, Manager
 from alcor.resources.ipam import VniAllocator
 from alcor.resources.schema import (
     Attr,
@@ -141,15 +141,35 @@ class Networks(Manager):
     # Neutron's get_network: a shared network is everyone's to use, and an external one everyone's
     # to see (routers' gateways and floating IPs are taken from it).
 
-    def scope(self, ctx: Context, sql: q.SQL) -> None:
-        if not ctx.is_admin:
-            d = self.store.dialect
-            sql.add(f"(project_id = ? OR {d.is_true('shared')} OR {d.is_true('router:external')})",
-                    ctx.project_id)
+    field_rules = ("provider:network_type", "provider:physical_network", "provider:segmentation_id")
 
-    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
-        return (ctx.is_admin or body.get("project_id") == ctx.project_id or bool(body.get("shared"))
-                or bool(body.get("router:external")))
+    def target(self, body: dict[str, Any]) -> dict[str, Any]:
+        project = body.get("project_id") or ""
+        return {"project_id": project, "tenant_id": project, "shared": bool(body.get("shared")),
+                "router:external": bool(body.get("router:external"))}
+
+    def target_classes(self, ctx: Context) -> list[dict[str, Any]]:
+        return [{"project_id": p, "tenant_id": p, "shared": sh, "router:external": ext}
+                for p in (ctx.project_id, OTHER) for sh in (False, True) for ext in (False, True)]
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        def may(project: str, shared: bool, external: bool) -> bool:
+            return ctx.allowed("get_network", {"project_id": project, "tenant_id": project,
+                                               "shared": shared, "router:external": external})
+        ors, params = [], []
+        d = self.store.dialect
+        for shared, external, clause in (
+                (False, False, "TRUE"),
+                (True, False, d.is_true("shared")),
+                (False, True, d.is_true("router:external"))):
+            if may(OTHER, shared, external):
+                ors.append(clause)
+            elif may(ctx.project_id, shared, external):
+                ors.append(f"(project_id = ? AND {clause})")
+                params.append(ctx.project_id)
+        if "TRUE" in ors:
+            return
+        sql.add("(" + " OR ".join(ors) + ")" if ors else "FALSE", *params)
 
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["id"]

@@ -72,7 +72,7 @@ class Nodes(Manager):
         return None
 
     def require_admin(self, ctx: Context, action: str) -> None:
-        if not ctx.is_admin:
+        if not ctx.allowed(f"{action}_node"):
             raise policy(f"{action}_node")
 
     def check_create(self, ctx: Context, body: Any) -> dict[str, Any]:
@@ -90,8 +90,11 @@ class Nodes(Manager):
     def scope(self, ctx: Context, sql: Any) -> None:
         self.require_admin(ctx, "get")
 
-    def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
-        self.require_admin(ctx, "update")
+    def check_write(self, ctx: Context, action: str, current: dict[str, Any], given: Any = None) -> None:
+        self.require_admin(ctx, action.split("_", 1)[0])
+
+    async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        return {}
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         wanted_id = given.pop("node_id", None)

@@ -17,7 +17,8 @@ from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, Conflict, NeutronError, invalid_input
 from alcor.resources import ipam
-from alcor.resources.base import Manager
+from alcor.resources import query as q
+from alcor.resources.base import OTHER, Manager
 from alcor.resources.schema import (
     Attr,
     Resource,
@@ -33,6 +34,7 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
+from alcor.resources.subnets import network_target
 from alcor.wire import ROUTER_INTERFACE
 
 # binding:vif_details port_filter: the host's datapath applies the port's security groups (the
@@ -154,6 +156,53 @@ class Ports(Manager):
         await super().remove(tx, body)
         if self.store.shared:
             tx.after_commit(lambda: self._unhold(body["id"]))
+
+    # Policy: who sees a port (get_port) is its project, its network's owner and services; the
+    # binding:* attributes only admins and services (Nova) read.
+
+    field_rules = ("binding:vif_type", "binding:vif_details", "binding:host_id", "binding:profile")
+
+    def target(self, body: dict[str, Any]) -> dict[str, Any]:
+        t = network_target(self.kernel, body)
+        t["network_device"] = str(body.get("device_owner") or "").startswith("network:")
+        return t
+
+    async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        self.kernel.get("networks").lookup(ctx, given["network_id"])  # 404 before any 403
+        project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
+        return self.target({**given, "project_id": project})
+
+    def target_classes(self, ctx: Context) -> list[dict[str, Any]]:
+        return [{"project_id": p, "tenant_id": p, "network:project_id": n, "shared": sh,
+                 "network_device": dev}
+                for p in (ctx.project_id, OTHER) for n in (ctx.project_id, OTHER)
+                for sh in (False, True) for dev in (False, True)]
+
+    def attr_actions(self, given: dict[str, Any]) -> list[str]:
+        out = [k for k in given if k in self.res.attrs and k != "fixed_ips"]
+        for entry in given.get("fixed_ips") or []:
+            if isinstance(entry, dict):
+                out += [f"fixed_ips:{k}" for k in ("ip_address", "subnet_id") if k in entry]
+        return list(dict.fromkeys(out))
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        def may(project: str, net_project: str) -> bool:
+            return ctx.allowed("get_port", {"project_id": project, "tenant_id": project,
+                                            "network:project_id": net_project, "shared": False,
+                                            "network_device": False})
+        if may(OTHER, OTHER):
+            return
+        ors, params = [], []
+        if may(ctx.project_id, OTHER):
+            ors.append("project_id = ?")
+            params.append(ctx.project_id)
+        if may(OTHER, ctx.project_id):
+            own = [n["id"] for n in self.kernel.get("networks").index.values()
+                   if n.get("project_id") == ctx.project_id]
+            if own:
+                ors.append(f"parent_id IN ({','.join('?' * len(own))})")
+                params.extend(own)
+        sql.add("(" + " OR ".join(ors) + ")" if ors else "FALSE", *params)
 
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["network_id"]

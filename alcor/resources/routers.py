@@ -64,6 +64,15 @@ class Routers(Manager):
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return None  # a router may join several networks
 
+    def attr_actions(self, given: dict[str, Any]) -> list[str]:
+        out = super().attr_actions(given)
+        gw = given.get("external_gateway_info")
+        if isinstance(gw, dict) and gw:
+            out += [f"external_gateway_info:{k}" for k in ("enable_snat", "external_fixed_ips") if k in gw]
+        elif "external_gateway_info" in out:
+            out.remove("external_gateway_info")  # clearing the gateway is a plain update
+        return out
+
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         body = self.new_body(ctx, given)
         body.update(status="ACTIVE", tags=[])
@@ -170,7 +179,7 @@ class Routers(Manager):
         subnets = self.kernel.get("subnets")
         async with self.store.transaction() as tx:
             router = await self.get(ctx, router_id, tx)
-            self.check_owner_write(ctx, router)
+            self.check_write(ctx, "add_router_interface", router)
             existing = await self._ports(tx, router_id, ROUTER_INTERFACE)
             attached = {f["subnet_id"] for p in existing for f in p["fixed_ips"]}
             if "subnet_id" in info:
@@ -227,7 +236,7 @@ class Routers(Manager):
         ports = self.kernel.get("ports")
         async with self.store.transaction() as tx:
             router = await self.get(ctx, router_id, tx)
-            self.check_owner_write(ctx, router)
+            self.check_write(ctx, "remove_router_interface", router)
             existing = await self._ports(tx, router_id, ROUTER_INTERFACE)
             if "port_id" in info:
                 found = [p for p in existing if p["id"] == info["port_id"]]

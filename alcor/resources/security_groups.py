@@ -14,7 +14,7 @@ from alcor.context import Context
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, Conflict, NeutronError, not_found
 from alcor.resources import query as q
-from alcor.resources.base import Manager, new_id, now
+from alcor.resources.base import OTHER, Manager, new_id, now
 from alcor.resources.schema import (
     Attr,
     Invalid,
@@ -358,12 +358,32 @@ class SecurityGroupRules(Manager):
             (self.type, body["id"], body["project_id"], body["security_group_id"],
              q.dumps(body)))
 
+    def target(self, body: dict[str, Any]) -> dict[str, Any]:
+        # A rule is its group's project's (rules take their group's project).
+        project = body.get("project_id") or ""
+        return {"project_id": project, "tenant_id": project, "security_group:project_id": project}
+
+    async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sg = await sgs.fetch(given["security_group_id"])
+        if sg is None or not sgs.visible(ctx, sg):
+            raise not_found("SecurityGroup", given["security_group_id"])
+        return self.target(sg)
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        mine = self.target({"project_id": ctx.project_id})
+        if ctx.allowed("get_security_group_rule", self.target({"project_id": OTHER})):
+            return
+        if ctx.allowed("get_security_group_rule", mine):
+            sql.add("project_id = ?", ctx.project_id)
+        else:
+            sql.add("FALSE")
+
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         sgs: SecurityGroups = self.kernel.get("security_groups")
         sg = await sgs.fetch(given["security_group_id"], tx)
         if sg is None or not sgs.visible(ctx, sg):
             raise not_found("SecurityGroup", given["security_group_id"])
-        sgs.check_owner_write(ctx, sg)
         project = given.pop("project_id", None) or given.pop("tenant_id", None) or sg["project_id"]
         given.pop("tenant_id", None)
         if project != sg["project_id"] and not ctx.is_admin:

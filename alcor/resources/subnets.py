@@ -8,10 +8,10 @@ from typing import Any
 from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
-from alcor.errors import BadRequest, NeutronError, invalid_input, not_found, policy
+from alcor.errors import BadRequest, NeutronError, invalid_input, not_found
 from alcor.resources import ipam
 from alcor.resources import query as q
-from alcor.resources.base import Manager
+from alcor.resources.base import OTHER, Manager
 from alcor.resources.networks import IPV6_MIN_MTU
 from alcor.resources.schema import (
     Attr,
@@ -83,6 +83,14 @@ def check_ipv6_modes(given: dict[str, Any], net: ipaddress.IPv4Network | ipaddre
                             f"address format, which requires the prefix to be /64")
 
 
+def network_target(kernel: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """The policy target of a subnet or port: its project, and its network's project and sharing."""
+    project = body.get("project_id") or ""
+    network = kernel.get("networks").index.get(body.get("network_id")) or {}
+    return {"project_id": project, "tenant_id": project,
+            "network:project_id": network.get("project_id") or "", "shared": bool(network.get("shared"))}
+
+
 class SubnetInUse(NeutronError):
     status = 409
     type = "SubnetInUse"
@@ -148,28 +156,43 @@ class Subnets(Manager):
     def vpc_of(self, body: dict[str, Any]) -> str | None:
         return body["network_id"]
 
-    # Who sees a subnet: its project, and everyone when its network is shared (Neutron's
-    # get_subnet). Subnets of an external network stay hidden: Neutron shows them only with the
-    # subnet-external-network extension, which this API does not list.
+    # Who sees a subnet (get_subnet): its project, the owner of its network, and everyone when its
+    # network is shared. Subnets of an external network stay hidden: Neutron shows them only with
+    # the subnet-external-network extension, which this API does not list.
 
     def _networks_where(self, pred: Any) -> list[str]:
         return [n["id"] for n in self.kernel.get("networks").index.values() if pred(n)]
 
-    def scope(self, ctx: Context, sql: q.SQL) -> None:
-        if ctx.is_admin:
-            return
-        open_ = self._networks_where(lambda n: n.get("shared"))
-        if not open_:
-            sql.add("project_id = ?", ctx.project_id)
-            return
-        sql.add(f"(project_id = ? OR parent_id IN ({','.join('?' * len(open_))}))",
-                ctx.project_id, *open_)
+    def target(self, body: dict[str, Any]) -> dict[str, Any]:
+        return network_target(self.kernel, body)
 
-    def visible(self, ctx: Context, body: dict[str, Any]) -> bool:
-        if ctx.is_admin or body.get("project_id") == ctx.project_id:
-            return True
-        network = self.kernel.get("networks").index.get(body["network_id"])
-        return network is not None and bool(network.get("shared"))
+    async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
+        self.kernel.get("networks").lookup(ctx, given["network_id"])  # 404 before any 403
+        project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
+        return self.target({**given, "project_id": project})
+
+    def target_classes(self, ctx: Context) -> list[dict[str, Any]]:
+        return [{"project_id": p, "tenant_id": p, "network:project_id": n, "shared": sh}
+                for p in (ctx.project_id, OTHER) for n in (ctx.project_id, OTHER)
+                for sh in (False, True)]
+
+    def scope(self, ctx: Context, sql: q.SQL) -> None:
+        def may(project: str, net_project: str, shared: bool) -> bool:
+            return ctx.allowed("get_subnet", {"project_id": project, "tenant_id": project,
+                                              "network:project_id": net_project, "shared": shared})
+        if may(OTHER, OTHER, False):
+            return
+        ors, params = [], []
+        if may(ctx.project_id, OTHER, False):
+            ors.append("project_id = ?")
+            params.append(ctx.project_id)
+        for pred, ok in ((lambda n: n.get("project_id") == ctx.project_id, may(OTHER, ctx.project_id, False)),
+                         (lambda n: n.get("shared"), may(OTHER, OTHER, True))):
+            ids = self._networks_where(pred) if ok else []
+            if ids:
+                ors.append(f"parent_id IN ({','.join('?' * len(ids))})")
+                params.extend(ids)
+        sql.add("(" + " OR ".join(ors) + ")" if ors else "FALSE", *params)
 
     extra_filters = frozenset({"shared"})
 
@@ -189,8 +212,6 @@ class Subnets(Manager):
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         networks = self.kernel.get("networks")
         network = networks.lookup(ctx, given["network_id"])
-        if not ctx.is_admin and network["project_id"] != ctx.project_id:
-            raise policy("create_subnet:network_id")
         net = ipaddress.ip_network(given["cidr"])
         if net.version != given["ip_version"]:
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")

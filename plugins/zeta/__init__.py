@@ -35,8 +35,7 @@ import structlog
 from aiohttp import web
 
 from alcor.api.app import Api
-from alcor.api.auth import authenticate
-from alcor.api.config import ApiConfig
+from alcor.api.auth import context
 from alcor.config import Config
 from alcor.context import Context
 from alcor.db.changelog import Change
@@ -279,7 +278,7 @@ class ZetaModule:
 
     async def _show(self, request: web.Request) -> web.Response:
         """Operator view (admin): Zeta's URL, counters, VPCs with work queued."""
-        if not authenticate(request.headers, self.config.get(ApiConfig)).is_admin:
+        if not (await context(request)).allowed("get_zeta"):
             raise policy("get_zeta")
         return web.json_response(
             {

@@ -15,7 +15,7 @@ import aiohttp
 from alcor import sections
 from alcor.config import Config
 from alcor.controller import controller_modules
-from alcor.kernel import Kernel
+from alcor.kernel import Kernel, KernelConfig, load_plugin
 from tests.support.stores import store_settings
 
 
@@ -105,12 +105,16 @@ async def running_controller(
     `store` settings given (to start a second controller on the same one)."""
     layer: dict[str, dict[str, Any]] = {}
     for dotted, value in overrides.items():
+        if "__" not in dotted:  # a whole section, e.g. keystone_authtoken={...}
+            layer[dotted] = value
+            continue
         section, key = dotted.split("__")
         layer.setdefault(section, {})[key] = value
     async with _store(backend, tmp, store) as settings:
         layer["store"] = {**layer.get("store", {}), **settings}
         cfg = config_for_test(tmp, **layer)
-        kernel = Kernel(cfg, controller_modules(cfg))
+        plugins = [load_plugin(name, cfg) for name in cfg.get(KernelConfig).plugins]
+        kernel = Kernel(cfg, [*controller_modules(cfg), *plugins])
         await kernel.start()
         try:
             port = kernel.get("api").port
