@@ -28,6 +28,7 @@ from alcor.log import LogConfig
 from alcor.resources.networks import NetworkConfig
 from alcor.southbound.dispatcher import Settings as SouthboundConfig
 from alcor.transport import MqConfig
+from plugins.nova import NovaConfig
 from plugins.rabbitmq import RabbitConfig
 from plugins.zeta import ZetaConfig
 
@@ -45,6 +46,7 @@ SECTIONS: tuple[type, ...] = (
     AgentConfig,
     RabbitConfig,
     ZetaConfig,
+    NovaConfig,
 )
 
 
