@@ -12,7 +12,7 @@ from typing import Any
 
 from alcor.context import Context
 from alcor.db.store import Tx
-from alcor.errors import BadRequest, Conflict, NeutronError, NotFound
+from alcor.errors import BadRequest, Conflict, NeutronError, NotFound, not_found
 from alcor.resources.base import Manager
 from alcor.resources.schema import (
     Attr,
@@ -45,13 +45,22 @@ def gateway_info(value: Any) -> dict[str, Any] | None:
 
 
 described(gateway_info, json_schema_of(_GATEWAY) or {})
+_ROUTES = list_of(ROUTE)
+
+
+def routes(value: Any) -> list[dict[str, str]]:
+    """A router's routes; null clears them, as in Neutron (Tempest's cleanup sends it)."""
+    return [] if value is None else _ROUTES(value)
+
+
+described(routes, json_schema_of(_ROUTES) or {})
 INTERFACE = dict_of({"subnet_id": (uuid_str, False), "port_id": (uuid_str, False)})
 
 ROUTER = standard(Resource("router", "routers", "Router")).add(
     Attr("admin_state_up", boolean, default=True, put=True, kind="boolean"),
     Attr("status", string(), post=False),
     Attr("external_gateway_info", gateway_info, default=None, put=True, kind="object", filterable=False),
-    Attr("routes", list_of(ROUTE), default=list, put=True, kind="array", filterable=False),
+    Attr("routes", routes, default=list, put=True, kind="array", filterable=False),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
 
@@ -93,9 +102,11 @@ class Routers(Manager):
         if info is None:
             return None
         network = self.kernel.get("networks").index.get(info["network_id"])
-        if network is None or not network.get("router:external"):
-            raise BadRequest(f"Network {info['network_id']} is not a valid external network",
-                             type="ExternalNetworkNotFound" if network is None else "BadRequest")
+        if network is None or not self.kernel.get("networks").visible(ctx, network):
+            raise not_found("Network", info["network_id"])  # Neutron: 404, not a format error
+        if not network.get("router:external"):
+            raise BadRequest(f"Bad router request: Network {info['network_id']} is not an external "
+                             f"network.", type="BadRequest")
         admin = Context(router["project_id"], True)
         requested = info.get("external_fixed_ips")
         port = await ports.create(admin, {

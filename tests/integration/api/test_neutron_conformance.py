@@ -27,6 +27,39 @@ async def test_empty_external_gateway_info_means_no_gateway(ctl):
     assert bad.status == 400
 
 
+async def test_gateway_to_a_network_that_is_not_there_is_404(ctl):
+    r = await ctl.create("router", "/v2.0/routers", name="r")
+    missing = await ctl.put(f"/v2.0/routers/{r['id']}", {"router": {"external_gateway_info": {
+        "network_id": r["id"]}}})  # Tempest's way of naming no network
+    assert missing.status == 404 and missing.error["type"] == "NetworkNotFound", missing.body
+    plain = await ctl.create("network", "/v2.0/networks")
+    internal = await ctl.put(f"/v2.0/routers/{r['id']}", {"router": {"external_gateway_info": {
+        "network_id": plain["id"]}}})
+    assert internal.status == 400
+    # Another project's network is not there for a tenant either.
+    t = ctl.as_project("p1")
+    mine = await t.create("router", "/v2.0/routers", name="mine")
+    r2 = await t.put(f"/v2.0/routers/{mine['id']}", {"router": {"external_gateway_info": {
+        "network_id": plain["id"]}}})
+    assert r2.status == 404
+
+
+async def test_null_routes_clear_them(ctl):
+    """Tempest clears a router's extra routes with `routes: null` (Neutron: an empty list)."""
+    net = await ctl.create("network", "/v2.0/networks")
+    sub = await ctl.create("subnet", "/v2.0/subnets", network_id=net["id"], cidr="10.0.0.0/24",
+                           ip_version=4)
+    r = await ctl.create("router", "/v2.0/routers", name="r")
+    await ctl.put(f"/v2.0/routers/{r['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    route = {"destination": "10.9.0.0/16", "nexthop": "10.0.0.7"}
+    u = await ctl.put(f"/v2.0/routers/{r['id']}", {"router": {"routes": [route]}})
+    assert u.status == 200 and u.body["router"]["routes"] == [route]
+    cleared = await ctl.put(f"/v2.0/routers/{r['id']}", {"router": {"routes": None}})
+    assert cleared.status == 200 and cleared.body["router"]["routes"] == []
+    gone = await ctl.put(f"/v2.0/routers/{r['id']}/remove_router_interface", {"subnet_id": sub["id"]})
+    assert gone.status == 200
+
+
 # Security groups ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["default", "Default", "DEFAULT"])
