@@ -185,7 +185,7 @@ def _setup(ks: Keystone) -> None:
 
 
 @contextlib.contextmanager
-def running_keystone(tmp: Path, expiration: int = 3600) -> Iterator[Keystone]:
+def running_keystone(tmp: Path, expiration: int = 3600, threads: int = 4) -> Iterator[Keystone]:
     """Keystone on a free port of 127.0.0.1, from a copy of the template, until the block ends."""
     import requests
 
@@ -198,10 +198,10 @@ def running_keystone(tmp: Path, expiration: int = 3600) -> Iterator[Keystone]:
     port = _free_port()
     env = {**os.environ, "OS_KEYSTONE_CONFIG_FILES": str(conf)}
     log = open(work / "keystone.log", "wb")  # noqa: SIM115 (closed with the process)
-    # SQLite has one writer: one worker, a few threads.
+    # SQLite has one writer: one worker, a few threads (one where many writes run at once).
     proc = subprocess.Popen(
         [str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "--worker-class", "gthread", "--chdir", str(work), "--timeout", "120",
+         "--threads", str(threads), "--worker-class", "gthread", "--chdir", str(work), "--timeout", "120",
          "keystone_wsgi:application"], env=env, stdout=log, stderr=subprocess.STDOUT)
     ks = Keystone(f"http://127.0.0.1:{port}/v3", proc)
     try:
@@ -237,7 +237,9 @@ def serve(work: Path, info: Path) -> None:
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    with running_keystone(work) as ks:
+    # Tempest makes and removes projects and users from parallel workers: one thread, or SQLite
+    # says "database is locked" (a 500) now and then.
+    with running_keystone(work, threads=1) as ks:
         info.write_text(json.dumps({"url": ks.url, "admin_password": ADMIN_PASSWORD,
                                     "authtoken": ks.authtoken_section(), "projects": ks.projects}))
         while not stop and ks.process.poll() is None:
