@@ -28,6 +28,7 @@ T_RESPOND = 10
 T_ND_REPLY = 11  # the second step of a neighbour advertisement built from a solicitation
 T_L3 = 20
 T_L2 = 30
+T_FLOOD = 31  # a flood too long for one flow goes on here, a part per flow
 T_INGRESS_CT = 40  # conntrack in the receiving port's zone
 T_INGRESS_RULES = 41  # the receiving port's ingress rules, then out to it
 TABLES = (
@@ -39,6 +40,7 @@ TABLES = (
     T_ND_REPLY,
     T_L3,
     T_L2,
+    T_FLOOD,
     T_INGRESS_CT,
     T_INGRESS_RULES,
 )
@@ -72,6 +74,7 @@ ICMPV6_NS, ICMPV6_NA = 135, 136
 # ofport a packet is delivered to once the receiver's ingress rules accept it.
 REG_ZONE = "reg6"
 REG_PORT = "reg7"
+REG_FLOOD = "reg5"  # which part of a long flood (pipeline.vpc_flows) comes next
 ZONE_UNTRACKED = 1 << 16
 
 # ct_state bits (OVS: +new, +est, +rel, +rpl, +inv, +trk)

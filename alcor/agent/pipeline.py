@@ -31,6 +31,7 @@ Pipeline (OpenFlow 1.3 tables):
                   hosts. Delivering to a filtered port is REG_ZONE=its zone, REG_PORT=its ofport,
                   then INGRESS_CT (a flood resubmits there once per such port); to a port with
                   port security off, output to it.
+    31 FLOOD      the rest of a flood too long for one flow (REG_FLOOD: which part)
     40, 41 INGRESS_CT, INGRESS_RULES  the receiver's ingress rules, then output:REG_PORT
 
 An IPv4 address of another subnet on the asker's router (an L3 neighbour) is answered with the
@@ -66,9 +67,11 @@ from alcor.agent.ir import (
     P_OWN_IP,
     P_PROXY_ARP,
     P_ROUTE_BASE,
+    REG_FLOOD,
     REG_PORT,
     REG_ZONE,
     T_CLASSIFY,
+    T_FLOOD,
     T_INGRESS_CT,
     T_L2,
     T_L3,
@@ -484,6 +487,9 @@ def _ipv6_endpoint_flows(ctx: Context, ep: Endpoint, c: int, own_ips: set[str]) 
     return flows
 
 
+FLOOD_CHUNK = 3000  # actions per flood flow: each is 16 bytes or less on the wire
+
+
 def vpc_flows(
     ctx: Context,
     vpc_id: str,
@@ -516,8 +522,17 @@ def vpc_flows(
     elif tun is not None:
         for rip in sorted(remote_ips, key=ipaddress.IPv4Address):
             flood.extend(_tunnel(vni, rip, tun))
-    if flood:
-        flows.append(Flow(T_L2, P_FLOOD, match(metadata=vni), tuple(flood), cookie=c))
+    # An OpenFlow message is at most 64 KiB: a flood to more than ~1,200 local ports or member
+    # hosts goes on in FLOOD, a chunk per flow, REG_FLOOD naming the next one.
+    chunks = [tuple(flood[i : i + FLOOD_CHUNK]) for i in range(0, len(flood), FLOOD_CHUNK)]
+    for n, chunk in enumerate(chunks):
+        if n + 1 < len(chunks):
+            chunk += (SetField(REG_FLOOD, n + 1), Resubmit(T_FLOOD))
+        if n == 0:
+            flows.append(Flow(T_L2, P_FLOOD, match(metadata=vni), chunk, cookie=c))
+        else:
+            m = match(metadata=vni, **{REG_FLOOD: n})
+            flows.append(Flow(T_FLOOD, P_FLOOD, m, chunk, cookie=c))
     if any(s.vni == vni and s.net.version == 6 for s in ctx.subnets.values()):
         flows.extend(ipv6.vpc_nd_flows(vni, c))
     return flows
@@ -595,6 +610,7 @@ def base_flows() -> list[Flow]:
         Flow(T_ND_REPLY, P_DEFAULT, ()),  # drop: only the NS responder sends packets here
         Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
         Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
+        Flow(T_FLOOD, P_DEFAULT, ()),
         *portsec.base_flows(),
         *secgroups.base_flows(),
     ]

@@ -262,3 +262,30 @@ def test_allowed_address_pairs() -> None:
     # and the VIP is routed to from the other subnet
     [(port, p)] = simulate(fs, ipv4(2, MAC[PA2], GW2, "10.0.1.5", "10.0.0.200"))
     assert (port, p["eth_dst"]) == (1, "fa:16:3e:aa:aa:aa")
+
+
+def test_a_flood_too_long_for_one_message_goes_on_in_parts() -> None:
+    """1,500 filtered local ports in one VPC: 4,500 actions, more than 64 KiB in one flow-mod."""
+    from alcor.agent import fastcodec
+    from alcor.agent.ir import T_FLOOD
+
+    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, B_IP).vpc("vpc1", 100)
+    g.subnet("s1", "vpc1", "10.0.0.0/16", "10.0.0.1", GW1)
+    ofports = {"vxlan0": VX}
+    for i in range(1500):
+        pid = f"f{i:04d}000-0000"
+        g.port(
+            pid,
+            "vpc1",
+            "s1",
+            f"10.0.{i // 250}.{i % 250 + 2}",
+            f"fa:16:3e:f0:{i >> 8:02x}:{i & 255:02x}",
+            node=A,
+        )
+        ofports[tap_name(pid)] = 10 + i
+    g.port("remote00-0000", "vpc1", "s1", "10.0.99.9", "fa:16:3e:99:00:09", node=B)
+    fs = compile_flows(g.goal(), ofports)
+    assert [f for f in fs.flows if f.table == T_FLOOD and f.actions]
+    assert max(len(fastcodec.encode_add(f, 1)) for f in fs.flows) < 65535
+    arp = arp_request(10, "fa:16:3e:f0:00:00", "10.0.0.2", "10.0.200.200")
+    assert {p for p, _ in simulate(fs, arp)} == {*range(11, 1510), VX}  # everyone but the sender
