@@ -102,14 +102,17 @@ def order(modules: Iterable[Module]) -> list[Module]:
     return done
 
 
+PLUGINS = "alcor_plugins"  # the folder plugins/, installed under the project's name (setup.cfg)
+
+
 def load_plugin(name: str, config: Config) -> Module:
-    """Instantiate plugins/<name> by its `create(config)` factory."""
+    """Instantiate plugins/<name> (module alcor_plugins.<name>) by its `create(config)` factory."""
     if not name.replace("_", "").isalnum():
         raise ConfigError(f"kernel.plugins: {name!r} is not a plugin name")
     try:
-        mod = importlib.import_module(f"plugins.{name}")
+        mod = importlib.import_module(f"{PLUGINS}.{name}")
     except ModuleNotFoundError as e:
-        if e.name in (f"plugins.{name}", "plugins"):
+        if e.name in (f"{PLUGINS}.{name}", PLUGINS):
             raise ConfigError(f"kernel.plugins: no plugin named {name!r}") from None
         raise
     module: Module = mod.create(config)

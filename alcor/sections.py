@@ -8,13 +8,16 @@ from alcor.api.keystone import KeystoneAuthtokenConfig
 
 A new key is a field (type, default, comment) on its owner's dataclass and a line in
 config/alcor.toml; a new section is a dataclass with `SECTION = "name"` in the module that owns
-it, listed here, and a [name] table in config/alcor.toml (docs/architecture.md, "Configuration").
+it, listed here (a plugin lists its own in its module's `SECTIONS`), and a [name] table in
+config/alcor.toml (docs/architecture.md, "Configuration").
 tests/unit/core/test_config.py fails until the file and the dataclasses agree.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,14 +26,22 @@ from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.api.config import ApiConfig
 from alcor.api.keystone import KeystoneAuthtokenConfig
 from alcor.db.store import StoreConfig
-from alcor.kernel import KernelConfig
+from alcor.kernel import PLUGINS, KernelConfig
 from alcor.log import LogConfig
 from alcor.resources.networks import NetworkConfig
 from alcor.southbound.dispatcher import Settings as SouthboundConfig
 from alcor.transport import MqConfig
-from plugins.nova import NovaConfig
-from plugins.rabbitmq import RabbitConfig
-from plugins.zeta import ZetaConfig
+
+
+def plugin_sections() -> tuple[type, ...]:
+    """The sections of every plugin in plugins/, by name, whether loaded or not (so that a typo
+    in [zeta] is caught before anyone adds "zeta" to [kernel] plugins)."""
+    package = importlib.import_module(PLUGINS)
+    found: list[type] = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        found += getattr(importlib.import_module(f"{PLUGINS}.{info.name}"), "SECTIONS", ())
+    return tuple(found)
+
 
 # In the order of config/alcor.toml.
 SECTIONS: tuple[type, ...] = (
@@ -44,9 +55,7 @@ SECTIONS: tuple[type, ...] = (
     SouthboundConfig,
     NodeConfig,
     AgentConfig,
-    RabbitConfig,
-    ZetaConfig,
-    NovaConfig,
+    *plugin_sections(),
 )
 
 

@@ -35,7 +35,7 @@ from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import SqliteStore  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
-from plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
+from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
 from tests.integration.southbound.harness import write  # noqa: E402
 from tests.unit.southbound.world import World  # noqa: E402
 

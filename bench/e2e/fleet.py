@@ -114,7 +114,7 @@ def _child(pipe: Any, node_ids: list[str], controller_queue: str) -> None:
 
 
 async def _serve(pipe: Any, node_ids: list[str], controller_queue: str) -> None:
-    from plugins.rabbitmq import RabbitConfig, RabbitTransport
+    from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
 
     alcor_log.setup("warning", "console")
     # After `close_all_connections` aio-pika logs one "callback error" per restored channel: a

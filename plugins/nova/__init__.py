@@ -96,6 +96,9 @@ BATCH_MAX = 200
 PERMANENT = {400, 404, 410, 422}  # per-event codes (and whole answers) that retrying cannot change
 
 
+SECTIONS = (NovaConfig,)  # found by alcor/sections.py
+
+
 # The functional core: a port's change → its events ------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,9 @@ class RabbitConfig:
     # messages, which agents see as a gap and repair with a snapshot (docs/architecture.md, "Revisions").
     persistent: bool = True
 
+
+SECTIONS = (RabbitConfig,)  # found by alcor/sections.py
+
 log = structlog.get_logger("alcor.rabbitmq")
 
 

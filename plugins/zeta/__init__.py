@@ -55,7 +55,8 @@ from alcor.resources.schema import (
     uuid_str,
 )
 from alcor.wire import ROUTER_INTERFACE
-from plugins.zeta.client import ZetaClient, ZetaError
+
+from .client import ZetaClient, ZetaError
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -181,6 +182,9 @@ class ZetaConfig:
     standin: bool = False  # true: serve the Zeta stand-in's management API on `url` (dev run)
 
 
+SECTIONS = (ZetaConfig,)  # found by alcor/sections.py
+
+
 class ZetaModule:
     """Kernel module "zeta": the gateway API, Zeta registration workers, the change-log follower."""
 
@@ -224,7 +228,7 @@ class ZetaModule:
     async def start(self, kernel: Kernel) -> None:
         self.kernel = kernel
         if self.run_standin:
-            from plugins.zeta.standin import Standin
+            from .standin import Standin
 
             u = urlparse(self.url)
             self._standin = Standin(

@@ -10,7 +10,7 @@ here. This plays its two visible parts with the same wire contracts:
   same VNI, inner destination MAC rewritten to the port's) and sends the source host an OAM
   "inject" so that the rest of the flow takes the direct path.
 
-    python -m plugins.zeta.standin --listen 127.0.0.1:8080 --gw 172.31.255.9=02:00:00:00:00:09
+    python -m alcor_plugins.zeta.standin --listen 127.0.0.1:8080 --gw 172.31.255.9=02:00:00:00:00:09
 """
 
 from __future__ import annotations

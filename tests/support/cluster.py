@@ -24,7 +24,7 @@ import aiohttp
 from alcor.agent.model import Message, Outcome
 from alcor.agent.stream import AgentStream
 from alcor.transport import Address
-from plugins.rabbitmq import RabbitConfig, RabbitTransport
+from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
 from tests.support.process import Program
 
 MQ = "amqp://guest:guest@127.0.0.1:5672/"

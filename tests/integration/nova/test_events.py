@@ -14,7 +14,7 @@ import time
 import pytest
 
 from alcor import sections
-from plugins.nova import DELETED, PLUGGED, UNPLUGGED, NovaNotifier
+from alcor_plugins.nova import DELETED, PLUGGED, UNPLUGGED, NovaNotifier
 from tests.support.controller import running_controller
 from tests.support.nova import NovaStandin
 from tests.support.process import free_port

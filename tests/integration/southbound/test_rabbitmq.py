@@ -16,7 +16,7 @@ import pytest
 from alcor import sections
 from alcor.southbound.dispatcher import Settings
 from alcor.transport import Address
-from plugins.rabbitmq import RabbitConfig, RabbitTransport
+from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
 from tests.conftest import require
 from tests.integration.southbound.harness import (
     Harness,

@@ -19,8 +19,8 @@ from alcor import roles
 from alcor.agent import zeta
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
-from plugins.zeta import ZetaModule
-from plugins.zeta.standin import Standin
+from alcor_plugins.zeta import ZetaModule
+from alcor_plugins.zeta.standin import Standin
 from tests.conftest import require
 from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root

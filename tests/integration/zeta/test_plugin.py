@@ -15,8 +15,8 @@ import pytest
 
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
-from plugins.zeta import ZetaModule
-from plugins.zeta.standin import Faults, Standin
+from alcor_plugins.zeta import ZetaModule
+from alcor_plugins.zeta.standin import Faults, Standin
 from tests.support.controller import Client, config_for_test
 
 GWS = [{"ip": "172.31.255.9", "mac": "02:00:00:00:00:09"}]

@@ -24,7 +24,7 @@ import pytest_asyncio
 from alcor.agent import zeta
 from alcor.agent.ir import tap_name
 from alcor.wire import GoalState
-from plugins.zeta.standin import Standin
+from alcor_plugins.zeta.standin import Standin
 from tests.conftest import require
 from tests.support.goals import GoalBuilder
 from tests.support.ovs import Netns, have_ovs, is_root, unique

@@ -20,8 +20,8 @@ from alcor.db.store import StoreConfig
 from alcor.kernel import KernelConfig
 from alcor.resources.networks import NetworkConfig
 from alcor.southbound.dispatcher import Settings
-from plugins.rabbitmq import RabbitConfig, RabbitTransport
-from plugins.zeta import ZetaConfig
+from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
+from alcor_plugins.zeta import ZetaConfig
 
 
 def _shipped_keys() -> dict[str, dict[str, object]]:

@@ -17,14 +17,18 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "plugins":
+        parts[0] = "alcor_plugins"  # how plugins/ is installed and imported (setup.cfg)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 MODULES = {_name(p): p for top in ("alcor", "plugins") for p in (ROOT / top).rglob("*.py")}
+assert "alcor_plugins.zeta.client" in MODULES
 
 
 def _imports(path: Path) -> set[str]:
     found: set[str] = set()
+    package = _name(path) if path.name == "__init__.py" else _name(path).rpartition(".")[0]
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
@@ -34,9 +38,11 @@ def _imports(path: Path) -> set[str]:
                 continue
             if isinstance(child, ast.Import):
                 found.update(a.name for a in child.names)
-            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
-                found.add(child.module)
-                found.update(f"{child.module}.{a.name}" for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = package.rsplit(".", child.level - 1)[0] if child.level else ""
+                module = ".".join(p for p in (base, child.module or "") if p)
+                found.add(module)
+                found.update(f"{module}.{a.name}" for a in child.names)
             visit(child)
 
     visit(ast.parse(path.read_text()))
@@ -48,7 +54,7 @@ GRAPH = {m: _imports(p) for m, p in MODULES.items()}
 
 
 def _package(module: str) -> str:
-    """alcor.agent.ir -> alcor.agent; alcor.wire -> alcor.wire; plugins.zeta.client -> plugins.zeta."""
+    """alcor.agent.ir -> alcor.agent; alcor.wire -> alcor.wire; alcor_plugins.zeta.x -> alcor_plugins.zeta."""
     return ".".join(module.split(".")[:2])
 
 
@@ -101,3 +107,13 @@ def test_layers_do_not_reach_up(module: str, never: tuple[str, ...]) -> None:
         if any(d == n or d.startswith(n + ".") for n in never) and not d.startswith(module)
     }
     assert reached == set(), f"{module} imports {sorted(reached)}"
+
+
+def test_relative_imports_are_followed() -> None:
+    assert "alcor_plugins.zeta.client" in GRAPH["alcor_plugins.zeta"]
+
+
+def test_the_core_does_not_import_plugins() -> None:
+    """Plugins are loaded by name (alcor/kernel.py) and found for their config (alcor/sections.py)."""
+    reached = {d for m, deps in GRAPH.items() if m.startswith("alcor.") for d in deps}
+    assert {d for d in reached if d.startswith("alcor_plugins")} == set()

@@ -1,7 +1,7 @@
 """Which port changes become which Nova events, and how Nova's answers are read (pure)."""
 
 from alcor.db.changelog import Change
-from plugins.nova import DELETED, PLUGGED, UNPLUGGED, Known, events_for, outcome
+from alcor_plugins.nova import DELETED, PLUGGED, UNPLUGGED, Known, events_for, outcome
 
 VM = "9c1f2b3a-4d5e-4f60-8a7b-0c1d2e3f4a5b"
 
