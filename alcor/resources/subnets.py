@@ -91,6 +91,12 @@ def network_target(kernel: Any, body: dict[str, Any]) -> dict[str, Any]:
             "network:project_id": network.get("project_id") or "", "shared": bool(network.get("shared"))}
 
 
+# Neutron's defaults for max_dns_nameservers and max_subnet_host_routes; they also bound the size
+# of the agent's DHCP answers (options 6 and 121).
+MAX_DNS_NAMESERVERS = 5
+MAX_HOST_ROUTES = 20
+
+
 class SubnetInUse(NeutronError):
     status = 409
     type = "SubnetInUse"
@@ -233,6 +239,7 @@ class Subnets(Manager):
             pools = ipam.default_pools(net, gw)
         ipam.check_gateway(net, gw, pools)
         self._check_routes(net, given.get("host_routes", []))
+        self._check_limits(str(net), given)
         given["cidr"] = str(net)
         given["gateway_ip"] = None if gw is None else str(ipaddress.ip_address(gw))
         given["allocation_pools"] = ipam.pools_json(pools)
@@ -254,6 +261,16 @@ class Subnets(Manager):
 
     def _pools(self, net: Any, given: list[dict[str, str]]) -> list[ipam.Pool]:
         return ipam.parse_pools(net, given)
+
+    def _check_limits(self, subnet: str, values: dict[str, Any]) -> None:
+        if len(values.get("dns_nameservers") or ()) > MAX_DNS_NAMESERVERS:
+            raise NeutronError(f"Unable to complete operation for {subnet}. The number of DNS "
+                               f"nameservers exceeds the limit {MAX_DNS_NAMESERVERS}.",
+                               type="DNSNameServersExhausted", status=400)
+        if len(values.get("host_routes") or ()) > MAX_HOST_ROUTES:
+            raise NeutronError(f"Unable to complete operation for {subnet}. The number of host "
+                               f"routes exceeds the limit {MAX_HOST_ROUTES}.",
+                               type="HostRoutesExhausted", status=400)
 
     def _check_routes(self, net: Any, routes: list[dict[str, str]]) -> None:
         for r in routes:
@@ -280,6 +297,7 @@ class Subnets(Manager):
         if changes.get("enable_dhcp") is False and (current.get("ipv6_ra_mode") or
                                                     current.get("ipv6_address_mode")):
             raise invalid_input("Cannot disable enable_dhcp with ipv6 attributes set")
+        self._check_limits(current["id"], changes)
         if "allocation_pools" in changes:
             changes["allocation_pools"] = ipam.pools_json(pools)
         new = await self.replace(tx, current, changes)

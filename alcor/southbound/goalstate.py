@@ -347,6 +347,13 @@ def subnet_body(t: Topology, id: str, b: Body) -> Body:
         if any(f.get("ip_address") == gw_ip for f in port.get("fixed_ips") or ()):
             gateway_mac = _mac(port.get("mac_address"))
             break
+    # What the agent's DHCP server answers with (alcor/agent/dhcp.py). DNS servers keep the
+    # tenant's order (resolvers are tried in it); host routes are a set in Neutron, so sorted.
+    routes = [
+        {"destination": r.get("destination"), "nexthop": r.get("nexthop")}
+        for r in b.get("host_routes") or ()
+    ]
+    routes.sort(key=lambda r: (str(r["destination"]), str(r["nexthop"])))
     return {
         "id": id,
         "network_id": b.get("network_id"),
@@ -355,6 +362,9 @@ def subnet_body(t: Topology, id: str, b: Body) -> Body:
         "gateway_ip": gw_ip,
         "gateway_mac": gateway_mac,
         "ipv6_ra_mode": b.get("ipv6_ra_mode"),
+        "enable_dhcp": b.get("enable_dhcp", True) is not False,
+        "dns_nameservers": list(b.get("dns_nameservers") or ()),
+        "host_routes": routes,
     }
 
 

@@ -65,6 +65,11 @@ async def test_bad_subnets_write_nothing(ctl):
           "allocation_pools": [{"start": "10.9.0.2"}]}, 400, "HTTPBadRequest"),
         ({"network_id": nid, "cidr": "10.9.0.0/24", "ip_version": 4,
           "dns_nameservers": ["8.8.8.8", "8.8.8.8"]}, 400, "HTTPBadRequest"),
+        ({"network_id": nid, "cidr": "10.9.0.0/24", "ip_version": 4,
+          "dns_nameservers": [f"10.9.0.{i}" for i in range(2, 8)]}, 400, "DNSNameServersExhausted"),
+        ({"network_id": nid, "cidr": "10.9.0.0/24", "ip_version": 4,
+          "host_routes": [{"destination": f"192.168.{i}.0/24", "nexthop": "10.9.0.9"}
+                          for i in range(21)]}, 400, "HostRoutesExhausted"),
         ({"network_id": "8d3b4b4e-0000-4000-8000-000000000000", "cidr": "10.9.0.0/24",
           "ip_version": 4}, 404, "NetworkNotFound"),
         ({"network_id": "not-a-uuid", "cidr": "10.9.0.0/24", "ip_version": 4}, 400, "HTTPBadRequest"),
@@ -132,3 +137,18 @@ async def test_ipv6_modes(ctl):
     # a port takes the EUI-64 address of its MAC, what the VM autoconfigures from the RA
     p = await ctl.create("port", "/v2.0/ports", network_id=nid, mac_address="fa:16:3e:12:34:56")
     assert p["fixed_ips"] == [{"subnet_id": s["id"], "ip_address": "2001:db8:1:0:f816:3eff:fe12:3456"}]
+
+
+async def test_dns_and_host_route_limits_on_update(ctl):
+    n = await ctl.create("network", "/v2.0/networks")
+    s = await ctl.create("subnet", "/v2.0/subnets", network_id=n["id"], cidr="10.3.0.0/24",
+                         ip_version=4, dns_nameservers=[f"10.3.0.{i}" for i in range(2, 7)])
+    assert len(s["dns_nameservers"]) == 5
+    before = last_rev(ctl)
+    r = await ctl.put(f"/v2.0/subnets/{s['id']}", {"subnet": {
+        "dns_nameservers": [f"10.3.0.{i}" for i in range(2, 8)]}})
+    assert (r.status, r.error["type"]) == (400, "DNSNameServersExhausted")
+    r = await ctl.put(f"/v2.0/subnets/{s['id']}", {"subnet": {"host_routes": [
+        {"destination": f"192.168.{i}.0/24", "nexthop": "10.3.0.9"} for i in range(21)]}})
+    assert (r.status, r.error["type"]) == (400, "HostRoutesExhausted")
+    assert last_rev(ctl) == before

@@ -127,6 +127,34 @@ def test_status_update_costs_no_message() -> None:
     assert place(t, w.update("port", w.res["port"][p.id], status="ACTIVE")) == {}
 
 
+def test_a_subnets_dhcp_settings_reach_its_members() -> None:
+    w, t, held = World(), Topology(), {}
+    a, b = w.add_node("ha"), w.add_node("hb")
+    net = w.add_network()
+    sub = w.add_subnet(net.id)
+    for ch in (a, b, net, sub):
+        apply_ops(held, place(t, ch))
+    apply_ops(held, place(t, w.add_port(w.res["subnet"][sub.id], "ha", [])))
+    body = held[a.id][("subnet", sub.id)]
+    assert (body["enable_dhcp"], body["dns_nameservers"], body["host_routes"]) == (True, [], [])
+    routes = [
+        {"destination": "192.168.0.0/16", "nexthop": "10.0.0.9"},
+        {"destination": "172.16.0.0/12", "nexthop": "10.0.0.8"},
+    ]
+    change = w.update(
+        "subnet", w.res["subnet"][sub.id], dns_nameservers=["10.0.0.3", "10.0.0.2"],
+        host_routes=routes, enable_dhcp=False,
+    )  # fmt: skip
+    ops = place(t, change)
+    assert set(ops) == {a.id}  # hb hosts nothing of the VPC
+    apply_ops(held, ops)
+    body = held[a.id][("subnet", sub.id)]
+    assert body["enable_dhcp"] is False
+    assert body["dns_nameservers"] == ["10.0.0.3", "10.0.0.2"]  # the tenant's order
+    assert body["host_routes"] == sorted(routes, key=lambda r: r["destination"])
+    check_converged(t, held, {a.id, b.id})
+
+
 def test_rebind_moves_port_and_leaving_node_gets_deletes() -> None:
     w, t, held = World(), Topology(), {}
     a, b = w.add_node("ha"), w.add_node("hb")

@@ -123,6 +123,9 @@ class World:
             "cidr": f"10.{third % 250}.{self.n % 250}.0/24",
             "ip_version": 4,
             "gateway_ip": f"10.{third % 250}.{self.n % 250}.1",
+            "enable_dhcp": True,
+            "dns_nameservers": [],
+            "host_routes": [],
         }
         return self.emit("subnet", sid, "create", body)
 
