@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alcor import config
-from alcor.agent.config import AgentConfig, NodeConfig
+from alcor.agent.config import AgentConfig, DhcpConfig, NodeConfig
 from alcor.api.config import ApiConfig
 from alcor.api.keystone import KeystoneAuthtokenConfig
 from alcor.db.store import StoreConfig
@@ -55,6 +55,7 @@ SECTIONS: tuple[type, ...] = (
     SouthboundConfig,
     NodeConfig,
     AgentConfig,
+    DhcpConfig,
     *plugin_sections(),
 )
 

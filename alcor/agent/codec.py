@@ -134,6 +134,8 @@ _OFPP10_IN_PORT = 0xFFF8  # resubmit keeps the OpenFlow 1.0 port numbers: "the s
 
 def to_instructions(flow: Flow) -> list[Any]:
     inst: list[Any] = []
+    if flow.meter is not None:  # first, as OVS reports it back
+        inst.append(parser.OFPInstructionMeter(flow.meter, ofp.OFPIT_METER))
     if flow.actions:
         actions = [to_action(a) for a in flow.actions]
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
@@ -244,8 +246,13 @@ def from_stats(stat: parser.OFPFlowStats) -> Flow:
     actions: tuple[Action, ...] = ()
     write_metadata: tuple[int, int] | None = None
     goto: int | None = None
+    meter: int | None = None
     for inst in stat.instructions:
-        if isinstance(inst, parser.OFPInstructionActions) and inst.type == ofp.OFPIT_APPLY_ACTIONS:
+        if isinstance(inst, parser.OFPInstructionMeter):
+            meter = inst.meter_id
+        elif (
+            isinstance(inst, parser.OFPInstructionActions) and inst.type == ofp.OFPIT_APPLY_ACTIONS
+        ):
             actions += tuple(from_action(a) for a in inst.actions)
         elif isinstance(inst, parser.OFPInstructionWriteMetadata):
             write_metadata = (inst.metadata, inst.metadata_mask)
@@ -263,6 +270,7 @@ def from_stats(stat: parser.OFPFlowStats) -> Flow:
         cookie=stat.cookie,
         idle_timeout=stat.idle_timeout,
         hard_timeout=stat.hard_timeout,
+        meter=meter,
     )
 
 

@@ -94,6 +94,8 @@ class FlowCompiler:
         self.port_problems: dict[str, str] = {}
         self.local_ports: dict[str, str] = {}
         self.owners: dict[int, Ref] = {}
+        # meter id -> flows that name it: the meters the switch must hold before those flows
+        self.meters: dict[int, int] = {}
         self._ctx: Context | None = None
         self._ctx_inputs: tuple[Any, ...] = ()
         self._ports: Mapping[str, Body] = {}
@@ -382,6 +384,8 @@ class FlowCompiler:
             if f in kept:
                 continue
             k = f.key
+            if f.meter is not None:
+                _count(self.meters, f.meter, -1)
             if k not in touched:
                 touched[k] = self.desired.get(k)
             refs = self._refs[k]
@@ -395,6 +399,8 @@ class FlowCompiler:
             if f in kept:
                 continue
             k = f.key
+            if f.meter is not None:
+                _count(self.meters, f.meter, +1)
             if k not in touched:
                 touched[k] = self.desired.get(k)
             refs = self._refs.setdefault(k, {})

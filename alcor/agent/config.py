@@ -1,9 +1,14 @@
-"""[node] and [agent]: this host as a node, and its agent (the stream and the datapath)."""
+"""[node], [agent] and [dhcp]: this host as a node, its agent (the stream and the datapath), and
+the agent's DHCP server."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import re
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
+
+from alcor.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,3 +52,38 @@ class AgentConfig:
     resync_interval: float = 5.0  # seconds between hello/resync while a snapshot is owed
     # a report that carries no port state waits up to this long to be coalesced
     status_quiet: float = 1.0
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    """[dhcp]: what the agent's DHCP server tells the VMs of its host (alcor/agent/leases.py),
+    and how much one port may send it (the band of the port's meter)."""
+
+    SECTION: ClassVar[str] = "dhcp"
+    lease_time: int = 86400  # seconds (Neutron's dhcp_lease_duration); renew at 1/2, rebind at 7/8
+    domain: str = "openstacklocal"  # option 15 (Neutron's dns_domain); "" sends none
+    dns_servers: list[str] = field(default_factory=list)  # option 6 without dns_nameservers
+    rate: int = 5  # requests per second one port may send the agent
+    burst: int = 10  # ... and in one burst
+
+    def check(self) -> None:
+        if not 10 <= self.lease_time <= 2**32 - 2:
+            raise ConfigError(
+                f"dhcp.lease_time must be 10..4294967294 seconds, got {self.lease_time}"
+            )
+        for key in ("rate", "burst"):
+            if not 1 <= getattr(self, key) <= 1_000_000:
+                raise ConfigError(f"dhcp.{key} must be 1..1000000, got {getattr(self, key)}")
+        domain = self.domain.rstrip(".")
+        if domain and (len(domain) > 253 or not all(map(_DNS_LABEL.match, domain.split(".")))):
+            raise ConfigError(f'dhcp.domain must be a DNS domain name or "", got {self.domain!r}')
+        for addr in self.dns_servers:
+            try:
+                ok = ipaddress.ip_address(addr).version == 4
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"dhcp.dns_servers: {addr!r} is not an IPv4 address")

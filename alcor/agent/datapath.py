@@ -28,10 +28,11 @@ import structlog
 
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
 from alcor.agent.compiler import FlowCompiler
-from alcor.agent.config import AgentConfig, NodeConfig
+from alcor.agent.config import AgentConfig, DhcpConfig, NodeConfig
 from alcor.agent.ctzones import ZoneStore
+from alcor.agent.dhcp_server import DhcpServer
 from alcor.agent.fastcodec import SigCache
-from alcor.agent.ir import Key, cookie_for, tap_name
+from alcor.agent.ir import T_CLASSIFY, Key, cookie_for, cookie_type, tap_name
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
 from alcor.agent.openflow import connect as openflow_connect
@@ -72,6 +73,7 @@ class DatapathConfig:
     # a big batch of flow-mods is spread over this many connections (the extra ones to the
     # bridge's management socket, `<bridge>.mgmt` in OVS's run directory)
     flow_mod_connections: int = AgentConfig.flow_mod_connections
+    dhcp: DhcpConfig = DhcpConfig()  # [dhcp]
 
     def management_socket(self) -> str:
         """Where ovs-vswitchd serves the bridge's OpenFlow management connections: its run
@@ -107,6 +109,7 @@ class Datapath:
             "flow_mods": 0,
             "packet_in": 0,
             "arp_packet_in": 0,
+            "dhcp_packet_in": 0,
         }
         self._server = OpenFlowServer(config.listen, self, netns=config.netns)
         self._reconciler: Reconciler | None = None
@@ -121,6 +124,7 @@ class Datapath:
         self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
         # router advertisements for IPv6 slaac subnets, to local ports (alcor/agent/ra.py)
         self.ra = RouterAdvertiser(counters=self.counters)
+        self.dhcp = DhcpServer(config.dhcp)  # answers punted DHCP requests; per-port meters
         self._resync: asyncio.Task[None] | None = None
         self.zones = ZoneStore(BridgeConfig(bridge=config.bridge, db=config.ovs_db))
 
@@ -169,6 +173,7 @@ class Datapath:
                     await task
         await self.zeta.stop()
         await self.ra.stop()
+        await self.dhcp.stop()
         await self._server.stop()
         self.switch = None
         self._reconciler = None
@@ -232,12 +237,14 @@ class Datapath:
                 keys |= self._rejected
                 cookies |= {desired[k].cookie for k in self._rejected if k in desired}
             await self.zeta.before_flows(switch, goal, self.config.tunnel_port)  # groups first
+            await self.dhcp.before_flows(switch, self._compiler.meters)  # meters too
             if reconciler.installed is None or len(cookies) > PARTIAL_COOKIES:
                 report = await reconciler.full(desired)
             else:
                 report = await reconciler.partial(desired, keys, cookies)
             await self.zeta.after_flows(switch)  # stale groups once no flow names them
             await self._flush_zones(switch, gone)
+            await self.dhcp.after_flows(switch)  # and stale meters
         except SwitchGone:
             log.info("datapath.reconcile_interrupted", why=why)
             return await self._reconcile_disconnected(why)
@@ -255,6 +262,7 @@ class Datapath:
             if status == ACTIVE and (ofport := switch.ports.get(tap_name(pid))) is not None
         }
         self.ra.update(switch, advertisements(goal, switch.ports, live), live)
+        self.dhcp.update(goal, {ofport: pid for pid, ofport in live.items()})
         for pid, (status, reason) in self.statuses.items():
             if before.get(pid) != (status, reason):
                 log.info("datapath.port_status", port=pid, status=status, reason=reason)
@@ -400,6 +408,7 @@ class Datapath:
         if self.switch is switch:
             self.switch = None
             self._reconciler = None
+            self.dhcp.disconnected()
             self.connected.clear()
             if self.goal is not None:
                 self._schedule("disconnected")
@@ -414,6 +423,11 @@ class Datapath:
         data = bytes(msg.data or b"")
         if len(data) >= 14 and data[12:14] == b"\x08\x06":
             self.counters["arp_packet_in"] += 1
+        if msg.table_id == T_CLASSIFY and cookie_type(msg.cookie) == "port":
+            # a port's only flow that sends to the agent is its DHCP flow (pipeline.dhcp_flow)
+            self.counters["dhcp_packet_in"] += 1
+            self.dhcp.packet_in(switch, int(msg.match["in_port"]), data)
+            return
         log.debug("datapath.packet_in", reason=msg.reason, table=msg.table_id, bytes=len(data))
 
 
@@ -479,6 +493,7 @@ def datapath_config(config: Config) -> DatapathConfig:
         # not "resync_interval": the stream owns that key (how often it asks for a snapshot)
         resync_interval=agent.flow_resync_interval,
         flow_mod_connections=agent.flow_mod_connections,
+        dhcp=config.get(DhcpConfig),
     )
 
 

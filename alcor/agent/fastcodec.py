@@ -33,6 +33,7 @@ _INST_HDR = struct.Struct("!HH")
 _GOTO = struct.Struct("!HHB3x")
 _WRITE_META = struct.Struct("!HH4xQQ")
 _APPLY_HDR = struct.Struct("!HH4x")
+_METER = struct.Struct("!HHI")
 
 
 class _Field:
@@ -168,6 +169,8 @@ def action_bytes(a: Action) -> bytes:
 
 def instructions_bytes(flow: Flow) -> bytes:
     out = b""
+    if flow.meter is not None:  # first, as OVS reports it back
+        out += _METER.pack(ofp.OFPIT_METER, 8, flow.meter)
     if flow.actions:
         acts = b"".join(action_bytes(a) for a in flow.actions)
         out += _APPLY_HDR.pack(ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
@@ -269,6 +272,7 @@ def _decode_flow_stats(body: bytes) -> list[Flow]:
         actions: tuple[Action, ...] = ()
         write_metadata: tuple[int, int] | None = None
         goto: int | None = None
+        meter: int | None = None
         while ipos < entry_end:
             itype, ilen = _INST_HDR.unpack_from(body, ipos)
             if ilen < 4:
@@ -285,6 +289,8 @@ def _decode_flow_stats(body: bytes) -> list[Flow]:
                 actions += tuple(acts)
             elif itype == ofp.OFPIT_GOTO_TABLE:
                 goto = body[ipos + 4]
+            elif itype == ofp.OFPIT_METER:
+                meter = _METER.unpack_from(body, ipos)[2]
             elif itype == ofp.OFPIT_WRITE_METADATA:
                 _, _, meta, mask = _WRITE_META.unpack_from(body, ipos)
                 write_metadata = (meta, mask)
@@ -302,6 +308,7 @@ def _decode_flow_stats(body: bytes) -> list[Flow]:
                 cookie=cookie,
                 idle_timeout=idle,
                 hard_timeout=hard,
+                meter=meter,
             )
         )
         pos = entry_end

@@ -53,10 +53,12 @@ P_ND_NO_ANSWER = 250  # solicitations never answered by the datapath (DAD, no li
 P_PROXY_ARP = 150  # L3 neighbour, asked from another subnet: answered with the gateway MAC
 P_ROUTE_BASE = 20  # + prefix length, so longer prefixes win; stays below P_HOST
 P_GATEWAY_DROP = 1
+P_DHCP = 300  # table 0: a local port's DHCP requests go to the agent, before classification
 
 # OpenFlow's reserved "send back where it came from" port; output to the ingress port by number
 # is silently dropped by OVS, which also gives split horizon on the VXLAN port for free.
 OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_CONTROLLER = 0xFFFFFFFD  # a packet-in to the agent
 
 ETH_IP = 0x0800
 ETH_ARP = 0x0806
@@ -114,6 +116,16 @@ def cookie_for(rtype: str, rid: str) -> int:
 
 
 PIPELINE_COOKIE = cookie_for("pipeline", "base")
+
+
+def cookie_type(cookie: int) -> str | None:
+    """The resource type a cookie of ours names (None: not one of ours)."""
+    if cookie & COOKIE_TAG_MASK != COOKIE_TAG:
+        return None
+    return _TYPE_BY_CODE.get((cookie >> 44) & 0xF)
+
+
+_TYPE_BY_CODE = {code: name for name, code in COOKIE_TYPES.items()}
 
 
 def tap_name(port_id: str) -> str:
@@ -214,6 +226,7 @@ class Flow:
     cookie: int = PIPELINE_COOKIE
     idle_timeout: int = 0
     hard_timeout: int = 0
+    meter: int | None = None  # OpenFlow 1.3 meter instruction: applied before the actions
 
     @property
     def key(self) -> tuple[int, int, Match]:

@@ -11,7 +11,7 @@ exactly the ports that get an answer have their requests punted to the agent.
     ...                           "enable_dhcp": True, "dns_nameservers": ["10.0.0.2"]}},
     ...         "port": {"p1": {"node_id": "n1", "network_id": "v1", "mac_address": "fa:16:3e:00:00:05",
     ...                         "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.5"}]}}}
-    >>> lease = lease_for(goal, "p1", Settings())
+    >>> lease = lease_for(goal, "p1", DhcpConfig())
     >>> lease.ip, lease.netmask, lease.router, lease.dns, lease.mtu
     ('10.0.0.5', '255.255.255.0', '10.0.0.1', ('10.0.0.2',), 1450)
 """
@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from alcor.agent.config import DhcpConfig
 from alcor.wire import ROUTER_INTERFACE
 
 MIN_MTU = 68  # RFC 2132 §5.1: the smallest MTU option value a client accepts
@@ -31,19 +32,6 @@ MIN_MTU = 68  # RFC 2132 §5.1: the smallest MTU option value a client accepts
 # A subnet without a gateway has no address of ours in it; the server identifier is then a
 # link-local address that can collide with no tenant's (a client renews by broadcast then).
 SERVER_IP_WITHOUT_GATEWAY = "169.254.0.254"
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The operator's DHCP settings (config section [dhcp])."""
-
-    lease_time: int = 86400  # seconds; Neutron's dhcp_lease_duration default
-    domain: str = "openstacklocal"  # option 15; Neutron's dns_domain default; "" sends none
-    dns_servers: tuple[str, ...] = ()  # option 6 for subnets without dns_nameservers
-    # What the datapath lets through to the agent from one port (an OpenFlow meter per port):
-    # a client needs two packets per lease, a flood from one VM is cut to this.
-    rate: int = 5  # packets per second
-    burst: int = 10  # packets
 
 
 # Each local port's requests pass its own meter; its id is the port's ofport in this range, so
@@ -124,7 +112,7 @@ def served_address(
     return None
 
 
-def lease_for(goal: Mapping[str, Any], port_id: str, settings: Settings) -> Lease | None:
+def lease_for(goal: Mapping[str, Any], port_id: str, settings: DhcpConfig) -> Lease | None:
     """The lease of local port `port_id`, or None when the agent does not answer for it (not
     local, a router interface, administratively down, or no IPv4 address on a DHCP subnet)."""
     port = (goal.get("port") or {}).get(port_id)

@@ -116,6 +116,13 @@ class Switch:
         self._write(self._encode(msg))
         await self._writer.drain()
 
+    def write(self, msg: Any) -> None:
+        """Queue a message without waiting (several packet-outs, then one `drain`)."""
+        self._write(self._encode(msg))
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
     async def request(self, msg: Any, timeout: float = 10.0) -> list[Any]:
         """Send a request and wait for its reply; a multipart reply comes back as all its pages."""
         data = self._encode(msg)
@@ -176,9 +183,13 @@ class Switch:
 
     async def group_mod(self, msg: parser.OFPGroupMod) -> list[FlowModError]:
         """A group-mod closed by a barrier; errors come back like flow-mod errors."""
+        return await self.mod(msg, "group")
+
+    async def mod(self, msg: Any, command: str) -> list[FlowModError]:
+        """A group-mod, meter-mod, … closed by a barrier; errors come back like flow-mods'."""
         batch = _Batch()
         data = self._encode(msg)
-        batch.xids[msg.xid] = ("group", None, msg)
+        batch.xids[msg.xid] = (command, None, msg)
         self._inflight[msg.xid] = batch
         try:
             self._write(data)

@@ -10,7 +10,10 @@ set current incrementally. No I/O, no clock, no os-ken. The flows are `alcor.age
 
 Pipeline (OpenFlow 1.3 tables):
 
-    0  CLASSIFY   in_port=<tap>            -> metadata=VNI, REG_ZONE=its zone, goto PORT_SECURITY
+    0  CLASSIFY   in_port=<tap>,udp,68->67 -> meter <the port's>, CONTROLLER: a local port's DHCP
+                                                 requests reach the agent only (alcor/agent/
+                                                 leases.py: the ports on DHCP subnets)
+                  in_port=<tap>            -> metadata=VNI, REG_ZONE=its zone, goto PORT_SECURITY
                                               (port security off: goto RESPOND)
                   in_port=<vxlan>,tun_id=VNI -> metadata=VNI, goto L2 (tunnelled traffic was
                                                  already answered and routed on the sending host)
@@ -52,15 +55,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent import ipv6, portsec, secgroups, zeta
+from alcor.agent import ipv6, leases, portsec, secgroups, zeta
 from alcor.agent.ir import (
     ETH_ARP,
     ETH_IP,
     ETH_IPV6,
     IPPROTO_ICMP,
+    IPPROTO_UDP,
     METADATA_MASK,
+    OFPP_CONTROLLER,
     OFPP_IN_PORT,
     P_DEFAULT,
+    P_DHCP,
     P_FLOOD,
     P_GATEWAY_DROP,
     P_HOST,
@@ -233,6 +239,8 @@ class Context:
     routers: dict[str, tuple[Body, list[Subnet]]]  # router id -> (body, its routable subnets)
     # vpc id -> select group of its Zeta gateway: flooding goes there, not to member hosts
     redirect: dict[str, int] = field(default_factory=dict)
+    # subnet id -> network, for the subnets the agent serves DHCP on
+    dhcp_nets: dict[str, ipaddress.IPv4Network] = field(default_factory=dict)
 
 
 def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
@@ -292,6 +300,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         routed_to=routed_to,
         routers=routers,
         redirect=_zeta_redirects(goal),
+        dhcp_nets=leases.dhcp_nets(goal),
     )
 
 
@@ -382,6 +391,8 @@ def port_flows(
         pairs.append((mac, "", ""))
     c = cookie_for("port", pid)
     flows: list[Flow] = []
+    if ofport is not None and leases.served_address(ctx.dhcp_nets, p) is not None:
+        flows.append(dhcp_flow(ofport, c))
     endpoints = tuple(Endpoint(pid, vni, m, ip, sid, ofport, remote_ip) for m, ip, sid in pairs)
     own_ips: set[str] = set()
     if ofport is not None:
@@ -485,6 +496,19 @@ def _ipv6_endpoint_flows(ctx: Context, ep: Endpoint, c: int, own_ips: set[str]) 
                 )
             )
     return flows
+
+
+def dhcp_flow(ofport: int, cookie: int) -> Flow:
+    """A local port's DHCP requests (any destination: renewals are unicast to the server) go to
+    the agent through the port's own meter, so one VM cannot flood it; never to another port."""
+    return Flow(
+        T_CLASSIFY,
+        P_DHCP,
+        match(in_port=ofport, eth_type=ETH_IP, ip_proto=IPPROTO_UDP, udp_src=68, udp_dst=67),
+        (Output(OFPP_CONTROLLER),),
+        cookie=cookie,
+        meter=leases.meter_id(ofport),
+    )
 
 
 FLOOD_CHUNK = 3000  # actions per flood flow: each is 16 bytes or less on the wire

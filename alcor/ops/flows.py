@@ -35,7 +35,8 @@ _TYPE_BY_CODE = {code: name for name, code in COOKIE_TYPES.items()}
 def action_text(a: Any) -> str:
     """An action in ovs-ofctl's spelling, as an operator reads `ovs-ofctl dump-flows`."""
     if isinstance(a, Output):
-        return "IN_PORT" if a.port == 0xFFFFFFF8 else f"output:{a.port}"
+        special = {0xFFFFFFF8: "IN_PORT", 0xFFFFFFFD: "CONTROLLER"}
+        return special.get(a.port, f"output:{a.port}")
     if isinstance(a, SetField):
         hexed = ("tun_id", "metadata", "reg6", "reg7")
         value = hex(a.value) if isinstance(a.value, int) and a.field in hexed else a.value
@@ -71,7 +72,8 @@ def _value(v: Any) -> str:
 
 
 def flow_text(f: Flow) -> dict[str, Any]:
-    actions = [action_text(a) for a in f.actions]
+    actions = [f"meter:{f.meter}"] if f.meter is not None else []
+    actions += [action_text(a) for a in f.actions]
     if f.write_metadata is not None:
         actions.append(f"write_metadata:{f.write_metadata[0]:#x}/{f.write_metadata[1]:#x}")
     if f.goto_table is not None:

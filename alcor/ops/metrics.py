@@ -49,6 +49,7 @@ DATAPATH_COUNTERS = {
     "arp_packet_in": ("alcor_agent_arp_packet_in_total", "ARP packet-ins (the datapath should answer ARP)"),
     "router_advertisements": ("alcor_agent_router_advertisements_total",
                               "IPv6 router advertisements sent to local ports"),
+    "dhcp_packet_in": ("alcor_agent_dhcp_packet_in_total", "DHCP requests punted by local ports' DHCP flows"),
 }
 
 
@@ -198,6 +199,14 @@ class StateCollector:
             family = CounterMetricFamily("alcor_agent_oam_messages", "Zeta OAM messages by outcome",
                                          labels=["outcome"])
             for outcome, value in oam.items():
+                family.add_metric([outcome], value)
+            yield family
+        dhcp = getattr(getattr(dp, "dhcp", None), "counters", None)
+        if dhcp:
+            family = CounterMetricFamily("alcor_agent_dhcp_messages",
+                                         "DHCP requests from local ports, by outcome",
+                                         labels=["outcome"])
+            for outcome, value in dhcp.items():
                 family.add_metric([outcome], value)
             yield family
 

@@ -70,12 +70,12 @@ class GoalBuilder:
         }
         return self
 
-    def vpc(self, vpc_id: str, vni: int) -> GoalBuilder:
+    def vpc(self, vpc_id: str, vni: int, mtu: int = 1450) -> GoalBuilder:
         self.res["vpc"][vpc_id] = {
             "id": vpc_id,
             "project_id": "p",
             "segmentation_id": vni,
-            "mtu": 1450,
+            "mtu": mtu,
             "gateway_ids": [],
         }
         return self
@@ -88,7 +88,12 @@ class GoalBuilder:
         gateway_ip: str | None = None,
         gateway_mac: str | None = None,
         ipv6_ra_mode: str | None = None,
+        *,
+        enable_dhcp: bool = False,
+        dns_nameservers: tuple[str, ...] = (),
+        host_routes: tuple[tuple[str, str], ...] = (),
     ) -> GoalBuilder:
+        """A subnet; DHCP is off unless asked for (most tests are about forwarding)."""
         self.res["subnet"][subnet_id] = {
             "id": subnet_id,
             "network_id": vpc_id,
@@ -97,6 +102,9 @@ class GoalBuilder:
             "gateway_ip": gateway_ip,
             "gateway_mac": gateway_mac,
             "ipv6_ra_mode": ipv6_ra_mode,
+            "enable_dhcp": enable_dhcp,
+            "dns_nameservers": list(dns_nameservers),
+            "host_routes": [{"destination": d, "nexthop": h} for d, h in host_routes],
         }
         return self
 

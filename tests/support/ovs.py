@@ -105,7 +105,10 @@ class Netns:
 class OvsSandbox:
     """One "host": a private ovsdb-server and a userspace ovs-vswitchd in a network namespace."""
 
-    def __init__(self, root: Path, netns: Netns | None = None) -> None:
+    def __init__(
+        self, root: Path, netns: Netns | None = None, vswitchd_args: tuple[str, ...] = ()
+    ) -> None:
+        self.vswitchd_args = vswitchd_args  # e.g. ("--enable-dummy",): OVS's dummy netdevs
         self.dir = Path(root)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._own_netns = netns is None
@@ -120,8 +123,10 @@ class OvsSandbox:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, root: Path, netns: Netns | None = None) -> Iterator[OvsSandbox]:
-        ovs = cls(root, netns)
+    def started(
+        cls, root: Path, netns: Netns | None = None, vswitchd_args: tuple[str, ...] = ()
+    ) -> Iterator[OvsSandbox]:
+        ovs = cls(root, netns, vswitchd_args)
         try:
             ovs.start()
             yield ovs
@@ -153,6 +158,7 @@ class OvsSandbox:
         d = self.dir
         self.netns.exec(
             "ovs-vswitchd",
+            *self.vswitchd_args,
             self.db,
             f"--unixctl={d}/ovs-vswitchd.ctl",
             f"--pidfile={d}/ovs-vswitchd.pid",

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alcor.agent.config import DhcpConfig
 from alcor.agent.datapath import Datapath, DatapathConfig
 from alcor.agent.ir import tap_name
 from tests.support.ovs import Netns, OvsSandbox, unique
@@ -204,6 +205,7 @@ class Host:
     of_port: int
     vms: dict[str, Vm] = field(default_factory=dict)
     agent: Datapath | None = None
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)  # the agent's [dhcp] settings
 
     @classmethod
     def start(cls, root: Path, name: str, underlay_ip: str, of_port: int) -> Host:
@@ -225,6 +227,7 @@ class Host:
             listen=f"tcp:127.0.0.1:{self.of_port}",
             netns=self.netns.name,
             ovs_db=self.ovs.db,
+            dhcp=self.dhcp,
         )
 
     async def start_agent(self, *, wait: bool = True) -> Datapath:
@@ -240,9 +243,15 @@ class Host:
             self.agent = None
 
     def add_vm(
-        self, port_id: str, cidr_ip: str, mac: str, gateway: str | None = None, mtu: int = 1400
+        self,
+        port_id: str,
+        cidr_ip: str | None,
+        mac: str,
+        gateway: str | None = None,
+        mtu: int = 1400,
     ) -> Vm:
-        """A VM: a namespace whose eth0 is a veth; the other end, tap<id[:11]>, is on br-int."""
+        """A VM: a namespace whose eth0 is a veth; the other end, tap<id[:11]>, is on br-int.
+        Without `cidr_ip` eth0 is up with no address, for a DHCP client to configure."""
         vm_ns = Netns(unique("vm"))  # named alct<pid>-vm…
         tap, tmp = tap_name(port_id), unique("v")
         try:
@@ -251,7 +260,8 @@ class Host:
             self.netns.exec("ip", "link", "set", tap, "up")
             vm_ns.exec("ip", "link", "set", tmp, "name", "eth0")
             vm_ns.exec("ip", "link", "set", "eth0", "address", mac, "mtu", str(mtu), "up")
-            vm_ns.exec("ip", "addr", "add", cidr_ip, "dev", "eth0")
+            if cidr_ip:
+                vm_ns.exec("ip", "addr", "add", cidr_ip, "dev", "eth0")
             if shutil.which("ethtool"):  # the userspace datapath does not complete checksums
                 vm_ns.exec("ethtool", "-K", "eth0", "tx", "off")
             if gateway:
@@ -260,7 +270,7 @@ class Host:
         except Exception:
             vm_ns.delete()
             raise
-        vm = Vm(port_id, vm_ns, cidr_ip.split("/")[0], mac)
+        vm = Vm(port_id, vm_ns, cidr_ip.split("/")[0] if cidr_ip else "", mac)
         self.vms[port_id] = vm
         return vm
 

@@ -14,13 +14,17 @@ from tests.support.goals import OFPORTS, dual_stack, two_vpcs
 
 
 def flows() -> list[Flow]:
-    """Every kind of flow the compiler makes: IPv4, and IPv6 with a masked route."""
+    """Every kind of flow the compiler makes: IPv4, IPv6 with a masked route, DHCP."""
     v6 = dual_stack().router(
         "r1",
         ["s1", "s2", "s1v6", "s2v6"],
         [{"destination": "2001:db8:99::/48", "nexthop": "2001:db8:2::6"}],
     )
+    dhcp = two_vpcs()
+    dhcp.res["subnet"]["s1"]["enable_dhcp"] = True  # meter instructions, output to CONTROLLER
     fs = compile_flows(two_vpcs().goal(), OFPORTS).flows | compile_flows(v6.goal(), OFPORTS).flows
+    fs |= compile_flows(dhcp.goal(), OFPORTS).flows
+    assert any(f.meter is not None for f in fs)
     return sorted(fs, key=repr)
 
 

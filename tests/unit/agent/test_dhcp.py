@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from os_ken.lib.packet import ipv4, packet, packet_utils, udp
 
 from alcor.agent import dhcp, leases
+from alcor.agent.config import DhcpConfig
 from alcor.agent.dhcp import (
     ACK,
     DECLINE,
@@ -25,14 +26,14 @@ from alcor.agent.dhcp import (
     parse_reply,
     respond,
 )
-from alcor.agent.leases import Settings, lease_for
+from alcor.agent.leases import lease_for
 from tests.support.goals import GoalBuilder
 
 A, B = "node-a", "node-b"
 P1, P2, REMOTE = "p1000000-0000", "p2000000-0000", "p3000000-0000"
 MAC1, MAC2 = "fa:16:3e:00:01:05", "fa:16:3e:00:02:05"
 GW_MAC = "fa:16:3e:00:00:01"
-SETTINGS = Settings(lease_time=3600, domain="example.org", dns_servers=("192.0.2.53",))
+SETTINGS = DhcpConfig(lease_time=3600, domain="example.org", dns_servers=["192.0.2.53"])
 
 
 def goal(**subnet: Any) -> dict[str, Any]:

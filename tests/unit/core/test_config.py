@@ -125,6 +125,12 @@ def test_rabbitmq_persistent_false_from_the_environment_publishes_transient_mess
         ("", {"ALCOR_METRICS__PORT": "1"}, "unknown section [metrics]"),
         ("", {"ALCOR_STORE__URL": "mysql://x"}, "store.url must be a postgresql:// URL"),
         ("", {"ALCOR_API__TOKENS": "x"}, "a table cannot be set from the environment"),
+        ("[dhcp]\nrate = 0\n", {}, "dhcp.rate must be 1..1000000"),
+        ("[dhcp]\nlease_time = 5\n", {}, "dhcp.lease_time must be 10..4294967294"),
+        ('[dhcp]\ndomain = "bad domain"\n', {}, "dhcp.domain must be a DNS domain name"),
+        ('[dhcp]\ndns_servers = ["2001:db8::53"]\n', {}, "'2001:db8::53' is not an IPv4"),
+        ("", {"ALCOR_DHCP__DNS_SERVERS": "192.0.2.53,nine"}, "'nine' is not an IPv4 address"),
+        ("", {"ALCOR_DHCP__LEASE": "60"}, "unknown key dhcp.lease (did you mean lease_time?)"),
     ],
 )
 def test_every_error_is_one_line(tmp_path, text: str, env: dict[str, str], message: str) -> None:
@@ -144,6 +150,19 @@ def test_tokens_are_typed(tmp_path) -> None:
 def test_case_of_a_choice_does_not_matter() -> None:
     cfg = sections.load(env={"ALCOR_STORE__SYNCHRONOUS": "normal"})
     assert cfg.get(StoreConfig).synchronous == "NORMAL"
+
+
+def test_the_dhcp_section_reaches_the_datapath(tmp_path) -> None:
+    from alcor.agent.datapath import datapath_config
+
+    f = tmp_path / "c.toml"
+    f.write_text('[dhcp]\nlease_time = 600\ndomain = "cloud.example"\n')
+    env = {"ALCOR_DHCP__DNS_SERVERS": "192.0.2.53, 192.0.2.54", "ALCOR_DHCP__RATE": "20"}
+    d = datapath_config(sections.load(f, env=env)).dhcp
+    assert (d.lease_time, d.domain, d.dns_servers) == (
+        600, "cloud.example", ["192.0.2.53", "192.0.2.54"],
+    )  # fmt: skip
+    assert (d.rate, d.burst) == (20, 10)
 
 
 def test_missing_file(tmp_path) -> None:
