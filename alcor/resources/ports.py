@@ -210,6 +210,7 @@ class Ports(Manager):
     # Create ------------------------------------------------------------------------------------
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
+        _no_extra_dhcp_opts(given)
         network = self.kernel.get("networks").lookup(ctx, given["network_id"])
         nid = network["id"]
         body = self.new_body(ctx, given)
@@ -396,6 +397,7 @@ class Ports(Manager):
 
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
                      tx: Tx) -> dict[str, Any]:
+        _no_extra_dhcp_opts(changes)
         nid = current["network_id"]
         if "mac_address" in changes and changes["mac_address"] != current["mac_address"]:
             if current["binding:vif_type"] not in ("unbound", "binding_failed"):
@@ -512,3 +514,12 @@ def eui64(net: ipaddress.IPv6Network | ipaddress.IPv4Network, mac: str) -> ipadd
     b = bytearray(int(x, 16) for x in mac.split(":"))
     iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
     return ipaddress.IPv6Address(int(net.network_address) | int.from_bytes(iid, "big"))
+
+
+def _no_extra_dhcp_opts(given: dict[str, Any]) -> None:
+    """The agents' DHCP server sends no per-port options (README "DHCP"), so the `extra_dhcp_opt`
+    extension is not listed; rather than store options that no VM would get, refuse them as
+    Neutron without that extension refuses the attribute."""
+    if given.get("extra_dhcp_opts"):
+        raise BadRequest("Unrecognized attribute(s) 'extra_dhcp_opts': per-port DHCP options are "
+                         "not supported (the extra_dhcp_opt extension is not enabled)")

@@ -311,3 +311,17 @@ async def test_vif_details_are_what_os_vif_plugs_from(ctl, net):
     q = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "cmp2"})
     assert (q["binding:vif_details"]["bridge_name"], q["binding:vif_details"]["datapath_type"]) == \
         ("br-int", "system")
+
+
+async def test_extra_dhcp_opts_are_refused_not_stored(ctl, net):
+    """No per-port DHCP option would reach a VM (the agents send none), so none is accepted."""
+    network, _ = net
+    before = last_rev(ctl)
+    opts = [{"opt_name": "bootfile-name", "opt_value": "pxelinux.0"}]
+    r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "extra_dhcp_opts": opts}})
+    assert (r.status, r.error["type"]) == (400, "HTTPBadRequest") and "extra_dhcp_opts" in r.error["message"]
+    assert last_rev(ctl) == before
+    p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], extra_dhcp_opts=[])
+    assert p["extra_dhcp_opts"] == []
+    r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"extra_dhcp_opts": opts}})
+    assert r.status == 400
