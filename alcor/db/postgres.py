@@ -16,10 +16,16 @@ task does the same as soon as a NOTIFY says a rev moved (LISTEN/NOTIFY is only t
 table is the truth, and it is polled every second should a notification be lost). The schema's
 constraints (one IP per subnet, one MAC per network, one VNI) are the backstop.
 
-Durability. Commits are synchronous (`synchronous_commit = on`): what a client is told, or a
-reader sees, is in PostgreSQL's WAL on disk. (A group commit of our own, as the SQLite store has,
-was measured here and does not pay: an fsync of PostgreSQL's WAL costs ~0.1 ms on this machine,
-against ~0.6 ms for a whole port-create transaction.)
+Durability: group commit, as in the SQLite store. A synchronous COMMIT would hold the counter
+row, and so every controller's writers, through its WAL flush (0.1 ms on an idle disk here,
+2-3 ms on a busy one). The writer commits with `synchronous_commit = off`, which frees the row at
+once, and one task per controller runs a small synchronous commit of its own (FLUSH) for every
+commit made since its last one: the WAL is written in order, so that flush makes them all
+durable. A transaction is answered, and its change-log rows reach readers, only after such a
+flush; the flush's NOTIFY tells the other controllers the rev that is now durable, and they hand
+rows to their readers only up to it. In-memory indexes follow commits at once (a transaction
+must check against them), and are rebuilt from the tables whenever the server may have lost
+unflushed commits (a lost connection).
 
 Failures. A lost connection (PostgreSQL restarted or failed over) fails the request with
 StoreError (the API answers 503); the next transaction connects again, and since a commit cut off
@@ -31,10 +37,12 @@ writes: its writer session ends after IDLE_IN_TRANSACTION_MS idle in a transacti
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import asyncpg
@@ -56,14 +64,23 @@ CATCH_UP_ROWS = 5000
 # after this long (ms). Our transactions are never idle for more than a few milliseconds.
 IDLE_IN_TRANSACTION_MS = 3000
 CHANGE_COLUMNS = "rev, ts, type, id, op, project_id, vpc_id, revision_number, body"
-# One round trip at the end of a write: the change rows, the counter, the wake-up for the others.
+# One round trip at the end of a write: the inserts still pending, the change rows, the counter.
 FINISH = (
-    "WITH ins AS (INSERT INTO changes(" + CHANGE_COLUMNS + ") "
+    "ins AS (INSERT INTO changes(" + CHANGE_COLUMNS + ") "
     "SELECT * FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::text[], $5::text[], "
     "$6::text[], $7::text[], $8::bigint[], $9::text[])), "
     "up AS (UPDATE rev_counter SET rev = $10 WHERE id = 1) "
-    "SELECT pg_notify('" + CHANNEL + "', $10::text)"
+    "SELECT 1"
 )
+# The group commit's flush: a commit of its own, synchronous, which makes every commit before it
+# durable too (the WAL is written in order); then the rev it read is announced to every
+# controller (the NOTIFY leaves after that commit).
+FLUSH = ("SELECT rev, pg_notify('" + CHANNEL + "', rev::text), pg_current_xact_id() "
+         "FROM rev_counter WHERE id = 1")
+FINISH_PARAMS = 10
+# Pending inserts are sent on their own once they hold this many parameters (the protocol
+# allows 32,767 per statement).
+MAX_PENDING_PARAMS = 20_000
 # Errors that mean the connection is gone (server restarted, failed over, network cut).
 _LOST = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
          asyncpg.exceptions.PostgresConnectionError,
@@ -85,22 +102,63 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+@dataclass
 class PgTx(Tx):
-    """A write transaction on the controller's writer connection (`?` placeholders, as in SQLite)."""
+    """A write transaction on the controller's writer connection (`?` placeholders, as in SQLite).
+
+    Inserts (`insert`) wait and go with the next statement, as data-modifying CTEs: every
+    round trip to the server costs more than the statement (on loopback, most of it is the
+    sender's own share of TCP), and the counter row is held meanwhile."""
+
+    _pending: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
+    _pending_params: int = 0
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._flush()
         return _rowcount(await self.conn.execute(_sql(sql), *params))
 
     async def executemany(self, sql: str, rows: Any) -> None:
+        await self._flush()
         rows = [tuple(r) for r in rows]
         if rows:
             await self.conn.executemany(_sql(sql), rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        await self._flush()
         return await self.conn.fetchrow(_sql(sql), *params)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        await self._flush()
         return list(await self.conn.fetch(_sql(sql), *params))
+
+    async def insert(self, into: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self._pending_params > MAX_PENDING_PARAMS:
+            await self._flush()
+        self._pending.append((into, [tuple(r) for r in rows]))
+        self._pending_params += sum(len(r) for r in rows)
+
+    def take_writes(self, first: int) -> tuple[list[str], list[Any]]:
+        """The pending inserts as CTEs numbering their parameters from `first` + 1."""
+        parts: list[str] = []
+        params: list[Any] = []
+        n = first
+        for i, (into, rows) in enumerate(self._pending):
+            values = []
+            for r in rows:
+                values.append("(" + ",".join(f"${n + k + 1}" for k in range(len(r))) + ")")
+                n += len(r)
+                params.extend(r)
+            parts.append(f"w{i} AS (INSERT INTO {into} VALUES {','.join(values)})")
+        self._pending = []
+        self._pending_params = 0
+        return parts, params
+
+    async def _flush(self) -> None:
+        if self._pending:
+            parts, params = self.take_writes(0)
+            await self.conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *params)
 
 
 class PgStore(Store):
@@ -121,7 +179,18 @@ class PgStore(Store):
         self._reloads: list[Callable[[], Awaitable[None]]] = []
         self._stale = False  # the writer was lost: indexes must be rebuilt before the next write
         self._wake = asyncio.Event()
+        self._notified = 0  # the highest rev a NOTIFY announced (durable)
         self._follower: asyncio.Task[None] | None = None
+        # Rev up to which the in-memory indexes follow the tables: ahead of changes.last_rev
+        # (what readers see) while commits wait for their flush.
+        self._index_rev = 0
+        # Group commit: committed transactions waiting for a flush, in commit order.
+        self._unsynced: collections.deque[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = (
+            collections.deque())
+        self._sync_due = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+        self._sync_conn: asyncpg.Connection | None = None
+        self._flush_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -129,6 +198,9 @@ class PgStore(Store):
         settings = {"application_name": f"alcor-{role}"}
         if role == "writer":
             settings["idle_in_transaction_session_timeout"] = str(IDLE_IN_TRANSACTION_MS)
+            # Group commit: COMMIT returns before its WAL is flushed (the counter row is free
+            # at once); the transaction is answered only after a flush that covers it.
+            settings["synchronous_commit"] = "off"
         return await asyncpg.connect(self.url, timeout=self.connect_timeout,
                                      server_settings=settings)
 
@@ -145,11 +217,34 @@ class PgStore(Store):
         except Exception as e:  # unreachable, refused, no such database, bad credentials
             await self.close()
             raise StoreError(f"cannot open the database at {safe_url(self.url)}: {e}") from e
+        try:
+            await self._flush_wal()  # what the table holds is durable before anyone reads it
+        except Exception as e:
+            await self.close()
+            raise StoreError(f"cannot open the database at {safe_url(self.url)}: {e}") from e
         await self.changes.load()
-        self._follower = asyncio.get_running_loop().create_task(self._follow(), name="store.follow")
+        self._index_rev = self.changes.last_rev
+        loop = asyncio.get_running_loop()
+        self._follower = loop.create_task(self._follow(), name="store.follow")
+        self._syncer = loop.create_task(self._sync_loop(), name="store.sync")
         log.info("store.opened", url=safe_url(self.url), last_rev=self.changes.last_rev)
 
     async def close(self) -> None:
+        if self._syncer is not None:
+            if self._unsynced:
+                # The last commits' flush: their clients are still waiting for it.
+                last = self._unsynced[-1][1]
+                self._sync_due.set()
+                await asyncio.wait({last}, timeout=5)
+            self._syncer.cancel()
+            await asyncio.wait({self._syncer}, timeout=5)
+            self._syncer = None
+        for fut in [f for _, f in self._unsynced if not f.done()]:
+            fut.set_exception(StoreError("the store closed before the write was durable"))
+        self._unsynced.clear()
+        if self._sync_conn is not None:
+            self._sync_conn.terminate()
+            self._sync_conn = None
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.wait({self._follower}, timeout=5)
@@ -201,11 +296,12 @@ class PgStore(Store):
     def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._reloads.append(fn)
 
-    async def _catch_up(self, conn: Any, upto: int) -> None:
-        """Read and apply the rows after last_rev up to `upto` (committed by others); call with
-        the lock held, so they interleave with this controller's own commits in rev order."""
-        while self.changes.last_rev < upto:
-            since = self.changes.last_rev
+    async def _catch_up(self, conn: Any, upto: int, durable: bool) -> None:
+        """Read the rows up to `upto` (committed by others) and apply those the indexes have not
+        seen; when they are `durable`, readers of the change log get them too. Call with the
+        lock held, so they interleave with this controller's own commits in rev order."""
+        while self._index_rev < upto or (durable and self.changes.last_rev < upto):
+            since = min(self._index_rev, self.changes.last_rev) if durable else self._index_rev
             rows = await conn.fetch(
                 f"SELECT {CHANGE_COLUMNS} FROM changes WHERE rev > $1 AND rev <= $2 "
                 f"ORDER BY rev LIMIT {CATCH_UP_ROWS}", since, upto)
@@ -216,21 +312,62 @@ class PgStore(Store):
                 return
             rows = [tuple(r) for r in rows]
             for r in rows:
-                change = Change.from_row(r)
-                for fn in self._followers:
-                    fn(change)
-            self.changes.committed(rows)
+                if r[0] > self._index_rev:
+                    change = Change.from_row(r)
+                    for fn in self._followers:
+                        fn(change)
+            self._index_rev = max(self._index_rev, rows[-1][0])
+            if durable:
+                self.changes.committed(rows)
 
     async def _reload(self, conn: Any) -> None:
         """Rebuild every in-memory index from the tables, then replay from the rev read before
         (applying a change the tables already show is harmless: each sets the state it names)."""
+        durable = await self._flush_wal()
         rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
         await self.changes.load()
-        self.changes.reset(rev)
+        self.changes.reset(durable)
+        self._index_rev = rev
         for fn in self._reloads:
             await fn()
         self._stale = False
         log.info("store.reloaded", rev=rev)
+
+    # -- group commit --------------------------------------------------------------------------
+
+    async def _flush_wal(self) -> int:
+        """Make every commit so far durable; returns the rev they reach (and announces it)."""
+        async with self._flush_lock:  # one statement at a time on the connection
+            if self._sync_conn is None or self._sync_conn.is_closed():
+                self._sync_conn = await self._connect("sync")
+            row = await self._sync_conn.fetchrow(FLUSH)
+            return int(row[0])
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync_due.wait()
+            self._sync_due.clear()
+            n = len(self._unsynced)  # everything committed before this flush starts
+            if not n:
+                continue
+            error: BaseException | None = None
+            try:
+                await self._flush_wal()
+            except Exception as e:
+                log.error("store.flush_failed", error=str(e))
+                if self._sync_conn is not None:
+                    self._sync_conn.terminate()
+                error = StoreError(f"database write not confirmed durable: {e}")
+                self._stale = True  # the server may have lost them: rebuild from the tables
+            for _ in range(n):
+                rows, durable = self._unsynced.popleft()
+                if error is None and rows:
+                    self.changes.committed(rows)
+                if not durable.done():
+                    if error is None:
+                        durable.set_result(None)
+                    else:
+                        durable.set_exception(error)
 
     async def _follow(self) -> None:
         """Wake on NOTIFY (or every second), and apply what the other controllers committed."""
@@ -238,24 +375,35 @@ class PgStore(Store):
             listener: asyncpg.Connection | None = None
             try:
                 listener = await self._connect("listener")
-                await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
+                await listener.add_listener(CHANNEL, self._heard)
                 while not listener.is_closed():
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that lands as it times out, and close() would wait forever.
                     try:
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
+                        polled = False
                     except TimeoutError:
-                        pass
+                        polled = True
                     self._wake.clear()
+                    if not polled:
+                        # The payload is the rev committed: rows up to it can be read at once.
+                        # Our own commits are heard too, and are already applied once we hold
+                        # the lock (the transaction holds it until then): nothing to ask.
+                        async with self._lock:
+                            if self._notified > self.changes.last_rev and not self._stale:
+                                await self._catch_up(listener, self._notified, durable=True)
+                        continue
                     rev, horizon = await listener.fetchrow(
                         "SELECT rev, (SELECT value FROM meta WHERE key = 'changes.horizon') "
                         "FROM rev_counter WHERE id = 1")
                     # Another controller may have compacted the log.
                     self.changes.horizon = max(self.changes.horizon, int(horizon or 0))
                     if rev > self.changes.last_rev and not self._stale:
+                        # A notification may have been lost: flush, and follow up to there.
+                        durable = await self._flush_wal()
                         async with self._lock:
-                            await self._catch_up(listener, rev)
+                            await self._catch_up(listener, durable, durable=True)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -267,12 +415,25 @@ class PgStore(Store):
 
     # -- writes --------------------------------------------------------------------------------
 
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            rev = int(payload)
+        except ValueError:
+            rev = 0
+        if rev > self._notified:
+            self._notified = rev
+        if rev > self.changes.last_rev:
+            self._wake.set()
+
     async def _writer_conn(self) -> asyncpg.Connection:
         if self._writer is None or self._writer.is_closed():
             try:
                 self._writer = await self._connect("writer")
             except Exception as e:
                 raise StoreError(f"database unavailable: {e}") from e
+            # The server may have restarted and lost commits not yet flushed: start over from
+            # the tables.
+            self._stale = True
         return self._writer
 
     @asynccontextmanager
@@ -287,8 +448,10 @@ class PgStore(Store):
                     rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1 FOR UPDATE")
                     if self._stale:
                         await self._reload(conn)
-                    if rev > self.changes.last_rev:
-                        await self._catch_up(conn, rev)
+                    if rev > self._index_rev:
+                        # Committed by others, maybe not flushed yet: the indexes need them now,
+                        # readers only once they are durable (the follower hands them over).
+                        await self._catch_up(conn, rev, durable=False)
                     tx.first_rev = rev + 1
                 except BaseException as e:
                     _raise(e, conn)
@@ -296,7 +459,11 @@ class PgStore(Store):
                 rows = [c.row() for c in tx.changes]
                 if rows:
                     cols = list(zip(*rows, strict=True))
-                    await conn.fetchval(FINISH, *cols, rows[-1][0])
+                    parts, params = tx.take_writes(FINISH_PARAMS)
+                    await conn.fetchval("WITH " + ", ".join([*parts, FINISH]),
+                                        *cols, rows[-1][0], *params)
+                else:
+                    await tx._flush()
                 await conn.execute("COMMIT")
             except BaseException as e:
                 if not conn.is_closed():
@@ -312,8 +479,16 @@ class PgStore(Store):
                 _raise(e, conn)
             for fn in tx._after_commit:
                 fn()
-            if rows:
-                self.changes.committed(rows)
+            if not rows:
+                return
+            self._index_rev = rows[-1][0]
+            durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # A waiter cancelled meanwhile (client gone) must not leave an unretrieved error.
+            durable.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._unsynced.append((rows, durable))
+            self._sync_due.set()
+        # Outside the lock: the next transactions commit while this one's flush runs.
+        await asyncio.shield(durable)
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -147,6 +147,13 @@ class Tx:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
 
+    async def insert(self, into: str, rows: Sequence[Sequence[Any]]) -> None:
+        """INSERT rows INTO `into` ("table(col, …)"). Nothing is read back, so a store may send it
+        with the transaction's next statement (PostgreSQL: one round trip less per insert)."""
+        if rows:
+            self.conn.executemany(f"INSERT INTO {into} VALUES ({','.join('?' * len(rows[0]))})",
+                                  rows)
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()
 

@@ -196,10 +196,8 @@ class Manager:
     async def insert(self, tx: Tx, body: dict[str, Any]) -> None:
         id = body[self.res.id_field]
         text = dumps(body)
-        await tx.execute(
-            "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
-            (self.type, id, body.get("project_id"), self.parent_of(body), text),
-        )
+        await tx.insert("resources(type, id, project_id, parent_id, body)",
+                        [(self.type, id, body.get("project_id"), self.parent_of(body), text)])
         tx.record(self.type, id, "create", body, project_id=body.get("project_id"),
                   vpc_id=self.vpc_of(body), revision_number=body.get("revision_number"), text=text)
 

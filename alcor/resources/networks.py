@@ -200,7 +200,7 @@ class Networks(Manager):
             "status": "ACTIVE", "subnets": [], "provider:segmentation_id": vni,
             "tags": [],
         })
-        await tx.execute("INSERT INTO vni_allocations(vni, network_id) VALUES (?, ?)", (vni, body["id"]))
+        await tx.insert("vni_allocations(vni, network_id)", [(vni, body["id"])])
         await self.insert(tx, body)
         tx.after_commit(lambda: self.index.__setitem__(body["id"], body))
         return body

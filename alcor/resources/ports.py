@@ -226,9 +226,8 @@ class Ports(Manager):
         body["tags"] = []
         await self.insert(tx, body)
         await self._write_ips(tx, body)
-        await tx.execute(
-            "INSERT INTO mac_allocations(network_id, mac_address, port_id) VALUES (?, ?, ?)",
-            (nid, body["mac_address"], body["id"]))
+        await tx.insert("mac_allocations(network_id, mac_address, port_id)",
+                        [(nid, body["mac_address"], body["id"])])
         return body
 
     def _take_mac(self, tx: Tx, network_id: str, wanted: str | None) -> str:
@@ -389,9 +388,7 @@ class Ports(Manager):
                          skip: frozenset[tuple[str, str]] = frozenset()) -> None:
         rows = [(f["subnet_id"], f["ip_address"], body["id"]) for f in body["fixed_ips"]
                 if (f["subnet_id"], f["ip_address"]) not in skip]
-        if rows:
-            await tx.executemany(
-                "INSERT INTO ip_allocations(subnet_id, ip_address, port_id) VALUES (?, ?, ?)", rows)
+        await tx.insert("ip_allocations(subnet_id, ip_address, port_id)", rows)
 
     # Update ------------------------------------------------------------------------------------
 

@@ -353,10 +353,9 @@ class SecurityGroupRules(Manager):
 
     async def put_row(self, tx: Tx, body: dict[str, Any]) -> None:
         # Written without a change-log row of its own: the group's update carries it.
-        await tx.execute(
-            "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?, ?, ?, ?, ?)",
-            (self.type, body["id"], body["project_id"], body["security_group_id"],
-             q.dumps(body)))
+        await tx.insert("resources(type, id, project_id, parent_id, body)",
+                        [(self.type, body["id"], body["project_id"], body["security_group_id"],
+                          q.dumps(body))])
 
     def target(self, body: dict[str, Any]) -> dict[str, Any]:
         # A rule is its group's project's (rules take their group's project).

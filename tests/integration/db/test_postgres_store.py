@@ -192,3 +192,30 @@ async def test_a_writer_stalled_inside_a_transaction_does_not_hold_the_others(ur
         assert [c.id for c in await a.changes.read(0)] == ["other-0", "after-0"]
     finally:
         await _close([a, b])
+
+
+async def test_concurrent_commits_share_flushes(url):
+    (s,) = await _open(url)
+    flushes = 0
+    real = s._flush_wal
+
+    async def counted() -> int:
+        nonlocal flushes
+        flushes += 1
+        await asyncio.sleep(0.01)  # a slow disk: commits meanwhile wait for the next flush
+        return await real()
+
+    s._flush_wal = counted  # type: ignore[method-assign]
+    try:
+        writes = [asyncio.ensure_future(_write(s, f"g{i}")) for i in range(40)]
+        seen: list[int] = []
+        while not all(w.done() for w in writes):
+            # What readers see only grows.
+            seen.append(s.changes.last_rev)
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*writes)
+        assert s.changes.last_rev == 40 and seen == sorted(seen)
+        assert flushes < 40, flushes  # commits shared flushes
+        assert [c.rev for c in await s.changes.read(0, 100)] == list(range(1, 41))
+    finally:
+        await s.close()
