@@ -466,6 +466,10 @@ class PgStore(Store):
                     await tx._flush()
                 await conn.execute("COMMIT")
             except BaseException as e:
+                if isinstance(e, asyncio.CancelledError) and not conn.is_closed():
+                    # Cancelled mid-statement (the client went away): the connection may still
+                    # be busy with it; ending it rolls the transaction back on the server.
+                    conn.terminate()
                 if not conn.is_closed():
                     try:
                         await conn.execute("ROLLBACK")

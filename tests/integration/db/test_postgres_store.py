@@ -219,3 +219,22 @@ async def test_concurrent_commits_share_flushes(url):
         assert [c.rev for c in await s.changes.read(0, 100)] == list(range(1, 41))
     finally:
         await s.close()
+
+
+async def test_a_request_cancelled_mid_statement_leaves_the_writer_usable(url):
+    (s,) = await _open(url)
+    try:
+        async def slow() -> None:
+            async with s.transaction() as tx:
+                tx.record("node", "gone", "create", {"id": "gone"})
+                await tx.execute("SELECT pg_sleep(2)")
+
+        task = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.2)
+        task.cancel()  # as aiohttp does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _write(s, "next")
+        assert [c.id for c in await s.changes.read(0)] == ["next-0"]
+    finally:
+        await s.close()
