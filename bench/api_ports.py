@@ -1,8 +1,11 @@
-"""Port provisioning through the HTTP API, against `python main.py controller` on a fresh SQLite file.
+"""Port provisioning through the HTTP API, against `python main.py controller` on a fresh SQLite
+file, or on a fresh PostgreSQL database with one or more controllers.
 
 With 50 nodes registered and one /16 subnet: 2,000 port creates sequential, then 2,000 with 8
-concurrent clients (ports/s, p50, p99), listing 2,000 ports, and the controller's RSS after 100,000
-ports. Run: .venv/bin/python bench/api_ports.py [--ports 2000] [--rss-ports 100000]
+concurrent clients (ports/s, p50, p99; with several controllers the clients take turns over
+them), listing 2,000 ports, and the controller's RSS after 100,000 ports (SQLite, one controller).
+Run: .venv/bin/python bench/api_ports.py [--ports 2000] [--rss-ports 100000]
+     .venv/bin/python bench/api_ports.py --store sqlite,postgresql --controllers 1,2 --rss-ports 0
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.postgres import create_database, drop_database  # noqa: E402
 from tests.support.process import Program  # noqa: E402
 
 
@@ -34,22 +38,37 @@ def rss_mb(pid: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
+    for store in args.store.split(","):
+        for n in [int(x) for x in args.controllers.split(",")]:
+            if store == "sqlite" and n > 1:
+                continue  # one controller per SQLite file
+            print(f"== {store}, {n} controller{'s' if n > 1 else ''}", flush=True)
+            await run(args, store, n)
+
+
+async def run(args: argparse.Namespace, store: str, n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
-    prog = Program(
-        ["controller", "--db", str(tmp / "alcor.db")],
-        log=tmp / "alcor.log",
-        env={"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous},
-    )
-    prog.start()
+    env = {"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous}
+    db = await create_database() if store == "postgresql" else None
+    if db:
+        env["ALCOR_STORE__URL"] = db
+    progs = [Program(["controller", "--db", str(tmp / "alcor.db")], log=tmp / f"alcor-{i}.log",
+                     env=env) for i in range(n)]
+    for p in progs:
+        p.start()
+    prog = progs[0]
     base = prog.url
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
 
-            async def post(path: str, body: dict) -> dict:
-                async with s.post(base + path, json=body) as r:
+            async def post_to(url: str, path: str, body: dict) -> dict:
+                async with s.post(url + path, json=body) as r:
                     data = await r.json()
                     assert r.status == 201, data
                     return data
+
+            async def post(path: str, body: dict) -> dict:
+                return await post_to(base, path, body)
 
             for i in range(50):
                 await post(
@@ -68,10 +87,10 @@ async def main(args: argparse.Namespace) -> None:
             )
             counter = iter(range(10**9))
 
-            async def create_one(lat: list[float]) -> None:
+            async def create_one(lat: list[float], via: str = base) -> None:
                 i = next(counter)
                 t = time.perf_counter()
-                await post(
+                await post_to(via,
                     "/v2.0/ports",
                     {
                         "port": {
@@ -99,12 +118,12 @@ async def main(args: argparse.Namespace) -> None:
 
             conc: list[float] = []
 
-            async def worker(n: int) -> None:
-                for _ in range(n):
-                    await create_one(conc)
+            async def worker(k: int, via: str) -> None:
+                for _ in range(k):
+                    await create_one(conc, via)
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(worker(args.ports // 8) for _ in range(8)))
+            await asyncio.gather(*(worker(args.ports // 8, progs[i % n].url) for i in range(8)))
             conc_s = time.perf_counter() - t0
 
             print(
@@ -120,7 +139,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"(min {min(list_times) * 1e3:.1f} ms, {len(body) / 1e6:.1f} MB)"
             )
 
-            if args.rss_ports:
+            if args.rss_ports and store == "sqlite":
                 have = args.ports + len(conc)
                 # A /16 holds 65,534 ports: a second one takes the rest.
                 await post(
@@ -152,7 +171,10 @@ async def main(args: argparse.Namespace) -> None:
                     f"{have} ports: {page * 1e3:.1f} ms"
                 )
     finally:
-        prog.stop()
+        for p in progs:
+            p.stop()
+        if db:
+            await drop_database(db)
 
 
 if __name__ == "__main__":
@@ -160,4 +182,6 @@ if __name__ == "__main__":
     ap.add_argument("--ports", type=int, default=2000)
     ap.add_argument("--rss-ports", type=int, default=100000)
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument("--store", default="sqlite", help="sqlite, postgresql, or both: sqlite,postgresql")
+    ap.add_argument("--controllers", default="1", help="controllers on a PostgreSQL store: 1,2,3")
     asyncio.run(main(ap.parse_args()))
