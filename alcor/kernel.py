@@ -3,8 +3,11 @@
 A module is any object with `name`, `requires` (names of modules it needs), `async start(kernel)`
 and `async stop()`; it may also offer `routes()` (aiohttp route definitions) that the API module
 mounts, and `async ready()`, which returns once the module can do its job (systemd hears READY=1
-only after every such gate has passed). Modules find each other through `kernel.get(name)`, never
-through globals.
+only after every such gate has passed). Modules find each other through the kernel by class,
+`kernel.get(Ports)` (or by a protocol they satisfy, `kernel.get(Transport)`), so the type checker
+sees every call one module makes on another; never through globals. Peers that cannot import each
+other's class (the resource managers, bound together by Neutron's rules) use `kernel.named(name)`
+behind typed accessors (alcor/resources/base.py `Peers`).
 
 Under systemd (Type=notify) the kernel reports STATUS= lines while it starts, READY=1, WATCHDOG=1
 every half WatchdogSec while the event loop turns, and STOPPING=1 on shutdown.
@@ -19,13 +22,15 @@ import signal
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
 from alcor.config import Config, ConfigError
 
 log = structlog.get_logger("alcor.kernel")
+
+M = TypeVar("M")
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,22 @@ class Kernel:
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
 
-    def get(self, name: str) -> Any:
-        return self._by_name[name]
+    def get(self, cls: type[M]) -> M:
+        """The loaded module that is a `cls` (a class, or a runtime-checkable protocol)."""
+        for m in self.modules:
+            if isinstance(m, cls):
+                return m
+        raise LookupError(f"no module of type {cls.__name__} is loaded")
 
-    def has(self, name: str) -> bool:
+    def has(self, cls: type) -> bool:
+        return any(isinstance(m, cls) for m in self.modules)
+
+    def has_named(self, name: str) -> bool:
         return name in self._by_name
+
+    def named(self, name: str) -> Any:
+        """The module called `name` (what `requires` names), untyped: wrap it in a typed accessor."""
+        return self._by_name[name]
 
     def status(self, text: str) -> None:
         """One line for `systemctl status` (STATUS=)."""

@@ -14,7 +14,7 @@ import asyncio
 import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import structlog
 
@@ -66,6 +66,7 @@ class Subscription(Protocol):
     async def cancel(self) -> None: ...
 
 
+@runtime_checkable
 class Transport(Protocol):
     async def start(self) -> None: ...
 

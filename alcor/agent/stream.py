@@ -18,21 +18,23 @@ import asyncio
 import dataclasses
 import inspect
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from alcor.agent.config import AgentConfig, NodeConfig
+from alcor.agent.datapath import DatapathModule
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
 from alcor.config import Config, ConfigError
-from alcor.context import Context
 from alcor.transport import Address, Delivery, MqConfig, Subscription, Transport
 from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION
+
+if TYPE_CHECKING:
+    from alcor.kernel import Kernel
 
 log = structlog.get_logger("alcor.agent.stream")
 
@@ -287,14 +289,27 @@ class AgentStream:
                 self._status_due.set()
 
 
-class StreamModule:
-    """Kernel module running one AgentStream: the dev run's embedded agent, or the agent role.
+class LocalNode(Protocol):
+    """Where the stream's node and transport come from in the dev run, where it shares the
+    controller's process (alcor/roles.py `EmbeddedNode`); the agent role needs none."""
 
-    Config (alcor/agent/config.py): [node] id (or name: the dev run resolves the id from the
-    southbound's model) and the node's MQ settings [node] mq_url/mq_vhost/mq_exchange/mq_queue
-    (default: [mq]); [agent] prefetch, resync_interval, status_quiet. Transport: the southbound's in-process one when the
-    "southbound" module is loaded (embedded), else the "rabbitmq" plugin. The datapath, if a module
-    named "datapath" is loaded, applies each new goal state.
+    requires: tuple[str, ...]
+
+    async def resolve(self, kernel: Kernel) -> tuple[str, Mapping[str, Any]]:
+        """This node's id and its body (its MQ settings)."""
+        ...
+
+    def transport(self, kernel: Kernel) -> Transport: ...
+
+
+class StreamModule:
+    """Kernel module running one AgentStream: the agent role's, or the dev run's embedded one.
+
+    Config (alcor/agent/config.py): the agent role's node is [node] id, with its MQ settings
+    [node] mq_url/mq_vhost/mq_exchange/mq_queue (default: [mq]), over the rabbitmq plugin; the dev
+    run's comes from `local` (registered by name, on the southbound's in-process transport).
+    [agent] prefetch, resync_interval, status_quiet. The datapath module, when loaded, applies
+    each new goal state.
     """
 
     name = "agent_stream"
@@ -302,61 +317,32 @@ class StreamModule:
     def __init__(
         self,
         config: Config,
-        embedded: bool = True,
         *,
         controller_queue: str = CONTROLLER_QUEUE,
-        admin_project: str = "admin",
+        local: LocalNode | None = None,
     ) -> None:
         self.config = config
         self.node = config.get(NodeConfig)
-        # [southbound] controller_queue and [api] admin_project, handed in by alcor/roles.py:
-        # the agent reads no section of the controller's.
+        # [southbound] controller_queue, handed in by alcor/roles.py: the agent reads no section
+        # of the controller's.
         self.controller_queue = controller_queue
-        self.admin_project = admin_project
-        self.embedded = embedded
-        # Embedded: the node manager registers the local host; the southbound lends its transport.
-        self.requires: tuple[str, ...] = ("southbound", "nodes") if embedded else ("rabbitmq",)
-        if not embedded and not self.node.id:
+        self.local = local
+        self.requires: tuple[str, ...] = local.requires if local is not None else ("rabbitmq",)
+        if local is None and not self.node.id:
             raise ConfigError("the agent role needs [node] id (this host's node_id)")
         self.stream: AgentStream | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, kernel: Any) -> None:
+    async def start(self, kernel: Kernel) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(kernel))
 
-    async def _resolve(self, kernel: Any) -> tuple[str, Mapping[str, Any]]:
-        """This node's id and its body (the MQ settings to use come from it)."""
-        node = self.node
-        if not self.embedded:
-            return node.id, dataclasses.asdict(node)
-        topology = kernel.get("southbound").dispatcher.topology
-        name = node.name or socket.gethostname()
-        await self._register(kernel, name)
-        while True:
-            for nid, body in topology.res["node"].items():
-                if (node.id and nid == node.id) or body.get("node_name") == name:
-                    return nid, body
-            await asyncio.sleep(0.5)  # the local node is not registered yet
-
-    async def _register(self, kernel: Any, name: str) -> None:
-        """Dev run: make sure the local host is a node, so ports can bind to it at once."""
-        if not self.node.register or not kernel.has("nodes"):
-            return
-        nodes = kernel.get("nodes")
-        if nodes.by_name(name) is not None:
-            return
-        admin = Context(self.admin_project, True)
-        agent = self.config.get(AgentConfig)
-        body = {"node_name": name, "local_ip": self.node.local_ip, "bridge_name": agent.bridge,
-                "datapath_type": agent.datapath_type}
-        try:
-            await nodes.create_many(admin, [body])
-            log.info("agent.node_registered", node_name=name, local_ip=body["local_ip"])
-        except Exception as e:  # another start raced us, or the store refused: resolve anyway
-            log.warning("agent.node_register_failed", node_name=name, error=str(e))
-
-    async def _run(self, kernel: Any) -> None:
-        node_id, body = await self._resolve(kernel)
+    async def _run(self, kernel: Kernel) -> None:
+        if self.local is not None:
+            node_id, body = await self.local.resolve(kernel)
+            transport = self.local.transport(kernel)
+        else:
+            node_id, body = self.node.id, dataclasses.asdict(self.node)
+            transport = kernel.get(Transport)  # the rabbitmq plugin
         mq = self.config.get(MqConfig)
         agent = self.config.get(AgentConfig)
         addr = Address(
@@ -365,15 +351,13 @@ class StreamModule:
             body.get("mq_exchange") or mq.exchange,
             body.get("mq_queue") or f"alcor.node.{node_id}",
         )
-        queue = self.controller_queue
-        transport = kernel.get("southbound").transport if self.embedded else kernel.get("rabbitmq")
-        datapath = kernel.get("datapath") if kernel.has("datapath") else None
+        datapath = kernel.get(DatapathModule) if kernel.has(DatapathModule) else None
         self.stream = AgentStream(
             transport,
             node_id,
             addr,
-            addr.with_queue(queue),
-            apply=getattr(datapath, "apply", None),
+            addr.with_queue(self.controller_queue),
+            apply=datapath.apply if datapath is not None else None,
             prefetch=agent.prefetch,
             resync_interval=agent.resync_interval,
             status_quiet=agent.status_quiet,

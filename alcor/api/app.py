@@ -15,12 +15,14 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
-from alcor.api.auth import context
+from alcor.api.auth import AUTH, POLICY, Authenticator, authenticator, context
 from alcor.api.config import ApiConfig
+from alcor.config import Config
 from alcor.context import Context
+from alcor.db.backends import StoreModule
 from alcor.db.store import StoreError
 from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
-from alcor.policy import enforce
+from alcor.policy import Policy, enforce
 from alcor.resources import query as q
 from alcor.resources.base import Manager, parse_if_match
 
@@ -313,7 +315,7 @@ def make_app(api: Api, extra_routes: list[web.RouteDef], max_body: int) -> web.A
 
 def changes_routes(kernel: Kernel, api: Api) -> list[web.RouteDef]:
     """`GET /v2.0/alcor/changes?since=N&limit=M[&wait=S]`: the change log, for operators (admin)."""
-    changes = kernel.get("store").store.changes
+    changes = kernel.get(StoreModule).store.changes
 
     async def handler(request: web.Request) -> web.Response:
         enforce(await api.ctx(request), "get_changes")
@@ -337,3 +339,57 @@ def changes_routes(kernel: Kernel, api: Api) -> list[web.RouteDef]:
 
     return [web.get("/v2.0/alcor/changes", handler)]
 
+
+class HttpModule:
+    """Serves the API; on stop, stops accepting and lets in-flight requests finish (drain)."""
+
+    name = "api"
+
+    def __init__(
+        self,
+        config: Config,
+        managers: list[str],
+        paths: dict[str, str] | None = None,
+        observe: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
+        self.cfg = config.get(ApiConfig)
+        # Built here, not at start: a bad [keystone_authtoken] or policy file stops the program
+        # with one line before anything listens.
+        self.auth: Authenticator = authenticator(config)
+        self.policy = Policy(self.cfg.policy_file or None)
+        self.requires = ("store", *managers)
+        self.managers = managers
+        self.paths = paths or {}  # collection -> URL path (alcor/controller.py PATHS)
+        self.observe = observe  # request latency for /metrics (the ops module's)
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app: web.Application | None = None
+
+    async def start(self, kernel: Kernel) -> None:
+        managers: list[Manager] = [kernel.named(n) for n in self.managers]
+        api = Api(kernel, managers, {c: p for c, p in self.paths.items() if c in self.managers})
+        extra = changes_routes(kernel, api)
+        for m in kernel.modules:
+            routes = getattr(m, "routes", None)
+            if routes is not None and m is not self:
+                extra += routes()
+        self.app = make_app(api, extra, self.cfg.max_body_bytes)
+        self.app[AUTH] = self.auth
+        self.app[POLICY] = self.policy
+        if self.observe is not None:
+            # Request latency for /metrics; the error middleware calls it for every request.
+            self.app[METRICS] = self.observe
+        self.runner = web.AppRunner(self.app, access_log=None,
+                                    shutdown_timeout=float(self.cfg.drain_seconds))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        await site.start()
+        sockets = [s for s in (self.runner.addresses or [])]
+        self.port = sockets[0][1] if sockets else self.cfg.port
+        log.info("api.listening", host=self.cfg.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.auth.close()

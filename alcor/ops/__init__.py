@@ -27,13 +27,15 @@ import structlog
 from aiohttp import web
 
 from alcor.agent.config import AgentConfig
-from alcor.api.app import METRICS, errors
+from alcor.api.app import METRICS, HttpModule, errors
 from alcor.api.auth import AUTH, context
 from alcor.config import Config
+from alcor.db.backends import StoreModule
 from alcor.errors import BadRequest, NeutronError, not_found, policy
 from alcor.ops import health, topology
 from alcor.ops.metrics import Metrics, datapath_of
 from alcor.ops.openapi import document
+from alcor.resources.nodes import Nodes
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -71,7 +73,7 @@ class OpsModule:
     async def start(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.metrics.bind(kernel)
-        if not kernel.has("api"):
+        if not kernel.has(HttpModule):
             await self._listen()
 
     async def stop(self) -> None:
@@ -138,7 +140,7 @@ class OpsModule:
     async def openapi(self, request: web.Request) -> web.Response:
         if self._openapi is None:
             collections: dict[str, Resource] = {
-                path: self._k.get(c).res for c, path in self.paths.items() if self._k.has(c)}
+                path: self._k.named(c).res for c, path in self.paths.items() if self._k.has_named(c)}
             self._openapi = json.dumps(document(collections))
         return web.Response(text=self._openapi, content_type="application/json")
 
@@ -157,9 +159,9 @@ class OpsModule:
         return resp
 
     async def _admin(self, request: web.Request, action: str) -> None:
-        if AUTH not in request.app and self._k.has("api"):
+        if AUTH not in request.app and self._k.has(HttpModule):
             # The dev run's agent listener is an app of its own: the API's authenticator decides.
-            api = self._k.get("api")
+            api = self._k.get(HttpModule)
             ctx = (await api.auth.authenticate(request.headers)).with_policy(api.policy)
         else:
             ctx = await context(request)
@@ -170,13 +172,13 @@ class OpsModule:
         await self._admin(request, "get_topology")
         after, wait = _long_poll(request, max_wait=30.0)
         if after is not None and wait > 0:
-            await self._k.get("store").store.changes.wait(after, wait)
+            await self._k.get(StoreModule).store.changes.wait(after, wait)
         return web.json_response({"topology": await topology.gather(self._k)})
 
     async def goal_state(self, request: web.Request) -> web.Response:
         await self._admin(request, "get_node")
         node_id = request.match_info["id"]
-        if self._k.has("nodes") and await self._k.get("nodes").fetch(node_id) is None:
+        if self._k.has(Nodes) and await self._k.get(Nodes).fetch(node_id) is None:
             raise not_found("Node", node_id)
         summary = topology.goal_summary(self._k, node_id)
         if summary is None:
@@ -185,7 +187,7 @@ class OpsModule:
         return web.json_response({"goal_state": summary})
 
     async def agent_flows(self, request: web.Request) -> web.Response:
-        if self._k.has("api"):
+        if self._k.has(HttpModule):
             await self._admin(request, "get_agent_flows")
         dp = datapath_of(self._k)
         if dp is None:

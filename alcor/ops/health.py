@@ -15,7 +15,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from alcor.ops.metrics import datapath_of, stream_of
+from alcor.agent.stream import StreamModule
+from alcor.api.app import HttpModule
+from alcor.db.backends import StoreModule
+from alcor.ops.metrics import datapath_of, stream_of, transport_of
+from alcor.southbound import SouthboundModule
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -33,7 +37,7 @@ class Check:
 
 
 async def _store(kernel: Kernel) -> Check:
-    store = kernel.get("store").store
+    store = kernel.get(StoreModule).store
     try:
         ok = await asyncio.wait_for(store.writable(), STORE_TIMEOUT)
     except TimeoutError:
@@ -42,7 +46,7 @@ async def _store(kernel: Kernel) -> Check:
 
 
 def _api(kernel: Kernel) -> Check:
-    api = kernel.get("api")
+    api = kernel.get(HttpModule)
     if getattr(api, "runner", None) is None:
         return Check(False, "not listening")
     return Check(True, f"listening on port {api.port}")
@@ -95,18 +99,19 @@ def _switch_listener(dp: Any) -> Check:
 
 async def readiness(kernel: Kernel, role: str) -> dict[str, Check]:
     checks: dict[str, Check] = {}
-    if kernel.has("store"):
+    if kernel.has(StoreModule):
         checks["store"] = await _store(kernel)
-    if kernel.has("api"):
+    if kernel.has(HttpModule):
         checks["api"] = _api(kernel)
-    if kernel.has("southbound"):
-        checks["transport"] = transport_check(kernel.get("southbound").transport)
+    if kernel.has(SouthboundModule):
+        checks["transport"] = transport_check(kernel.get(SouthboundModule).transport)
     if role == "agent":
         # The dev run's embedded agent waits for its node to be registered; that must not make the
         # controller unready, so only the agent role checks its stream and switch listener.
-        if kernel.has("rabbitmq") and not kernel.has("southbound"):
-            checks["transport"] = transport_check(kernel.get("rabbitmq"))
-        if kernel.has("agent_stream"):
+        transport = transport_of(kernel)
+        if transport is not None and not kernel.has(SouthboundModule):
+            checks["transport"] = transport_check(transport)
+        if kernel.has(StreamModule):
             checks["stream"] = _stream(kernel)
         dp = datapath_of(kernel)
         if dp is not None:

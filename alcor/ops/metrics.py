@@ -23,6 +23,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from alcor.agent.datapath import Datapath, DatapathModule
+from alcor.agent.stream import AgentStream, StreamModule
+from alcor.db.backends import StoreModule
+from alcor.southbound import SouthboundModule
+from alcor.southbound.dispatcher import Dispatcher
+from alcor.transport import Transport
+
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
 
@@ -53,20 +60,24 @@ DATAPATH_COUNTERS = {
 }
 
 
-def datapath_of(kernel: Kernel) -> Any:
-    """The agent's Datapath, whether the "datapath" module is one or wraps one."""
-    if not kernel.has("datapath"):
-        return None
-    module = kernel.get("datapath")
-    return getattr(module, "datapath", module)
+def datapath_of(kernel: Kernel) -> Datapath | None:
+    """The agent's Datapath, when this process runs one."""
+    return kernel.get(DatapathModule).datapath if kernel.has(DatapathModule) else None
 
 
-def stream_of(kernel: Kernel) -> Any:
-    return getattr(kernel.get("agent_stream"), "stream", None) if kernel.has("agent_stream") else None
+def stream_of(kernel: Kernel) -> AgentStream | None:
+    return kernel.get(StreamModule).stream if kernel.has(StreamModule) else None
 
 
-def dispatcher_of(kernel: Kernel) -> Any:
-    return getattr(kernel.get("southbound"), "dispatcher", None) if kernel.has("southbound") else None
+def dispatcher_of(kernel: Kernel) -> Dispatcher | None:
+    return kernel.get(SouthboundModule).dispatcher if kernel.has(SouthboundModule) else None
+
+
+def transport_of(kernel: Kernel) -> Transport | None:
+    """The southbound's transport, or the rabbitmq plugin's where no southbound runs (an agent)."""
+    if kernel.has(SouthboundModule):
+        return kernel.get(SouthboundModule).transport
+    return kernel.get(Transport) if kernel.has(Transport) else None
 
 
 def flows_installed(dp: Any) -> int | None:
@@ -93,8 +104,8 @@ class StateCollector:
         if k is None:
             return
         last_rev = None
-        if k.has("store"):
-            changes = k.get("store").store.changes
+        if k.has(StoreModule):
+            changes = k.get(StoreModule).store.changes
             last_rev = changes.last_rev
             yield GaugeMetricFamily("alcor_changelog_rev", "Newest rev in the change log", value=last_rev)
             yield GaugeMetricFamily("alcor_changelog_horizon", "Rows at or below this rev were compacted",
@@ -102,9 +113,7 @@ class StateCollector:
         d = dispatcher_of(k)
         if d is not None:
             yield from self._dispatcher(d, last_rev)
-        transport = getattr(k.get("southbound"), "transport", None) if k.has("southbound") else None
-        if transport is None and k.has("rabbitmq"):
-            transport = k.get("rabbitmq")
+        transport = transport_of(k)
         if transport is not None and hasattr(transport, "published"):
             yield CounterMetricFamily("alcor_mq_published", "Messages the broker confirmed",
                                       value=transport.published)

@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from alcor.context import Context
+from alcor.db.backends import StoreModule
 from alcor.ops.metrics import dispatcher_of
+from alcor.resources.base import Manager
+from alcor.resources.networks import Networks
+from alcor.resources.nodes import Nodes
+from alcor.resources.ports import Ports
+from alcor.resources.routers import Routers
+from alcor.resources.subnets import Subnets
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -100,17 +107,17 @@ def build(networks: Iterable[Body], subnets: Iterable[Body], ports: Iterable[Bod
 
 async def gather(kernel: Kernel) -> Body:
     """Read every manager the topology needs (as admin) and build the document."""
-    async def listed(name: str) -> list[Body]:
-        return await kernel.get(name).list_all(ADMIN) if kernel.has(name) else []
+    async def listed(cls: type[Manager]) -> list[Body]:
+        return await kernel.get(cls).list_all(ADMIN) if kernel.has(cls) else []
 
     d = dispatcher_of(kernel)
 
     def sync(node_id: str) -> Mapping[str, Any] | None:
         return d.node_sync(node_id) if d is not None else None
 
-    store = kernel.get("store").store
-    return build(await listed("networks"), await listed("subnets"), await listed("ports"),
-                 await listed("routers"), await listed("nodes"), sync,
+    store = kernel.get(StoreModule).store
+    return build(await listed(Networks), await listed(Subnets), await listed(Ports),
+                 await listed(Routers), await listed(Nodes), sync,
                  rev=store.changes.last_rev, watermark=None if d is None else d.watermark)
 
 

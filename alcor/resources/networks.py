@@ -213,7 +213,7 @@ class Networks(Manager):
         _check_honoured(changes)
         if "mtu" in changes and changes["mtu"] != current.get("mtu"):
             changes["mtu"] = self._mtu(changes["mtu"])
-            if changes["mtu"] < IPV6_MIN_MTU and self.kernel.get("subnets").has_ipv6(current["id"]):
+            if changes["mtu"] < IPV6_MIN_MTU and self.peers.subnets.has_ipv6(current["id"]):
                 raise invalid_input(f"Requested MTU {changes['mtu']} is too small for the IPv6 "
                                     f"subnets of network {current['id']}, minimum is {IPV6_MIN_MTU}")
         new = await self.replace(tx, current, changes)
@@ -235,11 +235,11 @@ class Networks(Manager):
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
         nid = current["id"]
-        ports = self.kernel.get("ports")
+        ports = self.peers.ports
         if await ports.count_on_network(tx, nid):
             raise NetworkInUse(f"Unable to complete operation on network {nid}. There are one or "
                                f"more ports still in use on the network.")
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
         for sid in current.get("subnets", []):
             sub = await subnets.fetch(sid, tx)
             if sub is not None:

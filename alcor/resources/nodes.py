@@ -6,6 +6,7 @@ Ports bind to a node by `node_name`. Only admins see or change nodes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from alcor.context import Context
@@ -49,6 +50,9 @@ class Nodes(Manager):
     def __init__(self, mq_defaults: MqConfig | None = None) -> None:
         super().__init__()
         self.mq = mq_defaults or MqConfig()
+        # node id -> its sync state; set by the southbound module when one runs (it sits above
+        # the resources and reads them; they never import it)
+        self.sync: Callable[[str], dict[str, Any]] | None = None
         self._by_name: dict[str, dict[str, Any]] = {}
 
     async def load(self) -> None:
@@ -117,7 +121,7 @@ class Nodes(Manager):
     async def _rebind(self, tx: Tx, node: dict[str, Any]) -> None:
         """The ports that ask for this host get its binding now: those that asked before it was
         registered (binding_failed → ovs), and bound ones when its bridge or datapath changes."""
-        ports = self.kernel.get("ports")
+        ports = self.peers.ports
         d = self.store.dialect
         rows = await tx.fetchall(
             f"SELECT body FROM resources WHERE type = 'port' AND {d.text('binding:host_id')} = ?",
@@ -165,7 +169,4 @@ class Nodes(Manager):
 
     def show_extra(self, body: dict[str, Any]) -> dict[str, Any]:
         """What the southbound knows of this node's sync state, when it is loaded."""
-        if self.kernel.has("southbound"):
-            sync: dict[str, Any] = self.kernel.get("southbound").node_sync(body["node_id"])
-            return sync
-        return {}
+        return self.sync(body["node_id"]) if self.sync is not None else {}

@@ -124,7 +124,7 @@ class Ports(Manager):
 
     def followed(self, change: Change) -> None:
         nid_mac_ips = self.held.pop(change.id, None)
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
         if nid_mac_ips is not None:
             nid, mac, ips = nid_mac_ips
             self.macs.get(nid, set()).discard(mac)
@@ -163,12 +163,12 @@ class Ports(Manager):
     field_rules = ("binding:vif_type", "binding:vif_details", "binding:host_id", "binding:profile")
 
     def target(self, body: dict[str, Any]) -> dict[str, Any]:
-        t = network_target(self.kernel, body)
+        t = network_target(self.peers, body)
         t["network_device"] = str(body.get("device_owner") or "").startswith("network:")
         return t
 
     async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
-        self.kernel.get("networks").lookup(ctx, given["network_id"])  # 404 before any 403
+        self.peers.networks.lookup(ctx, given["network_id"])  # 404 before any 403
         project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
         return self.target({**given, "project_id": project})
 
@@ -197,7 +197,7 @@ class Ports(Manager):
             ors.append("project_id = ?")
             params.append(ctx.project_id)
         if may(OTHER, ctx.project_id):
-            own = [n["id"] for n in self.kernel.get("networks").index.values()
+            own = [n["id"] for n in self.peers.networks.index.values()
                    if n.get("project_id") == ctx.project_id]
             if own:
                 ors.append(f"parent_id IN ({','.join('?' * len(own))})")
@@ -211,7 +211,7 @@ class Ports(Manager):
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         _no_extra_dhcp_opts(given)
-        network = self.kernel.get("networks").lookup(ctx, given["network_id"])
+        network = self.peers.networks.lookup(ctx, given["network_id"])
         nid = network["id"]
         body = self.new_body(ctx, given)
         if "port_security_enabled" not in given:
@@ -252,7 +252,7 @@ class Ports(Manager):
                   owner: str, mac: str, keep: frozenset[tuple[str, str]] = frozenset()
                   ) -> list[dict[str, str]]:
         """Neutron's fixed_ips rules. `keep` holds (subnet, ip) pairs the port already has."""
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
         nid = network["id"]
         on_net = subnets.on_network(nid)
         result: list[dict[str, str]] = []
@@ -303,10 +303,11 @@ class Ports(Manager):
             if sid is None and ip_s is None:
                 raise invalid_input("fixed_ips entries need a subnet_id or an ip_address")
             if sid is not None:
-                alloc = by_id.get(sid)
-                if alloc is None:
+                found = by_id.get(sid)
+                if found is None:
                     raise invalid_input(f"Failed to create port on network {nid}, because fixed_ips "
                                         f"included invalid subnet {sid}")
+                alloc = found
             else:
                 assert ip_s is not None  # checked above: one of the two is given
                 addr = ipaddress.ip_address(ip_s)
@@ -336,7 +337,7 @@ class Ports(Manager):
 
     async def _security_groups(self, ctx: Context, tx: Tx, body: dict[str, Any],
                                given: list[str] | None) -> list[str]:
-        sgs = self.kernel.get("security_groups")
+        sgs = self.peers.security_groups
         if given is not None:
             await sgs.check_ids(ctx, tx, given, body["project_id"], port_id=body["id"])
             return given
@@ -375,7 +376,7 @@ class Ports(Manager):
         if not host:
             return {"binding:vif_type": "unbound", "binding:vif_details": {}}
         if node is MISSING_NODE:
-            node = self.kernel.get("nodes").by_name(host)
+            node = self.peers.nodes.by_name(host)
         if node is None or port.get("binding:vnic_type", "normal") != "normal":
             return {"binding:vif_type": "binding_failed", "binding:vif_details": {}}
         return {"binding:vif_type": "ovs",
@@ -407,7 +408,7 @@ class Ports(Manager):
             tx.after_commit(lambda: self.macs[nid].discard(old_mac))
         merged = {**current, **changes}
         if "fixed_ips" in changes:
-            network = self.kernel.get("networks").lookup(Context("", True), nid)
+            network = self.peers.networks.lookup(Context("", True), nid)
             have = frozenset((f["subnet_id"], f["ip_address"]) for f in current["fixed_ips"])
             new_ips = self._take_ips(tx, network, changes["fixed_ips"], merged["device_owner"],
                                      merged["mac_address"], keep=have)
@@ -416,7 +417,7 @@ class Ports(Manager):
             if gone:
                 await tx.executemany("DELETE FROM ip_allocations WHERE subnet_id = ? AND ip_address = ?",
                                      list(gone))
-                subnets = self.kernel.get("subnets")
+                subnets = self.peers.subnets
 
                 def release() -> None:
                     for s, i in gone:
@@ -429,7 +430,7 @@ class Ports(Manager):
         if any(k in changes for k in ("port_security_enabled", "security_groups", "allowed_address_pairs")):
             self._check_port_security(merged, changes, current)
         if "security_groups" in changes:
-            await self.kernel.get("security_groups").check_ids(
+            await self.peers.security_groups.check_ids(
                 ctx, tx, changes["security_groups"], current["project_id"], port_id=current["id"])
         if "binding:host_id" in changes or "binding:vnic_type" in changes:
             changes.update(self.binding_for(merged))
@@ -452,7 +453,7 @@ class Ports(Manager):
         await tx.execute("DELETE FROM mac_allocations WHERE network_id = ? AND mac_address = ?",
                          (body["network_id"], body["mac_address"]))
         await self.remove(tx, body)
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
 
         def release() -> None:
             self.macs.get(body["network_id"], set()).discard(body["mac_address"])

@@ -96,13 +96,13 @@ class Routers(Manager):
                        info: dict[str, Any] | None, old_port: dict[str, Any] | None = None
                        ) -> dict[str, Any] | None:
         """Create the router's port on an external network (after dropping the old one)."""
-        ports = self.kernel.get("ports")
+        ports = self.peers.ports
         if old_port is not None:
             await ports.drop(tx, old_port)
         if info is None:
             return None
-        network = self.kernel.get("networks").index.get(info["network_id"])
-        if network is None or not self.kernel.get("networks").visible(ctx, network):
+        network = self.peers.networks.index.get(info["network_id"])
+        if network is None or not self.peers.networks.visible(ctx, network):
             raise not_found("Network", info["network_id"])  # Neutron: 404, not a format error
         if not network.get("router:external"):
             raise BadRequest(f"Bad router request: Network {info['network_id']} is not an external "
@@ -125,7 +125,7 @@ class Routers(Manager):
                 "external_fixed_ips": port["fixed_ips"]}
 
     async def _ports(self, tx: Tx, router_id: str, owner: str) -> list[dict[str, Any]]:
-        ports = self.kernel.get("ports")
+        ports = self.peers.ports
         rows = await tx.fetchall(
             f"SELECT id FROM resources WHERE type = 'port' AND {self.store.dialect.text('device_id')} = ?",
             (router_id,))
@@ -148,7 +148,7 @@ class Routers(Manager):
         return await self.replace(tx, current, changes)
 
     def _check_routes(self, routes: list[dict[str, str]], interfaces: list[dict[str, Any]]) -> None:
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
         own = {f["ip_address"] for p in interfaces for f in p["fixed_ips"]}
         nets = [subnets.allocators[f["subnet_id"]].net for p in interfaces for f in p["fixed_ips"]
                 if f["subnet_id"] in subnets.allocators]
@@ -162,7 +162,7 @@ class Routers(Manager):
         if await self._ports(tx, current["id"], ROUTER_INTERFACE):
             raise Conflict(f"Router {current['id']} still has ports", type="RouterInUse")
         for gw in await self._ports(tx, current["id"], ROUTER_GATEWAY):
-            await self.kernel.get("ports").drop(tx, gw)
+            await self.peers.ports.drop(tx, gw)
         await self.remove(tx, current)
 
     async def subnet_attached(self, tx: Tx, subnet_id: str) -> bool:
@@ -186,8 +186,8 @@ class Routers(Manager):
 
     async def add_interface(self, ctx: Context, router_id: str, body: Any) -> dict[str, Any]:
         info = self._interface_body(body)
-        ports = self.kernel.get("ports")
-        subnets = self.kernel.get("subnets")
+        ports = self.peers.ports
+        subnets = self.peers.subnets
         async with self.store.transaction() as tx:
             router = await self.get(ctx, router_id, tx)
             self.check_write(ctx, "add_router_interface", router)
@@ -225,7 +225,7 @@ class Routers(Manager):
         return self._interface_info(router, port, attached | {subnet["id"]})
 
     def _check_overlap(self, subnet: dict[str, Any], attached: set[str], sid: str, router_id: str) -> None:
-        subnets = self.kernel.get("subnets")
+        subnets = self.peers.subnets
         if sid in attached:
             raise BadRequest(f"Bad router request: Router already has a port on subnet {sid}.")
         net = ipaddress.ip_network(subnet["cidr"])
@@ -244,7 +244,7 @@ class Routers(Manager):
 
     async def remove_interface(self, ctx: Context, router_id: str, body: Any) -> dict[str, Any]:
         info = self._interface_body(body)
-        ports = self.kernel.get("ports")
+        ports = self.peers.ports
         async with self.store.transaction() as tx:
             router = await self.get(ctx, router_id, tx)
             self.check_write(ctx, "remove_router_interface", router)

@@ -264,7 +264,7 @@ class SecurityGroups(Manager):
             "created_at": ts, "updated_at": ts,
         }
         await self.insert(tx, body)
-        rules_mgr = self.kernel.get("security_group_rules")
+        rules_mgr = self.peers.security_group_rules
         for r in rules:
             await rules_mgr.put_row(tx, r)
         return sg_id
@@ -291,7 +291,7 @@ class SecurityGroups(Manager):
             }, default=False))
         body.update(security_group_rules=rules, shared=False, tags=[])
         await self.insert(tx, body)
-        rules_mgr = self.kernel.get("security_group_rules")
+        rules_mgr = self.peers.security_group_rules
         for r in rules:
             await rules_mgr.put_row(tx, r)
         return body
@@ -363,7 +363,7 @@ class SecurityGroupRules(Manager):
         return {"project_id": project, "tenant_id": project, "security_group:project_id": project}
 
     async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
-        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sgs: SecurityGroups = self.peers.security_groups
         sg = await sgs.fetch(given["security_group_id"])
         if sg is None or not sgs.visible(ctx, sg):
             raise not_found("SecurityGroup", given["security_group_id"])
@@ -379,7 +379,7 @@ class SecurityGroupRules(Manager):
             sql.add("FALSE")
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
-        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sgs: SecurityGroups = self.peers.security_groups
         sg = await sgs.fetch(given["security_group_id"], tx)
         if sg is None or not sgs.visible(ctx, sg):
             raise not_found("SecurityGroup", given["security_group_id"])
@@ -412,7 +412,7 @@ class SecurityGroupRules(Manager):
         raise BadRequest("Security group rules cannot be updated.")
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
-        sgs: SecurityGroups = self.kernel.get("security_groups")
+        sgs: SecurityGroups = self.peers.security_groups
         sg = await sgs.fetch(current["security_group_id"], tx)
         await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (self.type, current["id"]))
         if sg is not None:

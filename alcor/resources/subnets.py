@@ -11,7 +11,7 @@ from alcor.db.store import Tx
 from alcor.errors import BadRequest, NeutronError, invalid_input, not_found
 from alcor.resources import ipam
 from alcor.resources import query as q
-from alcor.resources.base import OTHER, Manager
+from alcor.resources.base import OTHER, Manager, Peers
 from alcor.resources.networks import IPV6_MIN_MTU
 from alcor.resources.schema import (
     Attr,
@@ -83,10 +83,10 @@ def check_ipv6_modes(given: dict[str, Any], net: ipaddress.IPv4Network | ipaddre
                             f"address format, which requires the prefix to be /64")
 
 
-def network_target(kernel: Any, body: dict[str, Any]) -> dict[str, Any]:
+def network_target(peers: Peers, body: dict[str, Any]) -> dict[str, Any]:
     """The policy target of a subnet or port: its project, and its network's project and sharing."""
     project = body.get("project_id") or ""
-    network = kernel.get("networks").index.get(body.get("network_id")) or {}
+    network = peers.networks.index.get(body.get("network_id") or "") or {}
     return {"project_id": project, "tenant_id": project,
             "network:project_id": network.get("project_id") or "", "shared": bool(network.get("shared"))}
 
@@ -167,13 +167,13 @@ class Subnets(Manager):
     # the subnet-external-network extension, which this API does not list.
 
     def _networks_where(self, pred: Any) -> list[str]:
-        return [n["id"] for n in self.kernel.get("networks").index.values() if pred(n)]
+        return [n["id"] for n in self.peers.networks.index.values() if pred(n)]
 
     def target(self, body: dict[str, Any]) -> dict[str, Any]:
-        return network_target(self.kernel, body)
+        return network_target(self.peers, body)
 
     async def create_target(self, ctx: Context, given: dict[str, Any]) -> dict[str, Any]:
-        self.kernel.get("networks").lookup(ctx, given["network_id"])  # 404 before any 403
+        self.peers.networks.lookup(ctx, given["network_id"])  # 404 before any 403
         project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
         return self.target({**given, "project_id": project})
 
@@ -216,7 +216,7 @@ class Subnets(Manager):
             sql.add(f"parent_id IN ({','.join('?' * len(ids))})" if ids else "1 = 0", *ids)
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
-        networks = self.kernel.get("networks")
+        networks = self.peers.networks
         network = networks.lookup(ctx, given["network_id"])
         net = ipaddress.ip_network(given["cidr"])
         if net.version != given["ip_version"]:
@@ -287,7 +287,7 @@ class Subnets(Manager):
         pools = self._pools(net, changes["allocation_pools"]) if "allocation_pools" in changes else alloc.pools
         ipam.check_gateway(net, gw, pools)
         if gw_changed and current["gateway_ip"] is not None:
-            if await self.kernel.get("routers").subnet_attached(tx, current["id"]):
+            if await self.peers.routers.subnet_attached(tx, current["id"]):
                 raise NeutronError(f"Gateway {current['gateway_ip']} in subnet {current['id']} is "
                                    f"used by a router interface.", type="GatewayIpInUse", status=409)
         if gw_changed and gw is not None and gw in alloc.taken:
@@ -308,7 +308,7 @@ class Subnets(Manager):
         sid = current["id"]
         in_use = SubnetInUse(f"Unable to complete operation on subnet {sid}: One or more ports have "
                              f"an IP allocation from this subnet.")
-        if await self.kernel.get("routers").subnet_attached(tx, sid):
+        if await self.peers.routers.subnet_attached(tx, sid):
             raise in_use
         # A port's address on an auto-address (SLAAC, DHCPv6-stateless) subnet was never asked
         # for: Neutron takes it off the port with the subnet. Any other address was, so it blocks.
@@ -316,8 +316,8 @@ class Subnets(Manager):
             row = await tx.fetchone("SELECT 1 FROM ip_allocations WHERE subnet_id = ? LIMIT 1", (sid,))
             if row is not None:
                 raise in_use
-        await self.kernel.get("ports").forget_subnet(tx, sid)
-        networks = self.kernel.get("networks")
+        await self.peers.ports.forget_subnet(tx, sid)
+        networks = self.peers.networks
         network = await networks.fetch(current["network_id"], tx)
         await self.drop(tx, current)
         if network is not None:

@@ -20,7 +20,10 @@ import structlog
 from aiohttp import web
 
 from alcor.config import Config
+from alcor.db.backends import StoreModule
 from alcor.db.store import StoreConfig
+from alcor.resources.nodes import Nodes
+from alcor.resources.ports import Ports
 from alcor.southbound.dispatcher import MIGRATIONS, Dispatcher, Settings
 from alcor.southbound.election import ControllerInfo, Election, SoleLeader
 from alcor.transport import InProcessBroker, InProcessTransport, Transport
@@ -41,7 +44,7 @@ class SouthboundModule:
         if transport is None and self.transport_name == "rabbitmq":
             self.requires += ("rabbitmq",)
         self._given = transport
-        # The dev run's embedded agent shares this broker (kernel.get("southbound").transport).
+        # The dev run's embedded agent shares this broker (alcor/roles.py hands it over).
         self.broker = InProcessBroker()
         self.transport: Transport = transport or InProcessTransport(self.broker)
         # The running dispatcher while this controller leads; otherwise an idle one whose
@@ -55,10 +58,12 @@ class SouthboundModule:
 
     async def start(self, kernel: Kernel) -> None:
         if self._given is None and self.transport_name == "rabbitmq":
-            self.transport = kernel.get("rabbitmq")
+            self.transport = kernel.get(Transport)  # the rabbitmq plugin
         await self.transport.start()
         self.kernel = kernel
-        store = kernel.get("store").store
+        store = kernel.get(StoreModule).store
+        if kernel.has(Nodes):
+            kernel.get(Nodes).sync = self.node_sync  # GET /v2.0/alcor/nodes/{id} shows it
         await store.migrate("southbound", MIGRATIONS)
         self.me = ControllerInfo.here(self._api_url())
         self.dispatcher = self._dispatcher(0)
@@ -79,9 +84,9 @@ class SouthboundModule:
     def _api_url(self) -> str:
         """Where this controller's API answers, as the other controllers list it (known once
         the API module has started: its port may have been 0, any free one)."""
-        if not self.kernel.has("api"):
+        if not self.kernel.has_named("api"):
             return ""
-        api = self.kernel.get("api")
+        api = self.kernel.named("api")  # the HTTP API module (the southbound does not import it)
         host = str(getattr(getattr(api, "cfg", None), "host", "127.0.0.1"))
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostname()
@@ -94,13 +99,14 @@ class SouthboundModule:
 
     def _dispatcher(self, epoch: int) -> Dispatcher:
         kernel = self.kernel
+        ports = kernel.get(Ports) if kernel.has(Ports) else None
 
         async def set_statuses(statuses: dict[str, tuple[str, str]]) -> None:
-            if kernel.has("ports"):
-                await kernel.get("ports").set_statuses(statuses)
+            if ports is not None:
+                await ports.set_statuses(statuses)
 
         return Dispatcher(
-            kernel.get("store").store,
+            kernel.get(StoreModule).store,
             self.transport,
             Settings.from_config(self.config),
             set_statuses,
@@ -175,7 +181,7 @@ class SouthboundModule:
 
     async def leadership(self) -> dict[str, Any]:
         """Who leads, since when, with which epoch, and every controller (from the database)."""
-        store = self.kernel.get("store").store
+        store = self.kernel.get(StoreModule).store
         row = await store.fetchone("SELECT epoch, holder, since FROM sb_leader WHERE id = 1")
         rows = await store.fetchall(
             "SELECT id, host, url, started_at, seen_at FROM sb_controllers ORDER BY started_at")

@@ -42,9 +42,11 @@ from aiohttp import web
 from alcor.api.auth import context
 from alcor.config import Config, ConfigError
 from alcor.context import Context
+from alcor.db.backends import StoreModule
 from alcor.db.changelog import Change
 from alcor.db.store import Migration
 from alcor.errors import policy
+from alcor.resources.ports import Ports
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -189,7 +191,7 @@ class NovaNotifier:
 
     async def start(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        store = kernel.get("store").store
+        store = kernel.get(StoreModule).store
         self.store = store
         await store.migrate("nova", MIGRATIONS)
         row = await store.fetchone("SELECT rev FROM nova_cursor WHERE id = 1")
@@ -267,7 +269,7 @@ class NovaNotifier:
     async def _resync(self, upto: int, announce: bool) -> None:
         """Start over from the ports as they are (first start, or behind the compaction horizon):
         the difference with what was known becomes events (when `announce`)."""
-        bodies = await self.kernel.get("ports").list_all(_ADMIN) if self.kernel else []
+        bodies = await self.kernel.get(Ports).list_all(_ADMIN) if self.kernel else []
         current = {b["id"]: b for b in bodies if is_compute(b)}
         async with self.store.transaction() as tx:
             known = await _known(tx, None)

@@ -28,7 +28,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from urllib.parse import urlparse
 
 import structlog
@@ -42,6 +42,8 @@ from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import Conflict, not_found, policy
 from alcor.resources.base import Manager
+from alcor.resources.networks import Networks
+from alcor.resources.nodes import Nodes
 from alcor.resources.schema import (
     Attr,
     Resource,
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from alcor.kernel import Kernel
 
 log = structlog.get_logger("alcor.zeta")
+M = TypeVar("M")
 
 PATH = "/v2.0/alcor/gateways"
 PENDING, READY, FAILED = "pending", "ready", "failed"
@@ -114,7 +117,7 @@ class Gateways(Manager):
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         vpc_id = given["vpc_id"]
-        network = await self.kernel.get("networks").fetch(vpc_id, tx)
+        network = await self.kernel.get(Networks).fetch(vpc_id, tx)
         if network is None or not (ctx.is_admin or network.get("project_id") == ctx.project_id):
             raise not_found("Network", vpc_id)
         if vpc_id in self.by_vpc:
@@ -329,7 +332,7 @@ class ZetaModule:
         gw = await self.gateways.current(gateway_id)
         if gw is None or gw["status"] != PENDING:
             return
-        network = self.kernel_get("networks").index.get(vpc_id)
+        network = self.kernel_get(Networks).index.get(vpc_id)
         if network is None:
             await self.gateways.set_state(
                 gateway_id, status=FAILED, status_reason="network not found"
@@ -503,9 +506,9 @@ class ZetaModule:
 
     # --- helpers ---
 
-    def kernel_get(self, name: str) -> Any:
+    def kernel_get(self, cls: type[M]) -> M:
         assert self.kernel is not None
-        return self.kernel.get(name)
+        return self.kernel.get(cls)
 
     def _ready(self, vpc_id: str) -> bool:
         return vpc_id in self._registered
@@ -514,7 +517,7 @@ class ZetaModule:
         """A port as Zeta wants it; None when Zeta cannot reach it (unbound, a router's leg)."""
         if port.get("device_owner") == ROUTER_INTERFACE:
             return None
-        node = self.kernel_get("nodes").by_name(port.get("binding:host_id") or "")
+        node = self.kernel_get(Nodes).by_name(port.get("binding:host_id") or "")
         if node is None:
             return None
         return {

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from alcor import sections
+from alcor.api.app import HttpModule
 from alcor.config import Config
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel, KernelConfig, load_plugin
@@ -117,7 +118,7 @@ async def running_controller(
         kernel = Kernel(cfg, [*controller_modules(cfg), *plugins])
         await kernel.start()
         try:
-            port = kernel.get("api").port
+            port = kernel.get(HttpModule).port
             async with aiohttp.ClientSession() as session:
                 yield kernel, Client(session, f"http://127.0.0.1:{port}")
         finally:

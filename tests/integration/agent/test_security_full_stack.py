@@ -19,8 +19,10 @@ import aiohttp
 import pytest
 
 from alcor import roles
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
+from alcor.resources.nodes import Nodes
 from tests.conftest import require
 from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root
@@ -56,7 +58,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Host, Kernel]]:
         host = Host(HOST, ovs, "127.0.0.79", 0)
         try:
             async with aiohttp.ClientSession() as http:
-                yield Client(http, f"http://127.0.0.1:{kernel.get('api').port}"), host, kernel
+                yield Client(http, f"http://127.0.0.1:{kernel.get(HttpModule).port}"), host, kernel
         finally:
             for vm in host.vms.values():
                 vm.netns.delete()
@@ -73,7 +75,7 @@ async def test_groups_and_membership_from_the_api_to_the_packets(
     )
 
     async def registered() -> Any:
-        return kernel.get("nodes").by_name(HOST)
+        return kernel.get(Nodes).by_name(HOST)
 
     await until(registered, 5, "the local node never registered")
     web = await api.create("security_group", "/v2.0/security-groups", name="web")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+from alcor.db.backends import StoreModule
 from tests.support.controller import running_controller
 from tests.support.stores import store_settings
 
@@ -50,7 +51,7 @@ async def test_two_controllers_share_one_database(tmp_path):
                             headers={"If-Match": f"revision_number={p['revision_number']}"})
             assert r.status == 412
             # One change log, gap-free, the same on both.
-            sa, sb = ka.get("store").store, kb.get("store").store
+            sa, sb = ka.get(StoreModule).store, kb.get(StoreModule).store
             await sb.changes.wait(sa.changes.last_rev - 1, timeout=5)
             revs_a = [c.rev for c in await sa.changes.read(0, 10_000)]
             revs_b = [c.rev for c in await sb.changes.read(0, 10_000)]

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from alcor.api.app import HttpModule
 from tests.conftest import require
 from tests.support import keystone as ks
 from tests.support.controller import running_controller
@@ -178,7 +179,7 @@ async def test_expired_token_is_refused(tmp_path, short_lived_keystone):
 
 
 async def test_validation_is_cached_and_off_the_loop(api, keystone):
-    auth = api.kernel.get("api").auth
+    auth = api.kernel.get(HttpModule).auth
     alice = As(api, keystone.token("alice"))
     before = auth.validations
     loop = asyncio.get_running_loop()

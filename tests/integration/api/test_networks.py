@@ -1,8 +1,10 @@
 """Networks over HTTP: Neutron's shape, VNI allocation, policy, bad input leaves nothing written."""
 
+from alcor.db.backends import StoreModule
+
 
 def last_rev(ctl):
-    return ctl.kernel.get("store").store.changes.last_rev
+    return ctl.kernel.get(StoreModule).store.changes.last_rev
 
 
 async def test_create_shows_neutron_shape_and_unique_vni(ctl):

@@ -3,6 +3,8 @@ Neutron's, each checked over HTTP the way those tests and real clients send it."
 
 import pytest
 
+from alcor.db.backends import StoreModule
+
 UUID_NOBODY = "1d8d0c5e-0000-4000-8000-000000000000"
 
 
@@ -114,10 +116,10 @@ async def test_remote_group_that_names_no_group_is_404(ctl, remote):
 ])
 async def test_port_range_errors_in_neutrons_words(ctl, protocol, lo, hi, text):
     sg = await ctl.create("security_group", "/v2.0/security-groups", name="web")
-    before = ctl.kernel.get("store").store.changes.last_rev
+    before = ctl.kernel.get(StoreModule).store.changes.last_rev
     r = await rule(ctl, sg["id"], protocol=protocol, port_range_min=lo, port_range_max=hi)
     assert r.status == 400 and text in r.error["message"], r.body
-    assert ctl.kernel.get("store").store.changes.last_rev == before
+    assert ctl.kernel.get(StoreModule).store.changes.last_rev == before
 
 
 async def test_rule_normal_forms(ctl):

@@ -1,5 +1,7 @@
 """Nodes (admin only) and the operator's view of the change log."""
 
+from alcor.db.backends import StoreModule
+
 
 async def test_node_crud_and_mq_defaults(ctl):
     n = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1", local_ip="172.16.0.11",
@@ -62,7 +64,7 @@ async def test_change_log_is_gap_free_and_paged(ctl, net):
 
 async def test_change_log_wait_and_compaction(ctl):
     import asyncio
-    changes = ctl.kernel.get("store").store.changes
+    changes = ctl.kernel.get(StoreModule).store.changes
     start = changes.last_rev
     waiter = asyncio.create_task(changes.wait(start, timeout=5))
     await asyncio.sleep(0.01)

@@ -2,9 +2,12 @@
 
 import asyncio
 
+from alcor.db.backends import StoreModule
+from alcor.resources.ports import Ports
+
 
 def last_rev(ctl):
-    return ctl.kernel.get("store").store.changes.last_rev
+    return ctl.kernel.get(StoreModule).store.changes.last_rev
 
 
 async def test_defaults(ctl, net):
@@ -129,7 +132,7 @@ async def test_binding_to_node_and_unknown_host(ctl, net):
 async def test_status_is_set_by_agent_feedback(ctl, net):
     network, _ = net
     p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], **{"binding:host_id": "host1"})
-    ports = ctl.kernel.get("ports")
+    ports = ctl.kernel.get(Ports)
     # Another node cannot speak for the port; unknown ids are ignored.
     await ports.set_statuses({p["id"]: ("ACTIVE", "host2"), "unknown-id": ("ACTIVE", "host1")})
     assert (await ctl.get(f"/v2.0/ports/{p['id']}")).body["port"]["status"] == "DOWN"
@@ -158,14 +161,14 @@ async def test_port_security_and_security_groups_go_together(ctl, net):
     """Neutron's rules (ML2): no security groups, and no address pairs, without port security."""
     network, _ = net
     sg = await ctl.create("security_group", "/v2.0/security-groups", name="web")
-    before = ctl.kernel.get("store").store.changes.last_rev
+    before = ctl.kernel.get(StoreModule).store.changes.last_rev
     r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "port_security_enabled": False,
                                                 "security_groups": [sg["id"]]}})
     assert r.status == 409 and r.error["type"] == "PortSecurityAndIPRequiredForSecurityGroups"
     r = await ctl.post("/v2.0/ports", {"port": {"network_id": network["id"], "port_security_enabled": False,
                                                 "allowed_address_pairs": [{"ip_address": "10.0.0.9"}]}})
     assert r.status == 409 and r.error["type"] == "AddressPairAndPortSecurityRequired"
-    assert ctl.kernel.get("store").store.changes.last_rev == before  # nothing half-written
+    assert ctl.kernel.get(StoreModule).store.changes.last_rev == before  # nothing half-written
     # a port in a group cannot drop port security while it keeps the group...
     p = await ctl.create("port", "/v2.0/ports", network_id=network["id"], security_groups=[sg["id"]])
     r = await ctl.put(f"/v2.0/ports/{p['id']}", {"port": {"port_security_enabled": False}})
@@ -248,7 +251,7 @@ async def _after_restart(tmp_path, store, n, p):
         assert r.status == 409
         q = await c.create("port", "/v2.0/ports", network_id=n["id"])
         assert q["fixed_ips"][0]["ip_address"] != p["fixed_ips"][0]["ip_address"]
-        assert k.get("store").store.changes.last_rev >= 4
+        assert k.get(StoreModule).store.changes.last_rev >= 4
 
 
 async def test_port_bound_before_its_node_exists_binds_when_it_registers(ctl, net):

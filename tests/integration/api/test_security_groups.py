@@ -1,5 +1,7 @@
 """Security groups and rules over HTTP: the default group, Neutron's rule validation, duplicates."""
 
+from alcor.db.backends import StoreModule
+
 
 async def test_default_group_per_project(ctl):
     t = ctl.as_project("p1")
@@ -30,7 +32,7 @@ async def test_rules_validation_and_duplicates(ctl):
         "security_group_id": sid, "direction": "ingress", "protocol": "6", "port_range_min": 80,
         "port_range_max": 80, "remote_ip_prefix": "0.0.0.0/0"}})
     assert dup.status == 409 and dup.error["type"] == "SecurityGroupRuleExists"
-    before = ctl.kernel.get("store").store.changes.last_rev
+    before = ctl.kernel.get(StoreModule).store.changes.last_rev
     for body in [
         {"direction": "sideways"},
         {"direction": "ingress", "protocol": "tcp", "port_range_min": 90, "port_range_max": 80},
@@ -49,7 +51,7 @@ async def test_rules_validation_and_duplicates(ctl):
     r = await ctl.post("/v2.0/security-group-rules", {"security_group_rule": {
         "security_group_id": "1d8d0c5e-0000-4000-8000-000000000000", "direction": "ingress"}})
     assert r.status == 404
-    assert ctl.kernel.get("store").store.changes.last_rev == before
+    assert ctl.kernel.get(StoreModule).store.changes.last_rev == before
     got = (await ctl.get(f"/v2.0/security-groups/{sid}")).body["security_group"]
     assert rule["id"] in [r["id"] for r in got["security_group_rules"]]
     assert (await ctl.delete(f"/v2.0/security-group-rules/{rule['id']}")).status == 204

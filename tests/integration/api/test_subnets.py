@@ -1,8 +1,10 @@
 """Subnets over HTTP: canonical CIDR, gateway and pools, overlaps, in-use."""
 
+from alcor.db.backends import StoreModule
+
 
 def last_rev(ctl):
-    return ctl.kernel.get("store").store.changes.last_rev
+    return ctl.kernel.get(StoreModule).store.changes.last_rev
 
 
 async def test_defaults_and_canonical_cidr(ctl):

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from alcor import sections
+from alcor.resources.ports import Ports
 from alcor_plugins.nova import DELETED, PLUGGED, UNPLUGGED, NovaNotifier
 from tests.support.controller import running_controller
 from tests.support.nova import NovaStandin
@@ -71,17 +72,17 @@ async def boot(ctl, node, vm):
 async def test_plugged_within_a_second_of_active_then_unplugged_and_deleted(tmp_path, keystone, nova):
     async with await start(tmp_path, keystone) as (kernel, ctl):
         assert any(isinstance(m, NovaNotifier) for m in kernel.modules)
-        await kernel.get("nova").ready()
+        await kernel.get(NovaNotifier).ready()
         await ctl.create("node", "/v2.0/alcor/nodes", node_name="cmp1", local_ip="172.16.0.3")
         p = await boot(ctl, "cmp1", VM1)
         await asyncio.sleep(0.3)
         assert nova.received == []  # bound but not yet programmed: Nova keeps waiting
-        ports = kernel.get("ports")
+        ports = kernel.get(Ports)
         await ports.set_statuses({p["id"]: ("ACTIVE", "cmp1")})
         active_at = time.monotonic()
-        assert await wait_for(lambda: nova.got(PLUGGED, p["id"])), (kernel.get("nova").counters,
-                                                                    kernel.get("nova").last_error,
-                                                                    nova.calls, [(t.get_name(), t.done() and t.exception()) for t in kernel.get("nova")._tasks])
+        assert await wait_for(lambda: nova.got(PLUGGED, p["id"])), (kernel.get(NovaNotifier).counters,
+                                                                    kernel.get(NovaNotifier).last_error,
+                                                                    nova.calls, [(t.get_name(), t.done() and t.exception()) for t in kernel.get(NovaNotifier)._tasks])
         first = nova.received[0]
         assert first.at - active_at < 1.0, first.at - active_at
         assert first.event == {"name": PLUGGED, "server_uuid": VM1, "tag": p["id"], "status": "completed"}
@@ -103,7 +104,7 @@ async def test_a_failed_port_is_plugged_failed_and_other_ports_say_nothing(tmp_p
         p = await boot(ctl, "cmp1", VM1)
         plain = await ctl.create("port", "/v2.0/ports", network_id=p["network_id"],
                                  **{"binding:host_id": "cmp1"})
-        await kernel.get("ports").set_statuses({p["id"]: ("ERROR", "cmp1"),
+        await kernel.get(Ports).set_statuses({p["id"]: ("ERROR", "cmp1"),
                                                 plain["id"]: ("ACTIVE", "cmp1")})
         assert await wait_for(lambda: nova.got(PLUGGED))
         await asyncio.sleep(0.3)
@@ -116,11 +117,11 @@ async def test_nova_away_then_back_gets_every_event(tmp_path, keystone, nova):
         a, b = await boot(ctl, "cmp1", VM1), await boot(ctl, "cmp1", VM2)
         await nova.down()
         started = time.monotonic()
-        await kernel.get("ports").set_statuses({a["id"]: ("ACTIVE", "cmp1"), b["id"]: ("ACTIVE", "cmp1")})
+        await kernel.get(Ports).set_statuses({a["id"]: ("ACTIVE", "cmp1"), b["id"]: ("ACTIVE", "cmp1")})
         # The API is not held up by Nova's absence.
         r = await ctl.put(f"/v2.0/ports/{a['id']}", {"port": {"name": "a"}})
         assert r.status == 200 and time.monotonic() - started < 1.0
-        assert await wait_for(lambda: kernel.get("nova").counters["retried_batches"] >= 2)
+        assert await wait_for(lambda: kernel.get(NovaNotifier).counters["retried_batches"] >= 2)
         await nova.up()
         assert await wait_for(lambda: len(nova.got(PLUGGED)) == 2, timeout=15)
         assert {e["server_uuid"] for e in nova.got(PLUGGED)} == {VM1, VM2}
@@ -132,8 +133,8 @@ async def test_an_event_survives_a_controller_restart(tmp_path, keystone, nova):
         await ctl.create("node", "/v2.0/alcor/nodes", node_name="cmp1", local_ip="172.16.0.3")
         p = await boot(ctl, "cmp1", VM1)
         await nova.down()
-        await kernel.get("ports").set_statuses({p["id"]: ("ACTIVE", "cmp1")})
-        assert await wait_for(lambda: kernel.get("nova").counters["derived"] == 1)
+        await kernel.get(Ports).set_statuses({p["id"]: ("ACTIVE", "cmp1")})
+        assert await wait_for(lambda: kernel.get(NovaNotifier).counters["derived"] == 1)
     await nova.up()
     async with await start(tmp_path, keystone) as (kernel, ctl):
         assert await wait_for(lambda: nova.got(PLUGGED, p["id"]), timeout=15)
@@ -146,10 +147,10 @@ async def test_unknown_instance_is_final_not_retried(tmp_path, keystone, nova):
         await ctl.create("node", "/v2.0/alcor/nodes", node_name="cmp1", local_ip="172.16.0.3")
         ghost = await boot(ctl, "cmp1", "5f5f5f5f-0000-4000-8000-000000000000")
         real = await boot(ctl, "cmp1", VM1)
-        await kernel.get("ports").set_statuses({ghost["id"]: ("ACTIVE", "cmp1"),
+        await kernel.get(Ports).set_statuses({ghost["id"]: ("ACTIVE", "cmp1"),
                                                 real["id"]: ("ACTIVE", "cmp1")})
         assert await wait_for(lambda: nova.got(PLUGGED, real["id"]))
-        notifier = kernel.get("nova")
+        notifier = kernel.get(NovaNotifier)
         assert await wait_for(lambda: notifier.counters["refused"] == 1)
         await asyncio.sleep(0.5)
         assert notifier.counters["retried_batches"] == 0

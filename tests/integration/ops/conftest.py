@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from alcor.roles import southbound_modules
@@ -33,7 +34,7 @@ async def dev_controller(tmp: Path, node_name: str = NODE) -> AsyncIterator[tupl
     await kernel.start()
     try:
         async with aiohttp.ClientSession() as session:
-            yield kernel, Client(session, f"http://127.0.0.1:{kernel.get('api').port}")
+            yield kernel, Client(session, f"http://127.0.0.1:{kernel.get(HttpModule).port}")
     finally:
         await kernel.stop()
 

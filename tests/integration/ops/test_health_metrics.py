@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from alcor.db.backends import StoreModule
 from tests.integration.ops.conftest import NODE, dev_controller, eventually, small_cloud
 from tests.support.controller import running_controller
 
@@ -36,7 +37,7 @@ async def test_health_and_readiness(tmp_path: Path) -> None:
         assert r.body["checks"]["store"] == {"ok": True, "detail": "writable"}
         assert r.body["checks"]["api"]["ok"] is True
         # A store that cannot take a write makes the controller unready (503), not dead.
-        store = kernel.get("store").store
+        store = kernel.get(StoreModule).store
         writer, store._writer = store._writer, None
         try:
             r = await c.get("/readyz")

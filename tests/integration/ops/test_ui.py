@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from alcor.api.app import HttpModule
 from tests.conftest import require
 from tests.integration.ops.browser import CHROMIUM, Browser
 from tests.integration.ops.conftest import NODE, dev_controller, eventually, small_cloud
@@ -68,6 +69,6 @@ async def test_page_says_when_the_controller_is_gone(tmp_path: Path) -> None:
         async with Browser.launch(tmp_path) as b:
             await b.open(c.base + "/ui")
             await b.wait_for("document.getElementById('conn').textContent.startsWith('live')")
-            await kernel.get("api").stop()
+            await kernel.get(HttpModule).stop()
             await b.wait_for("document.getElementById('conn').textContent.includes('unreachable')",
                              timeout=10)

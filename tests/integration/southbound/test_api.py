@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from alcor.agent.stream import StreamModule
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from alcor.roles import southbound_modules
@@ -34,7 +36,7 @@ async def test_dev_run_local_node_in_sync_and_port_active(tmp_path: Path) -> Non
     kernel = Kernel(cfg, [*controller_modules(cfg), *southbound_modules("dev", cfg)])
     await kernel.start()
     try:
-        port = kernel.get("api").port
+        port = kernel.get(HttpModule).port
         async with aiohttp.ClientSession() as session:
             c = Client(session, f"http://127.0.0.1:{port}")
 
@@ -65,7 +67,7 @@ async def test_dev_run_local_node_in_sync_and_port_active(tmp_path: Path) -> Non
 
             shown = await _until(in_sync)
             assert shown["digest_match"] is True and shown["last_report_at"]
-            stream = kernel.get("agent_stream").stream
+            stream = kernel.get(StreamModule).stream
             goal = stream.model.goal()
             assert p["id"] in goal["port"] and sub["id"] in goal["subnet"]
             assert goal["vpc"][net["id"]]["segmentation_id"] == net["provider:segmentation_id"]

@@ -14,6 +14,8 @@ from alcor.agent.compiler import compile_flows
 from alcor.agent.ipv6 import link_local
 from alcor.agent.ir import tap_name
 from alcor.agent.ra import advertisements
+from alcor.agent.stream import StreamModule
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from alcor.roles import southbound_modules
@@ -38,7 +40,7 @@ async def test_slaac_subnet_on_a_router_reaches_the_agent_as_the_datapath_needs(
     kernel = Kernel(cfg, [*controller_modules(cfg), *southbound_modules("dev", cfg)])
     await kernel.start()
     try:
-        port = kernel.get("api").port
+        port = kernel.get(HttpModule).port
         async with aiohttp.ClientSession() as session:
             c = Client(session, f"http://127.0.0.1:{port}")
             net = await c.create("network", "/v2.0/networks", name="n6")
@@ -58,7 +60,7 @@ async def test_slaac_subnet_on_a_router_reaches_the_agent_as_the_datapath_needs(
             )  # fmt: skip
             assert vm["fixed_ips"][0]["ip_address"] == "2001:db8:6:0:f816:3eff:fe66:5"
             async def goal_with(check: Any) -> Any:
-                stream = kernel.get("agent_stream").stream  # once the local node registered
+                stream = kernel.get(StreamModule).stream  # once the local node registered
                 goal = stream.model.goal() if stream is not None else None
                 return goal if goal is not None and check(goal) else None
 

@@ -17,8 +17,10 @@ import pytest
 
 from alcor import roles
 from alcor.agent import zeta
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
+from alcor.resources.nodes import Nodes
 from alcor_plugins.zeta import ZetaModule
 from alcor_plugins.zeta.standin import Standin
 from tests.conftest import require
@@ -62,7 +64,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, OvsSandbox, Stand
         try:
             async with aiohttp.ClientSession() as http:
                 yield (
-                    Client(http, f"http://127.0.0.1:{kernel.get('api').port}"),
+                    Client(http, f"http://127.0.0.1:{kernel.get(HttpModule).port}"),
                     ovs,
                     standin,
                     kernel,
@@ -87,7 +89,7 @@ async def test_api_to_switch_and_back(stack: tuple[Client, OvsSandbox, Standin, 
     await api.create(
         "subnet", "/v2.0/subnets", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4
     )
-    await until(lambda: kernel.get("nodes").by_name(HOST), 5, "the local node registered")
+    await until(lambda: kernel.get(Nodes).by_name(HOST), 5, "the local node registered")
     await api.create("port", "/v2.0/ports", network_id=net["id"], **{"binding:host_id": HOST})
     gw = await api.create("gateway", "/v2.0/alcor/gateways", vpc_id=net["id"])
 
@@ -126,5 +128,5 @@ async def test_api_to_switch_and_back(stack: tuple[Client, OvsSandbox, Standin, 
     assert (await api.delete(f"/v2.0/alcor/gateways/{gw['id']}")).status == 204
     await until(lambda: FWD["ip"] not in groups(ovs), 10, "group left on the switch")
     await until(lambda: not direct(ovs), 5, "direct flows of the VPC left on the switch")
-    await kernel.get("zeta").idle()
+    await kernel.get(ZetaModule).idle()
     assert standin.state.vpcs == {}

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from alcor.api.app import HttpModule
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel
 from alcor_plugins.zeta import ZetaModule
@@ -88,7 +89,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     await kernel.start()
     try:
         async with aiohttp.ClientSession() as session:
-            api = Client(session, f"http://127.0.0.1:{kernel.get('api').port}")
+            api = Client(session, f"http://127.0.0.1:{kernel.get(HttpModule).port}")
             await api.create(
                 "node",
                 "/v2.0/alcor/nodes",
