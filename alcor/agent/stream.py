@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from alcor.agent.config import AgentConfig, NodeConfig
-from alcor.agent.datapath import DatapathModule
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
 from alcor.config import Config, ConfigError
 from alcor.transport import Address, Delivery, MqConfig, Subscription, Transport
@@ -351,6 +350,9 @@ class StreamModule:
             body.get("mq_exchange") or mq.exchange,
             body.get("mq_queue") or f"alcor.node.{node_id}",
         )
+        # Imported here: the stream (and the ops views that read it) load without os-ken.
+        from alcor.agent.datapath import DatapathModule
+
         datapath = kernel.get(DatapathModule) if kernel.has(DatapathModule) else None
         self.stream = AgentStream(
             transport,

@@ -23,7 +23,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from alcor.agent.datapath import Datapath, DatapathModule
 from alcor.agent.stream import AgentStream, StreamModule
 from alcor.db.backends import StoreModule
 from alcor.southbound import SouthboundModule
@@ -31,6 +30,7 @@ from alcor.southbound.dispatcher import Dispatcher
 from alcor.transport import Transport
 
 if TYPE_CHECKING:
+    from alcor.agent.datapath import Datapath
     from alcor.kernel import Kernel
 
 # Buckets for API latency: the store answers in tens of microseconds, a bulk create in tens of ms.
@@ -62,6 +62,9 @@ DATAPATH_COUNTERS = {
 
 def datapath_of(kernel: Kernel) -> Datapath | None:
     """The agent's Datapath, when this process runs one."""
+    # Imported here: the operator's commands import this package and must start without os-ken.
+    from alcor.agent.datapath import DatapathModule
+
     return kernel.get(DatapathModule).datapath if kernel.has(DatapathModule) else None
 
 
