@@ -18,7 +18,9 @@ IMPLIED = {"admin": ("member", "reader"), "member": ("reader",), "manager": ("me
 
 
 def roles_with_implied(roles: Iterable[str]) -> frozenset[str]:
-    """>>> sorted(roles_with_implied(["admin"]))
+    """The roles and those they imply (IMPLIED: admin and manager imply member and reader).
+
+    >>> sorted(roles_with_implied(["admin"]))
     ['admin', 'member', 'reader']
     """
     out = set(roles)

@@ -2,7 +2,6 @@
 
     >>> cfg = load(env={"ALCOR_API__PORT": "9797"})
     >>> from alcor.api.config import ApiConfig
-from alcor.api.keystone import KeystoneAuthtokenConfig
     >>> cfg.get(ApiConfig).port
     9797
 

@@ -39,6 +39,7 @@ from alcor.agent import fastcodec  # noqa: E402
 from alcor.agent.datapath import Datapath, DatapathConfig  # noqa: E402
 from alcor.agent.ir import cookie_for, tap_name  # noqa: E402
 from tests.support.ovs import OvsSandbox  # noqa: E402
+from tests.support.wait import eventually  # noqa: E402
 
 LOCAL_PORTS = 10
 NODES = 100
@@ -105,14 +106,6 @@ def add_port(
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-async def wait_for(cond: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
 
 
 # --- security groups ----------------------------------------------------------------------------
@@ -196,7 +189,7 @@ async def security_bench(args: argparse.Namespace) -> None:
                 "type=internal",
             ]
         ovs.vsctl(*cmd[1:])
-        await wait_for(lambda: dp.switch and len(dp.switch.ports) >= local + 1, timeout=120)
+        await eventually(lambda: dp.switch and len(dp.switch.ports) >= local + 1, 120, interval=0.01)
         await asyncio.sleep(0.5)
 
         gc.collect()
@@ -344,7 +337,7 @@ async def main() -> None:
         for i in range(LOCAL_PORTS):
             name = tap_name(port_id(i))
             ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
-        await wait_for(lambda: dp.switch and len(dp.switch.ports) >= LOCAL_PORTS + 1)
+        await eventually(lambda: dp.switch and len(dp.switch.ports) >= LOCAL_PORTS + 1)
         await asyncio.sleep(0.2)  # let the port-status reconciles (no goal yet: no-ops) settle
 
         # 1. the whole goal state from scratch
@@ -398,7 +391,7 @@ async def main() -> None:
             assert dp.switch is not None
             full = dp.counters["full"]
             await dp.switch.close()
-            await wait_for(lambda full=full: dp.counters["full"] > full)
+            await eventually(lambda full=full: dp.counters["full"] > full)
             r = dp.last_report
             assert r is not None
             print(

@@ -36,8 +36,11 @@ from alcor.db.store import SqliteStore  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
 from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
-from tests.integration.southbound.harness import write  # noqa: E402
-from tests.unit.southbound.world import World  # noqa: E402
+from tests.support.wait import eventually  # noqa: E402
+from tests.support.world import (
+    World,  # noqa: E402
+    write,  # noqa: E402
+)
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -124,12 +127,6 @@ def _fleet_child(conn: Any, queues: dict[str, str]) -> None:
     asyncio.run(run())
 
 
-async def until(pred: Any, step: float = 0.005, timeout: float = 600.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while not pred() and time.perf_counter() < deadline:  # noqa: ASYNC110 -- a benchmark polls
-        await asyncio.sleep(step)
-
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
@@ -178,7 +175,7 @@ async def main(args: argparse.Namespace) -> None:
         f"setup: {args.agents} agents subscribed in {time.perf_counter() - t0:.1f} s "
         f"({'in this process' if fleet.inline else 'in a child process'})"
     )
-    await until(lambda: d.watermark >= store.changes.last_rev, 0.05)
+    await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.05)
 
     # 1. Throughput.
     def port(i: int) -> Any:
@@ -195,7 +192,7 @@ async def main(args: argparse.Namespace) -> None:
     for chunk in range(0, args.ports, 50):
         await write(store, [port(i) for i in range(chunk, min(chunk + 50, args.ports))])
     committed = time.perf_counter() - start
-    await until(lambda: d.watermark >= store.changes.last_rev, 0.005)
+    await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     elapsed = time.perf_counter() - start
     m = d.metrics
     changes = m.changes - base["changes"]
@@ -236,7 +233,7 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(due - now)
         await write(store, [port(i)])
         i += 1
-    await until(lambda: d.watermark >= store.changes.last_rev, 0.005)
+    await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     lat = list(m.latencies)
     print(f"  batches {m.batches - b2}, sent {i - args.ports}")
     print(
@@ -258,7 +255,7 @@ async def main(args: argparse.Namespace) -> None:
         batch.append(p)
     for chunk in range(0, len(batch), 500):
         await write(store, batch[chunk : chunk + 500])
-    await until(lambda: d.watermark >= store.changes.last_rev, 0.01)
+    await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.01)
     await asyncio.sleep(0.5)
     addr = d.address(me)
     assert addr is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from alcor.context import Context
 from alcor.db.backends import StoreModule
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from alcor.resources.security_groups import SecurityGroupRules, SecurityGroups
     from alcor.resources.subnets import Subnets
 
+P = TypeVar("P")
+
 
 # A project id no caller has: the target of "another project's resource" in policy decisions.
 OTHER = "\x00another-project"
@@ -47,6 +49,22 @@ def dumps(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
+class _Peer(Generic[P]):
+    """One peer manager: found by its module name (the attribute's) and checked to be `cls`."""
+
+    def __init__(self, cls: str) -> None:
+        self.cls = cls
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, peers: Peers, owner: type | None = None) -> P:
+        found = peers.kernel.named(self.name)
+        if type(found).__name__ != self.cls:
+            raise TypeError(f"module {self.name!r} is a {type(found).__name__}, not a {self.cls}")
+        return cast(P, found)
+
+
 class Peers:
     """The other resource managers, typed, so mypy checks every call one makes on another.
 
@@ -56,42 +74,16 @@ class Peers:
     to be of the class its accessor promises.
     """
 
+    networks: _Peer[Networks] = _Peer("Networks")
+    subnets: _Peer[Subnets] = _Peer("Subnets")
+    ports: _Peer[Ports] = _Peer("Ports")
+    routers: _Peer[Routers] = _Peer("Routers")
+    nodes: _Peer[Nodes] = _Peer("Nodes")
+    security_groups: _Peer[SecurityGroups] = _Peer("SecurityGroups")
+    security_group_rules: _Peer[SecurityGroupRules] = _Peer("SecurityGroupRules")
+
     def __init__(self, kernel: Kernel) -> None:
-        self._kernel = kernel
-
-    def _peer(self, name: str, cls: str) -> Any:
-        found = self._kernel.named(name)
-        if type(found).__name__ != cls:
-            raise TypeError(f"module {name!r} is a {type(found).__name__}, not a {cls}")
-        return found
-
-    @property
-    def networks(self) -> Networks:
-        return self._peer("networks", "Networks")  # type: ignore[no-any-return]
-
-    @property
-    def subnets(self) -> Subnets:
-        return self._peer("subnets", "Subnets")  # type: ignore[no-any-return]
-
-    @property
-    def ports(self) -> Ports:
-        return self._peer("ports", "Ports")  # type: ignore[no-any-return]
-
-    @property
-    def routers(self) -> Routers:
-        return self._peer("routers", "Routers")  # type: ignore[no-any-return]
-
-    @property
-    def nodes(self) -> Nodes:
-        return self._peer("nodes", "Nodes")  # type: ignore[no-any-return]
-
-    @property
-    def security_groups(self) -> SecurityGroups:
-        return self._peer("security_groups", "SecurityGroups")  # type: ignore[no-any-return]
-
-    @property
-    def security_group_rules(self) -> SecurityGroupRules:
-        return self._peer("security_group_rules", "SecurityGroupRules")  # type: ignore[no-any-return]
+        self.kernel = kernel
 
 
 class Manager:

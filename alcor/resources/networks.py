@@ -96,11 +96,6 @@ def _check_honoured(given: dict[str, Any]) -> None:
         raise invalid_input("provider:physical_network specified for vxlan network")
 
 
-class NetworkInUse(NeutronError):
-    status = 409
-    type = "NetworkInUse"
-
-
 class Networks(Manager):
     res = NETWORK
     type = "network"
@@ -237,8 +232,8 @@ class Networks(Manager):
         nid = current["id"]
         ports = self.peers.ports
         if await ports.count_on_network(tx, nid):
-            raise NetworkInUse(f"Unable to complete operation on network {nid}. There are one or "
-                               f"more ports still in use on the network.")
+            raise Conflict(f"Unable to complete operation on network {nid}. There are one or "
+                           f"more ports still in use on the network.", type="NetworkInUse")
         subnets = self.peers.subnets
         for sid in current.get("subnets", []):
             sub = await subnets.fetch(sid, tx)

@@ -8,7 +8,7 @@ from typing import Any
 from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
-from alcor.errors import BadRequest, NeutronError, invalid_input, not_found
+from alcor.errors import BadRequest, Conflict, NeutronError, invalid_input, not_found
 from alcor.resources import ipam
 from alcor.resources import query as q
 from alcor.resources.base import OTHER, Manager, Peers
@@ -95,11 +95,6 @@ def network_target(peers: Peers, body: dict[str, Any]) -> dict[str, Any]:
 # of the agent's DHCP answers (options 6 and 121).
 MAX_DNS_NAMESERVERS = 5
 MAX_HOST_ROUTES = 20
-
-
-class SubnetInUse(NeutronError):
-    status = 409
-    type = "SubnetInUse"
 
 
 class Subnets(Manager):
@@ -306,8 +301,8 @@ class Subnets(Manager):
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
         sid = current["id"]
-        in_use = SubnetInUse(f"Unable to complete operation on subnet {sid}: One or more ports have "
-                             f"an IP allocation from this subnet.")
+        in_use = Conflict(f"Unable to complete operation on subnet {sid}: One or more ports have "
+                          f"an IP allocation from this subnet.", type="SubnetInUse")
         if await self.peers.routers.subnet_attached(tx, sid):
             raise in_use
         # A port's address on an auto-address (SLAAC, DHCPv6-stateless) subnet was never asked

@@ -17,6 +17,7 @@ from alcor.api.app import HttpModule
 from alcor.config import Config
 from alcor.controller import controller_modules
 from alcor.kernel import Kernel, KernelConfig, load_plugin
+from alcor.roles import southbound_modules
 from tests.support.stores import store_settings
 
 
@@ -115,11 +116,27 @@ async def running_controller(
         layer["store"] = {**layer.get("store", {}), **settings}
         cfg = config_for_test(tmp, **layer)
         plugins = [load_plugin(name, cfg) for name in cfg.get(KernelConfig).plugins]
-        kernel = Kernel(cfg, [*controller_modules(cfg), *plugins])
-        await kernel.start()
-        try:
-            port = kernel.get(HttpModule).port
-            async with aiohttp.ClientSession() as session:
-                yield kernel, Client(session, f"http://127.0.0.1:{port}")
-        finally:
-            await kernel.stop()
+        async with serving(cfg, [*controller_modules(cfg), *plugins]) as running:
+            yield running
+
+
+@asynccontextmanager
+async def running_dev(tmp: Path, **layer: dict[str, Any]) -> AsyncIterator[tuple[Kernel, Client]]:
+    """The dev run's modules without a datapath (controller, in-process southbound, this host's
+    agent stream) on `config_for_test(tmp, **layer)`."""
+    cfg = config_for_test(tmp, **layer)
+    async with serving(cfg, [*controller_modules(cfg), *southbound_modules("dev", cfg)]) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(cfg: Config, modules: list[Any]) -> AsyncIterator[tuple[Kernel, Client]]:
+    """A kernel of these modules started, and a client of its API; stopped after."""
+    kernel = Kernel(cfg, modules)
+    await kernel.start()
+    try:
+        port = kernel.get(HttpModule).port
+        async with aiohttp.ClientSession() as session:
+            yield kernel, Client(session, f"http://127.0.0.1:{port}")
+    finally:
+        await kernel.stop()

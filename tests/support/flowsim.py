@@ -193,33 +193,19 @@ def _run(
 
 
 def arp_request(in_port: int, sha: str, spa: str, tpa: str, **extra: Any) -> Packet:
-    return {
-        "in_port": in_port,
-        "eth_src": sha,
-        "eth_dst": "ff:ff:ff:ff:ff:ff",
-        "eth_type": 0x0806,
-        "arp_op": 1,
-        "arp_sha": sha,
-        "arp_spa": spa,
-        "arp_tha": "00:00:00:00:00:00",
-        "arp_tpa": tpa,
-        **extra,
-    }
+    arp = {"arp_op": 1, "arp_sha": sha, "arp_spa": spa, "arp_tha": "00:00:00:00:00:00", "arp_tpa": tpa}
+    return frame(in_port, sha, "ff:ff:ff:ff:ff:ff", 0x0806, **{**arp, **extra})
+
+
+def frame(in_port: int, src_mac: str, dst_mac: str, eth_type: int, **fields: Any) -> Packet:
+    """An Ethernet frame arriving on `in_port`, with the header fields of what it carries."""
+    return {"in_port": in_port, "eth_src": src_mac, "eth_dst": dst_mac, "eth_type": eth_type, **fields}
 
 
 def ipv4(in_port: int, src_mac: str, dst_mac: str, src: str, dst: str, **extra: Any) -> Packet:
-    return {
-        "in_port": in_port,
-        "eth_src": src_mac,
-        "eth_dst": dst_mac,
-        "eth_type": 0x0800,
-        "ipv4_src": src,
-        "ipv4_dst": dst,
-        "ip_proto": 1,
-        "icmpv4_type": 8,
-        "ttl": 64,
-        **extra,
-    }
+    """An ICMP echo request."""
+    icmp = {"ip_proto": 1, "icmpv4_type": 8, "ttl": 64}
+    return frame(in_port, src_mac, dst_mac, 0x0800, ipv4_src=src, ipv4_dst=dst, **{**icmp, **extra})
 
 
 def solicited_node(ip: str) -> tuple[str, str]:
@@ -234,13 +220,7 @@ def neighbour_solicitation(
 ) -> Packet:
     """An NS as a host sends it to resolve `target` (from "::" for DAD, without an SLL option)."""
     group, group_mac = solicited_node(target)
-    return {
-        "in_port": in_port,
-        "eth_src": src_mac,
-        "eth_dst": group_mac,
-        "eth_type": 0x86DD,
-        "ipv6_src": src,
-        "ipv6_dst": group,
+    ns = {
         "ip_proto": 58,
         "icmpv6_type": 135,
         "icmpv6_code": 0,
@@ -248,24 +228,14 @@ def neighbour_solicitation(
         # OVS reads a missing option as all zeros
         "ipv6_nd_sll": (src_mac if sll is None else sll) if src != "::" else "00:00:00:00:00:00",
         "ttl": 255,
-        **extra,
     }
+    return frame(in_port, src_mac, group_mac, 0x86DD, ipv6_src=src, ipv6_dst=group, **{**ns, **extra})
 
 
 def ipv6(in_port: int, src_mac: str, dst_mac: str, src: str, dst: str, **extra: Any) -> Packet:
-    return {
-        "in_port": in_port,
-        "eth_src": src_mac,
-        "eth_dst": dst_mac,
-        "eth_type": 0x86DD,
-        "ipv6_src": src,
-        "ipv6_dst": dst,
-        "ip_proto": 58,
-        "icmpv6_type": 128,
-        "icmpv6_code": 0,
-        "ttl": 64,
-        **extra,
-    }
+    """An ICMPv6 echo request."""
+    icmp = {"ip_proto": 58, "icmpv6_type": 128, "icmpv6_code": 0, "ttl": 64}
+    return frame(in_port, src_mac, dst_mac, 0x86DD, ipv6_src=src, ipv6_dst=dst, **{**icmp, **extra})
 
 
 def tcp(

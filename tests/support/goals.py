@@ -173,6 +173,29 @@ class GoalBuilder:
         }
         return self
 
+    def zeta_gateway(
+        self,
+        vpc_id: str,
+        gateway_id: str,
+        destinations: list[dict[str, str]],
+        status: str = "ready",
+        /,
+        **extra: Any,
+    ) -> GoalBuilder:
+        """A Zeta gateway of the VPC (its FWDs as {"ip", "mac"}), as the wire carries it; `extra`
+        fields are the body's last word (a test may give it another vpc_id)."""
+        self.res["vpc"][vpc_id]["gateway_ids"] = [gateway_id]
+        self.res["gateway"][gateway_id] = {
+            "id": gateway_id,
+            "type": "zeta",
+            "vpc_id": vpc_id,
+            "status": status,
+            "destinations": destinations,
+            "oam_port": 8300,
+            **extra,
+        }
+        return self
+
     def remove(self, rtype: str, rid: str) -> GoalBuilder:
         self.res[rtype].pop(rid, None)
         return self
@@ -203,14 +226,18 @@ VX = 9
 OFPORTS = {tap_name(PA1): 1, tap_name(PA2): 2, tap_name(PA3): 4, tap_name(QA1): 3, "vxlan0": VX}
 
 
-def two_vpcs() -> GoalBuilder:
-    """VPC1 (VNI 100): s1, s2 joined by r1. VPC2 (VNI 200): same CIDR as s1. Host B is remote."""
-    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, B_IP)
-    g.vpc("vpc1", 100).vpc("vpc2", 200)
+def two_vpc_networks(node_id: str) -> GoalBuilder:
+    """VPC1 (VNI 100): s1, s2 joined by r1. VPC2 (VNI 200): t1, the same CIDR as s1. No node, no port."""
+    g = GoalBuilder(node_id).vpc("vpc1", 100).vpc("vpc2", 200)
     g.subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1)
     g.subnet("s2", "vpc1", "10.0.1.0/24", "10.0.1.1", GW2)
     g.subnet("t1", "vpc2", "10.0.0.0/24", "10.0.0.1", GW3)
-    g.router("r1", ["s1", "s2"])
+    return g.router("r1", ["s1", "s2"])
+
+
+def two_vpcs() -> GoalBuilder:
+    """two_vpc_networks with ports on host A (this one) and host B (remote)."""
+    g = two_vpc_networks(A).node(A, "172.31.255.1").node(B, B_IP)
     g.port(PA1, "vpc1", "s1", "10.0.0.5", MAC[PA1], node=A)
     g.port(PA2, "vpc1", "s2", "10.0.1.5", MAC[PA2], node=A)
     g.port(PA3, "vpc1", "s1", "10.0.0.7", MAC[PA3], node=A)
@@ -244,3 +271,27 @@ def dual_stack() -> GoalBuilder:
     for pid, (sid, ip) in V6.items():
         g.res["port"][pid]["fixed_ips"].append({"subnet_id": sid, "ip_address": ip})
     return g
+
+
+# --- Zeta: two FWDs of a gateway cluster ------------------------------------------------------
+
+FWD1 = {"ip": "172.31.255.9", "mac": "02:00:00:00:00:09"}
+FWD2 = {"ip": "172.31.255.10", "mac": "02:00:00:00:00:0a"}
+ZETA_P1, ZETA_P2 = "p1000000-aaaa", "p2000000-bbbb"
+
+
+def zeta_scene(
+    status: str = "ready", dests: list[dict[str, str]] | None = None, **gw: Any
+) -> GoalState:
+    """Host node-a's goal: VPCs v1 and v2 (same CIDR) on node-a and node-b, v1 through the Zeta
+    gateway gw1 (FWD1 unless `dests`)."""
+    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, "172.31.255.2")
+    g.vpc("v1", 100).vpc("v2", 200)
+    g.subnet("s1", "v1", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:00:01")
+    g.subnet("s2", "v2", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:00:02")
+    g.port(ZETA_P1, "v1", "s1", "10.0.0.5", "fa:16:3e:00:00:05", node=A)
+    g.port(ZETA_P2, "v1", "s1", "10.0.0.6", "fa:16:3e:00:00:06", node=B)
+    g.port("q1000000-aaaa", "v2", "s2", "10.0.0.5", "fa:16:3e:00:01:05", node=A)
+    g.port("q2000000-bbbb", "v2", "s2", "10.0.0.6", "fa:16:3e:00:01:06", node=B)
+    g.zeta_gateway("v1", "gw1", [FWD1] if dests is None else dests, status, **gw)
+    return g.goal()

@@ -28,6 +28,7 @@ from alcor.agent.config import DhcpConfig
 from alcor.agent.datapath import Datapath, DatapathConfig
 from alcor.agent.ir import tap_name
 from tests.support.ovs import Netns, OvsSandbox, unique
+from tests.support.wait import eventually
 
 UNDERLAY_PREFIX = 24
 ROOT = Path(__file__).resolve().parents[2]  # tests.support.probe runs from here
@@ -349,12 +350,13 @@ async def two_hosts(
 
 async def wait_taps(*hosts: Host, timeout: float = 5) -> None:
     """Until each agent has learnt the ofport of every VM tap on its host."""
-    deadline = time.monotonic() + timeout
     for h in hosts:
-        assert h.agent is not None
-        while True:
-            sw = h.agent.switch
-            if sw and all(tap_name(p) in sw.ports for p in h.vms):
-                break
-            assert time.monotonic() < deadline, f"{h.name}: taps not seen"
-            await asyncio.sleep(0.02)
+        agent = h.agent
+        assert agent is not None
+        await eventually(
+            lambda agent=agent, h=h: (  # type: ignore[misc]
+                agent.switch and all(tap_name(p) in agent.switch.ports for p in h.vms)
+            ),
+            timeout,
+            f"{h.name}: taps not seen",
+        )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from alcor.resources.ports import eui64
 from alcor.wire import GoalState
 from tests.support.goals import GoalBuilder
 from tests.support.topology import Host, two_hosts, wait_taps
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
@@ -300,13 +300,6 @@ async def test_ipv6_flows_survive_an_agent_restart_untouched(cloud: Cloud) -> No
     assert await asyncio.to_thread(cloud.vm(A1).ping6, v6(B2), 1)
 
 
-async def until(cond, timeout: float = 8.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(cond):
-        assert time.monotonic() < deadline, "not in time"
-        await asyncio.sleep(0.2)
-
-
 async def test_router_advertisements_configure_a_slaac_vm(cloud: Cloud) -> None:
     await cloud.apply()
     e1 = cloud.vm(E1)
@@ -320,8 +313,10 @@ async def test_router_advertisements_configure_a_slaac_vm(cloud: Cloud) -> None:
         return e1.exec("ip", "-6", "route", "show", "default")
 
     # the EUI-64 address IPAM gave the port, the gateway as default router, the network's MTU
-    await until(addressed)
-    await until(lambda: gw_ll in default_route())
+    await eventually(addressed, 8.0, "no global address", blocking=True, interval=0.2)
+    await eventually(
+        lambda: gw_ll in default_route(), 8.0, "no default route", blocking=True, interval=0.2
+    )
     assert "proto ra" in default_route()
     assert e1.exec("cat", "/proc/sys/net/ipv6/conf/eth0/mtu").strip() == str(MTU)
     assert await asyncio.to_thread(e1.neighbour, gw_ll) == GW7V6
@@ -334,10 +329,18 @@ async def test_router_advertisements_configure_a_slaac_vm(cloud: Cloud) -> None:
     # the router lets go of the subnet: one last advertisement, and the VM drops the route
     try:
         await cloud.apply(slaac_routed=False)
-        await until(lambda: gw_ll not in default_route(), timeout=4)
+        await eventually(
+            lambda: gw_ll not in default_route(),
+            4.0,
+            "the route stayed",
+            blocking=True,
+            interval=0.2,
+        )
     finally:
         await cloud.apply()
-    await until(lambda: gw_ll in default_route())
+    await eventually(
+        lambda: gw_ll in default_route(), 8.0, "no default route", blocking=True, interval=0.2
+    )
 
 
 async def test_a_router_set_down_routes_nothing(cloud: Cloud) -> None:

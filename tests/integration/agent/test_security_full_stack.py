@@ -10,8 +10,7 @@ default group. Membership and rules change through the API while the checks watc
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,11 @@ from tests.conftest import require
 from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root
 from tests.support.topology import Host, Vm
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.ovs
 
 HOST = "sg-host"
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -77,7 +67,7 @@ async def test_groups_and_membership_from_the_api_to_the_packets(
     async def registered() -> Any:
         return kernel.get(Nodes).by_name(HOST)
 
-    await until(registered, 5, "the local node never registered")
+    await eventually(registered, 5, "the local node never registered", interval=0.1)
     web = await api.create("security_group", "/v2.0/security-groups", name="web")
     await api.create(
         "security_group_rule", "/v2.0/security-group-rules", security_group_id=web["id"],
@@ -95,7 +85,7 @@ async def test_groups_and_membership_from_the_api_to_the_packets(
         ip = p["fixed_ips"][0]["ip_address"]
         vms[p["id"]] = await asyncio.to_thread(host.add_vm, p["id"], f"{ip}/24", p["mac_address"])
     for p in (p1, p2, p3):
-        await until(lambda p=p: status_is(api, p["id"], "ACTIVE"), 15, f"port {p['id']} not ACTIVE")
+        await eventually(lambda p=p: status_is(api, p["id"], "ACTIVE"), 15, f"port {p['id']} not ACTIVE", interval=0.1)
     v1, v2, v3 = (vms[p["id"]] for p in (p1, p2, p3))
     ip1, ip2, ip3 = (p["fixed_ips"][0]["ip_address"] for p in (p1, p2, p3))
     with v3.server("tcp", 80), v3.server("tcp", 22):
@@ -106,7 +96,7 @@ async def test_groups_and_membership_from_the_api_to_the_packets(
         # p2 leaves the default group: from then on it is a stranger to p1 and to "web"
         r = await api.put(f"/v2.0/ports/{p2['id']}", {"port": {"security_groups": [web["id"]]}})
         assert r.status == 200
-        await until(lambda: gone(lambda: v2.tcp_ok(ip3, 80)), 10, "p2 still reaches tcp/80")
+        await eventually(lambda: gone(lambda: v2.tcp_ok(ip3, 80)), 10, "p2 still reaches tcp/80", interval=0.1)
         assert await asyncio.to_thread(v1.tcp_ok, ip3, 80)
         assert not await asyncio.to_thread(v2.ping, ip1, 1, 0.2, 1)
         # a rule through the API: ICMP from anywhere into "web"; its removal stops it again
@@ -114,9 +104,9 @@ async def test_groups_and_membership_from_the_api_to_the_packets(
             "security_group_rule", "/v2.0/security-group-rules", security_group_id=web["id"],
             direction="ingress", protocol="icmp",
         )  # fmt: skip
-        await until(lambda: there(lambda: v1.ping(ip3, 1)), 10, "the ICMP rule never arrived")
+        await eventually(lambda: there(lambda: v1.ping(ip3, 1)), 10, "the ICMP rule never arrived", interval=0.1)
         assert (await api.delete(f"/v2.0/security-group-rules/{icmp['id']}")).status == 204
-        await until(lambda: gone(lambda: v1.ping(ip3, 1, 0.2, 1)), 10, "ICMP still allowed")
+        await eventually(lambda: gone(lambda: v1.ping(ip3, 1, 0.2, 1)), 10, "ICMP still allowed", interval=0.1)
     extensions = {e["alias"] for e in (await api.get("/v2.0/extensions")).body["extensions"]}
     assert {
         "security-group",

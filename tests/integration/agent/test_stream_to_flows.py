@@ -3,9 +3,7 @@ end up as flows on a real switch, and the agent's status reports its ports ACTIV
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +16,7 @@ from alcor.agent.stream import AgentStream
 from alcor.transport import Address, InProcessBroker, InProcessTransport
 from tests.support.goals import PA1, PB1, A, two_vpcs
 from tests.support.ovs import OvsSandbox
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.ovs
 
@@ -57,13 +56,6 @@ def statuses(broker: InProcessBroker) -> list[dict[str, str]]:
     return out
 
 
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 @asynccontextmanager
 async def agent_on(
     ovs: OvsSandbox, port: int
@@ -93,11 +85,11 @@ async def test_snapshot_and_delta_through_the_stream(
     async with agent_on(ovs, unused_tcp_port) as (dp, broker, transport, stream):
         name = tap_name(PA1)
         ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
-        await until(lambda: dp.switch is not None and name in dp.switch.ports)
+        await eventually(lambda: dp.switch is not None and name in dp.switch.ports)
         await stream.start()
         goal = dict(two_vpcs().goal())
         await transport.publish([(NODE_Q, message("snapshot", 0, 1, snapshot_ops(goal)))], 1)
-        await until(lambda: any(s.get(PA1) == "ACTIVE" for s in statuses(broker)))
+        await eventually(lambda: any(s.get(PA1) == "ACTIVE" for s in statuses(broker)))
         port_b1 = f"cookie={cookie_for('port', PB1):#x}"
         assert [f for f in ovs.dump_flows() if port_b1 in f]
         delete = {
@@ -109,7 +101,7 @@ async def test_snapshot_and_delta_through_the_stream(
             "body": None,
         }
         await transport.publish([(NODE_Q, message("delta", 1, 2, [delete]))], 1)
-        await until(lambda: not [f for f in ovs.dump_flows() if port_b1 in f])
+        await eventually(lambda: not [f for f in ovs.dump_flows() if port_b1 in f])
         assert dp.counters["full"] == 1  # the delta was applied incrementally
 
 
@@ -122,8 +114,8 @@ async def test_a_tap_plugged_after_the_goal_turns_the_port_active(
         await stream.start()
         goal = dict(two_vpcs().goal())
         await transport.publish([(NODE_Q, message("snapshot", 0, 1, snapshot_ops(goal)))], 1)
-        await until(lambda: any(PA1 in s for s in statuses(broker)))
+        await eventually(lambda: any(PA1 in s for s in statuses(broker)))
         assert statuses(broker)[-1][PA1] == "ERROR"  # no interface for it yet
         name = tap_name(PA1)
         ovs.vsctl("add-port", "br-int", name, "--", "set", "interface", name, "type=internal")
-        await until(lambda: statuses(broker)[-1].get(PA1) == "ACTIVE")
+        await eventually(lambda: statuses(broker)[-1].get(PA1) == "ACTIVE")

@@ -3,8 +3,6 @@ and reconciler's behaviour across reconnects, errors, port changes and paged rea
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from alcor.agent.ir import (
 )
 from tests.support.goals import GW1, MAC, PA1, PA2, PA3, PB1, PB2, QA1, QB1, two_vpcs
 from tests.support.ovs import OvsSandbox, trace_outcome
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.ovs
 
@@ -50,12 +49,6 @@ class Host:
         recirculations conntrack makes (each traced as a new connection): the last pass's
         final flow, and every pass's actions but the conntrack ones."""
         return trace_outcome(self.ovs.trace("br-int", flow))
-
-    async def wait(self, cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert time.monotonic() < deadline, "condition not met in time"
-            await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture
@@ -81,7 +74,7 @@ async def host(ovs_sandbox: OvsSandbox, unused_tcp_port: int) -> AsyncIterator[H
 
 async def with_ports(h: Host, ports: tuple[str, ...] = PORTS) -> dict[str, int]:
     ofports = {p: h.add_tap(p) for p in ports}
-    await h.wait(lambda: h.dp.switch and all(tap_name(p) in h.dp.switch.ports for p in ports))
+    await eventually(lambda: h.dp.switch and all(tap_name(p) in h.dp.switch.ports for p in ports))
     statuses = await h.dp.apply(two_vpcs().goal())
     assert all(statuses[p] == ("ACTIVE", "") for p in ports), statuses
     return ofports
@@ -145,7 +138,7 @@ async def test_reconnect_with_nothing_changed_sends_no_flow_mods(host: Host) -> 
     full = host.dp.counters["full"]
     assert host.dp.switch is not None
     await host.dp.switch.close()  # the switch comes back on its own (max_backoff 1 s)
-    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    await eventually(lambda: host.dp.counters["full"] > full, timeout=10)
     report = host.dp.last_report
     assert report is not None and report.full
     assert (report.read_back, report.adds, report.deletes) == (installed, 0, 0)
@@ -175,7 +168,7 @@ async def test_drift_is_repaired_on_reconnect_and_foreign_flows_are_kept(host: H
         "cookie=0x42,table=30,priority=5,dl_dst=02:00:00:00:00:05,actions=drop",
     )
     full = host.dp.counters["full"]
-    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    await eventually(lambda: host.dp.counters["full"] > full, timeout=10)
     report = host.dp.last_report
     assert report is not None and (report.adds, report.deletes) == (1, 1)
     now = host.ovs.dump_flows()
@@ -205,10 +198,10 @@ async def test_port_appearing_later_turns_active(host: Host) -> None:
     statuses = await host.dp.apply(two_vpcs().goal())
     assert statuses[PA1] == ("ERROR", f"interface {tap_name(PA1)} not on the bridge")
     host.add_tap(PA1)
-    await host.wait(lambda: any(e.get(PA1) == ("ACTIVE", "") for e in host.status_events))
+    await eventually(lambda: any(e.get(PA1) == ("ACTIVE", "") for e in host.status_events))
     assert [f for f in host.ovs.dump_flows() if f"{cookie_for('port', PA1):#x}" in f]
     host.ovs.vsctl("del-port", "br-int", tap_name(PA1))
-    await host.wait(lambda: host.status_events[-1].get(PA1, ("",))[0] == "ERROR")
+    await eventually(lambda: host.status_events[-1].get(PA1, ("",))[0] == "ERROR")
     assert not [
         f for f in host.ovs.dump_flows() if f"{cookie_for('port', PA1):#x}," in f and "in_port" in f
     ]
@@ -276,7 +269,7 @@ async def test_packet_out_through_the_pipeline_and_packet_in(host: Host) -> None
     pkt.serialize()
     before = host.dp.counters["arp_packet_in"]
     await sw.packet_out(bytes(pkt.data), [parser.OFPActionOutput(ofp.OFPP_TABLE)], in_port=of[PA1])
-    await host.wait(lambda: host.dp.counters["arp_packet_in"] == before + 1)
+    await eventually(lambda: host.dp.counters["arp_packet_in"] == before + 1)
 
 
 async def test_group_mod_and_its_errors(host: Host) -> None:
@@ -334,8 +327,7 @@ async def test_periodic_resync_repairs_drift(ovs_sandbox: OvsSandbox, unused_tcp
         await dp.apply(two_vpcs().goal())
         want = sorted(ovs_sandbox.dump_flows())
         ovs_sandbox.ofctl("del-flows", "br-int", "table=10")  # an operator's mistake
-        h = Host(ovs_sandbox, dp, [])
-        await h.wait(lambda: sorted(ovs_sandbox.dump_flows()) == want)
+        await eventually(lambda: sorted(ovs_sandbox.dump_flows()) == want)
     finally:
         await dp.stop()
 
@@ -357,6 +349,6 @@ async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same
     full = host.dp.counters["full"]
     assert host.dp.switch is not None
     await host.dp.switch.close()
-    await host.wait(lambda: host.dp.counters["full"] > full, timeout=10)
+    await eventually(lambda: host.dp.counters["full"] > full, timeout=10)
     again = host.dp.last_report
     assert again is not None and (again.adds, again.deletes) == (0, 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,13 @@ import pytest_asyncio
 
 from alcor.agent.ir import cookie_for
 from alcor.wire import GoalState
-from tests.support.goals import GoalBuilder
-from tests.support.topology import Host, join_underlay
+from tests.support.goals import GW1, two_vpc_networks
+from tests.support.topology import Host, join_underlay, wait_taps
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
 A, B, C = "node-a", "node-b", "node-c"  # node-c is never started
-GW1, GW2, GW3 = "fa:16:3e:00:00:01", "fa:16:3e:00:00:02", "fa:16:3e:00:00:03"
 A1, A2, B1, B2 = "a1000000-1111", "a2000000-1111", "b1000000-1111", "b2000000-1111"
 C1, D1 = "c1000000-2222", "d1000000-2222"
 GHOST_L2, GHOST_L3 = "e1000000-3333", "e2000000-3333"  # on node-c: no VM anywhere
@@ -42,13 +41,8 @@ MAC = {
 
 
 def goal_for(node_id: str, *, without: tuple[str, ...] = ()) -> GoalState:
-    g = GoalBuilder(node_id).node(A, "172.31.255.1").node(B, "172.31.255.2")
+    g = two_vpc_networks(node_id).node(A, "172.31.255.1").node(B, "172.31.255.2")
     g.node(C, "172.31.255.3")
-    g.vpc("vpc1", 100).vpc("vpc2", 200)
-    g.subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1)
-    g.subnet("s2", "vpc1", "10.0.1.0/24", "10.0.1.1", GW2)
-    g.subnet("t1", "vpc2", "10.0.0.0/24", "10.0.0.1", GW3)
-    g.router("r1", ["s1", "s2"])
     g.port(A1, "vpc1", "s1", "10.0.0.5", MAC[A1], node=A)
     g.port(A2, "vpc1", "s2", "10.0.1.5", MAC[A2], node=A)
     g.port(B1, "vpc1", "s1", "10.0.0.6", MAC[B1], node=B)
@@ -98,27 +92,12 @@ async def build_cloud(root: Path) -> AsyncIterator[Cloud]:
         b.add_vm(B2, "10.0.1.6/24", MAC[B2], "10.0.1.1")
         b.add_vm(D1, "10.0.0.6/24", MAC[D1], "10.0.0.1")
         cloud = Cloud(a, b)
-        await wait_ports(a, b)
+        await wait_taps(a, b)
         await cloud.apply()
         yield cloud
     finally:
         for h in hosts:
             await h.close()
-
-
-async def wait_ports(*hosts: Host, timeout: float = 5) -> None:
-    """Until each agent has learnt the ofport of every VM tap on its host."""
-    from alcor.agent.ir import tap_name
-
-    deadline = time.monotonic() + timeout
-    for h in hosts:
-        assert h.agent is not None
-        while True:
-            sw = h.agent.switch
-            if sw and all(tap_name(p) in sw.ports for p in h.vms):
-                break
-            assert time.monotonic() < deadline, f"{h.name}: taps not seen"
-            await asyncio.sleep(0.02)
 
 
 async def run(vm_exec: list[str]) -> str:
@@ -231,13 +210,12 @@ async def test_flows_are_restored_after_ovs_restarts(cloud: Cloud) -> None:
     await asyncio.to_thread(host.configure_underlay_ip)  # br-ul's tap was recreated
     from tests.support.topology import learn_tunnel_neighbours
 
-    deadline = time.monotonic() + 10
-    while (
-        host.agent.counters["full"] == full_before
-        or host.agent.statuses.get(A1, ("",))[0] != "ACTIVE"
-    ):
-        assert time.monotonic() < deadline, "agent did not reconcile the restarted switch"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: host.agent.counters["full"] != full_before
+        and host.agent.statuses.get(A1, ("",))[0] == "ACTIVE",
+        10,
+        "agent did not reconcile the restarted switch",
+    )
     await asyncio.to_thread(learn_tunnel_neighbours, cloud.a, cloud.b)
     assert sorted(host.ovs.dump_flows()) == want
     assert await asyncio.to_thread(host.vms[A1].ping, "10.0.0.6", 2, 0.05)

@@ -24,6 +24,7 @@ from bench.e2e.report import phase_figures
 from tests.conftest import require
 from tests.support.broker import require_broker
 from tests.support.ovs import have_ovs, is_root
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.rabbitmq,
@@ -101,15 +102,19 @@ async def test_vif_plugged_after_binding_turns_active(h: Harness) -> None:
     """Nova's order: the port is bound, the agent programs what it can (no interface yet: ERROR),
     then the VIF is plugged; the port must turn ACTIVE without any further API change."""
     pid = await h.create_bound(0)
-    deadline = time.monotonic() + drills.TARGET_S
-    while h.status.get(pid) != "ERROR":
-        assert time.monotonic() < deadline, f"the real agent never reported {pid}"
-        await _sleep()
+    await eventually(
+        lambda: h.status.get(pid) == "ERROR",
+        drills.TARGET_S,
+        f"the real agent never reported {pid}",
+        interval=0.1,
+    )
     await h.plug(pid)
-    deadline = time.monotonic() + drills.TARGET_S
-    while h.status.get(pid) != "ACTIVE":
-        assert time.monotonic() < deadline, f"{pid} still {h.status.get(pid)} after its VIF plug"
-        await _sleep()
+    await eventually(
+        lambda: h.status.get(pid) == "ACTIVE",
+        drills.TARGET_S,
+        lambda: f"{pid} still {h.status.get(pid)} after its VIF plug",
+        interval=0.1,
+    )
 
 
 async def _sleep() -> None:

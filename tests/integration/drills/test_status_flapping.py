@@ -17,7 +17,7 @@ from typing import Any
 
 from alcor.southbound.dispatcher import Settings
 from alcor.transport import InProcessTransport
-from tests.integration.southbound.harness import Harness, node_ids, topology
+from tests.support.southbound import Harness, node_ids, topology
 
 
 class _Delivery:

@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.wait import eventually
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -83,17 +85,17 @@ class Browser:
         return r["result"].get("value")
 
     async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
+        """The page's value of `expression`, once it is truthy."""
+
+        async def value() -> Any:
             try:
-                value = await self.eval(expression)
+                return await self.eval(expression)
             except RuntimeError:
-                value = None  # the page is still loading: its elements are not there yet
-            if value:
-                return value
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"the page never made this true: {expression}")
-            await asyncio.sleep(0.1)
+                return None  # the page is still loading: its elements are not there yet
+
+        return await eventually(
+            value, timeout, f"the page never made this true: {expression}", interval=0.1
+        )
 
     async def screenshot(self, path: Path) -> Path:
         r = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=False)

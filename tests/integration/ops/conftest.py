@@ -6,19 +6,13 @@ rev and every sync metric to move, without Open vSwitch.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from alcor.api.app import HttpModule
-from alcor.controller import controller_modules
 from alcor.kernel import Kernel
-from alcor.roles import southbound_modules
-from tests.support.controller import Client, config_for_test
+from tests.support.controller import Client, running_dev
 
 NODE = "meadow"
 
@@ -26,31 +20,10 @@ NODE = "meadow"
 @asynccontextmanager
 async def dev_controller(tmp: Path, node_name: str = NODE) -> AsyncIterator[tuple[Kernel, Client]]:
     # The test registers the node itself (small_cloud), so the stream must not race it.
-    cfg = config_for_test(
+    async with running_dev(
         tmp, node={"name": node_name, "register": False}, agent={"resync_interval": 0.5}
-    )
-    modules = [*controller_modules(cfg), *southbound_modules("dev", cfg)]
-    kernel = Kernel(cfg, modules)
-    await kernel.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield kernel, Client(session, f"http://127.0.0.1:{kernel.get(HttpModule).port}")
-    finally:
-        await kernel.stop()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll an async or sync check until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {check}")
-        await asyncio.sleep(0.05)
+    ) as running:
+        yield running
 
 
 async def small_cloud(c: Client, node_name: str = NODE) -> dict[str, Any]:

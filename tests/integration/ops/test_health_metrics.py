@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from alcor.db.backends import StoreModule
-from tests.integration.ops.conftest import NODE, dev_controller, eventually, small_cloud
+from tests.integration.ops.conftest import NODE, dev_controller, small_cloud
 from tests.support.controller import running_controller
+from tests.support.wait import eventually
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

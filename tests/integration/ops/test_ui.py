@@ -11,7 +11,8 @@ from pathlib import Path
 from alcor.api.app import HttpModule
 from tests.conftest import require
 from tests.integration.ops.browser import CHROMIUM, Browser
-from tests.integration.ops.conftest import NODE, dev_controller, eventually, small_cloud
+from tests.integration.ops.conftest import NODE, dev_controller, small_cloud
+from tests.support.wait import eventually
 
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "var" / "screenshots"
 

@@ -11,16 +11,17 @@ import pytest
 
 from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.transport import InProcessBroker, InProcessTransport
-from tests.integration.southbound.harness import (
+from tests.support.southbound import (
     Harness,
     all_agents_converged,
     blocked,
+    changes_while_away,
     crash_mid_snapshot,
     crash_scenario,
     node_ids,
     topology,
-    until,
 )
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def test_agents_converge_and_ports_go_active(h: Harness) -> None:
     d = h.dispatcher
     assert d is not None
     for n in node_ids(h):
-        await until(lambda n=n: d.node_sync(n)["in_sync"])
+        await eventually(lambda n=n: d.node_sync(n)["in_sync"])
         sync = d.node_sync(n)
         assert sync["applied_rev"] == sync["goal_rev"] and sync["last_report_at"]
 
@@ -87,11 +88,7 @@ async def test_crash_mid_snapshot(h: Harness) -> None:
 async def test_agent_down_during_1000_changes_gets_snapshot_on_return(h: Harness) -> None:
     await all_agents_converged(h, 3)
     away = node_ids(h)[1]
-    await h.agents.pop(away).stop()
-    w = h.world
-    sub = next(iter(w.res["subnet"].values()))
-    for _ in range(10):
-        await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(100)])
+    await changes_while_away(h, away)
     await h.converge(nodes=[n for n in node_ids(h) if n != away])
     # A restarted agent (empty model) says hello: its queue's old deltas are dropped, the
     # snapshot makes it whole.
@@ -125,10 +122,10 @@ async def test_lost_message_is_a_gap_repaired_by_snapshot(h: Harness) -> None:
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
     await h.commit([w.add_port(sub, "host-1", [])])
-    await until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    await eventually(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
     h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
     await h.commit([w.add_port(sub, "host-1", [])])
-    await until(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
+    await eventually(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
     a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
     await h.converge(nodes=[n])
     assert a.counters.gaps == 1 and a.counters.snapshots == 2
@@ -152,7 +149,7 @@ async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -
     ]
     t = InProcessTransport(h.broker)  # type: ignore[attr-defined]
     await t.publish([(a.address, j) for j in junk], 1.0)
-    await until(lambda: a.counters.rejected == 4)
+    await eventually(lambda: a.counters.rejected == 4)
     assert a.counters.foreign == 1
     assert h.broker.queue(a.address).rejected == 4  # type: ignore[attr-defined]
     # Still healthy: later changes apply.
@@ -163,7 +160,7 @@ async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -
     d = h.dispatcher
     assert d is not None
     await t.publish([(a.address.with_queue("alcor.controller"), b"{nonsense")], 1.0)
-    await until(lambda: d.metrics.agent_rejected >= 1)
+    await eventually(lambda: d.metrics.agent_rejected >= 1)
 
 
 async def test_digest_mismatch_is_repaired(h: Harness) -> None:
@@ -190,7 +187,7 @@ async def test_watermark_behind_compaction_rebuilds_and_snapshots(h: Harness) ->
 
     store = SqliteStore(h.path, "NORMAL")
     await store.open()
-    from tests.integration.southbound.harness import write
+    from tests.support.world import write
 
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
@@ -260,7 +257,7 @@ async def test_change_log_compacted_below_lowest_applied_rev(tmp_path: Path) -> 
         assert store is not None
         d = h.dispatcher
         assert d is not None
-        await until(lambda: store.changes.horizon > 0)
+        await eventually(lambda: store.changes.horizon > 0)
         lowest = min(st.applied_rev or 0 for st in d.nodes.values())
         assert store.changes.horizon <= lowest - 5
         assert (await store.changes.read(0, 1))[0].rev == store.changes.horizon + 1
@@ -282,11 +279,11 @@ async def test_datapath_errors_become_port_status(h: Harness) -> None:
 
     await h.add_agent(n0, apply=datapath)
     await h.converge()
-    await until(lambda: h.statuses.get(bad) == "ERROR")
+    await eventually(lambda: h.statuses.get(bad) == "ERROR")
     good = [
         p for p, b in h.world.res["port"].items() if b["binding:host_id"] == "host-0" and p != bad
     ]
-    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
+    await eventually(lambda: all(h.statuses.get(p) == "ACTIVE" for p in good))
 
 
 async def test_failed_commit_reloads_and_replays(h: Harness) -> None:
@@ -332,25 +329,25 @@ async def test_status_reports_carry_only_what_changed(h: Harness) -> None:
     await h.converge()
     w = h.world
     local = {p for p, b in w.res["port"].items() if b["binding:host_id"] == "host-0"}
-    await until(lambda: any(set(r) == local for r in reports))
+    await eventually(lambda: any(set(r) == local for r in reports))
 
     reports.clear()
     sub = next(iter(w.res["subnet"].values()))
     await h.commit([w.add_port(sub, "host-1", [])])  # a neighbour for host-0
     await h.converge()
-    await until(lambda: bool(reports))
+    await eventually(lambda: bool(reports))
     assert all(r == {} for r in reports)
 
     reports.clear()
     mine = w.add_port(sub, "host-0", [])
     await h.commit([mine])
     await h.converge()
-    await until(lambda: any(reports))
+    await eventually(lambda: any(reports))
     assert [r for r in reports if r] == [{mine.id: "ACTIVE"}]
 
     reports.clear()
     d.request_snapshot(n0, "test")  # what a digest repair or an agent restart leads to
-    await until(lambda: any(set(r) == local | {mine.id} for r in reports))
+    await eventually(lambda: any(set(r) == local | {mine.id} for r in reports))
 
 
 async def test_a_status_report_is_acked_only_once_written(h: Harness) -> None:
@@ -374,7 +371,7 @@ async def test_a_status_report_is_acked_only_once_written(h: Harness) -> None:
     await h.crash()
     await h.start()
     computes = [p for p, b in h.world.res["port"].items() if b["binding:host_id"]]
-    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
+    await eventually(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
 
 
 async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
@@ -393,7 +390,7 @@ async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
     sub = next(iter(w.res["subnet"].values()))
     for _ in range(12):  # one batch, so one message to each node, per commit
         await h.commit([w.add_port(sub, "host-1", [])])
-        await until(lambda: h.dispatcher is not None and h.dispatcher.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
+        await eventually(lambda: h.dispatcher is not None and h.dispatcher.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
     q = broker.queue(a.address)
     assert len(q.ready) == 5 and q.dropped >= 7
     a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
@@ -417,8 +414,8 @@ async def test_a_report_ahead_of_a_restarted_dispatcher_is_still_written(h: Harn
     d.set_statuses = blocked
     await h.commit(new)
     agent = h.agents[node_ids(h)[0]]
-    await until(lambda: all(agent.port_status.get(c.id) == "ACTIVE" for c in new))
-    await until(lambda: all(c.id in agent._reported for c in new))
+    await eventually(lambda: all(agent.port_status.get(c.id) == "ACTIVE" for c in new))
+    await eventually(lambda: all(c.id in agent._reported for c in new))
     await h.crash()
     await h.start()
-    await until(lambda: all(h.statuses.get(c.id) == "ACTIVE" for c in new))
+    await eventually(lambda: all(h.statuses.get(c.id) == "ACTIVE" for c in new))

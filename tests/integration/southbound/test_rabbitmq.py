@@ -18,16 +18,17 @@ from alcor.southbound.dispatcher import Settings
 from alcor.transport import Address
 from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
 from tests.conftest import require
-from tests.integration.southbound.harness import (
+from tests.support.broker import URL, require_broker
+from tests.support.southbound import (
     Harness,
     all_agents_converged,
+    changes_while_away,
     crash_mid_snapshot,
     crash_scenario,
     node_ids,
     topology,
-    until,
 )
-from tests.support.broker import URL, require_broker
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -77,7 +78,7 @@ async def test_converge_over_rabbitmq(h: Harness) -> None:
     await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(200)])
     await h.converge()
     computes = [p["id"] for p in w.res["port"].values() if p["binding:host_id"]]
-    await until(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
+    await eventually(lambda: all(h.statuses.get(p) == "ACTIVE" for p in computes))
 
 
 @pytest.mark.parametrize("where", ["commit", "publish"])
@@ -155,11 +156,7 @@ async def test_all_connections_closed_mid_stream(tmp_path: Path, vhost: str) -> 
 async def test_agent_down_while_1000_changes(h: Harness) -> None:
     await all_agents_converged(h, 3)
     away = node_ids(h)[2]
-    await h.agents.pop(away).stop()
-    w = h.world
-    sub = next(iter(w.res["subnet"].values()))
-    for _ in range(10):
-        await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(100)])
+    await changes_while_away(h, away)
     a = await h.add_agent(away)
     await h.converge(timeout=60)
     assert a.counters.snapshots == 1
@@ -237,7 +234,7 @@ async def test_malformed_and_foreign_on_node_queue(h: Harness) -> None:
         ch = await conn.channel()
         for j in junk:
             await ch.default_exchange.publish(aio_pika.Message(j), routing_key=a.address.queue)
-    await until(lambda: a.counters.rejected == 3)
+    await eventually(lambda: a.counters.rejected == 3)
     assert a.counters.foreign == 1
     w = h.world
     await h.commit([w.add_port(next(iter(w.res["subnet"].values())), "host-0", [])])

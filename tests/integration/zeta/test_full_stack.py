@@ -5,12 +5,9 @@ becomes a direct-path flow, and deleting the gateway takes group, flows and regi
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,21 +23,12 @@ from alcor_plugins.zeta.standin import Standin
 from tests.conftest import require
 from tests.support.controller import Client, config_for_test
 from tests.support.ovs import OvsSandbox, have_ovs, is_root
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.ovs
 
 HOST = "zeta-host"
 FWD = {"ip": "127.0.0.9", "mac": "02:00:00:00:00:09"}  # on lo: the OAM comes from the FWD's IP
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -89,14 +77,22 @@ async def test_api_to_switch_and_back(stack: tuple[Client, OvsSandbox, Standin, 
     await api.create(
         "subnet", "/v2.0/subnets", network_id=net["id"], cidr="10.0.0.0/24", ip_version=4
     )
-    await until(lambda: kernel.get(Nodes).by_name(HOST), 5, "the local node registered")
+    await eventually(
+        lambda: kernel.get(Nodes).by_name(HOST),
+        5,
+        "the local node registered",
+        blocking=True,
+        interval=0.05,
+    )
     await api.create("port", "/v2.0/ports", network_id=net["id"], **{"binding:host_id": HOST})
     gw = await api.create("gateway", "/v2.0/alcor/gateways", vpc_id=net["id"])
 
-    out = await until(
+    out = await eventually(
         lambda: FWD["ip"] in groups(ovs) and groups(ovs),
         10,
         "the gateway's select group never reached the switch",
+        blocking=True,
+        interval=0.05,
     )
     assert "type=select" in out and f"set_field:{FWD['mac']}->eth_dst" in out
     vni = net["provider:segmentation_id"]
@@ -121,12 +117,26 @@ async def test_api_to_switch_and_back(stack: tuple[Client, OvsSandbox, Standin, 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((FWD["ip"], 0))
         s.sendto(zeta.encode_oam(msg), ("127.0.0.78", 8300))
-    [flow] = await until(lambda: direct(ovs), 5, "no direct flow after the inject")
+    [flow] = await eventually(
+        lambda: direct(ovs), 5, "no direct flow after the inject", blocking=True, interval=0.05
+    )
     assert "idle_timeout=30" in flow and "set_field:127.0.0.2->tun_dst" in flow
 
     # deleting the gateway: registration, group and the VPC's direct paths all go
     assert (await api.delete(f"/v2.0/alcor/gateways/{gw['id']}")).status == 204
-    await until(lambda: FWD["ip"] not in groups(ovs), 10, "group left on the switch")
-    await until(lambda: not direct(ovs), 5, "direct flows of the VPC left on the switch")
+    await eventually(
+        lambda: FWD["ip"] not in groups(ovs),
+        10,
+        "group left on the switch",
+        blocking=True,
+        interval=0.05,
+    )
+    await eventually(
+        lambda: not direct(ovs),
+        5,
+        "direct flows of the VPC left on the switch",
+        blocking=True,
+        interval=0.05,
+    )
     await kernel.get(ZetaModule).idle()
     assert standin.state.vpcs == {}

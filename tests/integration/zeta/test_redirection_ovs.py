@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,20 +21,18 @@ import pytest
 import pytest_asyncio
 
 from alcor.agent import zeta
-from alcor.agent.ir import tap_name
 from alcor.wire import GoalState
 from alcor_plugins.zeta.standin import Standin
 from tests.conftest import require
-from tests.support.goals import GoalBuilder
+from tests.support.goals import FWD1, FWD2, GoalBuilder
 from tests.support.ovs import Netns, have_ovs, is_root, unique
-from tests.support.topology import Host
+from tests.support.topology import Host, wait_taps
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
 A, B = "node-a", "node-b"
 IP_A, IP_B = "172.31.255.1", "172.31.255.2"
-FWD1 = {"ip": "172.31.255.9", "mac": "02:00:00:00:00:09"}
-FWD2 = {"ip": "172.31.255.10", "mac": "02:00:00:00:00:0a"}
 PA, PB = "a1000000-5555", "b1000000-5555"
 MAC = {PA: "fa:16:3e:0a:00:05", PB: "fa:16:3e:0b:00:06"}
 IDLE = 2  # the FWD's idle timeout for direct paths, seconds
@@ -55,15 +52,7 @@ def goal_for(
     g.port(PA, "v1", "s1", "10.0.0.5", MAC[PA], node=A)
     if node == B:  # A does not know b: its traffic to b is unknown unicast, Zeta's to forward
         g.port(PB, "v1", "s1", "10.0.0.6", MAC[PB], node=B)
-    g.res["vpc"]["v1"]["gateway_ids"] = ["gw1"]
-    g.res["gateway"]["gw1"] = {
-        "id": "gw1",
-        "type": "zeta",
-        "vpc_id": "v1",
-        "status": status,
-        "destinations": [FWD1] if fwds is None else fwds,
-        "oam_port": 8300,
-    }
+    g.zeta_gateway("v1", "gw1", [FWD1] if fwds is None else fwds, status)
     return g.goal()
 
 
@@ -188,15 +177,6 @@ async def register(s: Standin) -> None:
         assert (await http.post(f"{s.url}/ports", json=ports)).status == 201
 
 
-async def wait_taps(*hosts: Host, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    for h in hosts:
-        assert h.agent is not None
-        while not (h.agent.switch and all(tap_name(p) in h.agent.switch.ports for p in h.vms)):
-            assert time.monotonic() < deadline, f"{h.name}: taps not seen"
-            await asyncio.sleep(0.02)
-
-
 def direct_flows(h: Host) -> list[str]:
     out = h.ovs.ofctl("dump-flows", "br-int", "cookie=0xa1c1000000000000/0xffff000000000000")
     return [ln.strip() for ln in out.splitlines() if "cookie=" in ln]
@@ -214,16 +194,6 @@ def n_packets(line: str) -> int:
 def buckets(h: Host) -> list[str]:
     out = h.ovs.ofctl("dump-groups", "br-int")
     return re.findall(r"bucket=[^\n]*?(?=,bucket=|$)", out, flags=re.M)
-
-
-async def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 def send_from_fwd(world: World, *messages: bytes) -> None:
@@ -246,7 +216,13 @@ async def test_first_packets_via_the_fwd_then_the_direct_path_until_idle(world: 
     # the first packet goes through the FWD (and still arrives), which answers with an inject
     assert await asyncio.to_thread(a.vms[PA].ping, "10.0.0.6", 1, 0.2, 3)
     assert fwd.flows.get(key, 0) >= 1 and fwd.counters["oam_sent"] >= 1
-    [flow] = await wait_for(lambda: direct_flows(a), 3, "no direct flow after the OAM inject")
+    [flow] = await eventually(
+        lambda: direct_flows(a),
+        3,
+        "no direct flow after the OAM inject",
+        blocking=True,
+        interval=0.05,
+    )
     assert a.agent.zeta.counters["injected"] >= 1
     assert f"idle_timeout={IDLE}" in flow and "set_field:172.31.255.2->tun_dst" in flow
     through_fwd = fwd.flows[key]
@@ -255,16 +231,30 @@ async def test_first_packets_via_the_fwd_then_the_direct_path_until_idle(world: 
     assert await asyncio.to_thread(a.vms[PA].ping, "10.0.0.6", 5, 0.05, 2)
     assert fwd.flows[key] == through_fwd
     # (the switch folds datapath counters into flow stats every few hundred ms)
-    await wait_for(
+    await eventually(
         lambda: [n for f in direct_flows(a) if (n := n_packets(f)) >= before + 5],
         3,
         f"direct flow did not count the pings: {direct_flows(a)}",
+        blocking=True,
+        interval=0.05,
     )
     # idle: the switch removes it on its own; the next packet goes to the FWD again
-    await wait_for(lambda: not direct_flows(a), IDLE + 4, "direct flow outlived its idle timeout")
+    await eventually(
+        lambda: not direct_flows(a),
+        IDLE + 4,
+        "direct flow outlived its idle timeout",
+        blocking=True,
+        interval=0.05,
+    )
     assert await asyncio.to_thread(a.vms[PA].ping, "10.0.0.6", 1, 0.2, 3)
     assert fwd.flows[key] > through_fwd
-    await wait_for(lambda: direct_flows(a), 3, "no direct flow after the second inject")
+    await eventually(
+        lambda: direct_flows(a),
+        3,
+        "no direct flow after the second inject",
+        blocking=True,
+        interval=0.05,
+    )
 
 
 async def test_bad_oam_is_counted_and_harmless(world: World) -> None:
@@ -294,7 +284,13 @@ async def test_bad_oam_is_counted_and_harmless(world: World) -> None:
     # sent from the FWD's address, so the source check passes and the content is judged
     await asyncio.to_thread(send_from_fwd, world, *bad)
     c = a.agent.zeta.counters
-    await wait_for(lambda: c["unknown_vni"] > counters["unknown_vni"], 3, "OAM not counted")
+    await eventually(
+        lambda: c["unknown_vni"] > counters["unknown_vni"],
+        3,
+        "OAM not counted",
+        blocking=True,
+        interval=0.05,
+    )
     assert c["malformed"] == counters["malformed"] + 1
     assert c["unknown_opcode"] == counters["unknown_opcode"] + 1
     assert c["injected"] == counters["injected"]
@@ -319,7 +315,9 @@ async def test_direct_paths_survive_an_agent_restart_and_go_on_delete(world: Wor
     )
     await asyncio.to_thread(send_from_fwd, world, zeta.encode_oam(inject))
     udp = lambda: [f for f in direct_flows(a) if "udp" in f]  # noqa: E731
-    [flow] = await wait_for(udp, 3, "no direct flow for the UDP inject")
+    [flow] = await eventually(
+        udp, 3, "no direct flow for the UDP inject", blocking=True, interval=0.05
+    )
     assert "tp_src=1000" in flow and "tp_dst=53" in flow and "idle_timeout=60" in flow
     groups = a.ovs.ofctl("dump-groups", "br-int")
     # a restarted agent reconciles everything it compiles; Zeta's flows are not among them
@@ -332,7 +330,7 @@ async def test_direct_paths_survive_an_agent_restart_and_go_on_delete(world: Wor
     # an OAM delete (20 bytes) removes exactly that flow
     delete = zeta.OamMessage(1, "10.0.0.5", "10.0.0.8", 1000, 53, 17, 100)
     await asyncio.to_thread(send_from_fwd, world, zeta.encode_oam(delete))
-    await wait_for(lambda: not udp(), 3, "direct flow not deleted")
+    await eventually(lambda: not udp(), 3, "direct flow not deleted", blocking=True, interval=0.05)
     assert a.agent.zeta.counters["deleted"] == 1
 
 

@@ -118,3 +118,25 @@ def test_the_core_does_not_import_plugins() -> None:
     """Plugins are loaded by name (alcor/kernel.py) and found for their config (alcor/sections.py)."""
     reached = {d for m, deps in GRAPH.items() if m.startswith("alcor.") for d in deps}
     assert {d for d in reached if d.startswith("alcor_plugins")} == set()
+
+
+def test_tests_and_benchmarks_share_helpers_only_through_tests_support() -> None:
+    """bench/ imports alcor and tests/support, and no test module imports another's fixtures."""
+    offenders = []
+    for path in [*(ROOT / "bench").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                name = node.module
+            elif isinstance(node, ast.Import):
+                name = node.names[0].name
+            else:
+                continue
+            if name.startswith("tests.") and not name.startswith(("tests.support", "tests.conftest")):
+                # a package's own harness (tests/integration/<pkg>/harness.py, conftest.py) is
+                # shared inside that package only
+                here = path.relative_to(ROOT).with_suffix("").parts
+                there = name.split(".")
+                inside = path.is_relative_to(ROOT / "tests") and here[:3] == tuple(there[:3])
+                if not inside or there[-1].startswith("test_"):
+                    offenders.append(f"{path.relative_to(ROOT)}: {name}")
+    assert offenders == []

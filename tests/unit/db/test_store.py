@@ -7,6 +7,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,20 +22,32 @@ async def _write(store: Store, i: int, hooks: list[int] | None = None) -> None:
             tx.after_commit(lambda: hooks.append(i))
 
 
+async def _durable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before_fsync: Callable[[int], object]
+) -> SqliteStore:
+    """An open FULL store whose every fsync first calls `before_fsync` (a delay, a gate)."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        before_fsync(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = SqliteStore(tmp_path / "s.db", "FULL")
+    await store.open()
+    return store
+
+
 async def test_concurrent_commits_share_wal_fsyncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = os.fsync
 
-    def slow_fsync(fd: int) -> None:
+    def slow(fd: int) -> None:
         calls.append(fd)
         time.sleep(0.02)
-        real(fd)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
-    store = SqliteStore(tmp_path / "s.db", "FULL")
-    await store.open()
+    store = await _durable_store(tmp_path, monkeypatch, before_fsync=slow)
     try:
         await asyncio.gather(*(_write(store, i) for i in range(50)))
         assert store.changes.last_rev == 50
@@ -48,15 +61,7 @@ async def test_nothing_is_answered_or_shown_before_its_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
-    real = os.fsync
-
-    def gated_fsync(fd: int) -> None:
-        gate.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", gated_fsync)
-    store = SqliteStore(tmp_path / "s.db", "FULL")
-    await store.open()
+    store = await _durable_store(tmp_path, monkeypatch, before_fsync=lambda fd: gate.wait(10))
     try:
         hooks: list[int] = []
         first = asyncio.ensure_future(_write(store, 1, hooks))

@@ -22,7 +22,7 @@ from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_messa
 from alcor.southbound.goalstate import Topology, goal_entries, goal_state
 from alcor.southbound.placement import place
 from alcor.wire import digest
-from tests.unit.southbound.world import KINDS, World
+from tests.support.world import KINDS, World
 
 NODE = "node-0001"
 

@@ -20,7 +20,7 @@ from alcor.southbound.goalstate import (
 )
 from alcor.southbound.placement import place
 from alcor.wire import digest
-from tests.unit.southbound.world import KINDS, World
+from tests.support.world import KINDS, World
 
 Held = dict[str, dict[tuple[str, str], Any]]
 

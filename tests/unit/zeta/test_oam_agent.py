@@ -10,7 +10,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from alcor.agent import zeta
 from alcor.agent.oam import ZetaAgent
-from tests.unit.zeta.test_redirection import FWD1, FWD2, goal
+from tests.support.goals import FWD1, FWD2
+from tests.support.goals import zeta_scene as goal
 
 
 class Page:

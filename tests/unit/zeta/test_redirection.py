@@ -9,35 +9,12 @@ from alcor.agent import zeta
 from alcor.agent.compiler import compile_flows
 from alcor.agent.ir import T_L2, T_L3, Group, Output, SetField, cookie_for
 from alcor.agent.pipeline import deliver_actions
-from tests.support.goals import GoalBuilder
+from tests.support.goals import FWD1, FWD2, ZETA_P1, ZETA_P2, zeta_scene
 
 A, B = "node-a", "node-b"
-P1, P2 = "p1000000-aaaa", "p2000000-bbbb"
-FWD1 = {"ip": "172.31.255.9", "mac": "02:00:00:00:00:09"}
-FWD2 = {"ip": "172.31.255.10", "mac": "02:00:00:00:00:0a"}
+P1, P2 = ZETA_P1, ZETA_P2
+goal = zeta_scene
 OFPORTS = {"vxlan0": 1, "tap" + P1[:11]: 5}
-
-
-def goal(status: str = "ready", dests: list[dict[str, str]] | None = None, **gw: Any) -> Any:
-    g = GoalBuilder(A).node(A, "172.31.255.1").node(B, "172.31.255.2")
-    g.vpc("v1", 100).vpc("v2", 200)
-    g.subnet("s1", "v1", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:00:01")
-    g.subnet("s2", "v2", "10.0.0.0/24", "10.0.0.1", "fa:16:3e:00:00:02")
-    g.port(P1, "v1", "s1", "10.0.0.5", "fa:16:3e:00:00:05", node=A)
-    g.port(P2, "v1", "s1", "10.0.0.6", "fa:16:3e:00:00:06", node=B)
-    g.port("q1000000-aaaa", "v2", "s2", "10.0.0.5", "fa:16:3e:00:01:05", node=A)
-    g.port("q2000000-bbbb", "v2", "s2", "10.0.0.6", "fa:16:3e:00:01:06", node=B)
-    g.res["vpc"]["v1"]["gateway_ids"] = ["gw1"]
-    g.res["gateway"]["gw1"] = {
-        "id": "gw1",
-        "type": "zeta",
-        "vpc_id": "v1",
-        "status": status,
-        "destinations": [FWD1] if dests is None else dests,
-        "oam_port": 8300,
-        **gw,
-    }
-    return g.goal()
 
 
 def flood(flows: Any, vni: int) -> Any:

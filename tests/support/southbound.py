@@ -1,15 +1,13 @@
 """A controller's southbound and its agents in one event loop, on a real SQLite file.
 
 Changes are written the way the core writes them: resource row and change-log row in one
-transaction (`write`). The transport is in-process or RabbitMQ; "crashing" the controller
+transaction (tests/support/world.py `write`). The transport is in-process or RabbitMQ; "crashing" the controller
 cancels the dispatcher task wherever it is and starts a fresh one on the same file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,40 +19,8 @@ from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.southbound.goalstate import goal_state
 from alcor.transport import Address, Transport
 from alcor.wire import digest
-from tests.unit.southbound.world import World
-
-PARENT = {"subnet": "network_id", "port": "network_id"}
-
-
-async def write(store: Store, changes: Iterable[Change]) -> int:
-    """Commit World changes into the store as the core would: rows and change log together."""
-    async with store.transaction() as tx:
-        for c in changes:
-            if c.op == "delete":
-                await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (c.type, c.id))
-            else:
-                assert c.body is not None
-                await tx.execute(
-                    "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?,?,?,?,?) "
-                    "ON CONFLICT(type, id) DO UPDATE SET body = excluded.body",
-                    (
-                        c.type,
-                        c.id,
-                        c.project_id,
-                        (c.body or {}).get(PARENT.get(c.type, ""), None),
-                        json.dumps(c.body),
-                    ),
-                )
-            tx.record(
-                c.type,
-                c.id,
-                c.op,
-                c.body,
-                project_id=c.project_id,
-                vpc_id=c.vpc_id,
-                revision_number=c.revision_number,
-            )
-    return store.changes.last_rev
+from tests.support.wait import eventually
+from tests.support.world import World, write
 
 
 class Harness:
@@ -146,15 +112,13 @@ class Harness:
     async def converge(self, timeout: float = 20.0, nodes: Iterable[str] | None = None) -> None:
         """Wait until every agent's model equals its goal state at the head of the change log."""
         want = list(nodes) if nodes is not None else list(self.agents)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.in_sync(n) for n in want):
-                d = self.dispatcher
-                assert d is not None
-                for n in want:
-                    assert self.agents[n].model.goal() == goal_state(d.topology, n)
-                return
-            await asyncio.sleep(0.02)
+        await eventually(lambda: all(self.in_sync(n) for n in want), timeout, self._behind)
+        d = self.dispatcher
+        assert d is not None
+        for n in want:
+            assert self.agents[n].model.goal() == goal_state(d.topology, n)
+
+    def _behind(self) -> str:
         d = self.dispatcher
         detail = {
             n: (
@@ -162,10 +126,10 @@ class Harness:
                 self.agents[n].model.awaiting_snapshot,
                 vars(self.agents[n].counters),
             )
-            for n in want
+            for n in self.agents
             if not self.in_sync(n)
         }
-        raise AssertionError(
+        return (
             f"not converged: watermark={d and d.watermark} last_rev="
             f"{self.store and self.store.changes.last_rev} behind={detail}"
         )
@@ -216,20 +180,21 @@ async def all_agents_converged(h: Harness, hosts: int) -> None:
     await h.converge()
 
 
+async def changes_while_away(h: Harness, away: str, changes: int = 1000) -> None:
+    """Stop `away`'s agent, then commit `changes` new ports (100 per transaction) on 3 hosts."""
+    await h.agents.pop(away).stop()
+    w = h.world
+    sub = next(iter(w.res["subnet"].values()))
+    for _ in range(changes // 100):
+        await h.commit([w.add_port(sub, f"host-{i % 3}", []) for i in range(100)])
+
+
 async def blocked(*_: Any, **__: Any) -> None:
     """Stands in for a step that never finishes (a controller stuck there when it is killed)."""
     await asyncio.Event().wait()
 
 
 # Scenarios both transports' tests run -------------------------------------------------------
-
-
-async def until(pred: Callable[[], Any], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def crash_at(h: Harness, where: str) -> None:
@@ -278,7 +243,7 @@ async def crash_scenario(h: Harness, where: str, during: int = 30, after: int = 
     # More changes while the controller is down; then a fresh dispatcher on the same file.
     dead_store_changes = [w.add_port(sub, hosts[i % 3], []) for i in range(after)]
     d = await h.start()
-    await until(lambda: d.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
+    await eventually(lambda: d.watermark == h.store.changes.last_rev)  # type: ignore[union-attr]
     await h.commit(dead_store_changes)
     await h.converge()
     # The replay re-sent what agents already had: dropped as duplicates, never re-applied.

@@ -1,4 +1,5 @@
-"""A small simulated Neutron for southbound tests: actions in, change-log entries out.
+"""A small simulated Neutron for southbound tests and benchmarks: actions in, change-log entries out,
+and `write` to commit them into a store the way the core does.
 
 Bodies are shaped as the core's API shows them (docs/wire.md, issue 2), so placement and the
 dispatcher are tested against what they will really read. `World.act(kind, a, b)` interprets two
@@ -8,11 +9,14 @@ integers against the current state, which lets hypothesis drive it with plain tu
 from __future__ import annotations
 
 import copy
+import json
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from alcor.db.changelog import Change
+from alcor.db.store import Store
 
 KINDS = (
     "node",
@@ -296,3 +300,37 @@ class World:
                     out.append(self.delete("subnet", s["id"]))
                 out.append(self.delete("network", net["id"]))
         return out
+
+
+PARENT = {"subnet": "network_id", "port": "network_id"}
+
+
+async def write(store: Store, changes: Iterable[Change]) -> int:
+    """Commit World changes into the store as the core would: rows and change log together."""
+    async with store.transaction() as tx:
+        for c in changes:
+            if c.op == "delete":
+                await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (c.type, c.id))
+            else:
+                assert c.body is not None
+                await tx.execute(
+                    "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?,?,?,?,?) "
+                    "ON CONFLICT(type, id) DO UPDATE SET body = excluded.body",
+                    (
+                        c.type,
+                        c.id,
+                        c.project_id,
+                        (c.body or {}).get(PARENT.get(c.type, ""), None),
+                        json.dumps(c.body),
+                    ),
+                )
+            tx.record(
+                c.type,
+                c.id,
+                c.op,
+                c.body,
+                project_id=c.project_id,
+                vpc_id=c.vpc_id,
+                revision_number=c.revision_number,
+            )
+    return store.changes.last_rev
