@@ -28,7 +28,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alcor.agent.model import Outcome  # noqa: E402
-from tests.support.cluster import Cluster, broker_up  # noqa: E402
+from tests.support.broker import broker_up  # noqa: E402
+from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.postgres import create_database, drop_database  # noqa: E402
 
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,17 +24,10 @@ from alcor.agent.model import Message, Outcome
 from alcor.agent.stream import AgentStream
 from alcor.transport import Address
 from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport
+from tests.support.broker import URL
 from tests.support.process import Program
 
-MQ = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def broker_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
+MQ = URL
 
 
 @dataclass

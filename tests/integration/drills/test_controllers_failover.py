@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import require
-from tests.support.cluster import Cluster, broker_up
+from tests.support.broker import broker_up
+from tests.support.cluster import Cluster
 from tests.support.postgres import temp_database
 from tests.support.process import ROOT
 
