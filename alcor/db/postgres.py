@@ -436,15 +436,33 @@ class PgStore(Store):
             self._stale = True
         return self._writer
 
+    async def _begin(self) -> asyncpg.Connection:
+        """The writer connection with a transaction open on it.
+
+        A connection that died while idle (the server restarted, an operator ended the session)
+        may not look closed until it is used: nothing of this transaction has been sent yet, so
+        one fresh connection is tried before anyone is failed.
+        """
+        for attempt in (1, 2):
+            conn = await self._writer_conn()
+            try:
+                await conn.execute("BEGIN")
+                return conn
+            except BaseException as e:
+                if attempt == 2 or not isinstance(e, _LOST):
+                    _raise(e, conn)
+                conn.terminate()
+                self._writer = None
+        raise AssertionError("unreachable")
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._lock:
-            conn = await self._writer_conn()
+            conn = await self._begin()
             tx = PgTx(conn, 0)
             rows: list[tuple[Any, ...]] = []
             try:
                 try:
-                    await conn.execute("BEGIN")
                     rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1 FOR UPDATE")
                     if self._stale:
                         await self._reload(conn)
