@@ -82,6 +82,7 @@ class Client:
     returncode: int | None = None
     output: str = ""
     extra: list[Path] = field(default_factory=list)
+    lease_file: Path | None = None  # dhclient's -lf: what `dhclient -r` releases
 
     @property
     def leases(self) -> list[dict[str, str]]:
@@ -123,6 +124,17 @@ class Client:
             time.sleep(0.1)
         return False
 
+    def wait_lease_written(self, timeout: float = 30) -> bool:
+        """dhclient runs its script (BOUND) before it writes the lease file; a client stopped in
+        between leaves `dhclient -r` nothing to release."""
+        assert self.lease_file is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.lease_file.exists() and "fixed-address" in self.lease_file.read_text():
+                return True
+            time.sleep(0.05)
+        return False
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -157,12 +169,13 @@ def dhclient(vm: Vm, tmp: Path, *, once: bool = True, extra: tuple[str, ...] = (
     conf = tmp / f"dhclient-{tag}.conf"
     conf.write_text(DHCLIENT_CONF)
     script = _script(tmp, f"dhclient-{tag}.sh", DHCLIENT_SCRIPT, out)
+    lease_file = tmp / f"dhclient-{tag}.leases"
     argv = [
         "dhclient", "-d", "-v", "-cf", str(conf), "-sf", str(script),
-        "-lf", str(tmp / f"dhclient-{tag}.leases"), "-pf", str(tmp / f"dhclient-{tag}.pid"),
+        "-lf", str(lease_file), "-pf", str(tmp / f"dhclient-{tag}.pid"),
         *(["-1"] if once else []), *extra, "eth0",
     ]  # fmt: skip
-    return Client(vm, argv, out)
+    return Client(vm, argv, out, lease_file=lease_file)
 
 
 def dhclient_release(vm: Vm, tmp: Path) -> Client:

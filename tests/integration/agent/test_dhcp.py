@@ -366,6 +366,7 @@ async def test_release_decline_and_inform(cloud: Cloud) -> None:
     client = dhclient(vm, cloud.tmp / "t9", once=False).start()
     try:
         assert await asyncio.to_thread(client.wait_for, "BOUND"), client.output
+        assert await asyncio.to_thread(client.wait_lease_written), client.output
     finally:
         client.stop()
     released = agent.dhcp.counters["release"]
