@@ -150,6 +150,7 @@ ALCOR = [
     ("get_topology", "rule:admin_only", "The topology page and goal-state summaries"),
     ("get_southbound", "rule:admin_only", ""),
     ("get_agent_flows", "rule:admin_only", ""),
+    ("get_agent", "rule:admin_only", "Neutron's agents: one per node's agent, one L3 agent per gateway node"),
     ("get_zeta", "rule:admin_only", ""),
     ("get_nova", "rule:admin_only", "What the Nova plugin derived, delivered and holds"),
     ("create_gateway", "rule:admin_or_project_member", "A network's Zeta gateway"),

@@ -68,7 +68,8 @@ class EmbeddedNode:
             return
         admin = Context(self.admin_project, True)
         body = {"node_name": name, "local_ip": self.node.local_ip, "bridge_name": self.agent.bridge,
-                "datapath_type": self.agent.datapath_type}
+                "datapath_type": self.agent.datapath_type,
+                "bridge_mappings": self.agent.mappings()}
         try:
             await nodes.create_many(admin, [body])
             log.info("agent.node_registered", node_name=name, local_ip=body["local_ip"])

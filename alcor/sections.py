@@ -29,6 +29,7 @@ from alcor.kernel import PLUGINS, KernelConfig
 from alcor.log import LogConfig
 from alcor.resources.networks import NetworkConfig
 from alcor.southbound.dispatcher import Settings as SouthboundConfig
+from alcor.southbound.gateways import GatewayConfig
 from alcor.transport import MqConfig
 
 
@@ -52,6 +53,7 @@ SECTIONS: tuple[type, ...] = (
     NetworkConfig,
     MqConfig,
     SouthboundConfig,
+    GatewayConfig,
     NodeConfig,
     AgentConfig,
     DhcpConfig,

@@ -32,6 +32,9 @@ Body = Mapping[str, Any]
 # The device_owner of a port that is a router's interface on a subnet (Neutron's name): never an
 # OVS interface, it only tells a host its gateway's MAC.
 ROUTER_INTERFACE = "network:router_interface"
+# A router's port on an external network: never an OVS interface either; the gateway node it is
+# bound to carries it (alcor/agent/gateway.py).
+ROUTER_GATEWAY = "network:router_gateway"
 
 # A security group rule's `protocol` is a name from this table, a number (as text) or null
 # (any): the API validates it, the wire carries it as given, the agent matches its number.

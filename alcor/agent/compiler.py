@@ -33,7 +33,7 @@ from alcor.agent.pipeline import (
     subnet_flows,
     vpc_flows,
 )
-from alcor.wire import ROUTER_INTERFACE, Body, GoalState
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE, Body, GoalState
 
 Ref = tuple[str, str]  # the (type, id) of the resource a group of flows belongs to
 
@@ -473,7 +473,7 @@ def _local_ports(goal: Mapping[str, Any]) -> list[str]:
     return [
         pid
         for pid, p in (goal.get("port") or {}).items()
-        if p.get("node_id") == me and p.get("device_owner") != ROUTER_INTERFACE
+        if p.get("node_id") == me and p.get("device_owner") not in (ROUTER_INTERFACE, ROUTER_GATEWAY)
     ]
 
 

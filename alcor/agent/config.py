@@ -52,6 +52,25 @@ class AgentConfig:
     resync_interval: float = 5.0  # seconds between hello/resync while a snapshot is owed
     # a report that carries no port state waits up to this long to be coalesced
     status_quiet: float = 1.0
+    # seconds between status reports when nothing changed: the controller's liveness check
+    # ([gateway] agent_down_time) counts on them (Neutron's report_interval)
+    report_interval: float = 5.0
+    # physical networks this host reaches, "physnet:bridge" (Neutron's bridge_mappings)
+    bridge_mappings: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if not 0.1 <= self.report_interval <= 3600:
+            raise ConfigError(f"agent.report_interval must be 0.1..3600 s, got {self.report_interval}")
+        seen: set[str] = set()
+        for item in self.bridge_mappings:
+            physnet, sep, bridge = item.partition(":")
+            if not (sep and physnet and bridge and len(bridge) <= 15) or physnet in seen:
+                raise ConfigError(f"agent.bridge_mappings: {item!r} is not physnet:bridge "
+                                  "(each physical network once, bridge names of 15 characters)")
+            seen.add(physnet)
+
+    def mappings(self) -> dict[str, str]:
+        return dict(item.split(":", 1) for item in self.bridge_mappings)
 
 
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

@@ -39,7 +39,7 @@ from alcor.agent.openflow import connect as openflow_connect
 from alcor.agent.ra import RouterAdvertiser, advertisements
 from alcor.agent.reconcile import Reconciler, Report
 from alcor.config import Config
-from alcor.wire import ROUTER_INTERFACE, GoalState
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE, GoalState
 
 log = structlog.get_logger("alcor.agent.datapath")
 
@@ -443,7 +443,7 @@ def _local_ports(goal: Mapping[str, Any]) -> list[str]:
     return sorted(
         pid
         for pid, p in (goal.get("port") or {}).items()
-        if p.get("node_id") == me and p.get("device_owner") != ROUTER_INTERFACE
+        if p.get("node_id") == me and p.get("device_owner") not in (ROUTER_INTERFACE, ROUTER_GATEWAY)
     )
 
 

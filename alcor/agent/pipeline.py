@@ -98,7 +98,7 @@ from alcor.agent.ir import (
     match,
     tap_name,
 )
-from alcor.wire import ROUTER_INTERFACE, Body
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE, Body
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +348,7 @@ def port_flows(
     `zone` is what a filtered local port's packets carry in REG_ZONE (its conntrack zone and
     whether it is tracked, secgroups.zone_register); None for a port with port security off,
     whose packets go straight from CLASSIFY to RESPOND and from L2 out to it."""
-    if p.get("device_owner") == ROUTER_INTERFACE:
+    if p.get("device_owner") in (ROUTER_INTERFACE, ROUTER_GATEWAY):
         return None
     local = p.get("node_id") == ctx.me
     vni = ctx.vni.get(str(p.get("network_id")))

@@ -69,6 +69,7 @@ class AgentStream:
         status_delay: float = 0.05,
         status_quiet: float = 1.0,
         publish_timeout: float = 5.0,
+        report_interval: float = 5.0,
     ) -> None:
         self.transport = transport
         self.node_id = node_id
@@ -79,6 +80,7 @@ class AgentStream:
         self.resync_interval = resync_interval
         self.status_delay = status_delay
         self.status_quiet = status_quiet
+        self.report_interval = report_interval
         self.publish_timeout = publish_timeout
         self.model = AgentModel(node_id)
         self.boot_id = uuid.uuid4().hex
@@ -248,7 +250,14 @@ class AgentStream:
 
     async def _status_loop(self) -> None:
         while True:
-            await self._status_due.wait()
+            try:
+                # With nothing to report, a report all the same every report_interval: the
+                # controller takes a silent agent's node for down (alcor/southbound/gateways.py).
+                await asyncio.wait_for(self._status_due.wait(), self.report_interval)
+            except TimeoutError:
+                if not self.synced.is_set():
+                    continue  # its hello, repeated until the snapshot, says it is alive
+                self._ports_due.set()  # sent now, not held back by status_quiet
             # Coalesce: a burst of messages yields one status with the latest applied_rev.
             await asyncio.sleep(self.status_delay)
             self._status_due.clear()
@@ -363,6 +372,7 @@ class StreamModule:
             prefetch=agent.prefetch,
             resync_interval=agent.resync_interval,
             status_quiet=agent.status_quiet,
+            report_interval=agent.report_interval,
         )
         if datapath is not None:
             datapath.datapath.on_status = self.stream.datapath_status

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
+from alcor.api import agents
 from alcor.api.auth import AUTH, POLICY, Authenticator, authenticator, context
 from alcor.api.config import ApiConfig
 from alcor.config import Config
@@ -25,6 +26,7 @@ from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
 from alcor.policy import Policy, enforce
 from alcor.resources import query as q
 from alcor.resources.base import Manager, parse_if_match
+from alcor.resources.nodes import Nodes
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -39,6 +41,8 @@ METRICS: web.AppKey[Callable[[str, str, int, float], None]] = web.AppKey("metric
 # others: tests/integration/api/test_extensions.py pins this list and names the tests that show
 # each alias honoured.
 EXTENSIONS = [
+    ("agent", "agent", "The agent management extension: one agent per node, an L3 agent per gateway "
+     "node, alive from their reports (read-only: agents follow their nodes)."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
@@ -51,9 +55,9 @@ EXTENSIONS = [
     ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
     ("revision-if-match", "If-Match constraints based on revision_number",
      "Extension indicating that If-Match based on revision_number is supported."),
-    # Routing between the subnets a router joins, distributed on every host; no external gateway
-    # (no network can be router:external yet), so no SNAT and no floating IPs.
-    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host); external gateways, SNAT and floating IPs are not supported."),
+    # Routing between the subnets a router joins, distributed on every host; a router's gateway
+    # port is placed on a gateway node, but no SNAT and no floating IPs are carried yet.
+    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host); external gateway ports are placed on gateway nodes; SNAT and floating IPs are not supported."),
     ("security-group", "security-group", "The security groups extension."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
@@ -148,6 +152,9 @@ class Api:
                 web.get(path + "/{id}", self._show(m)), web.put(path + "/{id}", self._update(m)),
                 web.delete(path + "/{id}", self._delete(m)),
             ]
+        nodes = self.managers.get("nodes")
+        if isinstance(nodes, Nodes):
+            r += agents.routes(nodes)
         routers = self.managers.get("routers")
         if routers is not None:
             r += [web.put("/v2.0/routers/{id}/add_router_interface", self._interface(routers, True)),

@@ -75,25 +75,32 @@ NETWORK = standard(Resource("network", "networks", "Network")).add(
     Attr("router:external", boolean, default=False, put=True, admin_only=True, kind="boolean"),
     Attr("mtu", integer(IPV4_MIN_MTU, 65535), put=True, kind="integer"),
     Attr("port_security_enabled", boolean, default=True, put=True, kind="boolean"),
-    Attr("provider:network_type", one_of("vxlan"), default="vxlan", admin_only=True),
-    Attr("provider:physical_network", nullable(string()), default=None, admin_only=True),
-    Attr("provider:segmentation_id", integer(1, 2**24 - 1), admin_only=True, kind="integer"),
+    Attr("provider:network_type", one_of("vxlan", "flat"), default="vxlan", admin_only=True),
+    Attr("provider:physical_network", nullable(string(64)), default=None, admin_only=True),
+    Attr("provider:segmentation_id", nullable(integer(1, 2**24 - 1)), admin_only=True,
+         kind="integer"),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
 
 
-def _check_honoured(given: dict[str, Any]) -> None:
-    """Refuse what the datapath would not carry out, rather than store a promise.
+def _check_provider(given: dict[str, Any]) -> None:
+    """Neutron's rules for the provider attributes of the two types the hosts carry.
 
-    No host connects a network to the outside yet (external networks, router gateways, SNAT and
-    floating IPs are the north-south work), so `router:external` cannot be set and the
-    `external-net` extension is not listed; VXLAN networks have no physical network, as in Neutron.
+    A `vxlan` network is a segment of the overlay (its VNI allocated or given) and has no physical
+    network. A `flat` network is a physical network reached untagged through each host's bridge
+    mapping (`physnet1:br-ex` in the node record and the agent's config): it needs
+    `provider:physical_network` and has no segmentation id. VLAN is not carried (no host tags).
     """
-    if given.get("router:external"):
-        raise invalid_input("router:external networks are not supported: no host connects a "
-                            "network to the outside yet")
-    if given.get("provider:physical_network") is not None:
-        raise invalid_input("provider:physical_network specified for vxlan network")
+    ntype = given.get("provider:network_type", "vxlan")
+    physnet = given.get("provider:physical_network")
+    if ntype == "vxlan":
+        if physnet is not None:
+            raise invalid_input("provider:physical_network specified for vxlan network")
+        return
+    if not physnet:
+        raise invalid_input("physical_network required for flat provider network")
+    if given.get("provider:segmentation_id") is not None:
+        raise invalid_input("provider:segmentation_id specified for flat provider network")
 
 
 class Networks(Manager):
@@ -105,6 +112,8 @@ class Networks(Manager):
         settings = settings or NetworkConfig()
         self.vnis = VniAllocator(settings.vni_min, settings.vni_max)
         self.max_mtu = max_mtu(settings.underlay_mtu)
+        # A flat network is the physical network itself: no encapsulation to take off.
+        self.physnet_mtu = settings.underlay_mtu
         # id → body; networks are few and every port and subnet request checks one.
         self.index: dict[str, dict[str, Any]] = {}
 
@@ -131,7 +140,14 @@ class Networks(Manager):
             return
         assert change.body is not None
         self.index[change.id] = change.body
-        self.vnis.used.add(change.body["provider:segmentation_id"])
+        if change.body.get("provider:segmentation_id") is not None:
+            self.vnis.used.add(change.body["provider:segmentation_id"])
+
+    def flat_network_on(self, physnet: str) -> str | None:
+        """The flat network that already uses `physnet` (Neutron: one per physical network)."""
+        return next((nid for nid, b in self.index.items()
+                     if b.get("provider:network_type") == "flat"
+                     and b.get("provider:physical_network") == physnet), None)
 
     # Neutron's get_network: a shared network is everyone's to use, and an external one everyone's
     # to see (routers' gateways and floating IPs are taken from it).
@@ -176,7 +192,15 @@ class Networks(Manager):
         return body
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
-        _check_honoured(given)
+        _check_provider(given)
+        if given.get("provider:network_type") == "flat":
+            physnet = given["provider:physical_network"]
+            if self.flat_network_on(physnet) is not None:
+                raise Conflict(f"Unable to create the flat network. Physical network {physnet} "
+                               f"is in use.", type="FlatNetworkInUse")
+            given["provider:segmentation_id"] = None
+            body = await self._create(ctx, given, tx, None)
+            return body
         vni = given.pop("provider:segmentation_id", None)
         if vni is not None:
             if vni in self.vnis.used:
@@ -189,13 +213,19 @@ class Networks(Manager):
                 raise NeutronError("Unable to create the network. No tenant network is available "
                                    "for allocation.", type="NoNetworkAvailable", status=503)
         tx.after_rollback(lambda: self.vnis.used.discard(vni))
-        given["mtu"] = self._mtu(given.get("mtu", self.max_mtu))
+        return await self._create(ctx, given, tx, vni)
+
+    async def _create(self, ctx: Context, given: dict[str, Any], tx: Tx,
+                      vni: int | None) -> dict[str, Any]:
+        limit = self.max_mtu if vni is not None else self.physnet_mtu
+        given["mtu"] = self._mtu(given.get("mtu", limit), limit)
         body = self.new_body(ctx, given)
         body.update({
             "status": "ACTIVE", "subnets": [], "provider:segmentation_id": vni,
             "tags": [],
         })
-        await tx.insert("vni_allocations(vni, network_id)", [(vni, body["id"])])
+        if vni is not None:
+            await tx.insert("vni_allocations(vni, network_id)", [(vni, body["id"])])
         await self.insert(tx, body)
         tx.after_commit(lambda: self.index.__setitem__(body["id"], body))
         return body
@@ -205,9 +235,9 @@ class Networks(Manager):
         for key in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
             if key in changes and changes[key] != current.get(key):
                 raise invalid_input("Plugin does not support updating provider attributes")
-        _check_honoured(changes)
         if "mtu" in changes and changes["mtu"] != current.get("mtu"):
-            changes["mtu"] = self._mtu(changes["mtu"])
+            flat = current.get("provider:network_type") == "flat"
+            changes["mtu"] = self._mtu(changes["mtu"], self.physnet_mtu if flat else self.max_mtu)
             if changes["mtu"] < IPV6_MIN_MTU and self.peers.subnets.has_ipv6(current["id"]):
                 raise invalid_input(f"Requested MTU {changes['mtu']} is too small for the IPv6 "
                                     f"subnets of network {current['id']}, minimum is {IPV6_MIN_MTU}")
@@ -215,9 +245,9 @@ class Networks(Manager):
         tx.after_commit(lambda: self.index.__setitem__(new["id"], new))
         return new
 
-    def _mtu(self, mtu: int) -> int:
-        if mtu > self.max_mtu:
-            raise invalid_input(f"Requested MTU is too big, maximum is {self.max_mtu}")
+    def _mtu(self, mtu: int, limit: int) -> int:
+        if mtu > limit:
+            raise invalid_input(f"Requested MTU is too big, maximum is {limit}")
         return mtu
 
     async def set_subnets(self, tx: Tx, network_id: str, subnets: list[str]) -> None:
@@ -241,9 +271,10 @@ class Networks(Manager):
                 await subnets.drop(tx, sub)
         await tx.execute("DELETE FROM vni_allocations WHERE network_id = ?", (nid,))
         await self.remove(tx, current)
-        vni = current["provider:segmentation_id"]
+        vni = current.get("provider:segmentation_id")
 
         def forget() -> None:
             self.index.pop(nid, None)
-            self.vnis.used.discard(vni)
+            if vni is not None:
+                self.vnis.used.discard(vni)
         tx.after_commit(forget)

@@ -6,6 +6,7 @@ Ports bind to a node by `node_name`. Only admins see or change nodes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ from alcor.errors import Conflict, policy
 from alcor.resources.base import Manager
 from alcor.resources.schema import (
     Attr,
+    Invalid,
     Resource,
+    described,
     ip_address,
     mac_address,
     one_of,
@@ -25,6 +28,44 @@ from alcor.resources.schema import (
     uuid_str,
 )
 from alcor.transport import MqConfig
+
+_PHYSNET = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def bridge_mappings(value: Any) -> dict[str, str]:
+    """`{"physnet1": "br-ex"}`: the physical networks this host reaches, each through an OVS
+    bridge (Neutron's `bridge_mappings`, as its OVS agent reports it in `configurations`); also
+    accepted as Neutron's config spells it, `["physnet1:br-ex"]` or `"physnet1:br-ex,..."`."""
+    if isinstance(value, str):
+        value = [v for v in (x.strip() for x in value.split(",")) if v]
+    if isinstance(value, list):
+        pairs: dict[str, Any] = {}
+        for item in value:
+            physnet, sep, bridge = str(item).partition(":") if isinstance(item, str) else ("", "", "")
+            if not sep:
+                raise Invalid(f"'{item}' is not a valid mapping (physical_network:bridge)")
+            if physnet in pairs:
+                raise Invalid(f"physical network '{physnet}' is mapped twice")
+            pairs[physnet] = bridge
+        value = pairs
+    if not isinstance(value, dict):
+        raise Invalid(f"'{value}' is not a valid bridge mapping")
+    out: dict[str, str] = {}
+    bridges: set[str] = set()
+    for physnet, bridge in value.items():
+        if not isinstance(physnet, str) or not _PHYSNET.match(physnet):
+            raise Invalid(f"'{physnet}' is not a valid physical network name")
+        if not isinstance(bridge, str) or not _BRIDGE.match(bridge):
+            raise Invalid(f"'{bridge}' is not a valid bridge name (at most 15 characters)")
+        if bridge in bridges:
+            raise Invalid(f"bridge '{bridge}' is mapped twice")
+        bridges.add(bridge)
+        out[physnet] = bridge
+    return dict(sorted(out.items()))
+
+
+described(bridge_mappings, {"type": "object", "additionalProperties": {"type": "string"}})
 
 NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=False).add(
     Attr("node_id", uuid_str),
@@ -39,6 +80,11 @@ NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=Fal
     # os-vif plugs VM taps there from the ports' binding:vif_details.
     Attr("bridge_name", string(15), default="br-int", put=True),
     Attr("datapath_type", one_of("system", "netdev"), default="system", put=True),
+    # The physical networks the host reaches ({"physnet1": "br-ex"}), as its agent's [agent]
+    # bridge_mappings: a node mapping an external network's physical network can host router
+    # gateways (a gateway node).
+    Attr("bridge_mappings", bridge_mappings, default=dict, put=True, kind="object",
+         filterable=False),
 )
 del NODE.attrs["id"]
 
@@ -53,6 +99,9 @@ class Nodes(Manager):
         # node id -> its sync state; set by the southbound module when one runs (it sits above
         # the resources and reads them; they never import it)
         self.sync: Callable[[str], dict[str, Any]] | None = None
+        # node id -> its agent's liveness ({"alive", "heartbeat_timestamp", "started_at"}), set
+        # by the southbound module, which hears the agents (/v2.0/agents shows it)
+        self.liveness: Callable[[str], dict[str, Any]] | None = None
         self._by_name: dict[str, dict[str, Any]] = {}
 
     async def load(self) -> None:
@@ -68,6 +117,9 @@ class Nodes(Manager):
             del self._by_name[old]
         if change.body is not None:
             self._by_name[change.body["node_name"]] = change.body
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._by_name.values())
 
     def by_name(self, name: str) -> dict[str, Any] | None:
         return self._by_name.get(name)

@@ -30,9 +30,8 @@ from alcor.resources.schema import (
     string,
     uuid_str,
 )
-from alcor.wire import ROUTER_INTERFACE
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE
 
-ROUTER_GATEWAY = "network:router_gateway"
 ROUTE = dict_of({"destination": (cidr, True), "nexthop": (ip_address, True)})
 EXT_IP = dict_of({"subnet_id": (uuid_str, False), "ip_address": (ip_address, False)})
 _GATEWAY = nullable(dict_of({"network_id": (uuid_str, True), "enable_snat": (boolean, False),

@@ -20,12 +20,14 @@ import structlog
 from aiohttp import web
 
 from alcor.config import Config
+from alcor.context import Context
 from alcor.db.backends import StoreModule
 from alcor.db.store import StoreConfig
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
 from alcor.southbound.dispatcher import MIGRATIONS, Dispatcher, Settings
 from alcor.southbound.election import ControllerInfo, Election, SoleLeader
+from alcor.southbound.gateways import GatewayConfig, GatewayWatch
 from alcor.transport import InProcessBroker, InProcessTransport, Transport
 
 if TYPE_CHECKING:
@@ -65,6 +67,11 @@ class SouthboundModule:
         if kernel.has(Nodes):
             kernel.get(Nodes).sync = self.node_sync  # GET /v2.0/alcor/nodes/{id} shows it
         await store.migrate("southbound", MIGRATIONS)
+        self.gateways = self._gateway_watch()
+        if kernel.has(Nodes):
+            kernel.get(Nodes).liveness = self.liveness
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            self.gateways.run(), name="southbound.gateways"))
         self.me = ControllerInfo.here(self._api_url())
         self.dispatcher = self._dispatcher(0)
         loop = asyncio.get_running_loop()
@@ -113,6 +120,48 @@ class SouthboundModule:
             epoch=epoch,
             fence=self.election.valid if self.election is not None else None,
         )
+
+    def _gateway_watch(self) -> GatewayWatch:
+        kernel = self.kernel
+        ports = kernel.get(Ports) if kernel.has(Ports) else None
+
+        def topology() -> Any:
+            d = self.dispatcher
+            return d.topology if d is not None and d.epoch != 0 else None
+
+        def reports() -> dict[str, float | None]:
+            d = self.dispatcher
+            return {n: st.last_report for n, st in d.nodes.items()} if d is not None else {}
+
+        async def set_statuses(statuses: dict[str, tuple[str, str]]) -> None:
+            if ports is not None:
+                await ports.set_statuses(statuses)
+
+        async def rebind(port_id: str, host: str) -> None:
+            if ports is not None:
+                await ports.update_one(Context("", True), port_id, {"binding:host_id": host}, None)
+
+        def on_alive(node: str) -> None:
+            d = self.dispatcher
+            if d is not None and d.epoch != 0:
+                d.request_snapshot(node, "alive")
+
+        def leading() -> bool:
+            return self.election is not None and self.election.valid()
+
+        return GatewayWatch(self.config.get(GatewayConfig), topology, reports, set_statuses,
+                            rebind, leading, on_alive)
+
+    def liveness(self, node_id: str) -> dict[str, Any]:
+        """What /v2.0/agents shows of a node's agent: alive, and when it last reported."""
+        d = self.dispatcher
+        st = d.nodes.get(node_id) if d is not None else None
+        last = st.last_report if st is not None else None
+        return {"alive": self.gateways.alive(node_id) if d is not None and d.epoch != 0
+                else last is not None and time.time() - last <= self.gateways.settings.agent_down_time,
+                "heartbeat_timestamp": None if last is None else
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)),
+                "started_at": _iso(self.gateways.started)}
 
     async def _run_dispatcher(self, epoch: int) -> None:
         d = self._dispatcher(epoch)

@@ -54,7 +54,7 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     "revision-if-match": (f"{API}/test_networks.py::test_update_bumps_revision_and_if_match",),
     "router": (
         f"{API}/test_routers.py::test_interface_by_subnet_and_port",
-        f"{API}/test_routers.py::test_no_external_gateway_without_a_north_south_datapath",
+        f"{API}/test_routers.py::test_external_gateway_only_on_an_external_network",
         f"{TWO_HOSTS}::test_cross_subnet_ping_through_the_distributed_router",
         f"{L3}::test_ping6_to_the_gateway_from_either_host",
         f"{L3}::test_ping6_between_subnets_across_hosts_decrements_the_hop_limit",
@@ -98,6 +98,11 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{SG}::test_stateless_groups_track_nothing_and_replies_need_rules",
         f"{SG}::test_replies_of_the_vms_own_tcp_and_udp_pass_nothing_else_does",
     ),
+    "agent": (
+        f"{API}/test_north_south.py::test_agents_from_the_node_records",
+        "tests/integration/southbound/test_gateways.py::"
+        "test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent",
+    ),
     "alcor-nodes": (f"{API}/test_nodes_and_changes.py::test_node_crud_and_mq_defaults",),
     "alcor-changes": (f"{API}/test_nodes_and_changes.py::test_change_log_is_gap_free_and_paged",),
 }
@@ -112,7 +117,6 @@ NOT_HONOURED = {
     "floatingip",
     "quotas",
     "dhcp_agent_scheduler",
-    "agent",
     "subnet_allocation",
     "standard-attr-tag",
     "dns-integration",

@@ -190,14 +190,8 @@ async def test_ipv6_needs_a_network_mtu_of_1280(ctl):
 
 async def test_what_no_host_could_carry_out_is_refused(ctl):
     before = last_rev(ctl)
-    r = await ctl.post("/v2.0/networks", {"network": {"router:external": True}})
-    assert r.status == 400 and r.error["type"] == "InvalidInput"
     r = await ctl.post("/v2.0/networks", {"network": {"provider:physical_network": "physnet1"}})
     assert r.status == 400 and r.error["type"] == "InvalidInput"
     r = await ctl.post("/v2.0/networks", {"network": {"provider:network_type": "vlan"}})
     assert r.status == 400
     assert last_rev(ctl) == before
-    n = await ctl.create("network", "/v2.0/networks", **{"router:external": False})
-    r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"router:external": True}})
-    assert r.status == 400 and r.error["type"] == "InvalidInput"
-    assert (await ctl.get(f"/v2.0/networks/{n['id']}")).body["network"]["router:external"] is False

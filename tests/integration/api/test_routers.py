@@ -75,9 +75,7 @@ async def test_routes_need_a_connected_nexthop(ctl):
     assert res.status == 409 and res.error["type"] == "RouterInterfaceInUseByRoute"
 
 
-async def test_no_external_gateway_without_a_north_south_datapath(ctl):
-    # No network can be router:external yet (nothing would carry its traffic), so no router
-    # gets a gateway port, SNAT or floating IPs it would not have.
+async def test_external_gateway_only_on_an_external_network(ctl):
     plain = await ctl.create("network", "/v2.0/networks")
     r = await ctl.post("/v2.0/routers", {"router": {"external_gateway_info": {"network_id": plain["id"]}}})
     assert r.status == 400

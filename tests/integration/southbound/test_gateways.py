@@ -1,0 +1,106 @@
+"""Agent liveness and router gateway placement, with the controller's modules and real agent
+streams (no datapath: a port is programmed as soon as it is known) on the in-process transport.
+
+An agent that stops reporting is down after [gateway] agent_down_time: /v2.0/agents says so, its
+ports go DOWN, and the gateway ports it hosted move to the next gateway node mapping their
+physical network; when it reports again its ports come back ACTIVE.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from alcor.agent.stream import AgentStream
+from alcor.controller import controller_modules
+from alcor.roles import southbound_modules
+from alcor.southbound import SouthboundModule
+from alcor.transport import Address
+from tests.support.controller import config_for_test, serving
+from tests.support.wait import eventually
+
+DOWN_TIME = 1.0
+
+
+@asynccontextmanager
+async def controller(tmp_path):
+    cfg = config_for_test(tmp_path, gateway={"agent_down_time": DOWN_TIME, "check_interval": 0.1})
+    async with serving(cfg, [*controller_modules(cfg), *southbound_modules("controller", cfg)]) as (
+        kernel, client):
+        client.kernel = kernel
+        yield client
+
+
+async def agent(ctl, node) -> AgentStream:
+    sb = ctl.kernel.get(SouthboundModule)
+    addr = Address(node["mq_url"], node["mq_vhost"], node["mq_exchange"], node["mq_queue"])
+    a = AgentStream(sb.transport, node["node_id"], addr, addr.with_queue("alcor.controller"),
+                    resync_interval=0.3, status_delay=0.01, status_quiet=0.05,
+                    report_interval=0.2)
+    await a.start()
+    return a
+
+
+async def port(ctl, pid):
+    return (await ctl.get(f"/v2.0/ports/{pid}")).body["port"]
+
+
+async def alive(ctl, node_id):
+    return (await ctl.get(f"/v2.0/agents/{node_id}")).body["agent"]["alive"]
+
+
+async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent(tmp_path):
+    async with controller(tmp_path) as ctl:
+        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
+                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
+               for i in (1, 2)]
+        compute = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1",
+                                   local_ip="172.16.0.20")
+        agents = {n["node_name"]: await agent(ctl, n) for n in [*gws, compute]}
+        ext = await ctl.create("network", "/v2.0/networks", **{
+            "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": "physnet1"})
+        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
+                         ip_version=4, enable_dhcp=False)
+        router = await ctl.create("router", "/v2.0/routers",
+                                  external_gateway_info={"network_id": ext["id"]})
+        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}")).body["ports"][0]
+
+        async def placed():
+            p = await port(ctl, gw_port["id"])
+            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+        first = await eventually(placed, 10, "the gateway port never turned ACTIVE on a gateway node")
+        assert first in ("gw-1", "gw-2")  # never the compute node: it maps no physical network
+        # A VM's port on the same node, to see it go DOWN with its node.
+        net = await ctl.create("network", "/v2.0/networks")
+        await ctl.create("subnet", "/v2.0/subnets", network_id=net["id"], cidr="10.0.0.0/24",
+                         ip_version=4)
+        vm = await ctl.create("port", "/v2.0/ports", network_id=net["id"],
+                              **{"binding:host_id": first})
+        await eventually(lambda: _status(ctl, vm["id"], "ACTIVE"), 10, "the VM port never turned ACTIVE")
+        active = next(n for n in gws if n["node_name"] == first)
+        standby = next(n for n in gws if n["node_name"] != first)
+        assert await alive(ctl, active["node_id"]) is True
+
+        await agents[first].stop()  # the agent goes silent (its node is not deleted)
+        async def moved_away():
+            host = await placed()
+            return host if host != first else None
+        moved = await eventually(moved_away, 10 * DOWN_TIME, "the gateway never moved")
+        assert moved == standby["node_name"]
+        assert (await _status(ctl, vm["id"], "DOWN"))
+        assert await alive(ctl, active["node_id"]) is False
+        assert await alive(ctl, standby["node_id"]) is True
+        listed = (await ctl.get("/v2.0/agents?alive=false")).body["agents"]
+        assert {a["host"] for a in listed} == {first}
+
+        # Back: the node is alive again, its port is reported again; the gateway stays put.
+        agents[first] = await agent(ctl, active)
+        await eventually(lambda: _status(ctl, vm["id"], "ACTIVE"), 10, "the VM port stayed DOWN")
+        assert await alive(ctl, active["node_id"]) is True
+        assert (await port(ctl, gw_port["id"]))["binding:host_id"] == standby["node_name"]
+        for a in agents.values():
+            await a.stop()
+
+
+async def _status(ctl, pid, want):
+    return (await port(ctl, pid))["status"] == want
