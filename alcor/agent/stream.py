@@ -105,6 +105,7 @@ class AgentStream:
         self._tasks = [
             loop.create_task(self._ask_loop(), name=f"agent.ask.{self.node_id}"),
             loop.create_task(self._status_loop(), name=f"agent.status.{self.node_id}"),
+            loop.create_task(self._heartbeat_loop(), name=f"agent.heartbeat.{self.node_id}"),
         ]
         log.info("agent.stream_started", node=self.node_id, queue=self.address.queue)
 
@@ -248,16 +249,19 @@ class AgentStream:
         reported = self._reported
         return now, {p: v[0] for p, v in now.items() if reported.get(p) != v}
 
+    async def _heartbeat_loop(self) -> None:
+        """With nothing to report, a report all the same every report_interval: the controller
+        takes a silent agent's node for down (alcor/southbound/gateways.py). Before the first
+        snapshot the hello, repeated until it comes, says the agent is alive."""
+        while True:
+            await asyncio.sleep(self.report_interval)
+            if self.synced.is_set() and time.monotonic() - self._last_status >= self.report_interval:
+                self._ports_due.set()  # sent now, not held back by status_quiet
+                self._status_due.set()
+
     async def _status_loop(self) -> None:
         while True:
-            try:
-                # With nothing to report, a report all the same every report_interval: the
-                # controller takes a silent agent's node for down (alcor/southbound/gateways.py).
-                await asyncio.wait_for(self._status_due.wait(), self.report_interval)
-            except TimeoutError:
-                if not self.synced.is_set():
-                    continue  # its hello, repeated until the snapshot, says it is alive
-                self._ports_due.set()  # sent now, not held back by status_quiet
+            await self._status_due.wait()
             # Coalesce: a burst of messages yields one status with the latest applied_rev.
             await asyncio.sleep(self.status_delay)
             self._status_due.clear()
