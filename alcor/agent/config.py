@@ -44,9 +44,9 @@ class AgentConfig:
     ovs_db: str = ""  # ovsdb-server's socket, when not the default (ovs-vsctl --db)
     # seconds between full reconciles of the switch's flows (0: only on reconnect and change)
     flow_resync_interval: float = 0.0
-    # connections a batch of thousands of flow-mods is spread over (the bridge's management
-    # socket next to ovsdb's; 1: the controller connection alone)
-    flow_mod_connections: int = 4
+    # connections a batch of more than a hundred flow-mods is spread over (the extra ones to the
+    # bridge's management socket next to ovsdb's, kept open; 1: the controller connection alone)
+    flow_mod_connections: int = 16
     http: str = "127.0.0.1:9697"  # /healthz /readyz /metrics listener ("" turns it off)
     prefetch: int = 64  # messages in flight from the node's queue
     resync_interval: float = 5.0  # seconds between hello/resync while a snapshot is owed

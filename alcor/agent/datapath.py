@@ -124,7 +124,12 @@ class Datapath:
         self.zeta = ZetaAgent(config.netns)  # Zeta select groups, OAM listener, direct paths
         # router advertisements for IPv6 slaac subnets, to local ports (alcor/agent/ra.py)
         self.ra = RouterAdvertiser(counters=self.counters)
-        self.dhcp = DhcpServer(config.dhcp)  # answers punted DHCP requests; per-port meters
+        # the agent's own connections to the bridge's management socket, beside the controller
+        # connection: big flow-mod batches and bursts of DHCP answers are spread over them
+        self._lanes: list[Switch] = []
+        self._lanes_retry = 0.0
+        # answers punted DHCP requests; per-port meters
+        self.dhcp = DhcpServer(config.dhcp, lanes=self.open_lanes)
         self._resync: asyncio.Task[None] | None = None
         self.zones = ZoneStore(BridgeConfig(bridge=config.bridge, db=config.ovs_db))
 
@@ -174,6 +179,9 @@ class Datapath:
         await self.zeta.stop()
         await self.ra.stop()
         await self.dhcp.stop()
+        lanes, self._lanes = self._lanes, []
+        for sw in lanes:
+            await sw.close()
         await self._server.stop()
         self.switch = None
         self._reconciler = None
@@ -285,20 +293,33 @@ class Datapath:
         return dict(self.statuses)
 
     async def _helper_connections(self) -> list[Switch]:
-        """More connections to the switch for a big batch of flow-mods, or [] (then the batch
-        goes on the controller connection alone, just slower)."""
+        """More connections to the switch for a big batch of flow-mods (and DHCP's packet-outs),
+        or [] (then the batch goes on the controller connection alone, just slower). They are
+        opened on the first batch that wants them and kept: opening sixteen for every batch of a
+        few hundred flow-mods would cost more than it saves. One that closes (OVS restarted) is
+        opened again by the next batch, not more often than every LANE_RETRY seconds."""
         extra = self.config.flow_mod_connections - 1
-        path = self.config.management_socket()
         if extra <= 0:
             return []
-        opened = await asyncio.gather(
-            *(openflow_connect(path) for _ in range(extra)), return_exceptions=True
-        )
-        helpers = [sw for sw in opened if isinstance(sw, Switch)]
-        if len(helpers) < extra:
-            errors = [str(e) for e in opened if isinstance(e, BaseException)]
-            log.info("datapath.helper_connections", path=path, opened=len(helpers), errors=errors)
-        return helpers
+        self._lanes = [sw for sw in self._lanes if not sw.closed.is_set()]
+        missing = extra - len(self._lanes)
+        if missing > 0 and time.monotonic() >= self._lanes_retry:
+            path = self.config.management_socket()
+            opened = await asyncio.gather(
+                *(openflow_connect(path) for _ in range(missing)), return_exceptions=True
+            )
+            self._lanes += [sw for sw in opened if isinstance(sw, Switch)]
+            if len(self._lanes) < extra:
+                self._lanes_retry = time.monotonic() + LANE_RETRY
+                errors = sorted({str(e) for e in opened if isinstance(e, BaseException)})
+                log.info(
+                    "datapath.helper_connections", path=path, opened=len(self._lanes), errors=errors
+                )
+        return list(self._lanes)
+
+    def open_lanes(self) -> list[Switch]:
+        """The helper connections open now (none before the first batch that wanted them)."""
+        return [sw for sw in self._lanes if not sw.closed.is_set()]
 
     async def _flush_zones(self, switch: Switch, gone: Mapping[str, int]) -> None:
         """The connections of ports that left (their flows are gone now) are flushed, then
@@ -432,6 +453,7 @@ class Datapath:
 
 
 BULK_ADDS = 1000
+LANE_RETRY = 5.0  # seconds before helper connections that failed to open are tried again
 IDLE_GC_AFTER = 1.0  # seconds without apply()
 # Beyond this many touched resources, one full read-back is cheaper than planning each change
 # (a partial reconcile no longer reads back each of many resources: see Reconciler.partial).

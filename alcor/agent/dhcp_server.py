@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import structlog
@@ -54,8 +54,17 @@ METER_FLAGS = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST | ofp.OFPMF_STATS
 
 
 class DhcpServer:
-    def __init__(self, settings: DhcpConfig, *, queue_max: int = 4096) -> None:
+    def __init__(
+        self,
+        settings: DhcpConfig,
+        *,
+        queue_max: int = 4096,
+        lanes: Callable[[], list[Switch]] | None = None,
+    ) -> None:
         self.settings = settings
+        # more connections to the same switch: a burst's packet-outs are spread over them (OVS
+        # reads 50 messages of a connection per turn of its loop)
+        self.lanes = lanes or list
         self.queue_max = queue_max
         self.counters = dict.fromkeys(OUTCOMES, 0)
         self.requests: dict[str, int] = {}  # port id -> requests that reached the agent
@@ -79,6 +88,7 @@ class DhcpServer:
     def update(self, goal: Mapping[str, Any], ports: Mapping[int, str]) -> None:
         """The goal state and which local port each ofport is. Each port's answers are then
         prepared in the background, so that VMs booting together meet no cold path."""
+        old = self._goal
         self._goal = goal
         self._ports = dict(ports)
         live = set(self._ports.values())
@@ -86,6 +96,11 @@ class DhcpServer:
             del self.requests[pid]
         for pid in [p for p in self._leases if p not in live]:
             del self._leases[pid]
+        if _same_bodies(old, goal, "subnet") and _same_bodies(old, goal, "vpc"):
+            # only the ports whose lease may have changed: a delta should not cost a pass
+            # over every local port's lease
+            before, now = old.get("port") or {}, goal.get("port") or {}
+            live = {p for p in live if p not in self._leases or before.get(p) is not now.get(p)}
         self._to_warm = sorted(live)
         if self._warmer is None or self._warmer.done():
             self._warmer = asyncio.get_running_loop().create_task(self._warm(), name="dhcp.warm")
@@ -131,25 +146,33 @@ class DhcpServer:
         if switch is not self._switch or self._meters is None:
             self._switch = switch
             self._meters = await _our_meters(switch)
-        for mid, band in sorted(desired.items()):
-            if self._meters.get(mid) == band:
-                continue
-            command = ofp.OFPMC_MODIFY if mid in self._meters else ofp.OFPMC_ADD
-            errors = await switch.mod(_meter_msg(command, mid, band), "meter")
-            if errors and command == ofp.OFPMC_ADD:  # there already, unknown to us
-                errors = await switch.mod(_meter_msg(ofp.OFPMC_MODIFY, mid, band), "meter")
-            if errors:
-                log.warning("dhcp.meter_failed", meter=mid, error=errors[0].error)
+        todo = {
+            mid: (ofp.OFPMC_MODIFY if mid in self._meters else ofp.OFPMC_ADD, band)
+            for mid, band in sorted(desired.items())
+            if self._meters.get(mid) != band
+        }
+        # one write and one barrier for all of them (a host's start adds one per local port)
+        failed = await _meter_mods(switch, todo)
+        retry = {  # an ADD that failed: the meter is there already, unknown to us
+            mid: (ofp.OFPMC_MODIFY, todo[mid][1]) for mid in failed if todo[mid][0] == ofp.OFPMC_ADD
+        }
+        failed = {mid: e for mid, e in failed.items() if mid not in retry}
+        failed |= await _meter_mods(switch, retry)
+        for mid, (_, band) in todo.items():
+            if mid in failed:
+                log.warning("dhcp.meter_failed", meter=mid, error=failed[mid])
                 self._meters.pop(mid, None)
-                continue
-            self._meters[mid] = band
+            else:
+                self._meters[mid] = band
         self._stale = set(self._meters) - set(desired)
 
     async def after_flows(self, switch: Switch) -> None:
         """Delete our meters no flow names any more (deleting a meter deletes its flows)."""
         assert self._meters is not None
-        for mid in sorted(self._stale):
-            await switch.mod(_meter_msg(ofp.OFPMC_DELETE, mid, None), "meter")
+        await switch.mods(
+            [_meter_msg(ofp.OFPMC_DELETE, m, None) for m in sorted(self._stale)], "meter"
+        )
+        for mid in self._stale:
             self._meters.pop(mid, None)
         self._stale = set()
 
@@ -179,6 +202,7 @@ class DhcpServer:
 
     async def _answer(self, batch: list[tuple[Switch, int, bytes, float]]) -> None:
         sent: list[tuple[Switch, float]] = []
+        lanes = self.lanes() if len(batch) > 1 else []
         for switch, in_port, data, at in batch:
             pid = self._ports.get(in_port)
             lease = self.lease(pid) if pid is not None else None
@@ -190,11 +214,21 @@ class DhcpServer:
             self._count(answer.kind, pid, answer.reason, lease)
             if answer.frame is None:
                 continue
+            msg = _packet_out(answer.frame, in_port)
+            out = switch
+            if lanes and (k := len(sent) % (len(lanes) + 1)):
+                out = lanes[k - 1]
             try:
-                switch.write(_packet_out(answer.frame, in_port))
+                out.write(msg)
             except SwitchGone:
-                continue
-            sent.append((switch, at))
+                if out is switch:
+                    continue
+                try:  # a lane that closed: the controller connection takes its answer
+                    out = switch
+                    out.write(msg)
+                except SwitchGone:
+                    continue
+            sent.append((out, at))
         for switch in {s for s, _ in sent}:
             with contextlib.suppress(ConnectionError):
                 await switch.drain()
@@ -221,6 +255,12 @@ class DhcpServer:
         self._worker = self._warmer = None
 
 
+def _same_bodies(a: Mapping[str, Any], b: Mapping[str, Any], kind: str) -> bool:
+    """The same resources of `kind` in both goal states, by identity of their bodies."""
+    x, y = a.get(kind) or {}, b.get(kind) or {}
+    return x is y or (len(x) == len(y) and all(y.get(k) is v for k, v in x.items()))
+
+
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     """Equal inputs, by identity first (a goal state shares the bodies that did not change)."""
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
@@ -235,6 +275,18 @@ async def _our_meters(switch: Switch) -> dict[int, tuple[int, int]]:
                 band = m.bands[0] if len(m.bands) == 1 and m.flags == METER_FLAGS else None
                 out[m.meter_id] = (band.rate, band.burst_size) if band else (-1, -1)
     return out
+
+
+async def _meter_mods(
+    switch: Switch, todo: Mapping[int, tuple[int, tuple[int, int]]]
+) -> dict[int, str]:
+    """Send meter-mods {meter id: (command, band)}; the meters that failed, with the error."""
+    if not todo:
+        return {}
+    msgs = {mid: _meter_msg(command, mid, band) for mid, (command, band) in todo.items()}
+    by_msg = {id(msg): mid for mid, msg in msgs.items()}
+    errors = await switch.mods(list(msgs.values()), "meter")
+    return {by_msg[id(e.request)]: e.error for e in errors if id(e.request) in by_msg}
 
 
 def _meter_msg(command: int, mid: int, band: tuple[int, int] | None) -> parser.OFPMeterMod:

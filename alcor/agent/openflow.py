@@ -38,6 +38,7 @@ HEADER = struct.Struct("!BBHI")  # version, type, length, xid
 NX_VENDOR_ID = 0x00002320  # Nicira extensions (OVS)
 NXT_CT_FLUSH_ZONE = 29  # body: nx_zone_id, six zero bytes then the zone (as ovs-ofctl sends it)
 OFP13 = ofp.OFP_VERSION
+STREAM_CHUNK = 1024  # flow-mods encoded and written at a time within one batch
 
 
 class SwitchHandler(Protocol):
@@ -156,25 +157,31 @@ class Switch:
         stale flow is deleted only once its successor is in place (make before break).
         """
         batch = _Batch()
-        chunks: list[bytes] = []
-        with fastcodec.gc_paused():
-            for flow in adds:
-                xid = self._next_xid()
-                batch.xids[xid] = ("add", flow, None)
-                chunks.append(fastcodec.encode_add(flow, xid, signatures))
-            for flow in deletes:
-                xid = self._next_xid()
-                batch.xids[xid] = ("delete", flow, None)
-                chunks.append(fastcodec.encode_delete(flow, xid))
-        if not chunks:
+        work = [("add", f) for f in adds] + [("delete", f) for f in deletes]
+        if not work:
             return []
-        for xid in batch.xids:
-            self._inflight[xid] = batch
-        barrier = parser.OFPBarrierRequest(codec.DP)
-        barrier.set_xid(self._next_xid())
-        chunks.append(self._encode(barrier))
         try:
-            self.stats["flow_mods"] += len(chunks) - 1
+            # Written a chunk at a time, yielding in between: the switch starts on the first
+            # chunk while the rest is encoded, and the batches of the other connections (a big
+            # batch is spread over several) are encoded and written in turn with this one.
+            for start in range(0, len(work), STREAM_CHUNK):
+                chunks: list[bytes] = []
+                with fastcodec.gc_paused():
+                    for command, flow in work[start : start + STREAM_CHUNK]:
+                        xid = self._next_xid()
+                        batch.xids[xid] = (command, flow, None)
+                        self._inflight[xid] = batch
+                        if command == "add":
+                            chunks.append(fastcodec.encode_add(flow, xid, signatures))
+                        else:
+                            chunks.append(fastcodec.encode_delete(flow, xid))
+                self.stats["flow_mods"] += len(chunks)
+                if start + STREAM_CHUNK < len(work):
+                    self._write(b"".join(chunks))
+                    await asyncio.sleep(0)
+            barrier = parser.OFPBarrierRequest(codec.DP)
+            barrier.set_xid(self._next_xid())
+            chunks.append(self._encode(barrier))
             await self._request_encoded(barrier.xid, b"".join(chunks), timeout)
         finally:
             for xid in batch.xids:
@@ -187,15 +194,24 @@ class Switch:
 
     async def mod(self, msg: Any, command: str) -> list[FlowModError]:
         """A group-mod, meter-mod, … closed by a barrier; errors come back like flow-mods'."""
+        return await self.mods([msg], command)
+
+    async def mods(self, msgs: list[Any], command: str) -> list[FlowModError]:
+        """Several such messages in one write closed by one barrier; each error names its
+        message (`FlowModError.request`)."""
         batch = _Batch()
-        data = self._encode(msg)
-        batch.xids[msg.xid] = (command, None, msg)
-        self._inflight[msg.xid] = batch
+        chunks = []
+        for msg in msgs:
+            chunks.append(self._encode(msg))
+            batch.xids[msg.xid] = (command, None, msg)
+            self._inflight[msg.xid] = batch
         try:
-            self._write(data)
-            await self.barrier()
+            if chunks:
+                self._write(b"".join(chunks))
+                await self.barrier()
         finally:
-            self._inflight.pop(msg.xid, None)
+            for xid in batch.xids:
+                self._inflight.pop(xid, None)
         return batch.errors
 
     async def ct_flush_zone(self, zone: int) -> list[FlowModError]:
@@ -261,7 +277,9 @@ class Switch:
 
     # --- receiving ---
 
-    async def handshake(self, timeout: float = 10.0) -> None:
+    async def handshake(self, timeout: float = 10.0, ports: bool = True) -> None:
+        """Hello, features and (unless `ports` is false: a connection that only sends
+        flow-mods and packet-outs needs no port map) the port descriptions."""
         await self.send(parser.OFPHello(codec.DP))
         version, mtype, _, _, _ = await asyncio.wait_for(self._read(), timeout)
         if mtype != ofp.OFPT_HELLO or version < OFP13:
@@ -269,6 +287,8 @@ class Switch:
         self._reader_task = asyncio.create_task(self._read_loop())
         [features] = await self.request(parser.OFPFeaturesRequest(codec.DP), timeout)
         self.datapath_id = features.datapath_id
+        if not ports:
+            return
         pages = await self.request(parser.OFPPortDescStatsRequest(codec.DP, 0), timeout)
         for page in pages:
             for port in page.body:
@@ -397,11 +417,12 @@ class Switch:
 async def connect(path: str, timeout: float = 5.0) -> Switch:
     """A connection of the agent's own to a bridge's management socket (`<bridge>.mgmt` in
     OVS's run directory, as ovs-ofctl makes one): flow-mods sent on it are the switch's like
-    any others. Nothing listens to its port-status or packet-ins."""
+    any others. OVS sends such a service connection no asynchronous messages (packet-ins,
+    port-status) unless it asks for them, and it does not: its port map stays empty."""
     reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
     sw = Switch(reader, writer)
     try:
-        await sw.handshake(timeout)
+        await sw.handshake(timeout, ports=False)
     except BaseException:
         await sw.close()
         raise

@@ -1,11 +1,13 @@
 """Bring a switch's flows to the desired set: read ours back by cookie, send only the difference.
 
 Level-triggered, like a Kubernetes controller: desired flows in, the smallest set of flow-mods
-out. A batch of more than BULK_FLOW_MODS is spread over the switch connection and a few more of
-the agent's own (`helpers`): ovs-vswitchd reads at most 50 messages of a connection per turn of
-its main loop, and a turn costs more the more ports the bridge has (~4 ms at 1,000 ports here),
-so tens of thousands of flow-mods on one connection spend most of their time waiting for turns. After a (re)connect the whole set of our flows (cookie tag) is read back and diffed; after a
-goal-state delta only the flows of the touched cookies are read back. Unchanged flows are never
+out. A batch of more than SPREAD_FLOW_MODS is spread over the switch connection and more of the
+agent's own (`helpers`, kept open by their owner): ovs-vswitchd reads at most 50 messages of a
+connection per turn of its main loop, and a turn costs more the more ports the bridge has (~4-8 ms
+at 1,000 ports here), so tens of thousands of flow-mods on one connection spend most of their time
+waiting for turns, and even a few hundred wait for several. After a (re)connect the whole set of
+our flows (cookie tag) is read back and diffed; after a goal-state delta only the flows of the
+touched cookies are read back. Unchanged flows are never
 touched, stale ones are deleted one by one (DELETE_STRICT on cookie, table, priority and match),
 and flows without our cookie tag are left alone. A barrier closes every batch.
 """
@@ -66,11 +68,14 @@ def plan(
     return adds, deletes
 
 
+# more flow-mods than this (two turns of OVS's loop on one connection) go over several
+SPREAD_FLOW_MODS = 100
+# a bulk batch (a start, an OVS restart) is this big or more
 BULK_FLOW_MODS = 4000
 READ_BACK_COOKIES = 32  # a partial reconcile reads back the touched resources up to this many
 
-# Opens more connections to the switch for a big batch; [] when it cannot (the batch then goes on
-# the main connection alone). The reconciler closes them after the batch.
+# More connections to the switch for a big batch; [] when there are none (the batch then goes on
+# the main connection alone). Their owner keeps them open between batches and closes them.
 Helpers = Callable[[], Awaitable[list[Switch]]]
 
 
@@ -152,7 +157,14 @@ class Reconciler:
         report.adds, report.deletes = len(adds), len(deletes)
         if not adds and not deletes:
             return
-        errors = await self._flow_mods(adds, deletes, report)
+        if len(adds) + len(deletes) > SPREAD_FLOW_MODS:
+            # the cyclic GC held off over the whole batch, not each chunk of it: every
+            # re-enable would collect the chunk's young objects again (~10 ms each at 70,000
+            # flows); the owner collects once idle after a bulk batch
+            with fastcodec.gc_paused():
+                errors = await self._flow_mods(adds, deletes, report)
+        else:
+            errors = await self._flow_mods(adds, deletes, report)
         report.errors = errors
         failed = {e.flow.key for e in errors if e.flow is not None}
         for f in adds:
@@ -167,39 +179,32 @@ class Reconciler:
         self, adds: list[Flow], deletes: list[Flow], report: Report
     ) -> list[FlowModError]:
         helpers: list[Switch] = []
-        if self.helpers is not None and len(adds) + len(deletes) > BULK_FLOW_MODS:
-            helpers = await self.helpers()
+        if self.helpers is not None and len(adds) + len(deletes) > SPREAD_FLOW_MODS:
+            helpers = [sw for sw in await self.helpers() if not sw.closed.is_set()]
         if not helpers:
             return await self.switch.flow_mods(
                 adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
             )
         conns = [self.switch, *helpers]
         report.connections = len(conns)
-        try:
-            # every add confirmed (each connection's barrier) before any delete: a flow that
-            # takes over from a stale one is in place before the stale one goes
-            errors: list[FlowModError] = []
-            for batch, kind in ((adds, "adds"), (deletes, "deletes")):
-                parts = [batch[i :: len(conns)] for i in range(len(conns))]
-                results = await asyncio.gather(
-                    *(
-                        self._send_part(sw, kind, part)
-                        for sw, part in zip(conns, parts, strict=True)
-                    ),
-                    return_exceptions=True,
-                )
-                for sw, part, result in zip(conns, parts, results, strict=True):
-                    if isinstance(result, BaseException):
-                        if sw is self.switch or not isinstance(result, ConnectionError):
-                            raise result
-                        # a helper went away: its share goes on the main connection
-                        log.info("reconcile.helper_lost", error=str(result), flow_mods=len(part))
-                        result = await self._send_part(self.switch, kind, part)
-                    errors.extend(result)
-            return errors
-        finally:
-            for sw in helpers:
-                await sw.close()
+        # every add confirmed (each connection's barrier) before any delete: a flow that
+        # takes over from a stale one is in place before the stale one goes
+        errors: list[FlowModError] = []
+        for batch, kind in ((adds, "adds"), (deletes, "deletes")):
+            parts = [batch[i :: len(conns)] for i in range(len(conns))]
+            results = await asyncio.gather(
+                *(self._send_part(sw, kind, part) for sw, part in zip(conns, parts, strict=True)),
+                return_exceptions=True,
+            )
+            for sw, part, result in zip(conns, parts, results, strict=True):
+                if isinstance(result, BaseException):
+                    if sw is self.switch or not isinstance(result, ConnectionError):
+                        raise result
+                    # a helper went away: its share goes on the main connection
+                    log.info("reconcile.helper_lost", error=str(result), flow_mods=len(part))
+                    result = await self._send_part(self.switch, kind, part)
+                errors.extend(result)
+        return errors
 
     async def _send_part(self, sw: Switch, kind: str, part: list[Flow]) -> list[FlowModError]:
         if not part:

@@ -332,10 +332,13 @@ async def test_periodic_resync_repairs_drift(ovs_sandbox: OvsSandbox, unused_tcp
         await dp.stop()
 
 
-async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same(host: Host) -> None:
-    """Thousands of flow-mods are spread over the controller connection and three of the
+async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same(
+    host: Host,
+) -> None:
+    """Thousands of flow-mods are spread over the controller connection and fifteen of the
     agent's own to the bridge's management socket (OVS reads 50 messages per connection per
-    turn of its loop); what they installed is exactly the desired set."""
+    turn of its loop), kept open for the next batch; what they installed is exactly the
+    desired set."""
     await with_ports(host)
     g = two_vpcs()
     for i in range(1500):  # neighbours on host B: ~4 flows each
@@ -344,7 +347,9 @@ async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same
     await host.dp.apply(g.goal())
     report = host.dp.last_report
     assert report is not None and report.adds > reconcile.BULK_FLOW_MODS
-    assert report.connections == host.dp.config.flow_mod_connections == 4 and not report.errors
+    assert report.connections == host.dp.config.flow_mod_connections == 16 and not report.errors
+    lanes = host.dp.open_lanes()
+    assert len(lanes) == 15
     assert len(host.ovs.dump_flows()) == len(host.dp.desired_flows)
     full = host.dp.counters["full"]
     assert host.dp.switch is not None
@@ -352,3 +357,13 @@ async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same
     await eventually(lambda: host.dp.counters["full"] > full, timeout=10)
     again = host.dp.last_report
     assert again is not None and (again.adds, again.deletes) == (0, 0)
+    assert host.dp.open_lanes() == lanes  # the same connections, not fifteen new ones
+    # one goes away (as when OVS restarts): the next big batch opens it again, and deletes are
+    # spread like adds
+    await lanes[0].close()
+    await host.dp.apply(two_vpcs().goal())
+    report = host.dp.last_report
+    assert report is not None and report.deletes > reconcile.SPREAD_FLOW_MODS
+    assert report.connections == 16 and not report.errors
+    assert lanes[0] not in host.dp.open_lanes() and len(host.dp.open_lanes()) == 15
+    assert len(host.ovs.dump_flows()) == len(host.dp.desired_flows)
