@@ -92,6 +92,8 @@ def advertisements(
     """The advertisements this host sends: to each of its `active` ports, for each IPv6 slaac
     subnet the port has an address in and a router's interface holds the gateway of."""
     subnets = goal.get("subnet") or {}
+    if not any(s.get("ipv6_ra_mode") == "slaac" for s in subnets.values()):
+        return {}  # the common case, without a pass over every local port per goal state
     vpcs = goal.get("vpc") or {}
     me = goal.get("node_id")
     ports = goal.get("port") or {}
@@ -218,4 +220,3 @@ class RouterAdvertiser:
             log.info("ra.send_failed", port=ad.port_id, subnet=ad.subnet_id, error=str(e))
             return
         self.counters["router_advertisements"] += 1
-
