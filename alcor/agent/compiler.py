@@ -101,6 +101,8 @@ class FlowCompiler:
         self._ports: Mapping[str, Body] = {}
         self._port_out: dict[str, PortFlows | None] = {}
         self._port_ofport: dict[str, int | None] = {}
+        # what each port's PortFlows were compiled from: (body, ofport, filtered, zone register)
+        self._port_inputs: dict[str, tuple[Body, int | None, bool, int | None]] = {}
         self._groups: dict[Ref, list[Flow]] = {}
         self._refs: dict[Key, dict[Ref, Flow]] = {}
         self._shared: set[Key] = set()  # keys with several resources, to resolve
@@ -275,10 +277,12 @@ class FlowCompiler:
         assert self._ctx is not None
         vnis: set[int] = set()
         prev = self._port_out.pop(pid, None)
-        if prev is not None:
-            self._membership(prev, -1)
-            if prev.vni is not None:
-                vnis.add(prev.vni)
+        inputs = self._port_inputs.pop(pid, None)
+        ofport = ofports.get(tap_name(pid)) if body is not None else None
+        filtered, zone = self._zone(pid, body) if body is not None else (False, None)
+        # the same body, tap and zone (only its groups' rules changed, say): its own flows are
+        # what they were, and so is its VPC's flood group; only its filter is compiled again
+        reuse = prev is not None and body is not None and inputs == (body, ofport, filtered, zone)
         self.port_problems.pop(pid, None)
         self.local_ports.pop(pid, None)
         self._port_ofport.pop(pid, None)
@@ -290,18 +294,26 @@ class FlowCompiler:
         if body is not None:
             for sid in _groups(body):
                 self._in_group.setdefault(sid, set()).add(pid)
-            ofport = ofports.get(tap_name(pid))
-            filtered, zone = self._zone(pid, body)
-            if filtered and zone is None:  # never unfiltered for want of a zone: no flows
+            if reuse:
+                out = prev
+            elif filtered and zone is None:  # never unfiltered for want of a zone: no flows
                 out = PortFlows([], True, "no conntrack zone assigned to the port")
             else:
                 out = port_flows(self._ctx, pid, body, ofport, zone)
         if out is not None:
             assert body is not None
             self._port_out[pid] = out
-            self._membership(out, +1)
-            if out.vni is not None:
-                vnis.add(out.vni)
+            self._port_inputs[pid] = (body, ofport, filtered, zone)
+        if not reuse and _flood_key(prev) != _flood_key(out):
+            # its VPC's flood group and routes change only when what they read of it changes
+            # (a port that only changed groups leaves them as they are)
+            for held, delta in ((prev, -1), (out, +1)):
+                if held is not None:
+                    self._membership(held, delta)
+                    if held.vni is not None:
+                        vnis.add(held.vni)
+        if out is not None:
+            assert body is not None
             if out.local:
                 self.local_ports[pid] = tap_name(pid)
                 self.port_problems[pid] = out.problem
@@ -475,6 +487,13 @@ def _local_ports(goal: Mapping[str, Any]) -> list[str]:
         for pid, p in (goal.get("port") or {}).items()
         if p.get("node_id") == me and p.get("device_owner") not in (ROUTER_INTERFACE, ROUTER_GATEWAY)
     ]
+
+
+def _flood_key(out: PortFlows | None) -> tuple[Any, ...] | None:
+    """What the VPC flood groups and the routes (FlowCompiler._membership) read of a port."""
+    if out is None:
+        return None
+    return (out.vni, bool(out.flows), out.ofport, out.deliver, out.remote_ip, out.endpoints)
 
 
 def _same_inputs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
