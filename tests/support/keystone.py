@@ -3,9 +3,10 @@
 Keystone's pins (SQLAlchemy, oslo.*) need not agree with this project's, so it lives in
 `.venv-keystone` (tests/run.sh installs it from tests/support/keystone-requirements.txt). Its
 database and keys are made once per machine (`db_sync`, `fernet_setup`, `credential_setup`,
-`bootstrap`: ~15 s) into `.venv-keystone/template`; each run copies them, serves Keystone's WSGI
-app with gunicorn on a free port, points the catalog's identity endpoints at it, and adds the
-projects, users and roles the tests need:
+`bootstrap`, then the projects, users and roles the tests need: ~20 s) into
+`.venv-keystone/template-with-users`; each run copies them, points the catalog's identity endpoints at a free
+port (in the database, before Keystone starts: no token is needed, so a Keystone whose tokens
+live a few seconds starts as reliably as any) and serves Keystone's WSGI app there with gunicorn:
 
     with running_keystone(tmp_path) as ks:
         ks.token("alice")                  # a member of project p1
@@ -15,9 +16,11 @@ projects, users and roles the tests need:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("ALCOR_KEYSTONE_VENV", ROOT / ".venv-keystone"))
-TEMPLATE = VENV / "template"
+TEMPLATE = VENV / "template-with-users"
 ADMIN_PASSWORD = "admin-secret"
 PASSWORD = "secret"
 PLACEHOLDER = "http://127.0.0.1:1/v3/"
@@ -84,7 +87,8 @@ def _manage(conf: Path, *args: str) -> None:
 
 
 def ensure_template() -> Path:
-    """The bootstrapped database and key repositories, made once (they do not depend on the port)."""
+    """The bootstrapped database, key repositories and the tests' users, made once (none of it
+    depends on the port Keystone is later served on)."""
     if (TEMPLATE / "ready").exists():
         return TEMPLATE
     work = TEMPLATE.with_name(f"template.{os.getpid()}")
@@ -99,6 +103,9 @@ def ensure_template() -> Path:
     _manage(conf, "bootstrap", "--bootstrap-password", ADMIN_PASSWORD,
             "--bootstrap-region-id", "RegionOne", "--bootstrap-admin-url", PLACEHOLDER,
             "--bootstrap-public-url", PLACEHOLDER, "--bootstrap-internal-url", PLACEHOLDER)
+    with _serve(work, expiration=3600, threads=4) as ks:
+        _add_users(ks)
+    (work / "ids.json").write_text(json.dumps({"projects": ks.projects, "users": ks.users}))
     (work / "ready").write_text("ok")
     if TEMPLATE.exists():  # another run made it meanwhile
         shutil.rmtree(work, ignore_errors=True)
@@ -167,12 +174,8 @@ class Keystone:
         self.register("network", "neutron", f"http://127.0.0.1:{port}/")
 
 
-def _setup(ks: Keystone) -> None:
-    # The catalog's identity endpoints: the template's placeholder becomes the real port. Token
-    # issue needs no catalog, so the admin can log in first.
+def _add_users(ks: Keystone) -> None:
     conn = ks.admin()
-    for ep in list(conn.identity.endpoints()):
-        conn.identity.update_endpoint(ep, url=ks.url + "/")
     roles = {r.name: r.id for r in conn.identity.roles()}
     for name in sorted({p for _, p, _ in USERS}):
         ks.projects[name] = conn.identity.create_project(name=name, domain_id="default").id
@@ -187,15 +190,29 @@ def _setup(ks: Keystone) -> None:
 @contextlib.contextmanager
 def running_keystone(tmp: Path, expiration: int = 3600, threads: int = 4) -> Iterator[Keystone]:
     """Keystone on a free port of 127.0.0.1, from a copy of the template, until the block ends."""
-    import requests
-
     template = ensure_template()
     work = tmp / "keystone"
     shutil.copytree(template, work)
+    with _serve(work, expiration, threads) as ks:
+        ids = json.loads((work / "ids.json").read_text())
+        ks.projects.update(ids["projects"])
+        ks.users.update(ids["users"])
+        yield ks
+
+
+@contextlib.contextmanager
+def _serve(work: Path, expiration: int, threads: int) -> Iterator[Keystone]:
+    """Keystone's WSGI app on a free port, serving the database in `work`."""
+    import requests
+
     conf = work / "keystone.conf"
     conf.write_text(CONF.format(dir=work, expiration=expiration))
     (work / "keystone_wsgi.py").write_text(WSGI)
     port = _free_port()
+    url = f"http://127.0.0.1:{port}/v3"
+    # The catalog's identity endpoints: the template's placeholder becomes the real port.
+    with contextlib.closing(sqlite3.connect(work / "keystone.db")) as db, db:
+        db.execute("UPDATE endpoint SET url = ?", (url + "/",))
     env = {**os.environ, "OS_KEYSTONE_CONFIG_FILES": str(conf)}
     log = open(work / "keystone.log", "wb")  # noqa: SIM115 (closed with the process)
     # SQLite has one writer: one worker, a few threads (one where many writes run at once).
@@ -203,7 +220,7 @@ def running_keystone(tmp: Path, expiration: int = 3600, threads: int = 4) -> Ite
         [str(VENV / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
          "--threads", str(threads), "--worker-class", "gthread", "--chdir", str(work), "--timeout", "120",
          "keystone_wsgi:application"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    ks = Keystone(f"http://127.0.0.1:{port}/v3", proc)
+    ks = Keystone(url, proc)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -217,7 +234,6 @@ def running_keystone(tmp: Path, expiration: int = 3600, threads: int = 4) -> Ite
             if time.monotonic() > deadline:
                 raise RuntimeError("Keystone did not answer within 120 s")
             time.sleep(0.2)
-        _setup(ks)
         yield ks
     finally:
         proc.terminate()
