@@ -14,6 +14,7 @@ from alcor.ops import OpsModule
 from alcor.resources.networks import NetworkConfig, Networks
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
+from alcor.resources.quotas import QuotaConfig, Quotas
 from alcor.resources.routers import Routers
 from alcor.resources.security_groups import SecurityGroupRules, SecurityGroups
 from alcor.resources.subnets import Subnets
@@ -44,6 +45,7 @@ def controller_modules(config: Config) -> list[Module]:
         Ports(),
         Routers(),
     ]
+    quotas = Quotas(config.get(QuotaConfig))
     ops = OpsModule(config, "controller", PATHS)
     http = HttpModule(config, [m.name for m in managers], PATHS, observe=ops.observe_request)
-    return [StoreModule(config), *managers, ops, http]
+    return [StoreModule(config), quotas, *managers, ops, http]

@@ -153,13 +153,36 @@ ALCOR = [
     ("get_agent", "rule:admin_only", "Neutron's agents: one per node's agent, one L3 agent per gateway node"),
     ("get_zeta", "rule:admin_only", ""),
     ("get_nova", "rule:admin_only", "What the Nova plugin derived, delivered and holds"),
+    ("get_quotas", "rule:admin_only", "List the projects with limits of their own"),
+    ("get_quota", "rule:context_is_admin or rule:project_reader", "A project's limits"),
+    ("update_quota", "rule:admin_only", ""),
+    ("delete_quota", "rule:admin_only", ""),
     ("create_gateway", "rule:admin_or_project_member", "A network's Zeta gateway"),
     ("get_gateway", "rule:admin_or_project_reader", ""),
     ("update_gateway", "rule:admin_or_project_member", ""),
     ("delete_gateway", "rule:admin_or_project_member", ""),
 ]
 
-RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP, *ALCOR]
+
+
+def _tag_rules(resources: list[tuple[str, str]], table: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Neutron's tag rules (`get_networks_tags`, `create_…` for one tag, `update_…` for all of
+    them, `delete_…`): who sees a resource sees its tags, who may change it may change them."""
+    rule = {n: c for n, c, _ in table}
+    out = []
+    for name, collection in resources:
+        out.append((f"get_{collection}_tags", rule[f"get_{name}"], ""))
+        for verb in ("create", "update", "delete"):
+            out.append((f"{verb}_{collection}_tags", rule[f"update_{name}"], ""))
+    return out
+
+
+TAGS = _tag_rules([("network", "networks"), ("subnet", "subnets"), ("port", "ports"),
+                   ("router", "routers"), ("security_group", "security_groups")],
+                  [*NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP])
+
+RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP, *TAGS,
+                                     *ALCOR]
 MEMO_MAX = 50_000
 
 

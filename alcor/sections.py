@@ -28,6 +28,7 @@ from alcor.db.store import StoreConfig
 from alcor.kernel import PLUGINS, KernelConfig
 from alcor.log import LogConfig
 from alcor.resources.networks import NetworkConfig
+from alcor.resources.quotas import QuotaConfig
 from alcor.southbound.dispatcher import Settings as SouthboundConfig
 from alcor.southbound.gateways import GatewayConfig
 from alcor.transport import MqConfig
@@ -51,6 +52,7 @@ SECTIONS: tuple[type, ...] = (
     ApiConfig,
     KeystoneAuthtokenConfig,
     NetworkConfig,
+    QuotaConfig,
     MqConfig,
     SouthboundConfig,
     GatewayConfig,

@@ -25,8 +25,9 @@ from alcor.db.store import StoreError
 from alcor.errors import BadRequest, NeutronError, ServiceUnavailable
 from alcor.policy import Policy, enforce
 from alcor.resources import query as q
-from alcor.resources.base import Manager, parse_if_match
+from alcor.resources.base import Manager, parse_if_match, tag, tags_body
 from alcor.resources.nodes import Nodes
+from alcor.resources.quotas import Quotas, quota_body
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -61,6 +62,13 @@ EXTENSIONS = [
     ("security-group", "security-group", "The security groups extension."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
+    ("standard-attr-tag", "Tag support for resources with standard attribute: network, subnet, port, router, security_group",
+     "Enables to set tag on resources with standard attribute."),
+    ("ip-substring-filtering", "IP address substring filtering",
+     "Provides IP address substring filtering when listing ports"),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support",
+     "Expose functions for quotas usage statistics per project"),
     ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
     ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
@@ -152,6 +160,10 @@ class Api:
                 web.get(path + "/{id}", self._show(m)), web.put(path + "/{id}", self._update(m)),
                 web.delete(path + "/{id}", self._delete(m)),
             ]
+            if m.taggable:
+                r += self._tag_routes(m, path + "/{id}/tags")
+        if self.kernel.has(Quotas):
+            r += self._quota_routes(self.kernel.get(Quotas))
         nodes = self.managers.get("nodes")
         if isinstance(nodes, Nodes):
             r += agents.routes(nodes)
@@ -284,6 +296,82 @@ class Api:
             log.info(f"{m.res.name}.deleted", id=request.match_info["id"])
             return web.Response(status=204)
         return handler
+
+    def _tag_routes(self, m: Manager, path: str) -> list[web.RouteDef]:
+        """Neutron's tag API on one collection: the list of a resource's tags, and each tag."""
+        async def index(request: web.Request) -> web.Response:
+            tags = await m.get_tags(await self.ctx(request), request.match_info["id"])
+            return json_response({"tags": tags})
+
+        async def replace(request: web.Request) -> web.Response:
+            ctx = await self.ctx(request)
+            tags = tags_body(await self.body(request))
+            tags = await m.change_tags(ctx, request.match_info["id"], "update", tags=tags)
+            return json_response({"tags": tags})
+
+        async def clear(request: web.Request) -> web.Response:
+            await m.change_tags(await self.ctx(request), request.match_info["id"], "delete")
+            return web.Response(status=204)
+
+        async def show(request: web.Request) -> web.Response:
+            await m.has_tag(await self.ctx(request), request.match_info["id"], request.match_info["tag"])
+            return web.Response(status=204)
+
+        async def add(request: web.Request) -> web.Response:
+            ctx = await self.ctx(request)
+            await m.change_tags(ctx, request.match_info["id"], "create", add=tag(request.match_info["tag"]))
+            return web.Response(status=201)
+
+        async def drop(request: web.Request) -> web.Response:
+            ctx = await self.ctx(request)
+            await m.change_tags(ctx, request.match_info["id"], "delete", drop=request.match_info["tag"])
+            return web.Response(status=204)
+
+        one = path + "/{tag}"
+        return [web.get(path, index), web.put(path, replace), web.delete(path, clear),
+                web.get(one, show), web.put(one, add), web.delete(one, drop)]
+
+    def _quota_routes(self, quotas: Quotas) -> list[web.RouteDef]:
+        """Neutron's quotas API: a project's limits (and their defaults, and what it uses)."""
+        async def caller(request: web.Request, action: str) -> str:
+            project = request.match_info["project_id"]
+            enforce(await self.ctx(request), action, {"project_id": project, "tenant_id": project})
+            return project
+
+        async def listed(request: web.Request) -> web.Response:
+            # Every project an admin set limits for (Neutron's list, admin only).
+            enforce(await self.ctx(request), "get_quotas")
+            return json_response({"quotas": [{**quotas.limits(p), "project_id": p, "tenant_id": p}
+                                             for p in sorted(quotas.projects)]})
+
+        async def show(request: web.Request) -> web.Response:
+            return json_response({"quota": quotas.limits(await caller(request, "get_quota"))})
+
+        async def default(request: web.Request) -> web.Response:
+            project = await caller(request, "get_quota")
+            return json_response({"quota": {**quotas.defaults, "project_id": project,
+                                            "tenant_id": project}})
+
+        async def details(request: web.Request) -> web.Response:
+            project = await caller(request, "get_quota")
+            used = await quotas.used(project)
+            return json_response({"quota": {
+                r: {"limit": limit, "used": used.get(r, 0), "reserved": 0}
+                for r, limit in quotas.limits(project).items()}})
+
+        async def update(request: web.Request) -> web.Response:
+            project = await caller(request, "update_quota")
+            given = quota_body(await self.body(request), quotas.defaults)
+            return json_response({"quota": await quotas.set(project, given)})
+
+        async def reset(request: web.Request) -> web.Response:
+            await quotas.set(await caller(request, "delete_quota"), None)
+            return web.Response(status=204)
+
+        one = "/v2.0/quotas/{project_id}"
+        return [web.get("/v2.0/quotas", listed), web.get(one, show), web.put(one, update),
+                web.delete(one, reset), web.get(one + "/default", default),
+                web.get(one + "/details", details)]
 
     def _interface(self, routers: Any, add: bool) -> Handler:
         async def handler(request: web.Request) -> web.Response:

@@ -16,9 +16,10 @@ from alcor.context import Context
 from alcor.db.backends import StoreModule
 from alcor.db.changelog import Change
 from alcor.db.store import Store, Tx
-from alcor.errors import BadRequest, PreconditionFailed, not_found, policy
+from alcor.errors import BadRequest, NotFound, PreconditionFailed, invalid_input, not_found, policy
 from alcor.policy import enforce
 from alcor.resources import query as q
+from alcor.resources.quotas import Quotas
 from alcor.resources.schema import Resource, check_create, check_update, tenant_of
 
 if TYPE_CHECKING:
@@ -324,7 +325,13 @@ class Manager:
             tenant_of(self.res, dict(c), ctx.project_id, ctx.is_admin)  # its 400 before any 403
             self.enforce_write(ctx, action, await self.create_target(ctx, c), b)
         async with self.store.transaction() as tx:
-            return [await self.create(ctx, c, tx) for c in checked]
+            created = [await self.create(ctx, c, tx) for c in checked]
+            if self.kernel.has(Quotas):
+                # Counted after the inserts, so what a create adds besides (a project's default
+                # security group) counts too; over the limit, the transaction writes nothing.
+                projects = {b.get("project_id") or "" for b in created}
+                await self.kernel.get(Quotas).check(tx, self.res.name, self.type, projects)
+            return created
 
     async def update_one(self, ctx: Context, id: str, body: Any, if_match: int | None) -> dict[str, Any]:
         changes = self.check_update(ctx, body)
@@ -355,6 +362,77 @@ class Manager:
     def check_owner_write(self, ctx: Context, current: dict[str, Any]) -> None:
         """The caller may change this resource (404 when it may not see it, 403 otherwise)."""
         self.check_write(ctx, f"update_{self.res.name}", current)
+
+    # Tags (Neutron's standard-attr-tag): part of the resource's body, so a tag change is an update
+    # of the resource (revision_number + 1, one change-log row) in its own manager's transaction.
+
+    @property
+    def taggable(self) -> bool:
+        return "tags" in self.res.attrs
+
+    def tag_action(self, ctx: Context, verb: str) -> str:
+        """Neutron's `<verb>_<collection>_tags` rule, or the resource's own rule for a resource
+        the policy table has no tag rules for."""
+        name = f"{verb}_{self.res.collection}_tags"
+        if ctx.policy is None or ctx.policy.has(name):
+            return name
+        return f"get_{self.res.name}" if verb == "get" else f"update_{self.res.name}"
+
+    async def get_tags(self, ctx: Context, id: str) -> list[str]:
+        body = await self.get(ctx, id)
+        enforce(ctx, self.tag_action(ctx, "get"), self.target(body))
+        return list(body.get("tags") or [])
+
+    async def has_tag(self, ctx: Context, id: str, tag: str) -> None:
+        if tag not in await self.get_tags(ctx, id):
+            raise tag_not_found(tag, self.res.name, id)
+
+    async def change_tags(self, ctx: Context, id: str, verb: str, tags: list[str] | None = None,
+                          add: str | None = None, drop: str | None = None) -> list[str]:
+        """Replace the tags (`tags`), add one (`add`), remove one (`drop`) or all (none given)."""
+        async with self.store.transaction() as tx:
+            current = await self.get(ctx, id, tx)
+            self.check_write(ctx, self.tag_action(ctx, verb), current)
+            old = list(current.get("tags") or [])
+            if tags is not None:
+                new = sorted(tags)
+            elif add is not None:
+                new = sorted({*old, add})
+            elif drop is not None:
+                if drop not in old:
+                    raise tag_not_found(drop, self.res.name, id)
+                new = [t for t in old if t != drop]
+            else:
+                new = []
+            if new != old:
+                await self.replace(tx, current, {"tags": new})
+            return new
+
+
+MAX_TAG_LEN = 255
+
+
+def tag(value: Any) -> str:
+    """One tag (Neutron: a string of at most 255 characters)."""
+    if not isinstance(value, str) or not value:
+        raise invalid_input(f"'{value}' is not a valid tag")
+    if len(value) > MAX_TAG_LEN:
+        raise invalid_input(f"'{value}' exceeds maximum length of {MAX_TAG_LEN}")
+    return value
+
+
+def tags_body(body: Any) -> list[str]:
+    """The body of `PUT …/tags`: `{"tags": [unique tags]}`."""
+    if not isinstance(body, dict) or set(body) != {"tags"} or not isinstance(body["tags"], list):
+        raise invalid_input("Invalid tags body")
+    tags = [tag(t) for t in body["tags"]]
+    if len(set(tags)) != len(tags):
+        raise invalid_input(f"Duplicate items in the list: '{', '.join(tags)}'")
+    return tags
+
+
+def tag_not_found(tag: str, resource: str, id: str) -> NotFound:
+    return NotFound(f"Tag {tag} could not be found for {resource} {id}.", type="TagNotFound")
 
 
 def check_revision(current: dict[str, Any], if_match: int | None) -> None:

@@ -241,7 +241,10 @@ class Networks(Manager):
             if changes["mtu"] < IPV6_MIN_MTU and self.peers.subnets.has_ipv6(current["id"]):
                 raise invalid_input(f"Requested MTU {changes['mtu']} is too small for the IPv6 "
                                     f"subnets of network {current['id']}, minimum is {IPV6_MIN_MTU}")
-        new = await self.replace(tx, current, changes)
+        return await self.replace(tx, current, changes)
+
+    async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        new = await super().replace(tx, body, changes)
         tx.after_commit(lambda: self.index.__setitem__(new["id"], new))
         return new
 
@@ -255,8 +258,7 @@ class Networks(Manager):
         current = await self.fetch(network_id, tx)
         if current is None:
             raise not_found("Network", network_id)
-        new = await self.replace(tx, current, {"subnets": subnets})
-        tx.after_commit(lambda: self.index.__setitem__(network_id, new))
+        await self.replace(tx, current, {"subnets": subnets})
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
         nid = current["id"]

@@ -2,7 +2,9 @@
 
 `?name=a&name=b&status=ACTIVE` is (name = a OR name = b) AND status = ACTIVE; a parameter that is not
 an attribute of the resource is a 400, as in Neutron with filter validation on. `changed_since=T`
-keeps what was updated at or after T (Neutron's standard-attr-timestamp). Filters run in the
+keeps what was updated at or after T (Neutron's standard-attr-timestamp). `tags=a,b` keeps what has
+every tag given, `tags-any=a,b` what has one of them, `not-tags` and `not-tags-any` the rest
+(Neutron's standard-attr-tag). Filters run in the
 database on the stored JSON bodies (alcor/db/dialect.py), so a list never loads rows it will not
 return.
 """
@@ -21,6 +23,7 @@ from alcor.errors import BadRequest
 from alcor.resources.schema import Invalid, Resource
 
 RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
+TAG_FILTERS = ("tags", "tags-any", "not-tags", "not-tags-any")
 MAX_LIMIT = 10000
 SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
 
@@ -34,6 +37,7 @@ class ListQuery:
     page_reverse: bool = False
     sort: list[tuple[str, str]] = field(default_factory=list)
     changed_since: str | None = None  # updated_at >= this (standard-attr-timestamp), as stored
+    tags: dict[str, list[str]] = field(default_factory=dict)  # TAG_FILTERS → tags named
 
 
 def changed_since(value: str) -> str:
@@ -55,6 +59,10 @@ def parse(res: Resource, params: MultiMapping[str], extra_filters: frozenset[str
             continue
         if key == "changed_since" and "updated_at" in res.attrs:
             q.changed_since = changed_since(params[key])
+            continue
+        if key in TAG_FILTERS and "tags" in res.attrs:
+            # Neutron's form is one comma-separated list; repeating the parameter adds to it.
+            q.tags[key] = [t for v in params.getall(key) for t in v.split(",") if t]
             continue
         attr = res.attrs.get(key)
         values = params.getall(key)
@@ -131,6 +139,7 @@ class SQL:
 def filter_sql(res: Resource, q: ListQuery, sql: SQL, d: Dialect = SQLITE) -> None:
     if q.changed_since is not None:
         sql.add(f"{d.value('updated_at', 'string')} >= ?", q.changed_since)
+    _tags_filter(q.tags, sql, d)
     for key, values in q.filters.items():
         attr = res.attrs.get(key)
         if key == "fixed_ips":
@@ -158,6 +167,19 @@ def filter_sql(res: Resource, q: ListQuery, sql: SQL, d: Dialect = SQLITE) -> No
         if has_null:
             parts.append(f"{col} IS NULL")
         sql.add("(" + " OR ".join(parts) + ")", *vals)
+
+
+def _tags_filter(tags: dict[str, list[str]], sql: SQL, d: Dialect) -> None:
+    def has(tag: str) -> str:
+        return f"EXISTS (SELECT 1 FROM {d.elements('tags')} WHERE {d.element_text()} = ?)"
+    for key, names in tags.items():
+        if not names:
+            continue
+        every = " AND ".join(has(t) for t in names)
+        some = " OR ".join(has(t) for t in names)
+        clause = {"tags": every, "tags-any": some,
+                  "not-tags": f"NOT ({every})", "not-tags-any": f"NOT ({some})"}[key]
+        sql.add(f"({clause})", *names)
 
 
 def _fixed_ips_filter(values: list[str], sql: SQL, d: Dialect) -> None:

@@ -118,3 +118,27 @@ async def test_description_on_every_standard_resource(ctl, net):
         got = (await ctl.get(f"/v2.0/{path}/{body['id']}")).body[kind]
         assert got["description"] == f"new {kind}"
     assert port["description"] == "p" and router["description"] == "r"
+
+
+async def test_ports_by_a_part_of_their_address(ctl, net):
+    # Neutron's ip-substring-filtering: fixed_ips=ip_address_substr=… matches any part of an address
+    network, _ = net
+    made = {}
+    for ip in ("10.0.0.14", "10.0.0.41", "10.0.0.5"):
+        made[ip] = (await ctl.create("port", "/v2.0/ports", network_id=network["id"],
+                                     fixed_ips=[{"ip_address": ip}]))["id"]
+
+    async def ips(substr):
+        r = await ctl.get(f"/v2.0/ports?fixed_ips=ip_address_substr%3D{substr}")
+        assert r.status == 200, r.body
+        return sorted(ip for ip, pid in made.items() if pid in {p["id"] for p in r.body["ports"]})
+
+    assert await ips("0.0.0.") == ["10.0.0.14", "10.0.0.41", "10.0.0.5"]
+    assert await ips("4") == ["10.0.0.14", "10.0.0.41"]
+    assert await ips(".41") == ["10.0.0.41"]
+    assert await ips("10.0.0.5") == ["10.0.0.5"]
+    assert await ips("99") == []
+    r = await ctl.get("/v2.0/ports?fixed_ips=ip_address_substr%3D4&fixed_ips=ip_address%3D10.0.0.5")
+    assert len(r.body["ports"]) == 3  # values of one filter are or-ed, as Neutron's
+    r = await ctl.get("/v2.0/ports?fixed_ips=mac%3D1")
+    assert r.status == 400 and "NeutronError" in r.body

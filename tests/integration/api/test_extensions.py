@@ -103,6 +103,20 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         "tests/integration/southbound/test_gateways.py::"
         "test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent",
     ),
+    "standard-attr-tag": (
+        f"{API}/test_tags.py::test_tag_api_on_every_resource",
+        f"{API}/test_tags.py::test_tag_filters",
+        f"{API}/test_tags.py::test_a_tag_change_is_in_the_change_log",
+    ),
+    "ip-substring-filtering": (f"{API}/test_conventions.py::test_ports_by_a_part_of_their_address",),
+    "quotas": (
+        f"{API}/test_quotas.py::test_a_project_over_its_network_quota_gets_409_and_nothing_is_written",
+        f"{API}/test_quotas.py::test_quota_api_rules_and_bad_input",
+        f"{API}/test_quotas.py::test_defaults_from_config_and_limits_survive_a_restart",
+    ),
+    "quota_details": (
+        f"{API}/test_quotas.py::test_a_project_over_its_network_quota_gets_409_and_nothing_is_written",
+    ),
     "alcor-nodes": (f"{API}/test_nodes_and_changes.py::test_node_crud_and_mq_defaults",),
     "alcor-changes": (f"{API}/test_nodes_and_changes.py::test_change_log_is_gap_free_and_paged",),
 }
@@ -115,10 +129,8 @@ NOT_HONOURED = {
     "l3-ha",
     "dvr",
     "floatingip",
-    "quotas",
     "dhcp_agent_scheduler",
     "subnet_allocation",
-    "standard-attr-tag",
     "dns-integration",
     "qos",
     "trunk",
