@@ -243,6 +243,7 @@ def build_reply(req: Request, lease: Lease, mtype: int, *, inform: bool = False)
             flags=req.flags & BROADCAST_FLAG,
             ciaddr=req.ciaddr if mtype != NAK else ZERO_IP,
             yiaddr=yiaddr,
+            siaddr=lease.next_server or ZERO_IP,
             giaddr=req.giaddr,
             options=dhcp.options(_terminated(opts)),
         )
@@ -310,6 +311,12 @@ def lease_options(lease: Lease, mtype: int, *, inform: bool = False) -> list[dhc
         opts.append(_opt(OPT_MTU, struct.pack("!H", min(lease.mtu, 0xFFFF))))
     if lease.routes:
         opts.extend(_long(OPT_CLASSLESS_ROUTES, b"".join(encode_route(*r) for r in lease.routes)))
+    if lease.extra:
+        # The port's own options (extra_dhcp_opts) replace the lease's of the same code.
+        mine = {code for code, _ in lease.extra}
+        opts = [o for o in opts if o.tag not in mine]
+        for code, value in lease.extra:
+            opts.extend(_long(code, value))
     return opts
 
 
@@ -375,6 +382,7 @@ class Reply:
     ip_src: str
     ip_dst: str
     options: Mapping[int, bytes]
+    siaddr: str = ZERO_IP  # the next server (a port's server-ip-address)
 
 
 def parse_reply(frame: bytes) -> Reply:
@@ -396,6 +404,7 @@ def parse_reply(frame: bytes) -> Reply:
         ip_src=ip.src,
         ip_dst=ip.dst,
         options=opts,
+        siaddr=d.siaddr,
     )
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from alcor import dhcp_options
 from alcor.agent.config import DhcpConfig
 from alcor.wire import ROUTER_INTERFACE
 
@@ -63,6 +64,10 @@ class Lease:
     domain: str
     server_ip: str
     server_mac: str
+    # The port's own options (extra_dhcp_opts), (code, value) in the port's order: each replaces
+    # the lease's option of that code. next_server: the reply's siaddr (server-ip-address).
+    extra: tuple[tuple[int, bytes], ...] = ()
+    next_server: str | None = None
 
     @property
     def netmask(self) -> str:
@@ -133,6 +138,7 @@ def lease_for(goal: Mapping[str, Any], port_id: str, settings: DhcpConfig) -> Le
     if not dns:
         dns = tuple(a for a in map(_ipv4, settings.dns_servers) if a)
     mtu = vpc.get("mtu")
+    extra, next_server = port_options(port.get("extra_dhcp_opts") or ())
     return Lease(
         port_id=port_id,
         mac=mac,
@@ -146,7 +152,31 @@ def lease_for(goal: Mapping[str, Any], port_id: str, settings: DhcpConfig) -> Le
         domain=settings.domain,
         server_ip=gateway or SERVER_IP_WITHOUT_GATEWAY,
         server_mac=_mac(subnet.get("gateway_mac")) or server_mac(sid),
+        extra=extra,
+        next_server=next_server,
     )
+
+
+def port_options(
+    opts: Iterable[Mapping[str, Any]],
+) -> tuple[tuple[tuple[int, bytes], ...], str | None]:
+    """A port's extra_dhcp_opts as (code, value) options and the next-server address. The API
+    took only what encodes; anything else (a body from elsewhere) is left out, never sent."""
+    extra: dict[int, bytes] = {}
+    next_server = None
+    for o in opts:
+        try:
+            encoded = dhcp_options.encode(str(o.get("opt_name")), str(o.get("opt_value")))
+        except dhcp_options.BadOption:
+            continue
+        if encoded is None:
+            continue
+        code, raw = encoded
+        if code == dhcp_options.SIADDR:
+            next_server = str(ipaddress.IPv4Address(raw))
+        else:
+            extra[code] = raw
+    return tuple(extra.items()), next_server
 
 
 def classless_routes(

@@ -46,6 +46,8 @@ EXTENSIONS = [
      "node, alive from their reports (read-only: agents follow their nodes)."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("extra_dhcp_opt", "Neutron Extra DHCP options",
+     "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
     ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),

@@ -12,6 +12,7 @@ import json
 import random
 from typing import Any
 
+from alcor import dhcp_options
 from alcor.context import Context
 from alcor.db.changelog import Change
 from alcor.db.store import Tx
@@ -21,14 +22,18 @@ from alcor.resources import query as q
 from alcor.resources.base import OTHER, Manager
 from alcor.resources.schema import (
     Attr,
+    Invalid,
     Resource,
     any_dict,
     boolean,
+    described,
     dict_of,
     ip_address,
     ip_or_cidr,
+    json_schema_of,
     list_of,
     mac_address,
+    nullable,
     one_of,
     standard,
     string,
@@ -45,6 +50,26 @@ MAX_FIXED_IPS = 5
 
 FIXED_IP = dict_of({"subnet_id": (uuid_str, False), "ip_address": (ip_address, False)})
 ADDRESS_PAIR = dict_of({"ip_address": (ip_or_cidr, True), "mac_address": (mac_address, False)})
+def _dhcp_opt(value: Any) -> dict[str, Any]:
+    """One of `extra_dhcp_opts`: {opt_name, opt_value (None: remove it, on update), ip_version}."""
+    opt = _DHCP_OPT_KEYS(value)
+    name, text, version = opt["opt_name"], opt.get("opt_value"), opt.get("ip_version", 4)
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid(f"'{name}' is not a valid DHCP option name")
+    if text is not None:
+        if not isinstance(text, str) or not text:
+            raise Invalid(f"'{text}' is not a valid DHCP option value")
+        try:
+            dhcp_options.check(name, text, version)
+        except dhcp_options.BadOption as e:
+            raise Invalid(str(e)) from None
+    return {"opt_name": name, "opt_value": text, "ip_version": version}
+
+
+_DHCP_OPT_KEYS = dict_of({"opt_name": (string(64), True), "opt_value": (nullable(string(255)), True),
+                          "ip_version": (one_of(4, 6), False)})
+DHCP_OPT = described(_dhcp_opt, json_schema_of(_DHCP_OPT_KEYS) or {})
+
 VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "virtio-forwarder",
               "smart-nic", "remote-managed")
 
@@ -72,7 +97,7 @@ PORT = standard(Resource("port", "ports", "Port", parent_field="network_id")).ad
     Attr("binding:vnic_type", one_of(*VNIC_TYPES), default="normal", put=True),
     Attr("binding:vif_type", string(), post=False),
     Attr("binding:vif_details", any_dict, post=False, kind="object", filterable=False),
-    Attr("extra_dhcp_opts", list_of(any_dict), default=list, put=True, kind="array", filterable=False),
+    Attr("extra_dhcp_opts", list_of(DHCP_OPT), default=list, put=True, kind="array", filterable=False),
     Attr("tags", list_of(string()), post=False, kind="array"),
 )
 
@@ -210,7 +235,7 @@ class Ports(Manager):
     # Create ------------------------------------------------------------------------------------
 
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
-        _no_extra_dhcp_opts(given)
+        given["extra_dhcp_opts"] = merge_dhcp_opts([], given.get("extra_dhcp_opts") or [])
         network = self.peers.networks.lookup(ctx, given["network_id"])
         nid = network["id"]
         body = self.new_body(ctx, given)
@@ -395,7 +420,9 @@ class Ports(Manager):
 
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
                      tx: Tx) -> dict[str, Any]:
-        _no_extra_dhcp_opts(changes)
+        if "extra_dhcp_opts" in changes:
+            changes["extra_dhcp_opts"] = merge_dhcp_opts(current.get("extra_dhcp_opts") or [],
+                                                         changes["extra_dhcp_opts"])
         nid = current["network_id"]
         if "mac_address" in changes and changes["mac_address"] != current["mac_address"]:
             if current["binding:vif_type"] not in ("unbound", "binding_failed"):
@@ -514,10 +541,16 @@ def eui64(net: ipaddress.IPv6Network | ipaddress.IPv4Network, mac: str) -> ipadd
     return ipaddress.IPv6Address(int(net.network_address) | int.from_bytes(iid, "big"))
 
 
-def _no_extra_dhcp_opts(given: dict[str, Any]) -> None:
-    """The agents' DHCP server sends no per-port options (README "DHCP"), so the `extra_dhcp_opt`
-    extension is not listed; rather than store options that no VM would get, refuse them as
-    Neutron without that extension refuses the attribute."""
-    if given.get("extra_dhcp_opts"):
-        raise BadRequest("Unrecognized attribute(s) 'extra_dhcp_opts': per-port DHCP options are "
-                         "not supported (the extra_dhcp_opt extension is not enabled)")
+def merge_dhcp_opts(current: list[dict[str, Any]], given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Neutron's rules: an option given replaces the one of the same name and IP version, one
+    given with `opt_value` null is removed, the others stay. One name twice in a request is a 400."""
+    keys = [(o["opt_name"], o["ip_version"]) for o in given]
+    if len(set(keys)) != len(keys):
+        raise invalid_input("Duplicate DHCP option names in extra_dhcp_opts")
+    out = {(o["opt_name"], o["ip_version"]): o for o in current}
+    for o, key in zip(given, keys, strict=True):
+        if o["opt_value"] is None:
+            out.pop(key, None)
+        else:
+            out[key] = o
+    return list(out.values())

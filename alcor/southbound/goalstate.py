@@ -71,6 +71,7 @@ PORT_WIRE_FIELDS = (
     "security_groups",
     "admin_state_up",
     "port_security_enabled",
+    "extra_dhcp_opts",
 )
 
 
@@ -436,6 +437,11 @@ def port_body(id: str, b: Body, node: str | None, local: bool) -> Body:
     if local:
         out["admin_state_up"] = b.get("admin_state_up", True)
         out["port_security_enabled"] = b.get("port_security_enabled", True)
+        # The port's own DHCPv4 options, for its host's DHCP server only (absent when none).
+        opts = [{"opt_name": o.get("opt_name"), "opt_value": o.get("opt_value")}
+                for o in b.get("extra_dhcp_opts") or () if o.get("ip_version", 4) == 4]
+        if opts:
+            out["extra_dhcp_opts"] = opts
     return out
 
 

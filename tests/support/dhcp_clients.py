@@ -52,7 +52,7 @@ exit 0
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/sh
-{ echo "reason=$1"; env | grep -E '^(ip|subnet|mask|router|dns|domain|mtu|staticroutes|lease|serverid|broadcast)=' | sort; echo "--"; } >> "@OUT@"
+{ echo "reason=$1"; env | grep -E '^(ip|subnet|mask|router|dns|domain|mtu|staticroutes|lease|serverid|broadcast|tftp|bootfile|siaddr|ntpsrv)=' | sort; echo "--"; } >> "@OUT@"
 case "$1" in
   deconfig) ip addr flush dev "$interface"; ip link set dev "$interface" up ;;
   bound|renew)

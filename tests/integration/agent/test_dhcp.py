@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -56,7 +57,16 @@ LEASE = 20
 SETTINGS = DhcpConfig(lease_time=LEASE, domain="cloud.example", rate=5, burst=10)
 
 
-def goal_for(node_id: str, *, without: tuple[str, ...] = ()) -> GoalState:
+# A port's extra_dhcp_opts as the wire carries them to its host (alcor/southbound/goalstate.py).
+PXE = [{"opt_name": "tftp-server", "opt_value": "10.0.0.9"},
+       {"opt_name": "bootfile-name", "opt_value": "pxelinux.0"},
+       {"opt_name": "server-ip-address", "opt_value": "10.0.0.9"},
+       {"opt_name": "ntp-server", "opt_value": "10.0.0.123"},
+       {"opt_name": "dns-server", "opt_value": "10.0.0.53"}]
+
+
+def goal_for(node_id: str, *, without: tuple[str, ...] = (),
+             opts: dict[str, list[dict[str, str]]] | None = None) -> GoalState:
     g = GoalBuilder(node_id).node(A, "172.31.255.1").node(B, "172.31.255.2")
     g.vpc("vpc1", 100, mtu=1400)
     g.subnet("s1", "vpc1", "10.0.0.0/24", "10.0.0.1", GW1, enable_dhcp=True,
@@ -70,7 +80,11 @@ def goal_for(node_id: str, *, without: tuple[str, ...] = ()) -> GoalState:
     g.port(D3, "vpc1", "s1", IP[D3], MAC[D3], node=B)
     for pid in without:
         g.remove("port", pid)
-    return g.goal()
+    goal = g.goal()
+    for pid, extra in (opts or {}).items():
+        if node_id == goal["port"][pid]["node_id"]:
+            goal["port"][pid]["extra_dhcp_opts"] = extra
+    return goal
 
 
 @dataclass
@@ -79,7 +93,7 @@ class Cloud:
     b: Host
     tmp: Path
 
-    async def apply(self, **kw: tuple[str, ...]) -> None:
+    async def apply(self, **kw: Any) -> None:
         for h in (self.a, self.b):
             assert h.agent is not None
             statuses = await h.agent.apply(goal_for(h.name, **kw))
@@ -190,6 +204,28 @@ async def test_udhcpc_gets_exactly_the_ports_lease(cloud: Cloud) -> None:
     assert f"inet {IP[D2]}/24" in vm.exec("ip", "-4", "addr", "show", "eth0")
     assert "192.168.0.0/16 via 10.0.0.254" in vm.exec("ip", "-4", "route", "show")
     assert await asyncio.to_thread(vm.ping, "10.0.0.1", 1)
+
+
+async def test_udhcpc_gets_the_ports_extra_dhcp_opts(cloud: Cloud) -> None:
+    """Neutron's extra_dhcp_opt: the port's options reach the VM, the port's dns-server replaces
+    the subnet's, and the rest of the lease is as before; without them, none is sent."""
+    await cloud.apply(opts={D2: PXE})
+    vm = cloud.vm(D2)
+    reset(vm)
+    run = await asyncio.to_thread(udhcpc(vm, cloud.tmp / "t2x").run)
+    assert run.returncode == 0, run.output
+    env = run.leases[-1]
+    assert env["reason"] == "bound" and env["ip"] == IP[D2]
+    assert (env["tftp"], env["bootfile"], env["siaddr"]) == ("10.0.0.9", "pxelinux.0", "10.0.0.9")
+    assert env["ntpsrv"] == "10.0.0.123"
+    assert env["dns"].split() == ["10.0.0.53"]
+    assert env["router"] == "10.0.0.1" and env["mtu"] == "1400"
+    await cloud.apply()
+    reset(vm)
+    run = await asyncio.to_thread(udhcpc(vm, cloud.tmp / "t2y").run)
+    env = run.leases[-1]
+    assert env["reason"] == "bound" and "tftp" not in env and "ntpsrv" not in env
+    assert env["dns"].split() == ["10.0.0.2", "10.0.0.3"]
 
 
 async def test_a_port_on_a_subnet_without_dhcp_gets_no_offer(cloud: Cloud) -> None:

@@ -28,6 +28,12 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{API}/test_ports.py::test_port_bound_before_its_node_exists_binds_when_it_registers",
         "tests/integration/drills/test_e2e_drills.py::test_vif_plugged_after_binding_turns_active",
     ),
+    "extra_dhcp_opt": (
+        f"{API}/test_ports.py::test_extra_dhcp_opts_validated_stored_and_merged",
+        "tests/unit/southbound/test_placement.py::test_a_ports_dhcp_options_reach_its_host_only",
+        "tests/unit/agent/test_dhcp.py::test_a_ports_extra_dhcp_opts_are_sent_and_replace_the_subnets",
+        "tests/integration/agent/test_dhcp.py::test_udhcpc_gets_the_ports_extra_dhcp_opts",
+    ),
     "extraroute": (
         f"{API}/test_routers.py::test_routes_need_a_connected_nexthop",
         f"{L3}::test_extra_route_through_a_vm_on_another_host",

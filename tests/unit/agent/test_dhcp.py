@@ -168,6 +168,38 @@ def test_discover_gets_an_offer_with_every_option() -> None:
     assert o[dhcp.OPT_CLASSLESS_ROUTES] == bytes([16, 192, 168, 10, 0, 0, 254, 0, 10, 0, 0, 1])
 
 
+PXE = [{"opt_name": "tftp-server", "opt_value": "10.0.0.9"},
+       {"opt_name": "bootfile-name", "opt_value": "pxelinux.0"},
+       {"opt_name": "server-ip-address", "opt_value": "10.0.0.9"},
+       {"opt_name": "dns-server", "opt_value": "192.0.2.1"},
+       {"opt_name": "150", "opt_value": "10.0.0.9,10.0.0.10"},
+       {"opt_name": "ntp-server", "opt_value": "2001:db8::1"}]  # IPv6: for DHCPv6, not sent
+
+
+def pxe_lease() -> leases.Lease:
+    g = goal()
+    g["port"][P1]["extra_dhcp_opts"] = PXE
+    lease = lease_for(g, P1, SETTINGS)
+    assert lease is not None
+    return lease
+
+
+def test_a_ports_extra_dhcp_opts_are_sent_and_replace_the_subnets() -> None:
+    for kind in (DISCOVER, REQUEST):
+        frame = respond(client_frame(kind, MAC1, requested_ip="10.0.0.5", server_id="10.0.0.1"),
+                        pxe_lease()).frame
+        assert frame is not None
+        r = parse_reply(frame)
+        o = r.options
+        assert o[66] == b"10.0.0.9" and o[67] == b"pxelinux.0"
+        assert o[150] == bytes([10, 0, 0, 9, 10, 0, 0, 10])
+        assert o[dhcp.OPT_DNS] == bytes([192, 0, 2, 1])  # the port's, not the subnet's
+        assert 42 not in o
+        assert r.siaddr == "10.0.0.9"
+        assert o[dhcp.OPT_ROUTER] == bytes([10, 0, 0, 1])  # the rest of the lease as before
+    assert parse_reply(respond(client_frame(DISCOVER, MAC1), lease1()).frame or b"").siaddr == "0.0.0.0"
+
+
 def test_the_reply_is_well_formed_on_the_wire() -> None:
     frame = respond(client_frame(DISCOVER, MAC1), lease1()).frame
     assert frame is not None
@@ -351,6 +383,8 @@ def test_the_fast_reply_is_os_kens_byte_for_byte(req: dhcp.Request, kind: tuple[
     assert dhcp._reply(req, lease, mtype, inform=inform) == dhcp.build_reply(
         req, lease, mtype, inform=inform
     )
+    pxe = pxe_lease()
+    assert dhcp._reply(req, pxe, mtype, inform=inform) == dhcp.build_reply(req, pxe, mtype, inform=inform)
 
 
 @settings(max_examples=200, deadline=None)

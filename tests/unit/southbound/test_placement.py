@@ -155,6 +155,28 @@ def test_a_subnets_dhcp_settings_reach_its_members() -> None:
     check_converged(t, held, {a.id, b.id})
 
 
+def test_a_ports_dhcp_options_reach_its_host_only() -> None:
+    w, t, held = World(), Topology(), {}
+    a, b = w.add_node("ha"), w.add_node("hb")
+    net = w.add_network()
+    sub = w.add_subnet(net.id)
+    for ch in (a, b, net, sub):
+        apply_ops(held, place(t, ch))
+    p = w.add_port(w.res["subnet"][sub.id], "ha", [])
+    apply_ops(held, place(t, p))
+    apply_ops(held, place(t, w.add_port(w.res["subnet"][sub.id], "hb", [])))
+    assert "extra_dhcp_opts" not in _ports_on(held, a.id)[p.id]  # none: the body as before
+    opts = [{"opt_name": "tftp-server", "opt_value": "10.0.0.9", "ip_version": 4},
+            {"opt_name": "tftp-server", "opt_value": "2001:db8::9", "ip_version": 6}]
+    ops = place(t, w.update("port", w.res["port"][p.id], extra_dhcp_opts=opts))
+    assert set(ops) == {a.id}  # the neighbour's view of the port did not change
+    apply_ops(held, ops)
+    assert _ports_on(held, a.id)[p.id]["extra_dhcp_opts"] == [
+        {"opt_name": "tftp-server", "opt_value": "10.0.0.9"}]  # DHCPv4's only
+    assert "extra_dhcp_opts" not in _ports_on(held, b.id)[p.id]
+    check_converged(t, held, {a.id, b.id})
+
+
 def test_rebind_moves_port_and_leaving_node_gets_deletes() -> None:
     w, t, held = World(), Topology(), {}
     a, b = w.add_node("ha"), w.add_node("hb")
