@@ -164,8 +164,6 @@ class Api:
             ]
             if m.taggable:
                 r += self._tag_routes(m, path + "/{id}/tags")
-        if self.kernel.has(Quotas):
-            r += self._quota_routes(self.kernel.get(Quotas))
         nodes = self.managers.get("nodes")
         if isinstance(nodes, Nodes):
             r += agents.routes(nodes)
@@ -333,7 +331,7 @@ class Api:
         return [web.get(path, index), web.put(path, replace), web.delete(path, clear),
                 web.get(one, show), web.put(one, add), web.delete(one, drop)]
 
-    def _quota_routes(self, quotas: Quotas) -> list[web.RouteDef]:
+    def quota_routes(self, quotas: Quotas) -> list[web.RouteDef]:
         """Neutron's quotas API: a project's limits (and their defaults, and what it uses)."""
         async def caller(request: web.Request, action: str) -> str:
             project = request.match_info["project_id"]
@@ -466,6 +464,8 @@ class HttpModule:
         managers: list[Manager] = [kernel.named(n) for n in self.managers]
         api = Api(kernel, managers, {c: p for c, p in self.paths.items() if c in self.managers})
         extra = changes_routes(kernel, api)
+        if kernel.has(Quotas):
+            extra += api.quota_routes(kernel.get(Quotas))
         for m in kernel.modules:
             routes = getattr(m, "routes", None)
             if routes is not None and m is not self:
