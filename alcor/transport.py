@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import structlog
+
+from alcor.wire import node_queue
 
 log = structlog.get_logger("alcor.southbound.transport")  # the name operators filter on
 
@@ -46,6 +48,17 @@ class Address:
 
     def with_queue(self, queue: str) -> Address:
         return Address(self.url, self.vhost, self.exchange, queue)
+
+    @classmethod
+    def of_node(cls, node_id: str, body: Mapping[str, Any], mq: MqConfig) -> Address:
+        """A node's own queue, from its record's MQ settings ("" or absent: [mq]'s and
+        `alcor.wire.node_queue`). The dispatcher and the agent both build it here."""
+        return cls(
+            body.get("mq_url") or mq.url,
+            body.get("mq_vhost") or mq.vhost,
+            body.get("mq_exchange") or mq.exchange,
+            body.get("mq_queue") or node_queue(node_id),
+        )
 
 
 class Delivery(Protocol):

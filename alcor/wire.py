@@ -24,6 +24,19 @@ WIRE_VERSION = 1
 # says otherwise.
 CONTROLLER_QUEUE = "alcor.controller"
 
+# A node's own durable queue, unless its record names another (`mq_queue`): the one place the
+# name is built, for the node registry, the dispatcher and the agent alike.
+NODE_QUEUE_PREFIX = "alcor.node."
+
+
+def node_queue(node_id: str) -> str:
+    """The default queue of a node: `alcor.node.<node_id>`.
+
+    >>> node_queue("9f0c")
+    'alcor.node.9f0c'
+    """
+    return NODE_QUEUE_PREFIX + node_id
+
 # Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
 WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")
 

@@ -33,7 +33,8 @@ import aio_pika  # noqa: E402
 from alcor import log as alcor_log  # noqa: E402
 from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import SqliteStore  # noqa: E402
-from alcor.southbound.dispatcher import Dispatcher, Settings, _pack, encode_snapshot  # noqa: E402
+from alcor.southbound.dispatcher import Dispatcher, Settings  # noqa: E402
+from alcor.southbound.encode import encode_snapshot, pack  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
 from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
 from tests.support.wait import eventually  # noqa: E402
@@ -263,7 +264,7 @@ async def main(args: argparse.Namespace) -> None:
     for _ in range(5):
         t0 = time.perf_counter()
         raw, n_ops = encode_snapshot(d.topology, me, d.nodes[me].sent_rev, d.watermark)
-        raw = _pack(raw, settings.compress_over)
+        raw = pack(raw, settings.compress_over)
         t1 = time.perf_counter()
         ok = await transport.publish([(addr, raw)], 10.0)
         t2 = time.perf_counter()

@@ -357,12 +357,7 @@ class StreamModule:
             transport = kernel.get(Transport)  # the rabbitmq plugin
         mq = self.config.get(MqConfig)
         agent = self.config.get(AgentConfig)
-        addr = Address(
-            body.get("mq_url") or mq.url,
-            body.get("mq_vhost") or mq.vhost,
-            body.get("mq_exchange") or mq.exchange,
-            body.get("mq_queue") or f"alcor.node.{node_id}",
-        )
+        addr = Address.of_node(node_id, body, mq)
         # Imported here: the stream (and the ops views that read it) load without os-ken.
         from alcor.agent.datapath import DatapathModule
 

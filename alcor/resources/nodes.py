@@ -28,6 +28,7 @@ from alcor.resources.schema import (
     uuid_str,
 )
 from alcor.transport import MqConfig
+from alcor.wire import node_queue
 
 _PHYSNET = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -164,7 +165,7 @@ class Nodes(Manager):
         body.setdefault("mq_url", self.mq.url)
         body.setdefault("mq_vhost", self.mq.vhost)
         body.setdefault("mq_exchange", self.mq.exchange)
-        body.setdefault("mq_queue", f"alcor.node.{body['node_id']}")
+        body.setdefault("mq_queue", node_queue(body["node_id"]))
         await self.insert(tx, body)
         await self._rebind(tx, body)
         tx.after_commit(lambda: self._by_name.__setitem__(body["node_name"], body))

@@ -58,7 +58,7 @@ async def test_last_reported_status_wins(tmp_path: Path) -> None:
                 "digest": "0" * 64,
                 "ports": {port: status},
             }
-            await d.on_agent_message(_Delivery(report))
+            await d.feedback.on_message(_Delivery(report))
         await asyncio.sleep(d.settings.status_flush * 3)
         assert h.statuses.get(port, held) == held, "the port kept the status reported first"
     finally:

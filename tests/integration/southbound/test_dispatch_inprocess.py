@@ -316,14 +316,14 @@ async def test_status_reports_carry_only_what_changed(h: Harness) -> None:
     assert d is not None
     n0, n1 = node_ids(h)
     reports: list[dict[str, str]] = []
-    real = d._on_status
+    real = d.feedback.on_status
 
     def spy(node: str, msg: dict) -> None:  # type: ignore[type-arg]
         if node == n0:
             reports.append(dict(msg["ports"]))
         real(node, msg)
 
-    d._on_status = spy  # type: ignore[method-assign]
+    d.feedback.on_status = spy  # type: ignore[method-assign]
     await h.add_agent(n0)
     await h.add_agent(n1)
     await h.converge()

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alcor.agent.model import AgentModel, parse_message
-from alcor.southbound.dispatcher import encode_snapshot
+from alcor.southbound.encode import encode_snapshot
 from alcor.southbound.goalstate import (
     WIRE_TYPE,
     WIRE_TYPES,

@@ -1,0 +1,106 @@
+"""The plan of a batch: changes in, per-node ops out (host first, last state per resource). No I/O."""
+
+from __future__ import annotations
+
+from alcor.southbound.goalstate import Topology, goal_state
+from alcor.southbound.placement import place
+from alcor.southbound.plan import plan
+from alcor.wire import WIRE_TYPES
+from tests.support.world import World
+
+
+def scene(hosts: int = 4) -> tuple[World, Topology, dict[str, str], dict]:  # type: ignore[type-arg]
+    """A VPC with a port on each of `hosts` nodes, placed into a topology."""
+    w, t = World(), Topology()
+    nodes = {}
+    changes = []
+    for i in range(hosts):
+        c = w.add_node(f"host-{i}", ip=i)
+        nodes[f"host-{i}"] = c.id
+        changes.append(c)
+    net = w.add_network()
+    changes.append(net)
+    sub = w.add_subnet(net.id)
+    changes.append(sub)
+    for i in range(hosts):
+        changes.append(w.add_port(w.res["subnet"][sub.id], f"host-{i}", []))
+    for c in changes:
+        place(t, c)
+    return w, t, nodes, w.res["subnet"][sub.id]
+
+
+def test_the_ports_hosts_come_first_then_the_neighbours() -> None:
+    w, t, nodes, sub = scene(6)
+    # Ports on the last hosts (by id, the order placement lists nodes in), one batch.
+    changes = [w.add_port(sub, "host-5", []), w.add_port(sub, "host-4", [])]
+    p = plan(t, changes, changes[0].rev - 1)
+    order = list(p.per_node)
+    assert p.hosts == {nodes["host-5"], nodes["host-4"]}
+    assert set(order[:2]) == p.hosts and len(order) == 6
+    # The host holds its own port in its local variant (with admin_state_up); the others, the
+    # neighbour variant.
+    host_op = p.per_node[nodes["host-5"]][("port", changes[0].id)]
+    assert host_op["body"]["node_id"] == nodes["host-5"] and "admin_state_up" in host_op["body"]
+    other = p.per_node[nodes["host-0"]][("port", changes[0].id)]
+    assert "admin_state_up" not in other["body"]
+    assert (p.rev, p.used, p.ops) == (changes[-1].rev, 2, 12)
+
+
+def test_a_resource_appears_once_per_node_in_its_last_state() -> None:
+    w, t, nodes, sub = scene(3)
+    c1 = w.add_port(sub, "host-0", [])
+    c2 = w.update("port", w.res["port"][c1.id], allowed_address_pairs=[
+        {"ip_address": "10.9.9.9", "mac_address": "fa:16:3e:00:00:99"}])
+    p = plan(t, [c1, c2], c1.rev - 1)
+    for node in nodes.values():
+        op = p.per_node[node][("port", c1.id)]
+        assert op["rev"] == c2.rev and op["body"]["allowed_address_pairs"]
+    assert p.touched == [("port", c1.id)] and p.first_ts == [c1.ts, c2.ts]
+
+
+def test_a_batch_stops_at_the_change_that_reaches_max_ops() -> None:
+    w, t, nodes, sub = scene(4)
+    changes = [w.add_port(sub, "host-1", []) for _ in range(5)]
+    p = plan(t, changes, changes[0].rev - 1, max_ops=8)  # 4 node-ops per port
+    assert (p.used, p.ops, p.rev) == (2, 8, changes[1].rev)
+    # The rest is planned by the next batch, on the topology this one moved on.
+    q = plan(t, changes[p.used:], p.rev, max_ops=8)
+    assert q.used == 2 and q.rev == changes[3].rev
+
+
+def test_changes_outside_the_wire_move_the_rev_and_nothing_else() -> None:
+    w, t, nodes, sub = scene(2)
+    from alcor.db.changelog import Change
+
+    c = Change(w.rev + 1, 0.0, "quota", "proj", "update", "proj", None, 1, {"port": 10})
+    p = plan(t, [c], c.rev - 1)
+    assert (p.rev, p.used, p.ops, p.per_node, p.touched) == (c.rev, 1, 0, {}, [])
+
+
+def test_planned_ops_applied_per_node_equal_the_goal_state() -> None:
+    """A short history through plan (several changes per batch) lands every node on its goal."""
+    w, t = World(), Topology()
+    held: dict[str, dict[tuple[str, str], object]] = {}
+    history = [w.add_node("host-0"), w.add_node("host-1", ip=2), w.add_network()]
+    history.append(w.add_subnet(history[2].id))
+    sub = w.res["subnet"][history[3].id]
+    history += [w.add_port(sub, f"host-{i % 2}", []) for i in range(4)]
+    history.append(w.delete("port", history[4].id))
+    history.append(w.update("port", w.res["port"][history[5].id], **{"binding:host_id": "host-0"}))
+    rev = 0
+    for i in range(0, len(history), 3):
+        p = plan(t, history[i:i + 3], rev)
+        rev = p.rev
+        for node, bucket in p.per_node.items():
+            model = held.setdefault(node, {})
+            for key, op in bucket.items():
+                if op["op"] == "upsert":
+                    model[key] = op["body"]
+                else:
+                    model.pop(key, None)
+    for node in t.res["node"]:
+        goal = goal_state(t, node)
+        got = {ty: {} for ty in WIRE_TYPES}  # type: dict[str, dict[str, object]]
+        for (ty, i), body in held.get(node, {}).items():
+            got[ty][i] = body
+        assert {"node_id": node, **got} == goal
