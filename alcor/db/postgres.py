@@ -81,6 +81,8 @@ FINISH_PARAMS = 10
 # Pending inserts are sent on their own once they hold this many parameters (the protocol
 # allows 32,767 per statement).
 MAX_PENDING_PARAMS = 20_000
+# Requests sharing one PostgreSQL transaction at most (PgStore.transaction).
+MAX_BATCH = 64
 # Errors that mean the connection is gone (server restarted, failed over, network cut).
 _LOST = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
          asyncpg.exceptions.PostgresConnectionError,
@@ -112,22 +114,43 @@ class PgTx(Tx):
 
     _pending: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
     _pending_params: int = 0
+    _batch: _Batch | None = None
+    # A savepoint taken before this request's first write, when earlier requests share the
+    # transaction: its failure then rolls back its own statements only.
+    _savepoint: bool = False
+    _wrote: bool = False
+
+    async def _before(self, writes: bool) -> None:
+        batch = self._batch
+        if batch is not None and batch.pending:
+            # The earlier requests' inserts, so that this one's statements see them.
+            await _send_inserts(self.conn, batch.pending)
+            batch.pending = []
+        if (writes or self._pending) and not self._wrote:
+            if batch is not None and batch.members and not self._savepoint:
+                await self.conn.execute("SAVEPOINT alcor_request")
+                self._savepoint = True
+            self._wrote = True
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._before(True)
         await self._flush()
         return _rowcount(await self.conn.execute(_sql(sql), *params))
 
     async def executemany(self, sql: str, rows: Any) -> None:
+        await self._before(True)
         await self._flush()
         rows = [tuple(r) for r in rows]
         if rows:
             await self.conn.executemany(_sql(sql), rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        await self._before(False)
         await self._flush()
         return await self.conn.fetchrow(_sql(sql), *params)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        await self._before(False)
         await self._flush()
         return list(await self.conn.fetch(_sql(sql), *params))
 
@@ -135,30 +158,64 @@ class PgTx(Tx):
         if not rows:
             return
         if self._pending_params > MAX_PENDING_PARAMS:
+            await self._before(True)
             await self._flush()
         self._pending.append((into, [tuple(r) for r in rows]))
         self._pending_params += sum(len(r) for r in rows)
 
-    def take_writes(self, first: int) -> tuple[list[str], list[Any]]:
-        """The pending inserts as CTEs numbering their parameters from `first` + 1."""
-        parts: list[str] = []
-        params: list[Any] = []
-        n = first
-        for i, (into, rows) in enumerate(self._pending):
-            values = []
-            for r in rows:
-                values.append("(" + ",".join(f"${n + k + 1}" for k in range(len(r))) + ")")
-                n += len(r)
-                params.extend(r)
-            parts.append(f"w{i} AS (INSERT INTO {into} VALUES {','.join(values)})")
-        self._pending = []
-        self._pending_params = 0
-        return parts, params
-
     async def _flush(self) -> None:
         if self._pending:
-            parts, params = self.take_writes(0)
-            await self.conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *params)
+            await _send_inserts(self.conn, self._pending)
+            self._pending = []
+            self._pending_params = 0
+
+
+def _inserts(pending: list[tuple[str, list[tuple[Any, ...]]]], first: int
+             ) -> tuple[list[str], list[Any]]:
+    """Inserts as CTEs numbering their parameters from `first` + 1."""
+    parts: list[str] = []
+    params: list[Any] = []
+    n = first
+    for i, (into, rows) in enumerate(pending):
+        values = []
+        for r in rows:
+            values.append("(" + ",".join(f"${n + k + 1}" for k in range(len(r))) + ")")
+            n += len(r)
+            params.extend(r)
+        parts.append(f"w{i} AS (INSERT INTO {into} VALUES {','.join(values)})")
+    return parts, params
+
+
+async def _send_inserts(conn: Any, pending: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """Send inserts in statements of at most MAX_PENDING_PARAMS parameters or so."""
+    chunk: list[tuple[str, list[tuple[Any, ...]]]] = []
+    size = 0
+    for item in pending:
+        chunk.append(item)
+        size += sum(len(r) for r in item[1])
+        if size > MAX_PENDING_PARAMS:
+            parts, params = _inserts(chunk, 0)
+            await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *params)
+            chunk, size = [], 0
+    if chunk:
+        parts, params = _inserts(chunk, 0)
+        await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *params)
+
+
+@dataclass
+class _Batch:
+    """One PostgreSQL transaction shared by the API requests that queued for the writer while
+    it was open (see PgStore.transaction): the counter row is locked once for all of them."""
+
+    conn: Any
+    next_rev: int
+    # Committed requests' inserts and change rows, sent with the batch's last statement.
+    pending: list[tuple[str, list[tuple[Any, ...]]]] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    # Each committed request's change rows and its waiter (answered once the batch is durable).
+    members: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = field(default_factory=list)
+    committer: bool = False  # a task is queued to commit the batch after the current waiters
+    pending_params: int = 0
 
 
 class PgStore(Store):
@@ -191,6 +248,9 @@ class PgStore(Store):
         self._syncer: asyncio.Task[None] | None = None
         self._sync_conn: asyncpg.Connection | None = None
         self._flush_lock = asyncio.Lock()
+        # Requests sharing the writer's open transaction, and how many wait for the writer.
+        self._batch: _Batch | None = None
+        self._queued = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -230,6 +290,13 @@ class PgStore(Store):
         log.info("store.opened", url=safe_url(self.url), last_rev=self.changes.last_rev)
 
     async def close(self) -> None:
+        if self._batch is not None:
+            try:
+                async with asyncio.timeout(5):
+                    async with self._lock:
+                        await self._settle()
+            except TimeoutError:
+                pass
         if self._syncer is not None:
             if self._unsynced:
                 # The last commits' flush: their clients are still waiting for it.
@@ -266,6 +333,7 @@ class PgStore(Store):
         """Apply the owner's pending migrations, each in its own transaction. Controllers starting
         together take turns on an advisory lock, so each version is applied once."""
         async with self._lock:
+            await self._settle()
             conn = await self._writer_conn()
             for version in range(1, len(migrations) + 1):
                 async with conn.transaction():
@@ -319,6 +387,22 @@ class PgStore(Store):
             self._index_rev = max(self._index_rev, rows[-1][0])
             if durable:
                 self.changes.committed(rows)
+
+    async def catch_up(self) -> bool:
+        """Apply to the indexes what other controllers committed up to now (one read of the
+        counter; the rows only when it moved). A client that wrote through another controller
+        and then asks this one must find its resource (read-your-writes)."""
+        try:
+            async with self._read() as conn:
+                rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
+                if rev <= self._index_rev:
+                    return False
+                async with self._lock:
+                    if rev > self._index_rev and not self._stale:
+                        await self._catch_up(conn, rev, durable=False)
+        except BaseException as e:
+            _raise(e, None)
+        return True
 
     async def _reload(self, conn: Any) -> None:
         """Rebuild every in-memory index from the tables, then replay from the rev read before
@@ -457,60 +541,195 @@ class PgStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self._lock:
-            conn = await self._begin()
-            tx = PgTx(conn, 0)
-            rows: list[tuple[Any, ...]] = []
+        """One request's write transaction; requests share a PostgreSQL transaction (a batch).
+
+        The counter row serialises every controller's writers, so what limits writes is how long
+        it is held, and that is mostly round trips (BEGIN, the lock, catching up with the other
+        controllers, the statements, COMMIT), each a wait for the server and then for this
+        process to be scheduled again. So while one request runs, those that queue behind it
+        join its PostgreSQL transaction: each runs alone (in-process lock), on indexes that
+        follow the ones before it, and its inserts and change rows go with the batch's last
+        statement; the batch commits once no one is queued (or after MAX_BATCH requests). A
+        request that fails takes back only its own part: nothing it did was sent yet, or a
+        savepoint taken before its first write is rolled back. A failed batch commit fails
+        every request in it (none was answered yet) and the indexes are rebuilt from the tables.
+        Requests are answered only once the batch's commit is durable (group commit, below).
+        """
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        durable: asyncio.Future[None] | None = None
+        try:
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = await self._open_batch()
+            conn = batch.conn
+            tx = PgTx(conn, batch.next_rev, _batch=batch)
             try:
-                try:
-                    rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1 FOR UPDATE")
-                    if self._stale:
-                        await self._reload(conn)
-                    if rev > self._index_rev:
-                        # Committed by others, maybe not flushed yet: the indexes need them now,
-                        # readers only once they are durable (the follower hands them over).
-                        await self._catch_up(conn, rev, durable=False)
-                    tx.first_rev = rev + 1
-                except BaseException as e:
-                    _raise(e, conn)
                 yield tx
-                rows = [c.row() for c in tx.changes]
-                if rows:
-                    cols = list(zip(*rows, strict=True))
-                    parts, params = tx.take_writes(FINISH_PARAMS)
-                    await conn.fetchval("WITH " + ", ".join([*parts, FINISH]),
-                                        *cols, rows[-1][0], *params)
-                else:
-                    await tx._flush()
-                await conn.execute("COMMIT")
             except BaseException as e:
-                if isinstance(e, asyncio.CancelledError) and not conn.is_closed():
-                    # Cancelled mid-statement (the client went away): the connection may still
-                    # be busy with it; ending it rolls the transaction back on the server.
-                    conn.terminate()
-                if not conn.is_closed():
-                    try:
-                        await conn.execute("ROLLBACK")
-                    except Exception:
-                        conn.terminate()
-                if conn.is_closed():
-                    # Maybe committed, maybe not: rebuild the indexes from the tables first.
-                    self._stale = True
-                for fn in tx._after_rollback:
-                    fn()
+                await self._abandon(batch, tx, e)
                 _raise(e, conn)
+            rows = [c.row() for c in tx.changes]
+            # Committed, as far as this process goes: later requests check against it.
+            batch.pending.extend(tx._pending)
+            batch.pending_params += tx._pending_params
+            batch.rows.extend(rows)
+            batch.next_rev += len(rows)
+            if rows:
+                self._index_rev = rows[-1][0]
             for fn in tx._after_commit:
                 fn()
-            if not rows:
-                return
-            self._index_rev = rows[-1][0]
-            durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            durable = asyncio.get_running_loop().create_future()
             # A waiter cancelled meanwhile (client gone) must not leave an unretrieved error.
             durable.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._unsynced.append((rows, durable))
-            self._sync_due.set()
-        # Outside the lock: the next transactions commit while this one's flush runs.
+            batch.members.append((rows, durable))
+            if batch.pending_params > MAX_PENDING_PARAMS:
+                pending, batch.pending, batch.pending_params = batch.pending, [], 0
+                try:
+                    await _send_inserts(conn, pending)
+                except BaseException as e:
+                    await self._fail_batch(batch, e)
+                    _raise(e, conn)
+            if self._queued and len(batch.members) < MAX_BATCH:
+                if not batch.committer:
+                    # Behind those queued now (the lock is fair): it commits after them, unless
+                    # the last of them finds no one queued and commits first.
+                    batch.committer = True
+                    asyncio.get_running_loop().create_task(self._commit_later(batch),
+                                                           name="store.batch")
+            else:
+                # A client that goes away must not cut the commit of the others, nor let the
+                # next request on the connection before the commit is done.
+                commit = asyncio.ensure_future(self._commit(batch))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.wait({commit})
+                    raise
+        finally:
+            self._lock.release()
+        assert durable is not None
+        # Outside the lock: the next batch runs while this one commits and flushes.
         await asyncio.shield(durable)
+
+    async def _open_batch(self) -> _Batch:
+        conn = await self._begin()
+        try:
+            rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1 FOR UPDATE")
+            if self._stale:
+                await self._reload(conn)
+            if rev > self._index_rev:
+                # Committed by others, maybe not flushed yet: the indexes need them now,
+                # readers only once they are durable (the follower hands them over).
+                await self._catch_up(conn, rev, durable=False)
+        except BaseException as e:
+            await self._fail_batch(_Batch(conn, 0), e)
+            _raise(e, conn)
+        return _Batch(conn, rev + 1)
+
+    async def _abandon(self, batch: _Batch, tx: PgTx, e: BaseException) -> None:
+        """A request failed inside the batch: take back its part only, when that can be done."""
+        for fn in tx._after_rollback:
+            fn()
+        conn = batch.conn
+        alone = not batch.members
+        server_side = isinstance(e, asyncpg.PostgresError) or isinstance(e, _LOST)
+        if isinstance(e, asyncio.CancelledError) or conn.is_closed() or alone or (
+                server_side and not tx._savepoint):
+            # Cancelled mid-statement (the client went away), the connection lost, the
+            # transaction aborted with nothing to roll back to, or nothing else in it: the
+            # whole batch goes.
+            await self._fail_batch(batch, e)
+            return
+        if tx._savepoint:
+            try:
+                await conn.execute("ROLLBACK TO SAVEPOINT alcor_request")
+            except BaseException as e2:
+                await self._fail_batch(batch, e2)
+        # else: nothing of this request reached the server.
+
+    async def _fail_batch(self, batch: _Batch, e: BaseException) -> None:
+        """Roll the batch back; every request in it fails (none was answered)."""
+        conn = batch.conn
+        if self._batch is batch:
+            self._batch = None
+        if isinstance(e, asyncio.CancelledError) and not conn.is_closed():
+            # Cancelled mid-statement (the client went away): the connection may still be busy
+            # with it, and a ROLLBACK would queue behind it; ending the session rolls back.
+            conn.terminate()
+        if not conn.is_closed():
+            try:
+                await conn.execute("ROLLBACK")
+            except BaseException:
+                conn.terminate()
+        if conn.is_closed() or batch.members:
+            # Maybe committed, maybe not; or requests in it already changed the indexes:
+            # rebuild them from the tables first.
+            self._stale = True
+        if batch.members:
+            error = _mapped(e, None) if isinstance(e, Exception) else StoreError(
+                "the transaction was abandoned")
+            if not isinstance(error, (StoreError, Conflict)):
+                error = StoreError(f"database error: {e}")
+            for _, fut in batch.members:
+                if not fut.done():
+                    fut.set_exception(error)
+
+    async def _commit_later(self, batch: _Batch) -> None:
+        async with self._lock:
+            if self._batch is batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: _Batch) -> None:
+        """The batch's last statement (its inserts, change rows and the counter) and COMMIT;
+        its requests then wait for the flush that makes it durable. Call with the lock held."""
+        conn = batch.conn
+        self._batch = None
+        rows = batch.rows
+        try:
+            if rows:
+                cols = list(zip(*rows, strict=True))
+                parts, params = _inserts(batch.pending, FINISH_PARAMS)
+                await conn.fetchval("WITH " + ", ".join([*parts, FINISH]),
+                                    *cols, rows[-1][0], *params)
+            elif batch.pending:
+                await _send_inserts(conn, batch.pending)
+            await conn.execute("COMMIT")
+        except BaseException as e:
+            self._batch = batch  # so that _fail_batch sees it as the open one
+            await self._fail_batch(batch, e)
+            return
+        for member_rows, fut in batch.members:
+            if member_rows:
+                self._unsynced.append((member_rows, fut))
+            elif not fut.done():
+                fut.set_result(None)  # nothing for readers: answered at COMMIT, as before
+        if self._unsynced:
+            self._sync_due.set()
+
+    async def _settle(self) -> None:
+        """Commit the open batch, if any (with the lock held: before migrations, at close)."""
+        if self._batch is not None:
+            await self._commit(self._batch)
+
+    @asynccontextmanager
+    async def state_transaction(self) -> AsyncIterator[Tx]:
+        """On a connection of the read pool, committed synchronously: no counter row, no rev."""
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    tx = PgTx(conn, 0)
+                    yield tx
+                    if tx.changes:
+                        raise RuntimeError("a state transaction cannot record changes")
+                    await tx._flush()
+        except BaseException as e:
+            _raise(e, None)
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -238,3 +238,70 @@ async def test_a_request_cancelled_mid_statement_leaves_the_writer_usable(url):
         assert [c.id for c in await s.changes.read(0)] == ["next-0"]
     finally:
         await s.close()
+
+
+def _node_row(id: str) -> tuple[str, str, str, None, str]:
+    return ("node", id, "p", None, '{"id": "%s"}' % id)
+
+
+async def test_requests_queued_behind_a_writer_share_its_transaction_and_fail_alone(url):
+    (s,) = await _open(url)
+    xids: dict[int, int] = {}
+    try:
+        async def request(i: int) -> None:
+            async with s.transaction() as tx:
+                xids[i] = (await tx.fetchone("SELECT txid_current()"))[0]
+                if i == 2:  # wrote, then failed: its savepoint is rolled back
+                    await tx.execute("INSERT INTO resources(type, id, project_id, parent_id, "
+                                     "body) VALUES (?, ?, ?, ?, ?)", _node_row("n2"))
+                    raise Conflict("refused after writing")
+                if i == 3:  # failed before writing anything
+                    raise Conflict("refused")
+                await tx.insert("resources(type, id, project_id, parent_id, body)",
+                                [_node_row(f"n{i}")])
+                tx.record("node", f"n{i}", "create", {"id": f"n{i}"})
+                if i == 0:
+                    await asyncio.sleep(0.05)  # the others queue meanwhile
+
+        results = await asyncio.gather(*(request(i) for i in range(6)), return_exceptions=True)
+        assert [type(r).__name__ for r in results] == [
+            "NoneType", "NoneType", "Conflict", "Conflict", "NoneType", "NoneType"]
+        assert len(set(xids.values())) == 1  # one PostgreSQL transaction for all six
+        ids = [r[0] for r in await s.fetchall("SELECT id FROM resources ORDER BY id")]
+        assert ids == ["n0", "n1", "n4", "n5"]
+        assert [(c.rev, c.id) for c in await s.changes.read(0)] == [
+            (1, "n0"), (2, "n1"), (3, "n4"), (4, "n5")]
+        assert (await s.fetchone("SELECT rev FROM rev_counter"))[0] == 4
+    finally:
+        await s.close()
+
+
+async def test_a_batch_whose_commit_fails_fails_every_request_in_it_and_writes_nothing(url):
+    (s,) = await _open(url)
+    reloads = 0
+
+    async def reloaded() -> None:
+        nonlocal reloads
+        reloads += 1
+
+    s.on_reload(reloaded)
+    try:
+        async def request(i: int) -> None:
+            async with s.transaction() as tx:
+                # Both take the same row (what the in-memory checks exist to prevent): the
+                # schema's constraint refuses the batch's last statement.
+                await tx.insert("resources(type, id, project_id, parent_id, body)",
+                                [_node_row("same" if i < 2 else f"n{i}")])
+                tx.record("node", f"n{i}", "create", {"id": f"n{i}"})
+                if i == 0:
+                    await asyncio.sleep(0.05)
+
+        results = await asyncio.gather(*(request(i) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, Conflict) for r in results), results
+        assert await s.fetchall("SELECT id FROM resources") == []
+        assert await s.changes.read(0) == [] and s.changes.last_rev == 0
+        await _write(s, "after")
+        assert reloads == 1  # the indexes had followed the batch: rebuilt from the tables
+        assert [(c.rev, c.id) for c in await s.changes.read(0)] == [(1, "after-0")]
+    finally:
+        await s.close()
