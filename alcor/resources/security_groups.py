@@ -11,6 +11,7 @@ import ipaddress
 from typing import Any
 
 from alcor.context import Context
+from alcor.db.changelog import Change
 from alcor.db.store import Tx
 from alcor.errors import BadRequest, Conflict, NeutronError, not_found
 from alcor.resources import query as q
@@ -222,6 +223,33 @@ class SecurityGroups(Manager):
     res = SECURITY_GROUP
     type = "security_group"
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Each project's default group: every port create needs it, and asking the database
+        # inside the transaction cost a round trip while the writers' lock is held.
+        self.defaults: dict[str, str] = {}
+
+    async def load(self) -> None:
+        rows = await self.store.fetchall(
+            "SELECT project_id, id FROM resources WHERE type = 'security_group' AND "
+            f"{self.store.dialect.text('name')} = 'default'")
+        for project_id, sg_id in rows:
+            self.defaults.setdefault(project_id, sg_id)
+
+    def reset(self) -> None:
+        self.defaults.clear()
+
+    def followed(self, change: Change) -> None:
+        if change.op == "create" and change.body and change.body.get("name") == "default":
+            self.defaults.setdefault(change.body.get("project_id") or "", change.id)
+        elif change.op == "delete":
+            self._forget_default(change.id)
+
+    def _forget_default(self, sg_id: str) -> None:
+        for project_id, known in list(self.defaults.items()):
+            if known == sg_id:
+                del self.defaults[project_id]
+
     async def list_raw(self, ctx: Context, lq: q.ListQuery) -> tuple[list[str], bool]:
         # Neutron creates a project's default group the first time the project looks.
         if not ctx.is_admin:
@@ -243,8 +271,12 @@ class SecurityGroups(Manager):
 
     async def default_for(self, tx: Tx, project_id: str) -> str:
         """The project's default group, created (with Neutron's default rules) in tx if missing."""
+        known = self.defaults.get(project_id)
+        if known:
+            return known  # inside the transaction the indexes are current (a shared store too)
         existing = await self._default_row(project_id, tx)
         if existing:
+            self.defaults[project_id] = existing
             return existing
         sg_id = new_id()
         ts = now()
@@ -267,6 +299,9 @@ class SecurityGroups(Manager):
         rules_mgr = self.peers.security_group_rules
         for r in rules:
             await rules_mgr.put_row(tx, r)
+        def remember() -> None:
+            self.defaults.setdefault(project_id, sg_id)
+        tx.after_commit(remember)
         return sg_id
 
     def _rule_body(self, project_id: str, given: dict[str, Any], default: bool) -> dict[str, Any]:
@@ -329,6 +364,7 @@ class SecurityGroups(Manager):
         await tx.execute("DELETE FROM resources WHERE type = 'security_group_rule' AND parent_id = ?",
                          (current["id"],))
         await self.remove(tx, current)
+        tx.after_commit(lambda: self._forget_default(current["id"]))
 
     async def check_ids(self, ctx: Context, tx: Tx, ids: list[str], project_id: str,
                         port_id: str = "") -> None:
