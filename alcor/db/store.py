@@ -210,6 +210,12 @@ class Store:
         """The only way to write. Commits on success; on any exception rolls back and re-raises."""
         raise NotImplementedError
 
+    def state_transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction that records no change (the dispatcher's own state: watermark,
+        streams, reports). On a shared store it runs beside the writers, without the counter
+        row, so it never holds up the API; here it is one more writer transaction."""
+        return self.transaction()
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
 
@@ -221,6 +227,11 @@ class Store:
 
     def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
         """fn() rebuilds an owner's in-memory indexes from the tables (a shared store only)."""
+
+    async def catch_up(self) -> bool:
+        """Bring the in-memory indexes up to the last rev committed by any controller (a shared
+        store; reads outside a transaction that use them, after a miss). True when they moved."""
+        return False
 
     async def writable(self) -> bool:
         """True when a write transaction can be opened (for readiness checks)."""

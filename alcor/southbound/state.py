@@ -182,8 +182,9 @@ async def commit(
 ) -> None:
     """One batch, in one transaction: W = rev; `sent` nodes' sent_rev = rev (value: their
     need_snapshot); `owed` (node, sent_rev) now owed a snapshot; the topology rows it changed
-    (body None: deleted)."""
-    async with store.transaction() as tx:
+    (body None: deleted). Dispatcher state only (no change row): beside the API's writers,
+    not behind the counter row."""
+    async with store.state_transaction() as tx:
         await set_watermark(tx, store, rev, epoch)
         if sent:
             await tx.executemany(
@@ -213,7 +214,7 @@ async def commit(
 async def write_reports(store: Store, rows: list[tuple[str, Any, Any, Any]]) -> None:
     """Nodes' last agent reports (node, applied_rev, digest_match, last_report), for the
     standbys' view."""
-    async with store.transaction() as tx:
+    async with store.state_transaction() as tx:
         await tx.executemany(
             "INSERT INTO sb_reports(node_id, applied_rev, digest_match, last_report) "
             "VALUES (?, ?, ?, ?) ON CONFLICT(node_id) DO UPDATE SET "
