@@ -323,7 +323,17 @@ class Manager:
         action = f"create_{self.res.name}"
         for b, c in zip(bodies, checked, strict=True):
             tenant_of(self.res, dict(c), ctx.project_id, ctx.is_admin)  # its 400 before any 403
-            self.enforce_write(ctx, action, await self.create_target(ctx, c), b)
+            try:
+                target = await self.create_target(ctx, c)
+            except NotFound:
+                # The target is looked up in the in-memory indexes, outside the transaction. On
+                # a shared store they may not have followed yet what another controller just
+                # committed (a client that created the network there, then the port here):
+                # bring them up to the last committed rev, then look again.
+                if not await self.store.catch_up():
+                    raise
+                target = await self.create_target(ctx, c)
+            self.enforce_write(ctx, action, target, b)
         async with self.store.transaction() as tx:
             created = [await self.create(ctx, c, tx) for c in checked]
             if self.kernel.has(Quotas):

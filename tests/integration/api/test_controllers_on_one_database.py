@@ -52,10 +52,34 @@ async def test_two_controllers_share_one_database(tmp_path):
             assert r.status == 412
             # One change log, gap-free, the same on both.
             sa, sb = ka.get(StoreModule).store, kb.get(StoreModule).store
-            await sb.changes.wait(sa.changes.last_rev - 1, timeout=5)
+            # Each hands the other's rows to its readers once their flush is announced.
+            last = max(sa.changes.last_rev, sb.changes.last_rev)
+            await sa.changes.wait(last - 1, timeout=5)
+            await sb.changes.wait(last - 1, timeout=5)
             revs_a = [c.rev for c in await sa.changes.read(0, 10_000)]
             revs_b = [c.rev for c in await sb.changes.read(0, 10_000)]
             assert revs_a == revs_b == list(range(1, len(revs_a) + 1))
             # The network cannot be deleted through either while ports remain.
             r = await b.delete(f"/v2.0/networks/{net['id']}")
             assert r.status == 409 and r.error["type"] == "NetworkInUse"
+
+
+async def test_a_resource_created_on_one_controller_is_found_at_once_by_the_other(tmp_path):
+    # Read-your-writes: a client creates a network on A, then a subnet and a port naming it on
+    # B. B's indexes follow A's commits on a NOTIFY; here B's follower is stopped, so B has not
+    # heard of the network when the requests arrive, and must catch up rather than answer 404.
+    async with store_settings("postgresql", tmp_path) as store:
+        async with running_controller(tmp_path, store=store) as (_, a), \
+                running_controller(tmp_path, store=store) as (kb, b):
+            follower = kb.get(StoreModule).store._follower  # type: ignore[attr-defined]
+            follower.cancel()
+            await asyncio.wait({follower})
+            net = await a.create("network", "/v2.0/networks", name="made-on-a")
+            sub = await b.create("subnet", "/v2.0/subnets", network_id=net["id"],
+                                 cidr="10.8.0.0/24", ip_version=4)
+            net2 = await a.create("network", "/v2.0/networks", name="made-on-a-too")
+            port = await b.create("port", "/v2.0/ports", network_id=net2["id"])
+            assert sub["network_id"] == net["id"] and port["network_id"] == net2["id"]
+            # A network that exists nowhere is still a 404 (after the catch-up found nothing).
+            r = await b.post("/v2.0/ports", {"port": {"network_id": sub["id"]}})
+            assert r.status == 404 and r.error["type"] == "NetworkNotFound"
