@@ -159,5 +159,5 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=100.0, help="port creates per second")
     ap.add_argument("--fault", choices=["kill", "stop"], default="kill")
-    ap.add_argument("--leader-timeout", type=float, default=5.0)
+    ap.add_argument("--leader-timeout", type=float, default=3.0)
     asyncio.run(main(ap.parse_args()))

@@ -106,8 +106,8 @@ class SoleLeader:
 class Election:
     """PostgreSQL: an advisory lock held on a session of this controller's own."""
 
-    def __init__(self, url: str, store: Store, me: ControllerInfo, timeout: float = 5.0,
-                 retry: float = 0.5) -> None:
+    def __init__(self, url: str, store: Store, me: ControllerInfo, timeout: float = 3.0,
+                 retry: float = 0.25) -> None:
         self.url = url
         self.store = store
         self.me = me
