@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import require
 from tests.support.broker import broker_up
 from tests.support.cluster import Cluster
-from tests.support.postgres import temp_database
+from tests.support.postgres import private_server, temp_database
 from tests.support.process import ROOT
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -282,3 +282,50 @@ async def test_database_lost_mid_burst_503s_then_everything_converges(cluster: C
     await _check_store(c, accepted)
     _, after = await c.leader()
     assert after > epoch  # the leader's session went with the rest: a new election
+
+
+async def test_postgresql_restarted_mid_burst_503s_then_nothing_lost_and_all_converge(
+        tmp_path: Path) -> None:
+    """A real restart of PostgreSQL (a server of the test's own: the shared one serves every
+    other test), stopped `immediate` as in a crash, so WAL it had not flushed is gone: what a
+    client was told succeeded must still be there (a write is answered after its flush)."""
+    require(broker_up(), "the failover drills need RabbitMQ at 127.0.0.1:5672")
+    async with private_server() as pg:
+        c = Cluster(tmp_path, await pg.database(), 2)
+        try:
+            await c.start()
+            net, hosts = await _scene(c)
+            accepted: list[dict[str, Any]] = []
+            await _burst(c, net, hosts, 20, accepted)
+            _, epoch = await c.leader()
+            statuses: list[int] = []
+            probes: list[str] = []
+
+            async def crash() -> None:
+                await asyncio.sleep(0.3)
+                await pg.restart("immediate", down=1.0)
+
+            async def watch() -> None:
+                # What a client sees meanwhile: 201s and 503s, never anything else.
+                for _ in range(50):
+                    try:
+                        status, body = await c.call(c.programs[0], "POST", "/v2.0/networks",
+                                                    {"network": {"name": "probe"}}, timeout=3)
+                        statuses.append(status)
+                        if status == 201:
+                            probes.append(body["network"]["id"])
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(crash(), watch(), _burst(c, net, hosts, 80, accepted))
+            assert 503 in statuses and set(statuses) <= {201, 503}, statuses
+            await _converged(c, accepted)
+            await _check_store(c, accepted)  # every accepted port, a gap-free change log
+            for p in c.programs:  # every acknowledged network, through either controller
+                _, body = await c.call(p, "GET", "/v2.0/networks?fields=id")
+                assert set(probes) <= {n["id"] for n in body["networks"]}
+            _, after = await c.leader()
+            assert after > epoch  # the leader's session went with the server: a new election
+        finally:
+            await c.close()
