@@ -30,6 +30,10 @@ unflushed commits (a lost connection).
 Failures. A lost connection (PostgreSQL restarted or failed over) fails the request with
 StoreError (the API answers 503); the next transaction connects again, and since a commit cut off
 mid-way may or may not have happened, the in-memory indexes are rebuilt from the tables first.
+Commits still waiting for their flush when the server went down may be gone with it (they were
+written with synchronous_commit off): a flush that runs on a restarted (or failed-over) server
+does not vouch for them (the flush reads pg_postmaster_start_time() and each commit remembers
+its own), so they fail with StoreError, as unacknowledged, instead of being answered.
 A controller that stalls inside a transaction would hold the counter row, and with it everyone's
 writes: its writer session ends after IDLE_IN_TRANSACTION_MS idle in a transaction.
 """
@@ -40,6 +44,7 @@ import asyncio
 import collections
 import functools
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,8 +80,12 @@ FINISH = (
 # The group commit's flush: a commit of its own, synchronous, which makes every commit before it
 # durable too (the WAL is written in order); then the rev it read is announced to every
 # controller (the NOTIFY leaves after that commit).
-FLUSH = ("SELECT rev, pg_notify('" + CHANNEL + "', rev::text), pg_current_xact_id() "
-         "FROM rev_counter WHERE id = 1")
+# (It writes a row, its controller's own: PostgreSQL commits a transaction that wrote no WAL
+# asynchronously even with synchronous_commit on, which would make nothing durable.)
+FLUSH = ("WITH f AS (INSERT INTO store_flushes(controller, n) VALUES ($1, 1) "
+         "ON CONFLICT (controller) DO UPDATE SET n = store_flushes.n + 1 RETURNING n) "
+         "SELECT rev, pg_notify('" + CHANNEL + "', rev::text), (SELECT n FROM f), "
+         "pg_postmaster_start_time() FROM rev_counter WHERE id = 1")
 FINISH_PARAMS = 10
 # Pending inserts are sent on their own once they hold this many parameters (the protocol
 # allows 32,767 per statement).
@@ -215,6 +224,7 @@ class _Batch:
     # Each committed request's change rows and its waiter (answered once the batch is durable).
     members: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = field(default_factory=list)
     committer: bool = False  # a task is queued to commit the batch after the current waiters
+    start: Any = None  # pg_postmaster_start_time() of the server it runs on
     pending_params: int = 0
 
 
@@ -242,12 +252,16 @@ class PgStore(Store):
         # (what readers see) while commits wait for their flush.
         self._index_rev = 0
         # Group commit: committed transactions waiting for a flush, in commit order.
-        self._unsynced: collections.deque[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = (
-            collections.deque())
+        # Each with the start time of the server it was committed on (see _sync_loop).
+        self._unsynced: collections.deque[
+            tuple[list[tuple[Any, ...]], asyncio.Future[None], Any]] = collections.deque()
+        self._writer_start: Any = None  # pg_postmaster_start_time() of the writer's server
+        self._flushed_start: Any = None  # ...and of the server the last flush ran on
         self._sync_due = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
         self._sync_conn: asyncpg.Connection | None = None
         self._flush_lock = asyncio.Lock()
+        self._flusher_id = uuid.uuid4().hex  # this controller's row in store_flushes
         # Requests sharing the writer's open transaction, and how many wait for the writer.
         self._batch: _Batch | None = None
         self._queued = 0
@@ -261,15 +275,30 @@ class PgStore(Store):
             # Group commit: COMMIT returns before its WAL is flushed (the counter row is free
             # at once); the transaction is answered only after a flush that covers it.
             settings["synchronous_commit"] = "off"
-        return await asyncpg.connect(self.url, timeout=self.connect_timeout,
+        elif role == "sync":
+            # The flush that answers clients: explicit, whatever the database's default says
+            # (with a synchronous standby, `on` also waits for the standby to have the WAL).
+            settings["synchronous_commit"] = "on"
+        conn = await asyncpg.connect(self.url, timeout=self.connect_timeout,
                                      server_settings=settings)
+        if role == "writer":
+            try:
+                self._writer_start = await conn.fetchval("SELECT pg_postmaster_start_time()")
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
 
     async def open(self) -> None:
         try:
             self._writer = await self._connect("writer")
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout,
-                server_settings={"application_name": "alcor-reader"})
+                # State transactions run here too (the dispatcher's, which lock sb_leader): a
+                # stalled process must not hold them either.
+                server_settings={"application_name": "alcor-reader",
+                                 "idle_in_transaction_session_timeout":
+                                     str(IDLE_IN_TRANSACTION_MS)})
             await self.migrate("store", CORE_MIGRATIONS)
         except StoreError:
             await self.close()
@@ -306,7 +335,7 @@ class PgStore(Store):
             self._syncer.cancel()
             await asyncio.wait({self._syncer}, timeout=5)
             self._syncer = None
-        for fut in [f for _, f in self._unsynced if not f.done()]:
+        for fut in [f for _, f, _ in self._unsynced if not f.done()]:
             fut.set_exception(StoreError("the store closed before the write was durable"))
         self._unsynced.clear()
         if self._sync_conn is not None:
@@ -332,6 +361,17 @@ class PgStore(Store):
     async def migrate(self, owner: str, migrations: list[Migration]) -> None:
         """Apply the owner's pending migrations, each in its own transaction. Controllers starting
         together take turns on an advisory lock, so each version is applied once."""
+        if self._pool is not None:
+            # Already there (a standby taking the lead migrates its module again): no need to
+            # stop this controller's writers for it.
+            try:
+                async with self._read() as rc:
+                    current = await rc.fetchval(
+                        "SELECT version FROM schema_versions WHERE owner = $1", owner)
+                if current == len(migrations):
+                    return
+            except asyncpg.UndefinedTableError:
+                pass
         async with self._lock:
             await self._settle()
             conn = await self._writer_conn()
@@ -424,7 +464,8 @@ class PgStore(Store):
         async with self._flush_lock:  # one statement at a time on the connection
             if self._sync_conn is None or self._sync_conn.is_closed():
                 self._sync_conn = await self._connect("sync")
-            row = await self._sync_conn.fetchrow(FLUSH)
+            row = await self._sync_conn.fetchrow(FLUSH, self._flusher_id)
+            self._flushed_start = row[3]
             return int(row[0])
 
     async def _sync_loop(self) -> None:
@@ -444,14 +485,23 @@ class PgStore(Store):
                 error = StoreError(f"database write not confirmed durable: {e}")
                 self._stale = True  # the server may have lost them: rebuild from the tables
             for _ in range(n):
-                rows, durable = self._unsynced.popleft()
-                if error is None and rows:
+                rows, durable, start = self._unsynced.popleft()
+                failed = error
+                if failed is None and start != self._flushed_start:
+                    # Committed on a server that has restarted since (crashed, failed over):
+                    # this flush, on its successor, proves nothing about them. They may be
+                    # lost (written with synchronous_commit off): not acknowledged, and the
+                    # indexes are rebuilt from what the tables now hold.
+                    failed = StoreError("the database restarted before the write was durable")
+                    self._stale = True
+                    log.error("store.restarted_before_flush", rev=rows[-1][0] if rows else None)
+                if failed is None and rows:
                     self.changes.committed(rows)
                 if not durable.done():
-                    if error is None:
+                    if failed is None:
                         durable.set_result(None)
                     else:
-                        durable.set_exception(error)
+                        durable.set_exception(failed)
 
     async def _follow(self) -> None:
         """Wake on NOTIFY (or every second), and apply what the other controllers committed."""
@@ -628,7 +678,7 @@ class PgStore(Store):
         except BaseException as e:
             await self._fail_batch(_Batch(conn, 0), e)
             _raise(e, conn)
-        return _Batch(conn, rev + 1)
+        return _Batch(conn, rev + 1, start=self._writer_start)
 
     async def _abandon(self, batch: _Batch, tx: PgTx, e: BaseException) -> None:
         """A request failed inside the batch: take back its part only, when that can be done."""
@@ -704,7 +754,7 @@ class PgStore(Store):
             return
         for member_rows, fut in batch.members:
             if member_rows:
-                self._unsynced.append((member_rows, fut))
+                self._unsynced.append((member_rows, fut, batch.start))
             elif not fut.done():
                 fut.set_result(None)  # nothing for readers: answered at COMMIT, as before
         if self._unsynced:

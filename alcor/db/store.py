@@ -119,6 +119,13 @@ CORE_MIGRATIONS: list[Migration] = [
     INSERT INTO rev_counter(id, rev) VALUES (1, 0);
     """,
     },
+    # 2: PostgreSQL: the group commit's flush (alcor/db/postgres.py) writes a row of its own,
+    # one per controller: a transaction that writes no WAL is committed without waiting for
+    # the WAL to reach the disk, whatever synchronous_commit says, and so would vouch for
+    # nothing. (SQLite: nothing.)
+    {"sqlite": "", "postgresql": """
+    CREATE TABLE store_flushes (controller TEXT PRIMARY KEY, n BIGINT NOT NULL);
+    """},
 ]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from alcor.db.changelog import Change
 from alcor.db.postgres import PgStore
-from alcor.db.store import StoreError
+from alcor.db.store import CORE_MIGRATIONS, StoreError
 from alcor.errors import Conflict
 from tests.support.postgres import temp_database
 
@@ -62,7 +62,7 @@ async def test_concurrent_writers_on_three_controllers_get_gap_free_revs_in_comm
         finally:
             await conn.close()
         assert revs == list(range(1, total + 1)) and counter == total
-        assert [tuple(v) for v in versions] == [("store", 1)]
+        assert [tuple(v) for v in versions] == [("store", len(CORE_MIGRATIONS))]
         # A transaction's rows are contiguous: its writer held the counter row throughout.
         rows = await stores[0].changes.read(0, total)
         by_tx: dict[str, list[int]] = {}
