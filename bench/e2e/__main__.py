@@ -38,6 +38,8 @@ async def run(args: argparse.Namespace, out: Path) -> dict:
         real_agent=not args.no_real_agent,
         fleet_processes=args.fleet_processes or (2 if args.nodes >= 500 else 1),
         synchronous=args.synchronous,
+        store=args.store,
+        controllers=args.controllers,
     )
     h = Harness(cluster, concurrency=args.concurrency, progress=not args.no_progress)
     done: list[drills_mod.DrillResult] = []
@@ -89,6 +91,8 @@ async def run(args: argparse.Namespace, out: Path) -> dict:
         "burst": args.burst,
         "concurrency": args.concurrency,
         "synchronous": args.synchronous,
+        "store": args.store,
+        "controllers": args.controllers,
     }
     command = "python -m bench.e2e " + shlex.join(sys.argv[1:])
     result = report.build(h, done, config, command, failures)
@@ -136,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fleet-processes", type=int, default=0)
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    p.add_argument("--store", default="sqlite", choices=["sqlite", "postgresql"])
+    p.add_argument(
+        "--controllers", type=int, default=1,
+        help="controllers on the PostgreSQL store (the controller drill kills the leader)",
+    )
     p.add_argument("--no-real-agent", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=None)

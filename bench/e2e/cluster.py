@@ -87,6 +87,8 @@ class Cluster:
         real_agent: bool = True,
         fleet_processes: int = 1,
         synchronous: str = "FULL",
+        store: str = "sqlite",
+        controllers: int = 1,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -96,17 +98,29 @@ class Cluster:
         self.fleet_processes = fleet_processes
         self.tag = f"e2e.{uuid.uuid4().hex[:8]}"
         self.controller_queue = f"{self.tag}.controller"
-        self.controller = Program(
-            ["controller", "--db", str(self.dir / "alcor.db")],
-            env={
-                "ALCOR_KERNEL__PLUGINS": "rabbitmq",
-                "ALCOR_SOUTHBOUND__TRANSPORT": "rabbitmq",
-                "ALCOR_SOUTHBOUND__CONTROLLER_QUEUE": self.controller_queue,
-                "ALCOR_STORE__SYNCHRONOUS": synchronous,
-                "ALCOR_LOG__LEVEL": os.environ.get("E2E_CONTROLLER_LOG", "warning"),
-            },
-            log=self.dir / "controller.log",
-        )
+        if store not in ("sqlite", "postgresql") or controllers < 1 or (
+                store == "sqlite" and controllers > 1):
+            raise ValueError("one controller on SQLite, or 1+ on PostgreSQL")
+        self.store = store
+        self.db: str | None = None  # the PostgreSQL database, created at start
+        # Every controller serves the whole API (the harness spreads its requests over the
+        # live ones); on PostgreSQL one of them, elected, dispatches.
+        self.controllers = [
+            Program(
+                ["controller", "--db", str(self.dir / "alcor.db")],
+                env={
+                    "ALCOR_KERNEL__PLUGINS": "rabbitmq",
+                    "ALCOR_SOUTHBOUND__TRANSPORT": "rabbitmq",
+                    "ALCOR_SOUTHBOUND__CONTROLLER_QUEUE": self.controller_queue,
+                    "ALCOR_STORE__SYNCHRONOUS": synchronous,
+                    "ALCOR_LOG__LEVEL": os.environ.get("E2E_CONTROLLER_LOG", "warning"),
+                },
+                log=self.dir / ("controller.log" if i == 0 else f"controller-{i}.log"),
+            )
+            for i in range(controllers)
+        ]
+        self.controller = self.controllers[0]
+        self._turn = 0
         self.node_ids: list[str] = []  # index i is node i; node 0 is the real agent's
         self.node_vpc: list[int] = []  # node i hosts ports of VPC node_vpc[i]
         self.networks: list[str] = []
@@ -116,7 +130,12 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return self.controller.url
+        """A live controller's API, each in turn (the first when none is up: a restart)."""
+        live = [p for p in self.controllers if p.proc is not None and p.proc.poll() is None]
+        if not live:
+            return self.controller.url
+        self._turn += 1
+        return live[self._turn % len(live)].url
 
     @property
     def real_node(self) -> str | None:
@@ -130,7 +149,14 @@ class Cluster:
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        await asyncio.to_thread(self.controller.start)
+        if self.store == "postgresql":
+            from tests.support.postgres import create_database
+
+            self.db = await create_database()
+            for p in self.controllers:
+                p.env["ALCOR_STORE__URL"] = self.db
+        for p in self.controllers:
+            await asyncio.to_thread(p.start)
         async with aiohttp.ClientSession() as s:
             await self._topology(s)
         log.info(
@@ -205,11 +231,24 @@ class Cluster:
     def node_name(self, i: int) -> str:
         return f"{self.tag}-host-{i}"
 
+    async def leader(self) -> Program:
+        """The controller that dispatches (asked of a live one; the only one on SQLite)."""
+        if len(self.controllers) == 1:
+            return self.controller
+        async with aiohttp.ClientSession() as s:
+            async with s.get(self.url + "/v2.0/alcor/southbound") as r:
+                holder = (await r.json())["southbound"]["leader"]
+        pid = int(holder.split("-")[-2])  # ControllerInfo.id: host-pid-random
+        return next(p for p in self.controllers if p.proc is not None and p.proc.pid == pid)
+
     async def restart_controller(self, sig: int = signal.SIGKILL) -> float:
-        """Kill and start the controller on the same database and port; seconds it was away."""
+        """Kill the controller that dispatches and start it again on the same database and port
+        (with several, another leads meanwhile); seconds it was away."""
+        victim = await self.leader()
         t0 = time.monotonic()
-        await asyncio.to_thread(self.controller.stop, sig)
-        await asyncio.to_thread(self.controller.start)
+        await asyncio.to_thread(victim.stop, sig)
+        log.info("e2e.controller_killed", port=victim.port, controllers=len(self.controllers))
+        await asyncio.to_thread(victim.start)
         return time.monotonic() - t0
 
     async def restart_agent(self) -> None:
@@ -226,9 +265,10 @@ class Cluster:
         steps: list[tuple[str, Any]] = [
             ("fleet", self.fleet.stop() if self.fleet else None),
             ("agent", asyncio.to_thread(self.agent.stop) if self.agent else None),
-            ("controller", asyncio.to_thread(self.controller.stop)),
+            *(("controller", asyncio.to_thread(p.stop)) for p in self.controllers),
             ("ovs", asyncio.to_thread(self.ovs.stop) if self.ovs else None),
             ("queues", self.delete_queues()),
+            ("database", self._drop_database() if self.db else None),
         ]
         for name, step in steps:
             if step is None:
@@ -237,6 +277,12 @@ class Cluster:
                 await asyncio.wait_for(step, 60)
             except Exception as e:  # noqa: BLE001 -- cleanup goes on; the failure is logged
                 log.error("e2e.cleanup_failed", step=name, error=repr(e))
+
+    async def _drop_database(self) -> None:
+        from tests.support.postgres import drop_database
+
+        assert self.db is not None
+        await drop_database(self.db)
 
     async def delete_queues(self) -> None:
         conn = await aio_pika.connect(URL)
@@ -254,6 +300,8 @@ class Cluster:
             "real_node": self.real_node,
             "dir": str(self.dir),
             "controller_log": str(self.controller.log),
+            "store": self.store,
+            "controllers": len(self.controllers),
             "config": json.dumps(
                 {k: v for k, v in self.controller.env.items() if k.startswith("ALCOR_")}
             ),

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
@@ -443,7 +444,8 @@ class Harness:
             page = await self._get(path)
             out += page["ports"]
             nxt = [lk["href"] for lk in page.get("ports_links", []) if lk["rel"] == "next"]
-            path = nxt[0].split(self.cluster.url, 1)[-1] if nxt and page["ports"] else ""
+            link = urlsplit(nxt[0]) if nxt and page["ports"] else None
+            path = f"{link.path}?{link.query}" if link else ""
         return out
 
     async def verify(self) -> dict[str, Any]:
