@@ -251,6 +251,7 @@ class PgStore(Store):
         # Rev up to which the in-memory indexes follow the tables: ahead of changes.last_rev
         # (what readers see) while commits wait for their flush.
         self._index_rev = 0
+        self._opened_rev = 0  # the rev at open, before any manager loaded (see follow)
         # Group commit: committed transactions waiting for a flush, in commit order.
         # Each with the start time of the server it was committed on (see _sync_loop).
         self._unsynced: collections.deque[
@@ -312,7 +313,7 @@ class PgStore(Store):
             await self.close()
             raise StoreError(f"cannot open the database at {safe_url(self.url)}: {e}") from e
         await self.changes.load()
-        self._index_rev = self.changes.last_rev
+        self._index_rev = self._opened_rev = self.changes.last_rev
         loop = asyncio.get_running_loop()
         self._follower = loop.create_task(self._follow(), name="store.follow")
         self._syncer = loop.create_task(self._sync_loop(), name="store.sync")
@@ -399,7 +400,17 @@ class PgStore(Store):
     # -- following the other controllers -------------------------------------------------------
 
     def follow(self, fn: Callable[[Change], None]) -> None:
+        """fn(change) for every change another controller commits, from now on.
+
+        Each manager loads its indexes from the tables, then calls this; meanwhile the
+        follower task may have applied newer rows to the managers registered before it, and
+        moved on. So every registration sends the indexes back to the rev the store opened at
+        (before any manager loaded): the next catch-up applies everything since to everyone
+        (applying a change the tables already showed is harmless, as in _reload), and no
+        commit falls between a manager's load and its first followed change (seen as two
+        controllers handing out one IP after a controller restarted under load)."""
         self._followers.append(fn)
+        self._index_rev = min(self._index_rev, self._opened_rev)
 
     def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._reloads.append(fn)

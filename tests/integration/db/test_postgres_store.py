@@ -305,3 +305,23 @@ async def test_a_batch_whose_commit_fails_fails_every_request_in_it_and_writes_n
         assert [(c.rev, c.id) for c in await s.changes.read(0)] == [(1, "after-0")]
     finally:
         await s.close()
+
+
+async def test_a_follower_registered_late_still_gets_what_was_committed_since_open(url):
+    # A controller starting: its store is open and following, its managers load one by one and
+    # register afterwards. A commit that lands in between must still reach a manager that
+    # registers after the store has moved past it.
+    a, b = await _open(url, 2)
+    try:
+        await _write(b, "between")
+        for _ in range(200):  # a's follower hears it (NOTIFY) with nobody registered yet
+            if a._index_rev >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert a._index_rev >= 1
+        seen: list[str] = []
+        a.follow(lambda c: seen.append(c.id))
+        await _write(a, "mine")  # its catch-up hands the row over
+        assert seen == ["between-0"]
+    finally:
+        await _close([a, b])
