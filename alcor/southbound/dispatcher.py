@@ -93,7 +93,7 @@ class Settings:
     compress_over: int = 8192  # bytes; larger message bodies travel zlib-compressed (wire.md)
     # Several controllers on PostgreSQL: seconds a stalled leader keeps the lead before
     # PostgreSQL ends its quiet session and another controller takes over (election.py).
-    leader_timeout: float = 5.0
+    leader_timeout: float = 3.0
     # [mq]: where the controller listens for agents' reports by default
     mq_url: str = field(default=MqConfig.url, metadata=_NOT_A_KEY)
     mq_vhost: str = field(default=MqConfig.vhost, metadata=_NOT_A_KEY)
