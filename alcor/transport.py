@@ -41,13 +41,24 @@ class Address:
     vhost: str
     exchange: str
     queue: str
+    # A routing key other than the queue's name: publishing to it reaches every queue bound
+    # under it (`Transport.bind`), and declares no queue. The VPC channels (docs/wire.md).
+    key: str = ""
 
     @property
     def broker(self) -> tuple[str, str]:
         return (self.url, self.vhost)
 
+    @property
+    def routing_key(self) -> str:
+        return self.key or self.queue
+
     def with_queue(self, queue: str) -> Address:
         return Address(self.url, self.vhost, self.exchange, queue)
+
+    def with_key(self, key: str) -> Address:
+        """The same broker and exchange, to a routing key (a multicast channel)."""
+        return Address(self.url, self.vhost, self.exchange, "", key)
 
     @classmethod
     def of_node(cls, node_id: str, body: Mapping[str, Any], mq: MqConfig) -> Address:
@@ -95,6 +106,15 @@ class Transport(Protocol):
         """Deliver the queue's messages to `handler` one at a time, in order; the handler acks."""
         ...
 
+    async def bind(self, address: Address, key: str) -> None:
+        """Bind the address's queue (declared if new) to its exchange under `key` as well:
+        messages published to `address.with_key(key)` reach it from then on. Idempotent."""
+        ...
+
+    async def unbind(self, address: Address, key: str) -> None:
+        """Undo `bind`: once this returns, messages published to `key` no longer reach the queue."""
+        ...
+
 
 # -- in-process ---------------------------------------------------------------------------------
 
@@ -135,6 +155,8 @@ class InProcessBroker:
         self, max_depth: int = MAX_QUEUE_DEPTH, max_bytes: int = MAX_QUEUE_BYTES
     ) -> None:
         self.queues: dict[tuple[str, str, str], _Queue] = {}
+        # (url, vhost, exchange, routing key) → the queues bound under it (beside their own name)
+        self.bindings: dict[tuple[str, str, str, str], set[tuple[str, str, str]]] = {}
         self.max_depth = max_depth
         self.max_bytes = max_bytes
         # Tests flip this to make publishes fail as if the broker were unreachable.
@@ -149,6 +171,13 @@ class InProcessBroker:
 
     def depth(self, a: Address) -> int:
         return len(self.queue(a).ready)
+
+    def routed(self, a: Address) -> list[_Queue]:
+        """The queues a message published to `a` lands in."""
+        if not a.key:
+            return [self.queue(a)]
+        bound = self.bindings.get((a.url, a.vhost, a.exchange, a.key), ())
+        return [self.queues[k] for k in sorted(bound) if k in self.queues]
 
 
 class _InProcessDelivery:
@@ -236,21 +265,37 @@ class InProcessTransport:
     ) -> list[bool]:
         if self.broker.down:
             return [False] * len(messages)
+        ok = []
         for address, body in messages:
-            q = self.broker.queue(address)
-            # Only while nobody consumes: a live consumer keeps up (and the controller's queue
-            # of agent reports, said once, must never drop one).
-            while q.consumer is None and q.ready and (
-                len(q.ready) >= self.broker.max_depth
-                or q.size + len(body) > self.broker.max_bytes
-            ):
-                q.pop()
-                q.dropped += 1
-            q.push(body, False)
-            if q.consumer is not None:
-                q.consumer.wake.set()
+            queues = self.broker.routed(address)
+            ok.append(bool(queues))  # unroutable: a failure, as `mandatory` makes it
+            for q in queues:
+                # Only while nobody consumes: a live consumer keeps up (and the controller's
+                # queue of agent reports, said once, must never drop one).
+                while q.consumer is None and q.ready and (
+                    len(q.ready) >= self.broker.max_depth
+                    or q.size + len(body) > self.broker.max_bytes
+                ):
+                    q.pop()
+                    q.dropped += 1
+                q.push(body, False)
+                if q.consumer is not None:
+                    q.consumer.wake.set()
         await asyncio.sleep(0)
-        return [True] * len(messages)
+        return ok
+
+    async def bind(self, address: Address, key: str) -> None:
+        self.broker.queue(address)
+        k = (address.url, address.vhost, address.exchange, key)
+        self.broker.bindings.setdefault(k, set()).add((address.url, address.vhost, address.queue))
+
+    async def unbind(self, address: Address, key: str) -> None:
+        k = (address.url, address.vhost, address.exchange, key)
+        bound = self.broker.bindings.get(k)
+        if bound is not None:
+            bound.discard((address.url, address.vhost, address.queue))
+            if not bound:
+                del self.broker.bindings[k]
 
     async def consume(self, address: Address, handler: Handler, prefetch: int) -> Subscription:
         q = self.broker.queue(address)

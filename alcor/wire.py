@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any, TypedDict
 
 # The "v" of every message, either way; a message of another version is rejected, never applied.
-WIRE_VERSION = 1
+# 2: per-VPC multicast chains beside each node's own chain (docs/wire.md).
+WIRE_VERSION = 2
 
 # The queue the controller consumes agents' reports from, unless [southbound] controller_queue
 # says otherwise.
@@ -36,6 +37,16 @@ def node_queue(node_id: str) -> str:
     'alcor.node.9f0c'
     """
     return NODE_QUEUE_PREFIX + node_id
+
+
+def vpc_key(vpc_id: str) -> str:
+    """The routing key of a VPC's multicast channel, on each member node's exchange: the
+    members' queues are bound under it while they follow the VPC's chain.
+
+    >>> vpc_key("4e1a")
+    'alcor.vpc.4e1a'
+    """
+    return "alcor.vpc." + vpc_id
 
 # Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
 WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")

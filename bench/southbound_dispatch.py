@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -47,10 +48,12 @@ URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 class LightAgent:
-    """Just enough of an agent to prove delivery: the ordering rule's rev bookkeeping, acks."""
+    """Just enough of an agent to prove delivery: the ordering rule's rev bookkeeping per chain
+    (the node's own, and the VPC chains it follows), acks."""
 
     def __init__(self) -> None:
         self.applied = 0
+        self.chains: dict[str, int] = {}
         self.messages = 0
         self.ops = 0
         self.gaps = 0
@@ -60,13 +63,26 @@ class LightAgent:
         m = json.loads(unpack(d.body))
         self.messages += 1
         self.ops += len(m["ops"])
-        if m["kind"] == "snapshot":
+        vpc = m.get("vpc_id")
+        if vpc is not None:
+            held = self.chains.get(vpc)
+            if held is not None and m["rev"] > held:
+                if m["prev_rev"] > held:
+                    self.gaps += 1
+                self.chains[vpc] = m["rev"]
+        elif m["kind"] == "snapshot":
             self.applied = max(self.applied, m["rev"])
+            self.chains = dict(m.get("vpcs", {}))
             self.snapshot_at = time.time()
         elif m["rev"] > self.applied:
             if m["prev_rev"] > self.applied:
                 self.gaps += 1
             self.applied = m["rev"]
+            for v, r in m.get("vpcs", {}).items():
+                if r is None:
+                    self.chains.pop(v, None)
+                else:
+                    self.chains[v] = r
         await d.ack()
 
 
@@ -145,8 +161,11 @@ async def main(args: argparse.Namespace) -> None:
         else RabbitTransport(RabbitConfig(reconnect_interval=1.0, persistent=not args.transient))
     )
     settings = Settings(
-        controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight
+        controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight,
+        multicast_nodes=args.multicast_nodes, unicast_nodes=args.multicast_nodes // 2,
     )
+    print(f"load average {os.getloadavg()}; {args.transport}, multicast from "
+          f"{args.multicast_nodes or 'never'} member nodes")
     d = Dispatcher(store, transport, settings)
     await d.open()
     w = World(uuids=True)
@@ -199,6 +218,8 @@ async def main(args: argparse.Namespace) -> None:
     changes = m.changes - base["changes"]
     ops = m.ops - base["ops"]
     msgs = m.messages - base["messages"]
+    vpc_msgs = m.vpc_messages - base["vpc_messages"]
+    deliveries = m.deliveries - base["deliveries"]
     print(
         f"throughput: {changes} port creates committed in {committed:.2f} s, dispatched and "
         f"confirmed in {elapsed:.2f} s"
@@ -207,6 +228,11 @@ async def main(args: argparse.Namespace) -> None:
         f"  {changes / elapsed:,.0f} changes/s  {ops / elapsed:,.0f} node-ops/s  "
         f"{msgs / elapsed:,.0f} msgs/s  ({ops:,} node-ops in {msgs:,} messages, "
         f"{m.batches - base['batches']} batches)"
+    )
+    print(
+        f"  publishes {msgs / elapsed:,.0f}/s ({vpc_msgs:,} of {msgs:,} on VPC chains), broker "
+        f"deliveries {deliveries / elapsed:,.0f}/s ({deliveries:,}); multicast VPCs "
+        f"{len(d.state.vpcs)}/{args.vpcs}"
     )
     last = store.changes.last_rev
     deadline = time.perf_counter() + 120
@@ -236,7 +262,7 @@ async def main(args: argparse.Namespace) -> None:
         i += 1
     await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     lat = list(m.latencies)
-    print(f"  batches {m.batches - b2}, sent {i - args.ports}")
+    print(f"  batches {m.batches - b2}, sent {i - args.ports}, load average {os.getloadavg()}")
     print(
         f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
         f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms"
@@ -331,5 +357,9 @@ if __name__ == "__main__":
         "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
     )
     ap.add_argument("--neighbours", type=int, default=10000)
+    ap.add_argument(
+        "--multicast-nodes", type=int, default=Settings.multicast_nodes,
+        help="[southbound] multicast_nodes (unicast_nodes: half of it); 0: unicast only",
+    )
     ap.add_argument("--transport", choices=["rabbitmq", "inprocess"], default="rabbitmq")
     asyncio.run(main(ap.parse_args()))

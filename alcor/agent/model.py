@@ -1,13 +1,16 @@
 """The agent's local goal state and the ordering rule (docs/architecture.md, "Revisions"), as a pure state machine.
 
 `AgentModel.receive(message)` decides, for one controller message, whether it is a duplicate, a
-gap (ask for a snapshot), a delta to apply op by op, or a snapshot that replaces the model. Each
+gap (ask for a snapshot), a delta to apply op by op, or a snapshot that replaces the model. The
+rule holds per chain: the node's own chain (`applied_rev`) and the chain of each multicast VPC
+the node follows (`chains`: VPC → applied rev), which the node's chain starts (`vpcs: {vpc:
+rev}`) and stops (`vpcs: {vpc: null}`); a VPC message of a chain not followed is dropped. Each
 resource keeps the `revision_number` it was written with; an op older than what is held is stale and
 ignored; a delete leaves a tombstone so a late, older upsert cannot bring the resource back. The
 model keeps its digest current op by op (see `alcor.wire.digest`).
 
     >>> m = AgentModel("n1")
-    >>> m.receive(parse_message(b'{"v":1,"node_id":"n1","kind":"snapshot","prev_rev":0,"rev":5,"ops":[]}'))
+    >>> m.receive(parse_message(b'{"v":2,"node_id":"n1","kind":"snapshot","prev_rev":0,"rev":5,"ops":[]}'))
     <Outcome.SNAPSHOT: 'snapshot'>
     >>> m.applied_rev
     5
@@ -31,10 +34,12 @@ from alcor.wire import (
 )
 
 _TYPES = frozenset(WIRE_TYPES)
+# What a VPC's chain carries: what every member of the VPC holds alike.
+_SHARED = frozenset(("port", "subnet", "vpc", "gateway"))
 
 
 class MalformedMessage(ValueError):
-    """A node-queue message that is not a valid v1 controller message; it is rejected, never applied."""
+    """A node-queue message that is not a valid controller message; it is rejected, never applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,7 @@ class WireOp:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    node_id: str
+    node_id: str  # "" on a VPC's chain
     kind: str  # "delta" | "snapshot"
     prev_rev: int
     rev: int
@@ -57,6 +62,9 @@ class Message:
     # The dispatching leader's epoch (0 from a controller that sends none): rises at every
     # takeover; a message from an older epoch than the agent has seen comes from a deposed leader.
     epoch: int = 0
+    vpc_id: str = ""  # set on a VPC's chain (then node_id is "")
+    # On the node's chain: VPC chains to follow from a rev on (None: stop following).
+    vpcs: tuple[tuple[str, int | None], ...] = ()
 
 
 def _int(v: Any, what: str) -> int:
@@ -92,12 +100,25 @@ def parse_message(raw: bytes) -> Message:
         raise MalformedMessage("not a JSON object")
     if d.get("v") != WIRE_VERSION:
         raise MalformedMessage(f"unsupported version {d.get('v')!r}")
+    vpc_id = d.get("vpc_id")
     node_id = d.get("node_id")
-    if not isinstance(node_id, str) or not node_id:
+    if vpc_id is not None:
+        if not isinstance(vpc_id, str) or not vpc_id or node_id is not None:
+            raise MalformedMessage("vpc_id must be a string, without node_id")
+        node_id = ""
+    elif not isinstance(node_id, str) or not node_id:
         raise MalformedMessage("node_id must be a string")
     kind = d.get("kind")
-    if kind not in ("delta", "snapshot"):
+    if kind not in ("delta", "snapshot") or (vpc_id is not None and kind != "delta"):
         raise MalformedMessage(f"unknown kind {kind!r}")
+    raw_vpcs = d.get("vpcs", {})
+    if not isinstance(raw_vpcs, dict) or (vpc_id is not None and raw_vpcs):
+        raise MalformedMessage("vpcs must be an object, on a node's chain")
+    vpcs = []
+    for v, r in raw_vpcs.items():
+        if r is None and kind == "snapshot":
+            raise MalformedMessage("a snapshot lists only the chains to follow")
+        vpcs.append((v, None if r is None else _int(r, "a vpcs rev")))
     prev_rev = _int(d.get("prev_rev"), "prev_rev")
     rev = _int(d.get("rev"), "rev")
     if rev < prev_rev:
@@ -113,7 +134,7 @@ def parse_message(raw: bytes) -> Message:
         if op_rev > rev or (kind == "delta" and op_rev <= prev_rev):
             raise MalformedMessage(f"op rev {op_rev} outside ({prev_rev}, {rev}]")
         t, i, verb = o.get("type"), o.get("id"), o.get("op")
-        if t not in _TYPES:
+        if t not in (_SHARED if vpc_id is not None else _TYPES):
             raise MalformedMessage(f"unknown resource type {t!r}")
         if not isinstance(i, str) or not i:
             raise MalformedMessage("op id must be a string")
@@ -125,7 +146,7 @@ def parse_message(raw: bytes) -> Message:
         rn = _int(o.get("revision_number", 0), "revision_number")
         ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None))
     epoch = _int(d.get("epoch", 0), "epoch")
-    return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch)
+    return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs))
 
 
 class Outcome(enum.Enum):
@@ -149,6 +170,7 @@ class AgentModel:
     resources: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {t: {} for t in WIRE_TYPES}
     )
+    chains: dict[str, int] = field(default_factory=dict)  # VPC chains followed → applied rev
     revisions: dict[tuple[str, str], int] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
     stale_ops: int = 0
@@ -161,6 +183,8 @@ class AgentModel:
         if msg.epoch < self.epoch:
             return Outcome.DEPOSED
         self.epoch = msg.epoch
+        if msg.vpc_id:
+            return self._receive_vpc(msg)
         if msg.kind == "snapshot":
             # A snapshot replaces the model whatever its prev_rev, unless it is an old one
             # redelivered after newer deltas were applied.
@@ -179,6 +203,30 @@ class AgentModel:
             if op.rev > self.applied_rev:
                 self._apply(op)
         self.applied_rev = msg.rev
+        for v, r in msg.vpcs:
+            if r is None:
+                self.chains.pop(v, None)
+            else:
+                self.chains[v] = r
+        return Outcome.APPLIED
+
+    def _receive_vpc(self, msg: Message) -> Outcome:
+        """A VPC chain's message: the same rule on that chain's rev. The neighbour variant of
+        one of this node's own ports is skipped: the node's chain carries its local variant."""
+        if self.awaiting_snapshot:
+            return Outcome.WAITING
+        held = self.chains.get(msg.vpc_id)
+        if held is None or msg.rev <= held:
+            return Outcome.DUPLICATE  # not followed (any more, or yet), or applied already
+        if msg.prev_rev > held:
+            self.awaiting_snapshot = True
+            return Outcome.GAP
+        me = self.node_id
+        for op in msg.ops:
+            if op.rev > held and not (op.body is not None and op.body.get("node_id") == me
+                                      and op.type == "port"):
+                self._apply(op)
+        self.chains[msg.vpc_id] = msg.rev
         return Outcome.APPLIED
 
     def _apply(self, op: WireOp) -> None:
@@ -222,6 +270,7 @@ class AgentModel:
             assert op.body is not None
             self._set((op.type, op.id), op.body, op.revision_number)
         self.applied_rev = msg.rev
+        self.chains = {v: r for v, r in msg.vpcs if r is not None}
         self.awaiting_snapshot = False
 
     def goal(self) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 to the model's ordering rule (alcor/agent/model.py), lets the datapath apply the new goal state,
 acknowledges, then reports `status` (applied_rev, digest, and the port states that changed since
 the last report, so a report's size follows the churn, not the host's port count; coalesced
-under load). A
-message that is not a valid v1 message for this node is rejected (never requeued) and counted.
+under load). The queue carries the node's own chain and the chains of the multicast VPCs it
+follows (the broker copies those in). A message that is not a valid message for this node is rejected (never requeued) and counted.
 While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one arrives.
 
     stream = AgentStream(transport, node_id, node_address, controller_address, apply=datapath.apply)
@@ -134,7 +134,7 @@ class AgentStream:
             log.warning("stream.rejected", node=self.node_id, error=str(e), size=len(d.body))
             await d.reject()
             return
-        if msg.node_id != self.node_id:
+        if not msg.vpc_id and msg.node_id != self.node_id:
             c.foreign += 1
             c.rejected += 1
             log.warning("stream.foreign", node=self.node_id, addressed_to=msg.node_id)
@@ -284,6 +284,7 @@ class AgentStream:
                 {
                     "kind": "status",
                     "applied_rev": self.model.applied_rev,
+                    "vpcs": dict(self.model.chains),
                     "digest": self.model.digest(),
                     "ports": changed,
                 }

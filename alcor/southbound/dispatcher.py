@@ -36,16 +36,16 @@ from typing import Any, ClassVar, Literal
 import structlog
 
 import alcor.southbound.state as tables
-from alcor.config import Config
+from alcor.config import Config, ConfigError
 from alcor.db.changelog import Change
 from alcor.db.store import Store, StoreConfig
 from alcor.southbound.encode import encode_delta, encode_snapshot, pack
 from alcor.southbound.feedback import Feedback
 from alcor.southbound.goalstate import Topology
-from alcor.southbound.plan import plan
-from alcor.southbound.state import MIGRATIONS, Deposed, DispatchState, NodeState
+from alcor.southbound.plan import Channels, plan
+from alcor.southbound.state import MIGRATIONS, Deposed, DispatchState, NodeState, VpcState
 from alcor.transport import Address, MqConfig, Transport
-from alcor.wire import CONTROLLER_QUEUE
+from alcor.wire import CONTROLLER_QUEUE, vpc_key
 
 __all__ = ["MIGRATIONS", "Batch", "Deposed", "Dispatcher", "Metrics", "NodeState", "Settings",
            "encode_snapshot"]
@@ -91,6 +91,11 @@ class Settings:
     feedback_prefetch: int = 4096  # agent reports in flight to the controller, per broker
     controller_queue: str = CONTROLLER_QUEUE
     compress_over: int = 8192  # bytes; larger message bodies travel zlib-compressed (wire.md)
+    # A VPC with at least this many member nodes is served on its multicast chain (one message
+    # per batch, copied by the broker to every member's queue); back on the nodes' own chains at
+    # unicast_nodes or fewer (hysteresis). 0: never multicast.
+    multicast_nodes: int = 16
+    unicast_nodes: int = 8
     # Several controllers on PostgreSQL: seconds a stalled leader keeps the lead before
     # PostgreSQL ends its quiet session and another controller takes over (election.py).
     leader_timeout: float = 3.0
@@ -98,6 +103,13 @@ class Settings:
     mq_url: str = field(default=MqConfig.url, metadata=_NOT_A_KEY)
     mq_vhost: str = field(default=MqConfig.vhost, metadata=_NOT_A_KEY)
     mq_exchange: str = field(default=MqConfig.exchange, metadata=_NOT_A_KEY)
+
+    def check(self) -> None:
+        if self.multicast_nodes > 0 and not 0 <= self.unicast_nodes < self.multicast_nodes:
+            raise ConfigError(
+                "southbound.unicast_nodes must be 0 or more and below multicast_nodes, got "
+                f"{self.unicast_nodes} and {self.multicast_nodes}"
+            )
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -116,13 +128,18 @@ class Batch:
     """One batch between placement and commit (several may be in flight)."""
 
     rev: int
-    messages: list[tuple[str, str, bytes]]  # (node, kind, body)
+    # (node or VPC, kind, body): kind "delta" or "snapshot" on a node's chain, "vpc" on a VPC's;
+    # nodes getting a port of their own first, the VPCs' chains last
+    messages: list[tuple[str, str, bytes]]
     model_rows: list[tuple[str, str, str | None]]
     first_ts: list[float]
     changes: int
     ops: int
     new_brokers: list[Address]
-    task: asyncio.Future[set[str]] = field(default_factory=lambda: asyncio.Future())
+    binds: list[tuple[str, str]] = field(default_factory=list)  # (node, vpc) before publishing
+    unbinds: list[tuple[str, str]] = field(default_factory=list)
+    vpcs: dict[str, int | None] = field(default_factory=dict)  # chains started (rev) or ended
+    task: asyncio.Future[set[int]] = field(default_factory=lambda: asyncio.Future())
     published_at: float = 0.0
     confirmed_at: float = 0.0
 
@@ -135,6 +152,8 @@ class Metrics:
     ops: int = 0
     snapshots: int = 0
     publish_failures: int = 0
+    vpc_messages: int = 0  # of `messages`, published once on a VPC's chain
+    deliveries: int = 0  # messages the broker put in queues (a VPC's, once per follower)
     agent_messages: int = 0
     agent_rejected: int = 0
     digest_mismatches: int = 0
@@ -168,6 +187,8 @@ class Dispatcher:
         self.state = DispatchState()
         self.metrics = Metrics()
         self.feedback = Feedback(self, set_statuses)
+        s = self.settings
+        self.channels = Channels(s.multicast_nodes, s.unicast_nodes)
         self._buffer: list[Change] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -175,6 +196,10 @@ class Dispatcher:
         self._last_compact = time.monotonic()
         self._pipeline: asyncio.Queue[Batch] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.settings.max_inflight)
+        # After a (re)load: bind every follower's queue again (a batch that bound or unbound
+        # some before a crash may be replayed with other batch bounds).
+        self._rebind = False
+        self._last_publish: asyncio.Future[set[int]] | None = None
 
     # The state's parts, by the names the operator views and tests read.
     @property
@@ -223,7 +248,9 @@ class Dispatcher:
             await self._rebuild("first start on a compacted change log")
             return
         self.state = state
-        log.info("dispatch.loaded", watermark=state.watermark, nodes=len(state.nodes))
+        log.info("dispatch.loaded", watermark=state.watermark, nodes=len(state.nodes),
+                 multicast_vpcs=len(state.vpcs))
+        self._rebind = True
 
     async def _rebuild(self, reason: str) -> None:
         """Start over from the resources table: the model at the current rev, and a snapshot
@@ -307,7 +334,8 @@ class Dispatcher:
                 self._slots.release()
                 continue
             batch.published_at = time.time()
-            batch.task = asyncio.ensure_future(self._publish(batch.messages))
+            batch.task = asyncio.ensure_future(self._publish(batch, self._last_publish))
+            self._last_publish = batch.task
             self._pipeline.put_nowait(batch)
 
     async def _commit_loop(self) -> None:
@@ -332,7 +360,7 @@ class Dispatcher:
         if batch is None:
             return
         batch.published_at = time.time()
-        confirmed = await self._publish(batch.messages)
+        confirmed = await self._publish(batch)
         batch.confirmed_at = time.time()
         await self._commit(batch, confirmed)
         self.feedback.verify_digests()
@@ -381,9 +409,22 @@ class Dispatcher:
         t_read = time.perf_counter()
         changes = await self._read()
         t_place = time.perf_counter()
-        p = plan(self.topology, changes, self.placed, s.max_ops)
+        state = self.state
+        p = plan(self.topology, changes, self.placed, s.max_ops, state.vpcs.keys(), self.channels)
         del self._buffer[: p.used]
         rev = p.rev
+        vpcs: dict[str, int | None] = {}
+        for v in [v for v in state.vpcs if v not in p.multicast]:
+            del state.vpcs[v]
+            vpcs[v] = None
+            log.info("vpc.unicast", vpc=v, rev=rev, members=len(self.topology.members.get(v, ())))
+        for v in p.multicast:
+            if v not in state.vpcs:
+                # A new chain starts at this rev: its members follow it from here on.
+                state.vpcs[v] = VpcState(rev, rev)
+                vpcs[v] = rev
+                log.info("vpc.multicast", vpc=v, rev=rev,
+                         members=len(self.topology.members.get(v, ())))
 
         messages: list[tuple[str, str, bytes]] = []  # (node, kind, body), hosts first
         cache: dict[int, bytes] = {}
@@ -395,7 +436,7 @@ class Dispatcher:
                 # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
                 continue
             raw = encode_delta(node, "delta", ns.next_prev, rev, bucket.values(), cache,
-                               self.topology, self.epoch)
+                               self.topology, self.epoch, p.follow.get(node))
             messages.append((node, "delta", pack(raw, s.compress_over)))
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
@@ -408,7 +449,11 @@ class Dispatcher:
                 break
             t0 = time.perf_counter()
             st = self.nodes[node]
-            raw, n = encode_snapshot(self.topology, node, st.next_prev, rev, self.epoch)
+            follows = state.followed(node)
+            raw, n = encode_snapshot(self.topology, node, st.next_prev, rev, self.epoch,
+                                     dict.fromkeys(follows, rev))
+            # Bound again (idempotent): the snapshot says it follows these chains from here.
+            p.binds.extend((node, v) for v in follows)
             snap_ops += n
             messages.append((node, "snapshot", pack(raw, s.compress_over)))
             # Deltas of the following batches build on this snapshot; if it is not confirmed,
@@ -423,6 +468,13 @@ class Dispatcher:
                 reason=st.snapshot_reason,
                 ms=round((time.perf_counter() - t0) * 1000, 1),
             )
+        # The VPCs' chains, after the nodes' (host first).
+        for v, bucket in p.per_vpc.items():
+            vs = state.vpcs[v]
+            raw = encode_delta("", "delta", vs.next_prev, rev, bucket.values(), cache,
+                               self.topology, self.epoch, vpc=v)
+            messages.append((v, "vpc", pack(raw, s.compress_over)))
+            vs.next_prev = rev
         if not p.used and not messages:
             return None
         self.state.placed = rev
@@ -442,40 +494,96 @@ class Dispatcher:
             read_ms=round((t_place - t_read) * 1000, 1),
             place_ms=round((time.perf_counter() - t_place) * 1000, 1),
         )
-        return Batch(rev, messages, model_rows, p.first_ts, p.used, p.ops, new_brokers)
+        return Batch(rev, messages, model_rows, p.first_ts, p.used, p.ops, new_brokers,
+                     p.binds, p.unbinds, vpcs)
 
-    async def _publish(self, messages: list[tuple[str, str, bytes]]) -> set[str]:
-        """Publish; retry what was not confirmed until the deadline. Returns the confirmed nodes."""
+    def _vpc_addresses(self, vpc: str) -> list[Address]:
+        """Where a VPC's chain is published: its key on each exchange its members' queues use
+        (one, unless nodes are spread over brokers)."""
+        out: dict[tuple[str, str, str], Address] = {}
+        key = vpc_key(vpc)
+        for n in self.topology.members.get(vpc, ()):
+            a = self.address(n)
+            if a is not None:
+                out.setdefault((a.url, a.vhost, a.exchange), a.with_key(key))
+        return list(out.values())
+
+    async def _subscribe(self, batch: Batch) -> None:
+        """Unbind the queues of nodes that stop following a VPC's chain, bind those that start:
+        before the batch is published, so the broker copies its VPC messages to exactly the
+        followers. Errors are retried until the deadline, then fail the batch (replayed)."""
+        todo: list[tuple[bool, Address, str]] = []
+        if self._rebind:
+            todo += [(True, a, vpc_key(v)) for v in self.state.vpcs
+                     for n in sorted(self.topology.members.get(v, ()))
+                     if (a := self.address(n)) is not None]
+        todo += [(False, a, vpc_key(v)) for n, v in batch.unbinds
+                 if (a := self.address(n)) is not None]
+        todo += [(True, a, vpc_key(v)) for n, v in batch.binds if (a := self.address(n)) is not None]
+        deadline = time.monotonic() + self.settings.retry_deadline
+        delay = 0.1
+        for bound, addr, key in todo:
+            while True:
+                try:
+                    if bound:
+                        await self.transport.bind(addr, key)
+                    else:
+                        await self.transport.unbind(addr, key)
+                    break
+                except Exception as e:
+                    if time.monotonic() >= deadline:
+                        raise
+                    log.warning("vpc.bind_retry", queue=addr.queue, key=key, error=str(e))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        self._rebind = False
+
+    async def _publish(
+        self, batch: Batch, previous: asyncio.Future[set[int]] | None = None
+    ) -> set[int]:
+        """Subscribe, then publish; retry what was not confirmed until the deadline. Returns the
+        indexes of the confirmed messages (a VPC's: confirmed on every exchange it goes to).
+
+        A batch that changes subscriptions waits for the one before it to be confirmed (routed):
+        a node unbound from a chain must not miss that batch's message on it."""
         s = self.settings
-        pending: list[tuple[str, str, Address, bytes]] = []
-        for node, kind, body in messages:
-            addr = self.address(node)
-            if addr is not None:
-                pending.append((node, kind, addr, body))
-        confirmed: set[str] = set()
+        await self._fenced()
+        if previous is not None and (batch.binds or batch.unbinds or self._rebind):
+            await asyncio.wait([previous])
+        await self._subscribe(batch)
+        pending: list[tuple[int, Address, bytes]] = []
+        for i, (target, kind, body) in enumerate(batch.messages):
+            if kind == "vpc":
+                pending += [(i, a, body) for a in self._vpc_addresses(target)]
+            elif (addr := self.address(target)) is not None:
+                pending.append((i, addr, body))
+        failed_any: set[int] = set()
+        sent: set[int] = set()
         deadline = time.monotonic() + s.retry_deadline
         delay = 0.1
         while pending:
             await self._fenced()
-            ok = await self.transport.publish([(a, b) for _, _, a, b in pending], s.publish_timeout)
+            ok = await self.transport.publish([(a, b) for _, a, b in pending], s.publish_timeout)
             failed = []
             for item, good in zip(pending, ok, strict=True):
                 if good:
-                    confirmed.add(item[0])
+                    sent.add(item[0])
                 else:
                     failed.append(item)
             if not failed:
                 break
             self.metrics.publish_failures += len(failed)
             if time.monotonic() >= deadline:
-                for node, kind, _, _ in failed:
-                    log.warning("delta.undeliverable", node=node, kind=kind)
+                for i, _, _ in failed:
+                    target, kind, _ = batch.messages[i]
+                    log.warning("delta.undeliverable", target=target, kind=kind)
+                    failed_any.add(i)
                 break
             log.warning("publish.retry", failed=len(failed), of=len(pending), delay=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
             pending = failed
-        return confirmed
+        return sent - failed_any
 
     async def _fenced(self) -> None:
         """Wait while this controller may not act as leader (its lease is in doubt); a deposed
@@ -485,13 +593,30 @@ class Dispatcher:
                 raise Deposed(f"epoch {self.epoch} is over")
             await asyncio.sleep(0.05)
 
-    async def _commit(self, batch: Batch, confirmed: set[str]) -> None:
+    async def _commit(self, batch: Batch, confirmed: set[int]) -> None:
         """Record a confirmed batch: watermark, nodes' sent_rev, the model rows. One transaction."""
         rev, messages = batch.rev, batch.messages
         sent: dict[str, int] = {}  # node → need_snapshot after this batch
-        for node, kind, _ in messages:
+        vpcs = dict(batch.vpcs)
+        m = self.metrics
+        for i, (node, kind, _) in enumerate(messages):
+            if kind == "vpc":
+                followers = self.topology.members.get(node, {})
+                if i in confirmed:
+                    vpcs[node] = rev
+                    m.vpc_messages += 1
+                    m.deliveries += len(followers)
+                    continue
+                # The VPC's chain is broken for whoever missed it: its followers are owed a
+                # snapshot (those that got it see no gap, the others would only at the next).
+                for n in followers:
+                    st = self.state.node(n)
+                    st.need_snapshot = True
+                    st.snapshot_reason = st.snapshot_reason or "undeliverable"
+                continue
             st = self.state.node(node)
-            if node in confirmed:
+            if i in confirmed:
+                m.deliveries += 1
                 sent[node] = int(st.need_snapshot and st.persisted_need and kind != "snapshot")
             else:
                 # The chain to this node is broken (a message may be lost): snapshot later.
@@ -500,11 +625,16 @@ class Dispatcher:
         owed = [n for n, st in self.nodes.items() if st.need_snapshot and not st.persisted_need]
         try:
             await tables.commit(self.store, self.epoch, rev, sent,
-                                [(n, self.nodes[n].sent_rev) for n in owed], batch.model_rows)
+                                [(n, self.nodes[n].sent_rev) for n in owed], batch.model_rows,
+                                vpcs)
         except Deposed:
             self.deposed = True
             raise
         self.state.watermark = rev
+        for v, r in vpcs.items():
+            vs = self.state.vpcs.get(v)
+            if vs is not None and r is not None:
+                vs.sent_rev = r
         for n in owed:
             self.nodes[n].persisted_need = True
         for node, need in sent.items():
@@ -515,14 +645,13 @@ class Dispatcher:
             # The agent's last report may now be comparable.
             if st.applied_rev is not None:
                 self.feedback.verify.add(node)
-        for node, kind, _ in messages:
-            if kind == "snapshot" and node in confirmed:
+        for i, (node, kind, _) in enumerate(messages):
+            if kind == "snapshot" and i in confirmed:
                 self.nodes[node].snapshot_reason = ""
                 self.metrics.snapshots += 1
                 log.info("snapshot.published", node=node, rev=rev)
         for ts in batch.first_ts:
             self.metrics.latencies.append(batch.confirmed_at - ts)
-        m = self.metrics
         m.batches += 1
         m.changes += batch.changes
         m.messages += len(confirmed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from alcor.southbound.goalstate import Topology, goal_entries
@@ -42,9 +43,12 @@ def encode_delta(
     cache: dict[int, bytes],
     t: Topology | None = None,
     epoch: int = 0,
+    vpcs: Mapping[str, int | None] | None = None,
+    vpc: str = "",
 ) -> bytes:
-    """Serialise a message; an op shared by many nodes' messages is encoded once, and a port's
-    body JSON comes from the topology's cache."""
+    """Serialise a message on a node's chain (or, with `vpc`, on that VPC's chain: `node` is
+    then ignored); an op shared by many messages is encoded once, and a port's body JSON comes
+    from the topology's cache. `vpcs`: the VPC chains the node starts or stops following."""
     parts = []
     for op in ops:
         b = cache.get(id(op))
@@ -63,16 +67,24 @@ def encode_delta(
                 b = json.dumps(op, separators=(",", ":")).encode()
             cache[id(op)] = b
         parts.append(b)
-    head = json.dumps(
-        {"v": WIRE_VERSION, "epoch": epoch, "node_id": node, "kind": kind, "prev_rev": prev,
-         "rev": rev},
-        separators=(",", ":"),
-    ).encode()
-    return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}"
+    return _head(node, kind, prev, rev, epoch, vpcs, vpc) + b",".join(parts) + b"]}"
 
 
-def encode_snapshot(t: Topology, node: str, prev: int, rev: int, epoch: int = 0
-                    ) -> tuple[bytes, int]:
+def _head(node: str, kind: str, prev: int, rev: int, epoch: int,
+          vpcs: Mapping[str, int | None] | None, vpc: str = "") -> bytes:
+    head: dict[str, Any] = {"v": WIRE_VERSION, "epoch": epoch}
+    if vpc:
+        head["vpc_id"] = vpc
+    else:
+        head["node_id"] = node
+    head.update(kind=kind, prev_rev=prev, rev=rev)
+    if vpcs:
+        head["vpcs"] = dict(sorted(vpcs.items()))
+    return json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"ops":['
+
+
+def encode_snapshot(t: Topology, node: str, prev: int, rev: int, epoch: int = 0,
+                    vpcs: Mapping[str, int] | None = None) -> tuple[bytes, int]:
     """A node's whole goal state as one snapshot message; returns (body, number of ops).
 
     Port bodies (nearly all of a big snapshot) come from the topology's JSON cache, so a
@@ -85,12 +97,8 @@ def encode_snapshot(t: Topology, node: str, prev: int, rev: int, epoch: int = 0
         else:
             bj = json.dumps(body, separators=(",", ":")).encode()
         parts.append(_op_json(rev, wtype, id, "upsert", rn, bj))
-    head = json.dumps(
-        {"v": WIRE_VERSION, "epoch": epoch, "node_id": node, "kind": "snapshot",
-         "prev_rev": prev, "rev": rev},
-        separators=(",", ":"),
-    ).encode()
-    return head[:-1] + b',"ops":[' + b",".join(parts) + b"]}", len(parts)
+    head = _head(node, "snapshot", prev, rev, epoch, vpcs)
+    return head + b",".join(parts) + b"]}", len(parts)
 
 
 def pack(raw: bytes, over: int) -> bytes:

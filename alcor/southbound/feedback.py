@@ -155,6 +155,10 @@ class Feedback:
             log.info("feedback.stale_report", node=node, applied_rev=applied, held=st.applied_rev)
         else:
             st.applied_rev, st.digest = applied, dig
+            chains = msg.get("vpcs") or {}
+            if not isinstance(chains, dict):
+                raise ValueError("status vpcs must be an object")
+            st.chains = {str(v): r for v, r in chains.items() if isinstance(r, int)}
         st.last_report = time.time()
         self.verify.add(node)
         if self.p.between_batches():
@@ -239,14 +243,21 @@ class Feedback:
                 continue
             if not (st.sent_rev <= st.applied_rev <= state.watermark):
                 continue  # behind (more is on its way) or not comparable
-            if st.expected is None or st.expected[0] != st.sent_rev:
+            chains = st.chains or {}
+            followed = state.followed(node)
+            if any(not (sent <= chains.get(v, -1) <= state.watermark)
+                   for v, sent in followed.items()):
+                continue  # a VPC chain it follows is behind, or not comparable
+            # The goal moves with the node's chain and with every VPC chain it follows.
+            at = (st.sent_rev, tuple(sorted(followed.items())))
+            if st.expected is None or st.expected[0] != at:
                 if busy and (
                     now - st.verified_at < s.verify_interval
                     or time.monotonic() - now > s.verify_budget
                 ):
                     later.append(node)
                     continue
-                st.expected = (st.sent_rev, node_digest(state.topology, node))
+                st.expected = (at, node_digest(state.topology, node))
                 st.verified_at = now
             match = st.expected[1] == st.digest
             if match != st.digest_match:

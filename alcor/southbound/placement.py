@@ -99,11 +99,14 @@ def _memberships(t: Topology, node: str) -> tuple[frozenset[str], frozenset[str]
     return frozenset(t.vpcs_of.get(node, ())), frozenset(t.sgs_of.get(node, ()))
 
 
-def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
+def place(
+    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
+) -> dict[str, list[Op]]:
     """Apply `change` to `t` and return {node id: ops}, ops in a stable order.
 
     Op dicts are shared between nodes that receive the same body, so an encoder can serialise
-    each once (a neighbour's port goes to dozens of nodes).
+    each once (a neighbour's port goes to dozens of nodes). `moved`, if given, collects the
+    VPCs each node joined or left (node → VPC ids).
     """
     if change.type not in WIRE_TYPE:
         return {}
@@ -138,6 +141,8 @@ def place(t: Topology, change: ChangeLike) -> dict[str, list[Op]]:
         ek: set[Key] = set()
         for vpc in vb ^ va:
             ek |= t.vpc_keys(vpc)
+        if moved is not None and vb != va:
+            moved.setdefault(n, set()).update(vb ^ va)
         ek.update(("security_group", g) for g in sb ^ sa)
         ek -= keys
         if ek:

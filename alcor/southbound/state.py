@@ -3,8 +3,8 @@
 In memory, `DispatchState` is the model placement works on (the topology), the watermark W (the
 last rev whose messages were all confirmed and committed), the rev placed so far, and one
 `NodeState` per node. In the database (table owner: southbound), `sb_state` (watermark, epoch),
-`sb_nodes` (each node's `sent_rev`, `need_snapshot`) and `sb_model` (the Neutron bodies *as of
-W*) are written in one transaction per batch (`commit`); `sb_leader`, `sb_controllers` and
+`sb_nodes` (each node's `sent_rev`, `need_snapshot`), `sb_vpcs` (each multicast VPC chain's
+`sent_rev`) and `sb_model` (the Neutron bodies *as of W*) are written in one transaction per batch (`commit`); `sb_leader`, `sb_controllers` and
 `sb_reports` serve the election and the standbys' view. A restart loads them back (`load`); a
 change log compacted past W makes the model be rebuilt from the resources table (`rebuild`).
 
@@ -15,6 +15,7 @@ reports in the same `NodeState`s.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,11 @@ MIGRATIONS: list[Migration] = [
     CREATE TABLE sb_reports (node_id TEXT PRIMARY KEY, applied_rev BIGINT, digest_match INTEGER,
                              last_report DOUBLE PRECISION);
     """,
+    # 3: the multicast VPC chains (wire v2): a row per VPC served on one, with the rev of its
+    # last confirmed message (the chain's start when it has none yet).
+    """
+    CREATE TABLE sb_vpcs (vpc_id TEXT PRIMARY KEY, sent_rev BIGINT NOT NULL);
+    """,
 ]
 
 
@@ -67,12 +73,22 @@ class NodeState:
     snapshot_reason: str = ""
     applied_rev: int | None = None
     digest: str | None = None
+    chains: dict[str, int] | None = None  # the VPC chains' revs, as its agent last reported
     boot_id: str | None = None
     last_report: float | None = None
     digest_match: bool | None = None
-    expected: tuple[int, str] | None = None  # (sent_rev, digest) cache
+    # ((sent_rev, the followed VPC chains' sent_revs), digest) cache
+    expected: tuple[Any, str] | None = None
     verified_at: float = 0.0  # monotonic time `expected` was last computed
     last_repair: float = 0.0
+
+
+@dataclass
+class VpcState:
+    """A multicast VPC's chain, as the dispatcher knows it."""
+
+    sent_rev: int = 0  # rev of its last committed (confirmed) message, or of its start
+    next_prev: int = 0  # prev_rev of its next message
 
 
 @dataclass
@@ -83,6 +99,12 @@ class DispatchState:
     watermark: int = 0  # last rev whose batch is confirmed and committed
     placed: int = 0  # last rev placed into the topology (ahead of W while batches fly)
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    vpcs: dict[str, VpcState] = field(default_factory=dict)  # the multicast VPCs' chains
+
+    def followed(self, node_id: str) -> dict[str, int]:
+        """The VPC chains a node follows (it is a member of a multicast VPC) → their sent_rev."""
+        vpcs_of = self.topology.vpcs_of.get(node_id, {})
+        return {v: vs.sent_rev for v, vs in self.vpcs.items() if v in vpcs_of}
 
     def node(self, node_id: str) -> NodeState:
         st = self.nodes.get(node_id)
@@ -127,6 +149,8 @@ async def load(store: Store) -> DispatchState | None:
             persisted_need=bool(need),
             snapshot_reason="restart" if need else "",
         )
+    for vpc_id, sent_rev in await store.fetchall("SELECT vpc_id, sent_rev FROM sb_vpcs"):
+        state.vpcs[vpc_id] = VpcState(sent_rev, sent_rev)
     state.placed = state.watermark
     return state
 
@@ -147,6 +171,8 @@ async def rebuild(store: Store, epoch: int, nodes: dict[str, NodeState]) -> Disp
             "INSERT INTO sb_model(type, id, body) VALUES (?, ?, ?)", [tuple(r) for r in rows]
         )
         await tx.execute("UPDATE sb_nodes SET need_snapshot = 1")
+        # Every chain starts over as unicast: the snapshots owed carry all.
+        await tx.execute("DELETE FROM sb_vpcs")
         await set_watermark(tx, store, rev, epoch)
     state = DispatchState(watermark=rev, placed=rev, nodes=nodes)
     state.topology.load((t, i, json.loads(b)) for t, i, b in rows)
@@ -179,13 +205,24 @@ async def commit(
     sent: dict[str, int],
     owed: list[tuple[str, int]],
     model_rows: list[tuple[str, str, str | None]],
+    vpcs: Mapping[str, int | None] | None = None,
 ) -> None:
     """One batch, in one transaction: W = rev; `sent` nodes' sent_rev = rev (value: their
     need_snapshot); `owed` (node, sent_rev) now owed a snapshot; the topology rows it changed
-    (body None: deleted). Dispatcher state only (no change row): beside the API's writers,
-    not behind the counter row."""
+    (body None: deleted); `vpcs`: the multicast chains' sent_rev (None: back to unicast).
+    Dispatcher state only (no change row): beside the API's writers, not behind the counter
+    row."""
     async with store.state_transaction() as tx:
         await set_watermark(tx, store, rev, epoch)
+        if vpcs:
+            await tx.executemany(
+                "DELETE FROM sb_vpcs WHERE vpc_id = ?", [(v,) for v, r in vpcs.items() if r is None]
+            )
+            await tx.executemany(
+                "INSERT INTO sb_vpcs(vpc_id, sent_rev) VALUES (?, ?) "
+                "ON CONFLICT(vpc_id) DO UPDATE SET sent_rev = excluded.sent_rev",
+                [(v, r) for v, r in vpcs.items() if r is not None],
+            )
         if sent:
             await tx.executemany(
                 "INSERT INTO sb_nodes(node_id, sent_rev, need_snapshot) VALUES (?, ?, ?) "

@@ -3,7 +3,9 @@
 One robust connection per broker (URL + vhost), shared by publishing and consuming, so nodes can
 be spread over several RabbitMQ clusters by their own MQ settings. Node queues are durable, with
 the node's fixed name, bound to the node's durable direct exchange under their own name.
-Publishing: persistent messages on a confirm channel, `mandatory` (an unroutable message is a
+A node's queue is also bound under the routing key of every multicast VPC channel it follows
+(`bind`/`unbind`; docs/wire.md): one publish to that key, the broker copies it to each member's
+queue. Publishing: persistent messages on a confirm channel, `mandatory` (an unroutable message is a
 failure, not a silent drop), confirms awaited in pipelined windows. Consuming: manual acks and
 a prefetch window; messages are handed to the handler one at a time, in queue order. After a
 connection loss aio-pika reconnects and restores channels, queues and consumers; unacked messages
@@ -74,6 +76,7 @@ class _Broker:
         self.channel: AbstractChannel | None = None
         self.exchanges: dict[str, AbstractExchange] = {}
         self.queues: set[tuple[str, str]] = set()
+        self.queue_objects: dict[str, AbstractQueue] = {}
         self.lock = asyncio.Lock()
         self.reconnects = 0
 
@@ -107,11 +110,29 @@ class _Broker:
             ex = self.exchanges[address.exchange] = await self.exchange(
                 self.channel, address.exchange
             )
+        if address.key:
+            return ex  # a multicast routing key: the queues bound under it are the receivers
         if (address.exchange, address.queue) not in self.queues:
             q = await self.channel.declare_queue(address.queue, durable=True)
             await q.bind(ex, routing_key=address.queue)
             self.queues.add((address.exchange, address.queue))
         return ex
+
+    async def bind(self, address: Address, key: str, bound: bool) -> None:
+        """Bind (or unbind) the address's durable queue to its exchange under `key`. The
+        broker keeps durable bindings across its restarts, like the queue."""
+        await self.connect()
+        assert self.channel is not None
+        ex = await self.ensure(address)
+        q = self.queue_objects.get(address.queue)
+        if q is None:
+            q = self.queue_objects[address.queue] = await self.channel.declare_queue(
+                address.queue, durable=True
+            )
+        if bound:
+            await q.bind(ex, routing_key=key)
+        else:
+            await q.unbind(ex, routing_key=key)
 
     async def close(self) -> None:
         if self.connection is not None:
@@ -119,6 +140,7 @@ class _Broker:
         self.connection = self.channel = None
         self.exchanges.clear()
         self.queues.clear()
+        self.queue_objects.clear()
 
 
 class _Delivery:
@@ -244,8 +266,8 @@ class RabbitTransport:
             targets = {}
             for i in idx:
                 addr = messages[i][0]
-                if (addr.exchange, addr.queue) not in targets:
-                    targets[(addr.exchange, addr.queue)] = await b.ensure(addr)
+                if (addr.exchange, addr.routing_key) not in targets:
+                    targets[(addr.exchange, addr.routing_key)] = await b.ensure(addr)
         except Exception as e:
             log.warning("mq.publish_unavailable", url=_redact(b.url), vhost=b.vhost, error=str(e))
             return
@@ -254,13 +276,13 @@ class RabbitTransport:
             chunk = idx[start : start + window]
             outcomes = await asyncio.gather(
                 *(
-                    targets[(messages[i][0].exchange, messages[i][0].queue)].publish(
+                    targets[(messages[i][0].exchange, messages[i][0].routing_key)].publish(
                         aio_pika.Message(
                             messages[i][1],
                             delivery_mode=self.delivery_mode,
                             content_type="application/json",
                         ),
-                        routing_key=messages[i][0].queue,
+                        routing_key=messages[i][0].routing_key,
                         mandatory=True,
                         timeout=timeout,
                     )
@@ -270,6 +292,12 @@ class RabbitTransport:
             )
             for i, out in zip(chunk, outcomes, strict=True):
                 results[i] = not isinstance(out, BaseException)
+
+    async def bind(self, address: Address, key: str) -> None:
+        await self.broker(address).bind(address, key, True)
+
+    async def unbind(self, address: Address, key: str) -> None:
+        await self.broker(address).bind(address, key, False)
 
     async def consume(self, address: Address, handler: Handler, prefetch: int) -> _Subscription:
         b = self.broker(address)

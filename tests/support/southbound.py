@@ -32,7 +32,12 @@ class Harness:
     ) -> None:
         self.path = path
         self.make_transport = transport_factory
-        self.settings = settings or Settings(linger=0.001, retry_deadline=3.0, repair_interval=0.5)
+        # VPCs of two nodes or more on their multicast chain, so the harness's scenes (2-3 hosts)
+        # exercise both kinds of chain; the program's default (16) keeps small VPCs unicast.
+        self.settings = settings or Settings(
+            linger=0.001, retry_deadline=3.0, repair_interval=0.5, multicast_nodes=2,
+            unicast_nodes=1,
+        )
         self.world = World()
         self.store: Store | None = None
         self.transport: Transport | None = None

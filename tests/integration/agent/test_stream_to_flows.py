@@ -26,7 +26,7 @@ CONTROLLER_Q = NODE_Q.with_queue("alcor.controller")
 
 def message(kind: str, prev_rev: int, rev: int, ops: list[dict[str, Any]]) -> bytes:
     return json.dumps(
-        {"v": 1, "node_id": A, "kind": kind, "prev_rev": prev_rev, "rev": rev, "ops": ops}
+        {"v": 2, "node_id": A, "kind": kind, "prev_rev": prev_rev, "rev": rev, "ops": ops}
     ).encode()
 
 

@@ -51,7 +51,7 @@ async def test_last_reported_status_wins(tmp_path: Path) -> None:
         held = d.topology.res["port"][port]["status"]  # what the controller has: DOWN
         for status in ("ERROR", held):  # the agent's switch went away and came back
             report = {
-                "v": 1,
+                "v": 2,
                 "kind": "status",
                 "node_id": node,
                 "applied_rev": 0,

@@ -144,7 +144,7 @@ async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -
             {"v": 9, "node_id": n0, "kind": "delta", "prev_rev": 0, "rev": 1, "ops": []}
         ).encode(),
         json.dumps(
-            {"v": 1, "node_id": n1, "kind": "snapshot", "prev_rev": 0, "rev": 10**9, "ops": []}
+            {"v": 2, "node_id": n1, "kind": "snapshot", "prev_rev": 0, "rev": 10**9, "ops": []}
         ).encode(),
     ]
     t = InProcessTransport(h.broker)  # type: ignore[attr-defined]

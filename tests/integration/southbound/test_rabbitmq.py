@@ -216,11 +216,11 @@ async def test_malformed_and_foreign_on_node_queue(h: Harness) -> None:
     junk = [
         b"garbage",
         json.dumps(
-            {"v": 1, "node_id": n1, "kind": "delta", "prev_rev": 0, "rev": 5, "ops": []}
+            {"v": 2, "node_id": n1, "kind": "delta", "prev_rev": 0, "rev": 5, "ops": []}
         ).encode(),
         json.dumps(
             {
-                "v": 1,
+                "v": 2,
                 "node_id": n0,
                 "kind": "delta",
                 "prev_rev": 0,

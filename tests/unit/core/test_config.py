@@ -126,6 +126,11 @@ def test_rabbitmq_persistent_false_from_the_environment_publishes_transient_mess
         ("", {"ALCOR_STORE__URL": "mysql://x"}, "store.url must be a postgresql:// URL"),
         ("", {"ALCOR_API__TOKENS": "x"}, "a table cannot be set from the environment"),
         ("[dhcp]\nrate = 0\n", {}, "dhcp.rate must be 1..1000000"),
+        (
+            "[southbound]\nmulticast_nodes = 8\nunicast_nodes = 8\n",
+            {},
+            "southbound.unicast_nodes must be 0 or more and below multicast_nodes",
+        ),
         ("[dhcp]\nlease_time = 5\n", {}, "dhcp.lease_time must be 10..4294967294"),
         ('[dhcp]\ndomain = "bad domain"\n', {}, "dhcp.domain must be a DNS domain name"),
         ('[dhcp]\ndns_servers = ["2001:db8::53"]\n', {}, "'2001:db8::53' is not an IPv4"),

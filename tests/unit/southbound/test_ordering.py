@@ -65,7 +65,7 @@ def batch(
 
 def message(kind: str, prev: int, rev: int, ops: list[Any]) -> bytes:
     return json.dumps(
-        {"v": 1, "node_id": NODE, "kind": kind, "prev_rev": prev, "rev": rev, "ops": ops}
+        {"v": 2, "node_id": NODE, "kind": kind, "prev_rev": prev, "rev": rev, "ops": ops}
     ).encode()
 
 
@@ -181,13 +181,19 @@ def test_malformed_messages_are_refused() -> None:
     bad = [
         b"not json",
         b"[]",
-        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":1,"ops":[]}',
-        b'{"v":1,"node_id":"n","kind":"nope","prev_rev":0,"rev":1,"ops":[]}',
-        b'{"v":1,"node_id":"n","kind":"delta","prev_rev":5,"rev":1,"ops":[]}',
-        b'{"v":1,"node_id":"n","kind":"delta","prev_rev":0,"rev":1,"ops":[{"rev":9}]}',
-        b'{"v":1,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"x","id":"a","op":"upsert","body":{}}]}',
-        b'{"v":1,"node_id":"n","kind":"snapshot","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"delete","body":null}]}',
-        b'{"v":1,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":3}]}',
+        b'{"v":1,"node_id":"n","kind":"delta","prev_rev":0,"rev":1,"ops":[]}',
+        b'{"v":2,"vpc_id":"v","node_id":"n","kind":"delta","prev_rev":0,"rev":1,"ops":[]}',
+        b'{"v":2,"vpc_id":"v","kind":"snapshot","prev_rev":0,"rev":1,"ops":[]}',
+        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":1,"vpcs":{"v":1},"ops":[]}',
+        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"node","id":"a","op":"upsert","body":{}}]}',
+        b'{"v":2,"node_id":"n","kind":"snapshot","prev_rev":0,"rev":1,"vpcs":{"v":null},"ops":[]}',
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":1,"vpcs":{"v":-1},"ops":[]}',
+        b'{"v":2,"node_id":"n","kind":"nope","prev_rev":0,"rev":1,"ops":[]}',
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":5,"rev":1,"ops":[]}',
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":1,"ops":[{"rev":9}]}',
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"x","id":"a","op":"upsert","body":{}}]}',
+        b'{"v":2,"node_id":"n","kind":"snapshot","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"delete","body":null}]}',
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":3}]}',
     ]
     for raw in bad:
         try:
