@@ -104,13 +104,16 @@ def plan(
                 old = t.get(c.type, c.id)
                 if old is not None:
                     gone[(WIRE_TYPE[c.type], c.id)] = _vpc_of(WIRE_TYPE[c.type], c.id, old) or ""
-            for node, ops in place(t, c, moved).items():
+            placed = place(t, c, moved)
+            for node, ops in placed.items():
                 bucket = per_node.setdefault(node, {})
                 for op in ops:
                     bucket[(op["type"], op["id"])] = op
-                    if op["type"] == "port" and _is_local(op, node):
-                        out.hosts.add(node)
                 out.ops += len(ops)
+            if c.type == "port":
+                host = t.port_node(c.id)  # it got the port in its own variant, if anything
+                if host is not None and host in placed:
+                    out.hosts.add(host)
             touched[(c.type, c.id)] = None
         out.used += 1
         out.rev = c.rev
@@ -206,8 +209,3 @@ def _split(
     for n in [n for n, b in per_node.items() if not b and n not in out.follow]:
         del per_node[n]
 
-
-def _is_local(op: Op, node: str) -> bool:
-    """A port upsert in its host's own variant (a neighbour's body names another node)."""
-    body = op["body"]
-    return body is not None and body.get("node_id") == node

@@ -421,3 +421,39 @@ async def test_a_report_ahead_of_a_restarted_dispatcher_is_still_written(h: Harn
     await h.crash()
     await h.start()
     await eventually(lambda: all(h.statuses.get(c.id) == "ACTIVE" for c in new))
+
+
+async def test_a_vpc_switches_chains_and_nodes_join_and_leave_while_it_changes(h: Harness) -> None:
+    """Three hosts: the VPC goes multicast at 3 members and back to unicast at 1, nodes join
+    and leave it, all while ports keep changing; every agent ends at its goal, with no gap."""
+    h.settings.multicast_nodes, h.settings.unicast_nodes = 3, 1
+    d = h.dispatcher
+    assert d is not None
+    d.channels = type(d.channels)(3, 1)
+    w = h.world
+    await h.commit([w.add_node(f"host-{i}", ip=i) for i in range(3)])
+    net = w.add_network(2100)
+    sub_c = w.add_subnet(net.id)
+    await h.commit([net, sub_c])
+    for n in node_ids(h):
+        await h.add_agent(n)
+    sub = w.res["subnet"][sub_c.id]
+    ports: list[str] = []
+    for rnd in range(3):
+        # Grow: a port on each host in turn (joins; the switch to multicast at the third).
+        for i in range(3):
+            batch = [w.add_port(sub, f"host-{i}", []) for _ in range(5)]
+            ports += [c.id for c in batch]
+            await h.commit(batch)
+        await h.converge()
+        assert d.state.vpcs, "a VPC of 3 member nodes is on its multicast chain"
+        # Shrink: the ports of two hosts go (leaves; back to unicast at one member), while the
+        # remaining host's ports change.
+        gone = [pid for pid in ports if w.res["port"][pid]["binding:host_id"] != "host-0"]
+        for pid in gone:
+            await h.commit([w.delete("port", pid), w.add_port(sub, "host-0", [])])
+        ports = [pid for pid in w.res["port"]]
+        await h.converge()
+        assert not d.state.vpcs, f"round {rnd}: back on the node chains"
+    assert all(a.counters.gaps == 0 for a in h.agents.values())
+    assert sum(a.model.applied_rev > 0 for a in h.agents.values()) == 3

@@ -1,0 +1,134 @@
+"""RabbitMQ fan-out channels side by side, for a VPC's chain: prints its figures, asserts nothing.
+
+    .venv/bin/python bench/mq_channels.py [--members 50] [--messages 1000] [--size 2000]
+
+One VPC of `members` nodes, each with its own durable queue and a consumer (manual acks, prefetch
+200), gets `messages` persistent messages of `size` bytes, published with confirms, by each way:
+
+- unicast: one publish per member queue (wire v1, and v2's small VPCs);
+- binding: one publish to a routing key every member queue is bound under (v2's choice);
+- cc: one publish to the first member queue with a `CC` header naming the others;
+- stream: one publish to a stream queue of the VPC; each member reads it by offset (its own
+  consumer on the stream, from `first`), so the broker keeps one copy.
+
+For each: publishes/s, time until every member consumed everything (deliveries/s), and whether
+each member saw every message in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+
+URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class Counter:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen: list[int] = []
+        self.done = asyncio.Event()
+
+    async def on(self, m: Any) -> None:
+        self.seen.append(int(m.headers["seq"]))
+        await m.ack()
+        if len(self.seen) >= self.n:
+            self.done.set()
+
+
+async def run(way: str, args: argparse.Namespace) -> dict[str, Any]:
+    tag = f"bench.mq.{way}.{uuid.uuid4().hex[:6]}"
+    conn = await aio_pika.connect_robust(URL)
+    pub = await aio_pika.connect_robust(URL)
+    ch = await conn.channel()
+    await ch.set_qos(prefetch_count=200)
+    pch = await pub.channel(publisher_confirms=True)
+    ex = await pch.declare_exchange(tag, aio_pika.ExchangeType.DIRECT, auto_delete=True)
+    names = [f"{tag}.n{i}" for i in range(args.members)]
+    counters = [Counter(args.messages) for _ in names]
+    queues = []
+    stream = None
+    if way == "stream":
+        stream = await pch.declare_queue(tag + ".vpc", durable=True,
+                                         arguments={"x-queue-type": "stream"})
+        await stream.bind(ex, routing_key="vpc")
+        for c in counters:
+            q = await ch.declare_queue(tag + ".vpc", durable=True, passive=True)
+            await q.consume(c.on, arguments={"x-stream-offset": "first"})
+    else:
+        for name, c in zip(names, counters, strict=True):
+            q = await ch.declare_queue(name, durable=True)
+            await q.bind(tag, routing_key=name)
+            if way == "binding":
+                await q.bind(tag, routing_key="vpc")
+            await q.consume(c.on)
+            queues.append(q)
+    body = os.urandom(args.size // 2).hex().encode()
+    start = time.perf_counter()
+    publishes = 0
+    for start_i in range(0, args.messages, 100):
+        futs = []
+        for i in range(start_i, min(start_i + 100, args.messages)):
+            headers: dict[str, Any] = {"seq": i}
+            if way == "cc":
+                headers["CC"] = names[1:]
+            def msg(h: dict[str, Any] = headers) -> aio_pika.Message:
+                return aio_pika.Message(
+                    body, headers=dict(h), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                )
+
+            if way == "unicast":
+                futs += [ex.publish(msg(), routing_key=n, mandatory=True) for n in names]
+            elif way == "cc":
+                futs.append(ex.publish(msg(), routing_key=names[0], mandatory=True))
+            else:
+                futs.append(ex.publish(msg(), routing_key="vpc", mandatory=True))
+        publishes += len(futs)
+        await asyncio.gather(*futs)
+    confirmed = time.perf_counter() - start
+    await asyncio.wait_for(asyncio.gather(*(c.done.wait() for c in counters)), 300)
+    delivered = time.perf_counter() - start
+    in_order = all(c.seen == list(range(args.messages)) for c in counters)
+    await ch.close()
+    if stream is not None:
+        await stream.delete(if_unused=False, if_empty=False)
+    for name in names:
+        if way != "stream":
+            await pch.queue_delete(name)
+    await conn.close()
+    await pub.close()
+    return {
+        "way": way,
+        "publishes/s": publishes / confirmed,
+        "messages/s (confirmed)": args.messages / confirmed,
+        "deliveries/s": args.members * args.messages / delivered,
+        "all consumed s": delivered,
+        "in order": in_order,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"load average {os.getloadavg()}; {args.members} member queues, {args.messages} "
+          f"messages of {args.size} B, persistent, confirms")
+    for way in args.ways.split(","):
+        r = await run(way, args)
+        print(f"  {r['way']:8} {r['publishes/s']:9,.0f} publishes/s  "
+              f"{r['messages/s (confirmed)']:7,.0f} VPC messages/s confirmed  "
+              f"{r['deliveries/s']:9,.0f} deliveries/s  all consumed in {r['all consumed s']:.2f} s"
+              f"  in order: {r['in order']}")
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--members", type=int, default=50)
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=2000)
+    ap.add_argument("--ways", default="unicast,binding,cc,stream")
+    asyncio.run(main(ap.parse_args()))
