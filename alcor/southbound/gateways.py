@@ -16,8 +16,8 @@ gateway chassis priorities play the same part.
     ...          "b": {"node_name": "gw-b", "bridge_mappings": {"physnet1": "br-ex"}}}
     >>> sorted(candidates(nodes, "physnet1", "router-1"))
     ['a', 'b']
-    >>> down_nodes({"a": 100.0, "b": None}, now=120.0, started=50.0, timeout=15.0)
-    {'a', 'b'}
+    >>> sorted(down_nodes({"a": 100.0, "b": None}, now=120.0, started=50.0, timeout=15.0))
+    ['a', 'b']
 """
 
 from __future__ import annotations
