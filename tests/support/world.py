@@ -198,14 +198,21 @@ class World:
         """Do one action if it makes sense in the current state; return the changes it made."""
         out: list[Change] = []
         nodes = sorted(self.res["node"].values(), key=lambda x: x["id"])
+        names = {n["node_name"] for n in nodes}
         if kind == "node":
-            out.append(self.add_node(f"host-{a % 6}" if b % 2 else None, ip=a))
+            name = f"host-{a % 6}" if b % 2 else None
+            if name not in names:  # the API refuses a name in use (409 NodeNameInUse)
+                out.append(self.add_node(name, ip=a))
         elif kind == "node_update" and nodes:
             n = nodes[a % len(nodes)]
             out.append(self.update("node", n, local_ip=f"172.17.0.{b % 250 + 1}"))
         elif kind == "node_delete" and nodes:
             n = nodes[a % len(nodes)]
-            out.append(self.delete("node", n["id"]))
+            # ... and the delete of a node that ports are bound to (409 NodeInUse)
+            bound = any(p.get("binding:host_id") == n["node_name"]
+                        for p in self.res["port"].values())
+            if not bound:
+                out.append(self.delete("node", n["id"]))
         elif kind == "network":
             out.append(self.add_network(1000 + a))
         elif kind == "subnet" and self.res["network"]:
