@@ -27,6 +27,10 @@ class BridgeConfig:
     db: str | None = None  # e.g. unix:/run/openvswitch/db.sock; None: ovs-vsctl's default
     # Reconnect quickly after an agent restart (OVS's default backs off up to 8 s).
     max_backoff_ms: int = 1000
+    # OVS drops a controller that has not answered its echo for two of these (5 s by default);
+    # compiling a host's first goal state holds the agent's loop for seconds on a busy machine,
+    # and a dropped connection makes it start over. Neutron's agent allows 10 s, OVN's 180 s.
+    inactivity_probe_ms: int = 30000
 
 
 class BridgeError(RuntimeError):
@@ -85,6 +89,7 @@ async def ensure_bridge(cfg: BridgeConfig) -> bool:
             "controller",
             f'target="{cfg.controller}"',
             f"max_backoff={cfg.max_backoff_ms}",
+            f"inactivity_probe={cfg.inactivity_probe_ms}",
             "connection_mode=out-of-band",
             "--",
             "set",
