@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # --- tables and priorities -------------------------------------------------------------------
 
@@ -227,6 +227,19 @@ class Flow:
     idle_timeout: int = 0
     hard_timeout: int = 0
     meter: int | None = None  # OpenFlow 1.3 meter instruction: applied before the actions
+    # its hash, computed once: a compile puts every flow in several sets and dicts, and hashing
+    # a flow hashes its whole match and actions
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if not h:
+            h = hash(
+                (self.table, self.priority, self.match, self.actions, self.write_metadata,
+                 self.goto_table, self.cookie, self.idle_timeout, self.hard_timeout, self.meter)
+            ) or 1  # fmt: skip
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def key(self) -> tuple[int, int, Match]:
