@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import structlog  # noqa: E402
 
 from alcor.agent import fastcodec  # noqa: E402
+from alcor.agent.config import AgentConfig  # noqa: E402
 from alcor.agent.datapath import Datapath, DatapathConfig  # noqa: E402
 from alcor.agent.ir import cookie_for, tap_name  # noqa: E402
 from tests.support.ovs import OvsSandbox  # noqa: E402
@@ -101,6 +102,12 @@ def add_port(
         goal["port"][port_id(i)]["fixed_ips"].append(
             {"subnet_id": f"s{subnet + 1}v6", "ip_address": f"2001:db8:{subnet + 1}::{i + 2:x}"}
         )
+
+
+def cpu_ticks(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -193,9 +200,12 @@ async def security_bench(args: argparse.Namespace) -> None:
         await asyncio.sleep(0.5)
 
         gc.collect()
-        t0, c0 = time.perf_counter(), time.process_time()
+        vswitchd = int((ovs.dir / "ovs-vswitchd.pid").read_text())
+        t0, c0, o0 = time.perf_counter(), time.process_time(), cpu_ticks(vswitchd)
         statuses = await dp.apply(goal)
         t_full, c_full = time.perf_counter() - t0, time.process_time() - c0
+        o_full = cpu_ticks(vswitchd) - o0
+        phases = dict(dp.last_timings)
         report = dp.last_report
         assert report is not None
         active = sum(1 for st in statuses.values() if st[0] == "ACTIVE")
@@ -226,6 +236,11 @@ async def security_bench(args: argparse.Namespace) -> None:
             f" {dp.config.flow_mod_connections} connections, barriers; agent CPU {c_full * 1000:.0f} ms)"
         )
         print(
+            f"  where it went            zones {phases['zones'] * 1000:.0f} ms, compile"
+            f" {phases['compile'] * 1000:.0f} ms, read-back + encode + flow-mods + barriers"
+            f" {phases['switch'] * 1000:.0f} ms; ovs-vswitchd CPU {o_full * 1000:.0f} ms"
+        )
+        print(
             f"flows per local port       {mine}  (per neighbour: {theirs}; the groups' own, all"
             f" {groups}: {sg_flows})"
         )
@@ -233,14 +248,19 @@ async def security_bench(args: argparse.Namespace) -> None:
         # the agent takes the collection it owes after a bulk apply once applies pause (1 s)
         await asyncio.sleep(2.5)
 
+        phase_lat: dict[str, list[float]] = {}
+
         async def timed(changes: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
             lat, mods = [], []
+            phase_lat.clear()
             for nxt in changes:
                 t0 = time.perf_counter()
                 await dp.apply(nxt)
                 lat.append(time.perf_counter() - t0)
                 r = dp.last_report
                 mods.append((r.adds + r.deletes) if r else 0)
+                for k, v in dp.last_timings.items():
+                    phase_lat.setdefault(k, []).append(v)
             return lat, mods
 
         def with_group(g: int, rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,6 +300,11 @@ async def security_bench(args: argparse.Namespace) -> None:
                 f"{label:<27}p50 {pct(lat, 50) * 1000:.2f} ms  p99 {pct(lat, 99) * 1000:.2f} ms"
                 f"  max {max(lat) * 1000:.2f} ms  flow-mods {min(mods)}-{max(mods)}  ({n} changes)"
             )
+            print(
+                f"{'':<27}p50 compile {pct(phase_lat['compile'], 50) * 1000:.1f} ms, switch"
+                f" (read-back, flow-mods, barriers) {pct(phase_lat['switch'], 50) * 1000:.1f} ms;"
+                f" load {os.getloadavg()[0]:.1f}"
+            )
 
         # the agent restarts: same zones (from OVSDB), nothing to send
         zones = dict(dp.port_zones)
@@ -307,7 +332,10 @@ async def main() -> None:
     ap.add_argument("--local-ports", type=int, default=1000, help="with --security")
     ap.add_argument("--groups", type=int, default=50, help="with --security")
     ap.add_argument(
-        "--connections", type=int, default=4, help="with --security: [agent] flow_mod_connections"
+        "--connections",
+        type=int,
+        default=AgentConfig.flow_mod_connections,
+        help="with --security: [agent] flow_mod_connections",
     )
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
     ap.add_argument("--dual-stack", action="store_true", help="an IPv6 address on every port too")

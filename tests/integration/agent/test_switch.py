@@ -367,3 +367,23 @@ async def test_a_big_batch_goes_over_several_connections_and_reads_back_the_same
     assert report.connections == 16 and not report.errors
     assert lanes[0] not in host.dp.open_lanes() and len(host.dp.open_lanes()) == 15
     assert len(host.ovs.dump_flows()) == len(host.dp.desired_flows)
+
+
+async def test_a_delta_repairs_drift_in_the_resources_it_touches(host: Host) -> None:
+    """A delta reads back the flows of the resources it touches: a stale flow under one of
+    their cookies is deleted with the delta's own flow-mods."""
+    await with_ports(host)
+    want = sorted(host.ovs.dump_flows())
+    cookie = cookie_for("port", PA1)
+    stale = f"cookie={cookie:#x},table=30,priority=7,dl_dst=02:00:00:00:00:07,actions=drop"
+    host.ovs.ofctl("add-flow", "br-int", stale)  # someone's, under the port's cookie
+    assert len(host.ovs.dump_flows()) == len(want) + 1
+    goal = dict(two_vpcs().goal())
+    pair = {"ip_address": "10.0.0.99", "mac_address": MAC[PA1]}
+    goal["port"] = {**goal["port"], PA1: {**goal["port"][PA1], "allowed_address_pairs": [pair]}}
+    await host.dp.apply(goal)
+    report = host.dp.last_report
+    assert report is not None and not report.full and report.read_back > 0 and not report.errors
+    assert report.adds > 0 and report.deletes == 1  # the delta's own flows, and the stale one
+    assert len(host.ovs.dump_flows()) == len(host.dp.desired_flows)
+    assert not [f for f in host.ovs.dump_flows() if "dl_dst=02:00:00:00:00:07" in f]
