@@ -115,3 +115,27 @@ async def ensure_bridge(cfg: BridgeConfig) -> bool:
     else:
         log.info("bridge.unchanged", bridge=br)
     return changed
+
+
+async def ensure_patches(cfg: BridgeConfig, mappings: dict[str, str]) -> list[str]:
+    """Patch each mapped bridge to the integration bridge (`int-<br>` on it, `phy-<br>` on the
+    mapped one), as Neutron's OVS agent does; the operator creates the mapped bridges (with the
+    physical NIC in them). A mapped bridge that does not exist is logged and skipped (its gateways
+    stay ERROR until it does). Returns the bridges patched."""
+    existing = set((await vsctl(cfg, "list-br")).split())
+    patched = []
+    for physnet, br in sorted(mappings.items()):
+        if br not in existing:
+            log.warning("bridge.mapping_missing", physical_network=physnet, bridge=br)
+            continue
+        inner, outer = ("int-" + br)[:15], ("phy-" + br)[:15]
+        await vsctl(
+            cfg,
+            "--may-exist", "add-port", cfg.bridge, inner, "--", "set", "interface", inner,
+            "type=patch", f"options:peer={outer}",
+            "--", "--may-exist", "add-port", br, outer, "--", "set", "interface", outer,
+            "type=patch", f"options:peer={inner}",
+        )  # fmt: skip
+        patched.append(br)
+        log.info("bridge.patched", physical_network=physnet, bridge=br, port=inner)
+    return patched

@@ -99,7 +99,9 @@ def to_action(a: Action) -> Any:
     if isinstance(a, Group):
         return parser.OFPActionGroup(a.group_id)
     if isinstance(a, Ct):
-        nested = [parser.OFPActionSetField(ct_mark=a.mark)] if a.mark is not None else []
+        nested: list[Any] = [parser.OFPActionSetField(ct_mark=a.mark)] if a.mark is not None else []
+        if a.nat is not None:
+            nested.append(_nat(*a.nat))
         return parser.NXActionCT(
             flags=nicira_ext.NX_CT_F_COMMIT if a.commit else 0,
             zone_src=REG_ZONE,
@@ -115,6 +117,15 @@ def to_action(a: Action) -> Any:
     if isinstance(a, OutputReg):
         return parser.NXActionOutputReg(ofs_nbits=nicira_ext.ofs_nbits(0, 31), src=a.reg, max_len=0)
     raise ValueError(f"cannot encode {a!r}")
+
+
+_NAT_FLAGS = {"": 0, "src": 1, "dst": 2}  # NX_NAT_F_SRC, NX_NAT_F_DST
+
+
+def _nat(kind: str, ip: str) -> Any:
+    if not kind:
+        return parser.NXActionNAT(flags=0)
+    return parser.NXActionNAT(flags=_NAT_FLAGS[kind], range_ipv4_min=ip, range_ipv4_max=ip)
 
 
 @functools.cache
@@ -223,9 +234,16 @@ def from_action(a: Any) -> Action:
 def _from_ct(a: Any) -> Action:
     """A ct action in the compiler's terms, if it is one the compiler emits."""
     mark: int | None = None
+    nat: tuple[str, str] | None = None
     for nested in a.actions:
         if isinstance(nested, parser.OFPActionSetField) and nested.key == "ct_mark":
             mark = int(nested.value)
+        elif isinstance(nested, parser.NXActionNAT) and nat is None:
+            kind = {v: k for k, v in _NAT_FLAGS.items()}.get(nested.flags)
+            lo, hi = nested.range_ipv4_min or "", nested.range_ipv4_max or ""
+            if kind is None or lo != hi or bool(kind) != bool(lo) or nested.range_proto_min:
+                return Opaque(repr(a))
+            nat = (kind, str(lo))
         else:
             return Opaque(repr(a))
     if a.zone_src != REG_ZONE or a.zone_ofs_nbits != _ZONE_BITS or a.alg != 0:
@@ -233,7 +251,7 @@ def _from_ct(a: Any) -> Action:
     if a.flags not in (0, nicira_ext.NX_CT_F_COMMIT):
         return Opaque(repr(a))
     table = None if a.recirc_table == nicira_ext.NX_CT_RECIRC_NONE else a.recirc_table
-    return Ct(commit=bool(a.flags), table=table, mark=mark)
+    return Ct(commit=bool(a.flags), table=table, mark=mark, nat=nat)
 
 
 def _oxm_name(name: str) -> str:

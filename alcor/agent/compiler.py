@@ -10,7 +10,7 @@ membership flows it changes. `compile_flows` is the same from scratch.
 
     >>> fs = compile_flows({"node_id": "n1"}, {})
     >>> sorted({f.table for f in fs.flows})
-    [0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41]
+    [0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41, 50, 51, 52, 53]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent import ctzones, secgroups
+from alcor.agent import ctzones, gateway, secgroups
 from alcor.agent.ir import Action, Conjunction, Flow, Key, cookie_for, tap_name
 from alcor.agent.pipeline import (
     Context,
@@ -40,6 +40,7 @@ Ref = tuple[str, str]  # the (type, id) of the resource a group of flows belongs
 # When two resources want the same flow key (conflicting goal state), the first in this order wins.
 _REF_ORDER = {
     "pipeline": 0, "port": 1, "vpc": 2, "subnet": 3, "router": 4, "security_group": 5, "member": 6,
+    "nat": 7,
 }  # fmt: skip
 
 
@@ -84,8 +85,13 @@ class FlowCompiler:
     how often). The desired set is `self.desired`; state is data, nothing here does I/O.
     """
 
-    def __init__(self, tunnel_port: str = "vxlan0") -> None:
+    def __init__(
+        self, tunnel_port: str = "vxlan0", bridge_mappings: Mapping[str, str] | None = None
+    ) -> None:
         self.tunnel_port = tunnel_port
+        # physical network -> bridge ([agent] bridge_mappings): where gateways reach the outside
+        self.bridge_mappings = dict(bridge_mappings or {})
+        self._patches = tuple(sorted(gateway.patch_name(b) for b in self.bridge_mappings.values()))
         self.recomputes = 0
         self._reset()
 
@@ -93,6 +99,8 @@ class FlowCompiler:
         self.desired: dict[Key, Flow] = {}
         self.port_problems: dict[str, str] = {}
         self.local_ports: dict[str, str] = {}
+        # gateway port id -> why this node does not carry it ("" when it does): its status
+        self.gateway_ports: dict[str, str] = {}
         self.owners: dict[int, Ref] = {}
         # meter id -> flows that name it: the meters the switch must hold before those flows
         self.meters: dict[int, int] = {}
@@ -121,13 +129,19 @@ class FlowCompiler:
         goal: Mapping[str, Any],
         ofports: Mapping[str, int],
         zones: Mapping[str, int] | None = None,
+        neighbours: Mapping[str, str] | None = None,
     ) -> Changes:
         """The desired flows for `goal`; `zones` are the local ports' conntrack zones (None:
-        numbered here in port id order, as alcor.agent.ctzones.allocate does from nothing)."""
+        numbered here in port id order, as alcor.agent.ctzones.allocate does from nothing);
+        `neighbours` the MACs of next hops on the physical networks (IP -> MAC, as ARP found
+        them: alcor/agent/nexthops.py)."""
         if zones is None:
             zones = ctzones.allocate({}, _local_ports(goal))
         tun = ofports.get(self.tunnel_port)
+        self._neighbours = dict(neighbours or {})
         ctx_inputs = (
+            tuple(ofports.get(p) for p in self._patches),
+            self._neighbours,
             goal.get("node_id"),
             tun,
             goal.get("vpc") or {},
@@ -214,7 +228,7 @@ class FlowCompiler:
         before = self.desired
         self._reset()
         self.recomputes += 1
-        ctx = self._ctx = context(goal, ctx_inputs[1])
+        ctx = self._ctx = context(goal, ofports.get(self.tunnel_port))
         self._ctx_inputs = ctx_inputs
         self.zones = dict(zones)
         touched: dict[Key, Flow | None] = {}
@@ -232,6 +246,7 @@ class FlowCompiler:
             self._set_group(("subnet", sid), subnet_flows(ctx.subnets[sid]), touched)
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
+        self._set_gateways(goal, ofports, ctx, touched)
         self._resolve_shared()
         changes: dict[Key, tuple[Flow | None, Flow | None]] = {}
         for k, f in self.desired.items():
@@ -242,6 +257,24 @@ class FlowCompiler:
             if k not in self.desired:
                 changes[k] = (old, None)
         return Changes(changes, recomputed=True)
+
+    def _set_gateways(
+        self,
+        goal: Mapping[str, Any],
+        ofports: Mapping[str, int],
+        ctx: Context,
+        touched: dict[Key, Flow | None],
+    ) -> None:
+        """The routers' north-south flows (alcor/agent/gateway.py), and the state of the gateway
+        ports this node carries."""
+        for rid, (gw, zone) in ctx.gateways.items():
+            joined = ctx.routers[rid][1]
+            flows = gateway.host_flows(rid, gw, joined, ctx.me, ctx.node_ip, ctx.tun_ofport)
+            if zone is not None:
+                ext = gateway.external(goal, gw, ofports, self.bridge_mappings, self._neighbours)
+                flows += gateway.node_flows(rid, gw, joined, ext, zone)
+                self.gateway_ports[gw.port_id] = ext.problem
+            self._set_group(("nat", rid), flows, touched)
 
     def _changed_ports(
         self, ports: Mapping[str, Body], ofports: Mapping[str, int], zones: Mapping[str, int]

@@ -26,13 +26,15 @@ from typing import Any
 
 import structlog
 
-from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge
+from alcor.agent import gateway
+from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge, ensure_patches
 from alcor.agent.compiler import FlowCompiler
 from alcor.agent.config import AgentConfig, DhcpConfig, NodeConfig
 from alcor.agent.ctzones import ZoneStore
 from alcor.agent.dhcp_server import DhcpServer
 from alcor.agent.fastcodec import SigCache
 from alcor.agent.ir import T_CLASSIFY, Key, cookie_for, cookie_type, tap_name
+from alcor.agent.nexthops import NextHops
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
 from alcor.agent.openflow import connect as openflow_connect
@@ -74,6 +76,9 @@ class DatapathConfig:
     # bridge's management socket, `<bridge>.mgmt` in OVS's run directory)
     flow_mod_connections: int = AgentConfig.flow_mod_connections
     dhcp: DhcpConfig = DhcpConfig()  # [dhcp]
+    # physical network -> OVS bridge ([agent] bridge_mappings): patched to the integration
+    # bridge; where this node's router gateways reach the outside (alcor/agent/gateway.py)
+    bridge_mappings: tuple[tuple[str, str], ...] = ()
 
     def management_socket(self) -> str:
         """Where ovs-vswitchd serves the bridge's OpenFlow management connections: its run
@@ -114,7 +119,8 @@ class Datapath:
         }
         self._server = OpenFlowServer(config.listen, self, netns=config.netns)
         self._reconciler: Reconciler | None = None
-        self._compiler = FlowCompiler(config.tunnel_port)
+        self._compiler = FlowCompiler(config.tunnel_port, dict(config.bridge_mappings))
+        self.nexthops = NextHops(lambda: self._schedule("nexthop") if self.goal else None)
         self._signatures: SigCache = {}
         self._rejected: set[Key] = set()
         self._lock = asyncio.Lock()
@@ -158,15 +164,16 @@ class Datapath:
     async def setup_bridge(self) -> None:
         if not self.config.manage_bridge:
             return
-        await ensure_bridge(
-            BridgeConfig(
-                bridge=self.config.bridge,
-                datapath_type=self.config.datapath_type,
-                controller=self.controller_target(),
-                tunnel_port=self.config.tunnel_port,
-                db=self.config.ovs_db,
-            )
+        cfg = BridgeConfig(
+            bridge=self.config.bridge,
+            datapath_type=self.config.datapath_type,
+            controller=self.controller_target(),
+            tunnel_port=self.config.tunnel_port,
+            db=self.config.ovs_db,
         )
+        await ensure_bridge(cfg)
+        if self.config.bridge_mappings:
+            await ensure_patches(cfg, dict(self.config.bridge_mappings))
 
     def controller_target(self) -> str:
         return self.config.controller_target()
@@ -183,6 +190,7 @@ class Datapath:
         lanes, self._lanes = self._lanes, []
         for sw in lanes:
             await sw.close()
+        await self.nexthops.stop()
         await self._server.stop()
         self.switch = None
         self._reconciler = None
@@ -237,7 +245,7 @@ class Datapath:
         start = time.perf_counter()
         zones, gone = await self.zones.assign(_local_ports(goal))
         zoned = time.perf_counter() - start
-        changes = self._compiler.compile(goal, switch.ports, zones)
+        changes = self._compiler.compile(goal, switch.ports, zones, self.nexthops.bindings)
         compiled = time.perf_counter() - start
         desired = self._compiler.desired
         try:
@@ -283,6 +291,9 @@ class Datapath:
         }
         self.ra.update(switch, advertisements(goal, switch.ports, live), live)
         self.dhcp.update(goal, {ofport: pid for pid, ofport in live.items()})
+        mappings = dict(self.config.bridge_mappings)
+        me = str(goal.get("node_id", ""))
+        self.nexthops.update(switch, gateway.probes(goal, me, switch.ports, mappings))
         for pid, (status, reason) in self.statuses.items():
             if before.get(pid) != (status, reason):
                 log.info("datapath.port_status", port=pid, status=status, reason=reason)
@@ -395,6 +406,14 @@ class Datapath:
                 out[pid] = (ERROR, "switch rejected flows: " + ", ".join(errs))
             else:
                 out[pid] = (ACTIVE, "")
+        for pid, problem in self._compiler.gateway_ports.items():
+            # a router gateway this node carries: ACTIVE once its flows are on the switch
+            if problem:
+                out[pid] = (ERROR, problem)
+            elif cookie_for("nat", _router_of(self.goal, pid)) in failed:
+                out[pid] = (ERROR, "switch rejected the gateway's flows")
+            else:
+                out[pid] = (ACTIVE, "")
         return out
 
     def _schedule(self, why: str) -> None:
@@ -456,6 +475,9 @@ class Datapath:
         data = bytes(msg.data or b"")
         if len(data) >= 14 and data[12:14] == b"\x08\x06":
             self.counters["arp_packet_in"] += 1
+        if cookie_type(msg.cookie) == "nat":
+            self.nexthops.packet_in(data)  # an ARP reply to a gateway IP (gateway.node_flows)
+            return
         if msg.table_id == T_CLASSIFY and cookie_type(msg.cookie) == "port":
             # a port's only flow that sends to the agent is its DHCP flow (pipeline.dhcp_flow)
             self.counters["dhcp_packet_in"] += 1
@@ -470,6 +492,13 @@ IDLE_GC_AFTER = 1.0  # seconds without apply()
 # Beyond this many touched resources, one full read-back is cheaper than planning each change
 # (a partial reconcile no longer reads back each of many resources: see Reconciler.partial).
 PARTIAL_COOKIES = 4096
+
+
+def _router_of(goal: Mapping[str, Any] | None, port_id: str) -> str:
+    for rid, r in ((goal or {}).get("router") or {}).items():
+        if ((r or {}).get("gateway") or {}).get("port_id") == port_id:
+            return str(rid)
+    return ""
 
 
 def _local_ports(goal: Mapping[str, Any]) -> list[str]:
@@ -528,6 +557,7 @@ def datapath_config(config: Config) -> DatapathConfig:
         resync_interval=agent.flow_resync_interval,
         flow_mod_connections=agent.flow_mod_connections,
         dhcp=config.get(DhcpConfig),
+        bridge_mappings=tuple(sorted(agent.mappings().items())),
     )
 
 

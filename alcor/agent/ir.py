@@ -31,6 +31,11 @@ T_L2 = 30
 T_FLOOD = 31  # a flood too long for one flow goes on here, a part per flow
 T_INGRESS_CT = 40  # conntrack in the receiving port's zone
 T_INGRESS_RULES = 41  # the receiving port's ingress rules, then out to it
+# North-south on a gateway node (alcor/agent/gateway.py)
+T_SNAT = 50  # traffic routed to a router's gateway: SNAT (conntrack, the router's zone)
+T_SNAT_OUT = 51  # translated: out to the physical network's bridge, to the next hop
+T_EXT_IN = 52  # from a physical network's bridge: ARP for gateway IPs, traffic to them
+T_EXT_CT = 53  # un-NAT in the router's zone, then routed into the VPC (L3)
 TABLES = (
     T_CLASSIFY,
     T_PORT_SECURITY,
@@ -43,6 +48,10 @@ TABLES = (
     T_FLOOD,
     T_INGRESS_CT,
     T_INGRESS_RULES,
+    T_SNAT,
+    T_SNAT_OUT,
+    T_EXT_IN,
+    T_EXT_CT,
 )
 
 P_DEFAULT = 0
@@ -77,6 +86,7 @@ ICMPV6_NS, ICMPV6_NA = 135, 136
 REG_ZONE = "reg6"
 REG_PORT = "reg7"
 REG_FLOOD = "reg5"  # which part of a long flood (pipeline.vpc_flows) comes next
+REG_ROUTER = "reg4"  # a router's tag on its gateway node, through SNAT's conntrack recirculation
 ZONE_UNTRACKED = 1 << 16
 
 # ct_state bits (OVS: +new, +est, +rel, +rpl, +inv, +trk)
@@ -103,6 +113,8 @@ COOKIE_TYPES = {
     # a port's addresses as members of remote groups (alcor/agent/secgroups.py member_flows):
     # apart from the port's own flows, so a rule naming a new remote group reflows only these
     "member": 8,
+    # a router's north-south flows: its gateway on every host, SNAT on its gateway node
+    "nat": 9,
 }
 
 
@@ -173,11 +185,14 @@ class Group:
 class Ct:
     """NXAST_CT in the zone held by REG_ZONE[0..15]: `table` set, the tracked packet continues
     there (a clone: the actions after this one see the packet untracked); `commit` stores the
-    connection, with `mark` written to its ct_mark when given."""
+    connection, with `mark` written to its ct_mark when given. `nat`: NXAST_NAT inside it,
+    ("src", ip) or ("dst", ip) to translate a new connection to that address, ("", "") to apply
+    the translation an existing connection already has (and reverse it on its replies)."""
 
     commit: bool = False
     table: int | None = None
     mark: int | None = None
+    nat: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alcor.agent import ipv6, leases, portsec, secgroups, zeta
+from alcor.agent import gateway, ipv6, leases, portsec, secgroups, zeta
 from alcor.agent.ir import (
     ETH_ARP,
     ETH_IP,
@@ -241,6 +241,9 @@ class Context:
     redirect: dict[str, int] = field(default_factory=dict)
     # subnet id -> network, for the subnets the agent serves DHCP on
     dhcp_nets: dict[str, ipaddress.IPv4Network] = field(default_factory=dict)
+    # router id -> its gateway (alcor/agent/gateway.py), and its conntrack zone when this node
+    # is its gateway node (else None)
+    gateways: dict[str, tuple[gateway.Gateway, int | None]] = field(default_factory=dict)
 
 
 def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
@@ -291,6 +294,24 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
             for b in joined:
                 if b.id != a.id and b.net.version == a.net.version and not b.net.overlaps(a.net):
                     routed_to.setdefault(b.id, []).append((a, b))
+    me = str(goal.get("node_id", ""))
+    gws = gateway.gateways(goal)
+    zones = gateway.router_zones(rid for rid, g in gws.items() if g.node_id == me)
+    nat: dict[str, tuple[gateway.Gateway, int | None]] = {}
+    for rid, gw in gws.items():
+        if rid not in routers:
+            continue
+        zone = zones.get(rid)
+        nat[rid] = (gw, zone)
+        if zone is None or gw.mac is None:
+            continue
+        # On the gateway node, what comes in from the outside (un-NATed, with the router's tag
+        # as metadata) is routed to the ports of the router's subnets like traffic from one
+        # more subnet of the router: the per-port routed flows are the pipeline's own.
+        outside = Subnet(f"gateway:{rid}", gateway.tag(zone), _ANY_V4, gw.ip, gw.mac)
+        for b in routers[rid][1]:
+            if b.net.version == 4:
+                routed_to.setdefault(b.id, []).append((outside, b))
     return Context(
         me=str(goal.get("node_id", "")),
         tun_ofport=tun_ofport,
@@ -301,7 +322,11 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         routers=routers,
         redirect=_zeta_redirects(goal),
         dhcp_nets=leases.dhcp_nets(goal),
+        gateways=nat,
     )
+
+
+_ANY_V4 = ipaddress.IPv4Network("0.0.0.0/0")
 
 
 def gateways_down(goal: Mapping[str, Any]) -> set[str]:
@@ -637,6 +662,7 @@ def base_flows() -> list[Flow]:
         Flow(T_FLOOD, P_DEFAULT, ()),
         *portsec.base_flows(),
         *secgroups.base_flows(),
+        *gateway.base_flows(),
     ]
 
 

@@ -64,6 +64,19 @@ ROUTER = standard(Resource("router", "routers", "Router")).add(
 )
 
 
+def _same_port(port: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Whether a gateway request is satisfied by the router's gateway port as it is."""
+    if info["network_id"] != port["network_id"]:
+        return False
+    wanted = info.get("external_fixed_ips")
+    if wanted is None:
+        return True
+    have = [(f["subnet_id"], f["ip_address"]) for f in port["fixed_ips"]]
+    return len(wanted) == len(have) and all(
+        any((w.get("subnet_id") in (None, s)) and (w.get("ip_address") in (None, ip))
+            for s, ip in have) for w in wanted)
+
+
 class Routers(Manager):
     res = ROUTER
     type = "router"
@@ -142,8 +155,17 @@ class Routers(Manager):
             self._check_routes(changes["routes"], interfaces)
         if "external_gateway_info" in changes:
             old = await self._ports(tx, current["id"], ROUTER_GATEWAY)
-            changes["external_gateway_info"] = await self._gateway(
-                ctx, tx, current, changes["external_gateway_info"], old[0] if old else None)
+            info = changes["external_gateway_info"]
+            if old and info is not None and _same_port(old[0], info):
+                # Only enable_snat changes: the gateway port (its address, its placement) stays,
+                # as in Neutron.
+                changes["external_gateway_info"] = {
+                    "network_id": old[0]["network_id"],
+                    "enable_snat": info.get("enable_snat", True),
+                    "external_fixed_ips": old[0]["fixed_ips"]}
+            else:
+                changes["external_gateway_info"] = await self._gateway(
+                    ctx, tx, current, info, old[0] if old else None)
         return await self.replace(tx, current, changes)
 
     def _check_routes(self, routes: list[dict[str, str]], interfaces: list[dict[str, Any]]) -> None:

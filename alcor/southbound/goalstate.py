@@ -19,7 +19,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from alcor.wire import ROUTER_INTERFACE, WIRE_TYPES, canonical, combine, hex_digest, resource_hash
+from alcor.wire import (
+    ROUTER_GATEWAY,
+    ROUTER_INTERFACE,
+    WIRE_TYPES,
+    canonical,
+    combine,
+    hex_digest,
+    resource_hash,
+)
 
 Body = dict[str, Any]  # a Neutron body as the change log holds it (the wire's bodies are views)
 Key = tuple[str, str]  # (wire type, id)
@@ -56,6 +64,7 @@ class _PortLinks:
     sgs: tuple[str, ...]
     router: str | None  # a router interface's router id
     subnets: tuple[str, ...]
+    gateway_of: str | None = None  # a router gateway port's router id
 
 
 # Every Neutron port field that placement, the indexes or a wire body (the port's own, a subnet's
@@ -114,6 +123,12 @@ class Topology:
         self.ifaces_by_router: dict[str, set[str]] = {}
         self.router_vpcs: dict[str, dict[str, int]] = {}  # router → vpc → interfaces there
         self.vpc_routers: dict[str, dict[str, int]] = {}
+        # router → its gateway ports (network:router_gateway): the node hosting one is a member
+        # of every VPC the router has an interface in (it routes their north-south traffic)
+        self.gateways_by_router: dict[str, set[str]] = {}
+        # ... and the external networks they are on: every member there holds the router
+        self.router_gw_vpcs: dict[str, dict[str, int]] = {}
+        self.vpc_gw_routers: dict[str, dict[str, int]] = {}
         self._links: dict[str, _PortLinks] = {}
         # Port wire bodies (with their JSON and digest share, computed on first use) by (port id,
         # local?), valid while the Neutron body is the same object and binds to the same node:
@@ -220,12 +235,14 @@ class Topology:
         vpc = str(body.get("network_id"))
         iface = body.get("device_owner") == ROUTER_INTERFACE
         node = None if iface else self.node_named(host)
+        gateway = body.get("device_owner") == ROUTER_GATEWAY
         links = _PortLinks(
             vpc=vpc,
             node=node,
             sgs=tuple(sorted(set(body.get("security_groups") or ()))) if node else (),
             router=str(body.get("device_id")) if iface else None,
             subnets=tuple(str(f.get("subnet_id")) for f in body.get("fixed_ips") or ()),
+            gateway_of=str(body.get("device_id")) if gateway else None,
         )
         self._links[id] = links
         self.ports_by_vpc.setdefault(vpc, set()).add(id)
@@ -243,6 +260,14 @@ class Topology:
             _inc(self.vpc_routers, vpc, links.router, 1)
             for s in links.subnets:
                 self.ifaces_by_subnet.setdefault(s, set()).add(id)
+            for g in self.gateways_by_router.get(links.router, ()):
+                self._gateway_member(self._links[g].node, vpc, 1)
+        if links.gateway_of:
+            self.gateways_by_router.setdefault(links.gateway_of, set()).add(id)
+            _inc(self.router_gw_vpcs, links.gateway_of, vpc, 1)
+            _inc(self.vpc_gw_routers, vpc, links.gateway_of, 1)
+            for vpc_in, n in self.router_vpcs.get(links.gateway_of, {}).items():
+                self._gateway_member(node, vpc_in, n)
 
     def _unlink_port(self, id: str) -> None:
         links = self._links.pop(id, None)
@@ -263,12 +288,41 @@ class Topology:
             _inc(self.vpc_routers, links.vpc, links.router, -1)
             for s in links.subnets:
                 _discard(self.ifaces_by_subnet, s, id)
+            for g in self.gateways_by_router.get(links.router, ()):
+                self._gateway_member(self._links[g].node, links.vpc, -1)
+        if links.gateway_of:
+            _discard(self.gateways_by_router, links.gateway_of, id)
+            _inc(self.router_gw_vpcs, links.gateway_of, links.vpc, -1)
+            _inc(self.vpc_gw_routers, links.vpc, links.gateway_of, -1)
+            for vpc_in, n in self.router_vpcs.get(links.gateway_of, {}).items():
+                self._gateway_member(links.node, vpc_in, -n)
+
+    def _gateway_member(self, node: str | None, vpc: str, n: int) -> None:
+        """A gateway node is a member of the VPCs behind its router, once per (interface,
+        gateway port) pair: it gets their ports as neighbours, to route replies back."""
+        if node and n:
+            _inc(self.members, vpc, node, n)
+            _inc(self.vpcs_of, node, vpc, n)
 
     # -- queries -------------------------------------------------------------------------------
 
     def node_named(self, name: str) -> str | None:
         ids = self.nodes_by_name.get(name)
         return min(ids) if ids else None
+
+    def router_gateway(self, router_id: str) -> tuple[str, Body] | None:
+        """The router's gateway port (id, body), the lowest id if several claim it."""
+        ids = self.gateways_by_router.get(router_id)
+        if not ids:
+            return None
+        pid = min(ids)
+        return pid, self.res["port"][pid]
+
+    def router_held_in(self, router_id: str) -> Iterator[str]:
+        """The VPCs whose members hold the router: those it has interfaces in, and the external
+        networks of its gateway ports."""
+        yield from self.router_vpcs.get(router_id, ())
+        yield from self.router_gw_vpcs.get(router_id, ())
 
     def port_node(self, port_id: str) -> str | None:
         links = self._links.get(port_id)
@@ -288,6 +342,7 @@ class Topology:
         keys.update(("port", p) for p in self.ports_by_vpc.get(vpc, ()))
         keys.update(("gateway", g) for g in self.gateways_by_vpc.get(vpc, ()))
         keys.update(("router", r) for r in self.vpc_routers.get(vpc, ()))
+        keys.update(("router", r) for r in self.vpc_gw_routers.get(vpc, ()))
         keys.update(("node", n) for n in self.members.get(vpc, ()))
         return keys
 
@@ -328,13 +383,18 @@ def node_body(id: str, b: Body) -> Body:
 
 
 def vpc_body(t: Topology, id: str, b: Body) -> Body:
-    return {
+    out = {
         "id": id,
         "project_id": b.get("project_id"),
         "segmentation_id": b.get("provider:segmentation_id"),
         "mtu": b.get("mtu"),
         "gateway_ids": sorted(t.gateways_by_vpc.get(id, ())),
     }
+    if b.get("provider:network_type") == "flat":
+        # A physical network, reached through the hosts' bridge mappings (no VNI).
+        out["network_type"] = "flat"
+        out["physical_network"] = b.get("provider:physical_network")
+    return out
 
 
 def subnet_body(t: Topology, id: str, b: Body) -> Body:
@@ -378,12 +438,33 @@ def router_body(t: Topology, id: str, b: Body) -> Body:
         for r in b.get("routes") or ()
     ]
     routes.sort(key=lambda r: (str(r["destination"]), str(r["nexthop"])))
-    return {
+    out = {
         "id": id,
         "subnet_ids": sorted(subnets),
         "routes": routes,
         "admin_state_up": b.get("admin_state_up", True) is not False,
     }
+    gw = t.router_gateway(id)
+    if gw is not None:
+        pid, port = gw
+        v4 = [
+            f
+            for f in port.get("fixed_ips") or ()
+            if ":" not in str(f.get("ip_address") or ":")
+        ]
+        info = b.get("external_gateway_info") or {}
+        # Where the router meets the outside: its gateway port's IPv4 address and MAC, and the
+        # gateway node that carries it (alcor/agent/gateway.py); null node: not placed yet.
+        out["gateway"] = {
+            "port_id": pid,
+            "network_id": port.get("network_id"),
+            "subnet_id": v4[0].get("subnet_id") if v4 else None,
+            "ip_address": v4[0].get("ip_address") if v4 else None,
+            "mac_address": _mac(port.get("mac_address")),
+            "node_id": t.port_node(pid),
+            "enable_snat": info.get("enable_snat", True) is not False,
+        }
+    return out
 
 
 _RULE_FIELDS = (
@@ -492,7 +573,7 @@ def info(t: Topology, key: Key) -> Info:
         return Info(gateway_body(id, src), None, None, frozenset(members), rn)
     if wtype == "router":
         aud: set[str] = set()
-        for vpc in t.router_vpcs.get(id, ()):
+        for vpc in t.router_held_in(id):
             aud.update(t.members.get(vpc, ()))
         return Info(router_body(t, id, src), None, None, frozenset(aud), rn)
     if wtype == "security_group":
@@ -524,7 +605,7 @@ def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
         ok = str(src.get("vpc_id")) in vpcs
         return (gateway_body(id, src) if ok else None), rn
     if wtype == "router":
-        ok = any(v in vpcs for v in t.router_vpcs.get(id, ()))
+        ok = any(v in vpcs for v in t.router_held_in(id))
         return (router_body(t, id, src) if ok else None), rn
     if wtype == "security_group":
         ok = id in t.sgs_of.get(node, ())
@@ -570,7 +651,7 @@ def goal_entries(t: Topology, node: str) -> Iterator[tuple[str, str, Body, int]]
             if id in nodes:
                 yield wtype, id, node_body(id, src), rn
         elif wtype == "router":
-            if any(v in vpcs for v in t.router_vpcs.get(id, ())):
+            if any(v in vpcs for v in t.router_held_in(id)):
                 yield wtype, id, router_body(t, id, src), rn
         else:
             i = info(t, (wtype, id))

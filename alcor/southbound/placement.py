@@ -31,7 +31,7 @@ from alcor.southbound.goalstate import (
     slim_port,
     view_of,
 )
-from alcor.wire import ROUTER_INTERFACE
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE
 
 Op = dict[str, Any]  # {"rev", "type", "id", "op", "revision_number", "body"}
 
@@ -63,6 +63,12 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
         for b in (body, other):
             name = str(b.get("node_name") or "") if b else ""
             keys.update(("port", p) for p in t.ports_by_host.get(name, ()))
+            # a gateway port's node is in its router's body
+            keys.update(
+                ("router", str(t.res["port"][p].get("device_id")))
+                for p in t.ports_by_host.get(name, ())
+                if t.res["port"][p].get("device_owner") == ROUTER_GATEWAY
+            )
             # Names should be unique, but if two nodes claim one, its ports move between them.
             owner = t.node_named(name)
             if owner:
@@ -77,8 +83,16 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
             keys.add(("node", node))
         keys.update(("security_group", g) for g in body.get("security_groups") or ())
         if body.get("device_owner") == ROUTER_INTERFACE:
-            keys.add(("router", str(body.get("device_id"))))
+            rid = str(body.get("device_id"))
+            keys.add(("router", rid))
             keys.update(("subnet", str(f.get("subnet_id"))) for f in body.get("fixed_ips") or ())
+            # the router's gateway node joins or leaves this VPC with the interface
+            for g in t.gateways_by_router.get(rid, ()):
+                gw_node = t.port_node(g)
+                if gw_node:
+                    movers.add(gw_node)
+        elif body.get("device_owner") == ROUTER_GATEWAY:
+            keys.add(("router", str(body.get("device_id"))))
     elif type == "gateway":
         keys.add(("vpc", str(body.get("vpc_id"))))
     return keys, movers

@@ -33,6 +33,7 @@ KINDS = (
     "router_iface",
     "router_iface_delete",
     "router_routes",
+    "router_gateway",
     "sg",
     "sg_rules",
     "network_delete",
@@ -281,6 +282,20 @@ class World:
                 [{"destination": f"192.168.{b % 9}.0/24", "nexthop": "10.0.0.9"}] if b % 2 else []
             )
             out.append(self.update("router", r, routes=routes))
+        elif kind == "router_gateway" and self.res["router"] and self.res["subnet"]:
+            # a gateway port, on a gateway node (its router's VPCs follow it there)
+            r = self.pick("router", a)
+            s = self.pick("subnet", b)
+            assert r is not None and s is not None
+            has = any(
+                p["device_owner"] == "network:router_gateway" and p["device_id"] == r["id"]
+                for p in self.res["port"].values()
+            )
+            if not has:
+                host = nodes[b % len(nodes)]["node_name"] if nodes and b % 3 else ""
+                out.append(
+                    self.add_port(s, host, [], owner="network:router_gateway", device_id=r["id"])
+                )
         elif kind == "sg":
             out.append(self.add_sg())
         elif kind == "sg_rules" and self.res["security_group"]:

@@ -67,3 +67,27 @@ def test_a_node_is_down_when_silent_longer_than_the_timeout_counted_from_the_sta
     assert down_nodes(reports, now=100.0, started=0.0, timeout=10.0) == {"b", "never"}
     # A controller that just started gives every node the timeout from its own start.
     assert down_nodes(reports, now=100.0, started=95.0, timeout=10.0) == set()
+
+
+def test_the_gateway_node_joins_the_vpcs_behind_its_router():
+    from alcor.southbound.goalstate import goal_state
+
+    t = world(gateways=1, routers=0)
+    t.put("network", "v", {"id": "v", "provider:network_type": "vxlan", "provider:segmentation_id": 5})
+    t.put("subnet", "s", {"id": "s", "network_id": "v", "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1"})
+    t.put("port", "vm", {"id": "vm", "network_id": "v", "binding:host_id": "compute",
+                         "device_owner": "compute:nova", "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.5"}]})
+    t.put("port", "if", {"id": "if", "network_id": "v", "device_owner": "network:router_interface",
+                         "device_id": "r", "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.1"}]})
+    t.put("router", "r", {"id": "r", "external_gateway_info": {"network_id": "ext"}})
+    t.put("port", "gw", {"id": "gw", "network_id": "ext", "device_owner": "network:router_gateway",
+                         "device_id": "r", "binding:host_id": "gw-0", "mac_address": "fa:16:3e:00:00:09",
+                         "fixed_ips": [{"subnet_id": "e", "ip_address": "203.0.113.5"}]})
+    g = goal_state(t, "gw0")
+    assert "vm" in g["port"] and "v" in g["vpc"] and "c" in g["node"]
+    assert g["router"]["r"]["gateway"]["node_id"] == "gw0"
+    assert g["router"]["r"]["gateway"]["ip_address"] == "203.0.113.5"
+    c = goal_state(t, "c")  # the compute host knows where the gateway is
+    assert c["router"]["r"]["gateway"]["node_id"] == "gw0" and "gw0" in c["node"]
+    t.put("port", "if", None)  # the interface goes: so does the VPC from the gateway node
+    assert "v" not in goal_state(t, "gw0")["vpc"]

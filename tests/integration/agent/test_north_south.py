@@ -1,0 +1,220 @@
+"""North-south with real packets, from the API to the outside: a compute host, a gateway node whose
+br-ex (the physical network physnet1) holds an "external host", the controller's modules and an
+agent (stream + datapath) per host on the in-process transport.
+
+    compute (nsa): VMs  ──VXLAN──  gateway (nsg): br-int ──patch── br-ex ── external host
+                                                                           203.0.113.1 (the
+                                                                           external subnet's
+                                                                           gateway, the "outside")
+
+Two tenants with the same CIDR (10.0.0.0/24) behind two routers with gateways on physnet1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from alcor.agent.datapath import Datapath
+from alcor.agent.stream import AgentStream
+from alcor.controller import controller_modules
+from alcor.roles import southbound_modules
+from alcor.southbound import SouthboundModule
+from alcor.transport import Address
+from tests.conftest import require
+from tests.support.controller import Client, config_for_test, serving
+from tests.support.ovs import Netns, have_ovs, is_root, unique
+from tests.support.topology import Host, Vm, join_underlay
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
+
+OUTSIDE = "203.0.113.1"
+OUTSIDE_MAC = "02:00:00:cb:00:01"
+
+
+@dataclasses.dataclass
+class Cloud:
+    api: Client
+    compute: Host
+    gw: Host
+    outside: Vm
+    nodes: dict[str, dict[str, Any]]
+    streams: dict[str, AgentStream]
+    ext: dict[str, Any]
+    tenants: list[dict[str, Any]]  # {"router", "vm", "port"}
+
+
+async def _agent(sb: SouthboundModule, host: Host, node: dict[str, Any], mappings=()) -> AgentStream:
+    cfg = dataclasses.replace(host.config(), node_id=node["node_id"], bridge_mappings=mappings)
+    host.agent = dp = Datapath(cfg)
+    await dp.start()
+    await dp.wait_connected(10)
+    addr = Address(node["mq_url"], node["mq_vhost"], node["mq_exchange"], node["mq_queue"])
+    stream = AgentStream(sb.transport, node["node_id"], addr, addr.with_queue("alcor.controller"),
+                         apply=dp.apply, resync_interval=0.5, status_delay=0.01,
+                         status_quiet=0.1, report_interval=0.5)
+    dp.on_status = stream.datapath_status
+    await stream.start()
+    return stream
+
+
+def _outside_host(gw: Host) -> Vm:
+    """A namespace on the gateway node's br-ex: the physical network's upstream router."""
+    gw.ovs.vsctl("--may-exist", "add-br", "br-ex", "--", "set", "bridge", "br-ex",
+                 "datapath_type=netdev")
+    ns = Netns(unique("ext"))
+    gw.netns.exec("ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext-peer")
+    gw.netns.exec("ip", "link", "set", "ext-peer", "netns", ns.name)
+    gw.netns.exec("ip", "link", "set", "ext0", "up")
+    ns.exec("ip", "link", "set", "ext-peer", "name", "eth0")
+    ns.exec("ip", "link", "set", "eth0", "address", OUTSIDE_MAC, "up")
+    ns.exec("ip", "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
+    ns.exec("ethtool", "-K", "eth0", "tx", "off")
+    gw.ovs.vsctl("add-port", "br-ex", "ext0")
+    return Vm("outside", ns, OUTSIDE, OUTSIDE_MAC)
+
+
+async def status(api: Client, pid: str) -> str:
+    return str((await api.get(f"/v2.0/ports/{pid}")).body["port"]["status"])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud]:
+    require(is_root(), "needs root (network namespaces, Open vSwitch)")
+    require(have_ovs(), "needs openvswitch-switch installed")
+    root = tmp_path_factory.mktemp("ns")
+    hosts: list[Host] = []
+    outside: Vm | None = None
+    streams: dict[str, AgentStream] = {}
+    try:
+        compute = Host.start(root / "a", "nsa", "172.31.253.1", of_port=6741)
+        hosts.append(compute)
+        gw = Host.start(root / "g", "nsg", "172.31.253.2", of_port=6742)
+        hosts.append(gw)
+        join_underlay(compute, gw)
+        outside = _outside_host(gw)
+        cfg = config_for_test(root, gateway={"agent_down_time": 3.0, "check_interval": 0.2})
+        mods = [*controller_modules(cfg), *southbound_modules("controller", cfg)]
+        async with serving(cfg, mods) as (kernel, api):
+            sb = kernel.get(SouthboundModule)
+            nodes = {
+                "nsa": await api.create("node", "/v2.0/alcor/nodes", node_name="nsa",
+                                        local_ip=compute.underlay_ip),
+                "nsg": await api.create("node", "/v2.0/alcor/nodes", node_name="nsg",
+                                        local_ip=gw.underlay_ip,
+                                        bridge_mappings={"physnet1": "br-ex"}),
+            }
+            streams["nsa"] = await _agent(sb, compute, nodes["nsa"])
+            streams["nsg"] = await _agent(sb, gw, nodes["nsg"], (("physnet1", "br-ex"),))
+            ext = await api.create("network", "/v2.0/networks", name="public", **{
+                "router:external": True, "provider:network_type": "flat",
+                "provider:physical_network": "physnet1"})
+            await api.create("subnet", "/v2.0/subnets", network_id=ext["id"],
+                             cidr="203.0.113.0/24", gateway_ip=OUTSIDE, ip_version=4,
+                             enable_dhcp=False)
+            tenants = []
+            for n, project in enumerate(("tenant-a", "tenant-b")):
+                t = api.as_project(project)
+                net = await t.create("network", "/v2.0/networks")
+                sub = await t.create("subnet", "/v2.0/subnets", network_id=net["id"],
+                                     cidr="10.0.0.0/24", ip_version=4)
+                router = await t.create("router", "/v2.0/routers",
+                                        external_gateway_info={"network_id": ext["id"]})
+                r = await t.put(f"/v2.0/routers/{router['id']}/add_router_interface",
+                                {"subnet_id": sub["id"]})
+                assert r.status == 200, r.body
+                port = await api.create("port", "/v2.0/ports", network_id=net["id"],
+                                        project_id=project, fixed_ips=[{"ip_address": "10.0.0.5"}],
+                                        **{"binding:host_id": "nsa"})
+                vm = await asyncio.to_thread(compute.add_vm, port["id"], "10.0.0.5/24",
+                                             port["mac_address"], "10.0.0.1")
+                router = (await api.get(f"/v2.0/routers/{router['id']}")).body["router"]
+                tenants.append({"router": router, "vm": vm, "port": port, "n": n})
+            gw_ports = [(await api.get(f"/v2.0/ports?device_id={t['router']['id']}"
+                                       "&device_owner=network:router_gateway")).body["ports"][0]
+                        for t in tenants]
+            for p in [*(t["port"] for t in tenants), *gw_ports]:
+                await eventually(lambda p=p: _is(api, p["id"], "ACTIVE"), 20,
+                                 f"port {p['id']} ({p['device_owner']}) not ACTIVE")
+            assert {p["binding:host_id"] for p in
+                    [(await api.get(f"/v2.0/ports/{g['id']}")).body["port"] for g in gw_ports]} == {"nsg"}
+            yield Cloud(api, compute, gw, outside, nodes, streams, ext, tenants)
+            for s in streams.values():
+                await s.stop()
+    finally:
+        if outside is not None:
+            outside.netns.delete()
+        for h in hosts:
+            await h.close()
+
+
+async def _is(api: Client, pid: str, want: str) -> bool:
+    return await status(api, pid) == want
+
+
+def gateway_ip(t: dict[str, Any]) -> str:
+    return str(t["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
+
+
+def sources(frames: list[bytes], proto: int) -> set[str]:
+    """IPv4 source addresses of the frames of `proto` (1 ICMP, 6 TCP)."""
+    out = set()
+    for f in frames:
+        if len(f) >= 34 and f[12:14] == b"\x08\x00" and f[23] == proto:
+            out.add(str(ipaddress.IPv4Address(f[26:30])))
+    return out
+
+
+async def test_vms_reach_the_outside_from_their_routers_gateway_ip(cloud: Cloud) -> None:
+    a, b = cloud.tenants
+    for t in (a, b):  # the first packets wait for the gateway node to ARP its next hop
+        await eventually(lambda t=t: asyncio.to_thread(t["vm"].ping, OUTSIDE, 1, 0.2, 1), 15,
+                         f"{t['router']['id']}: no ping to the outside")
+    with cloud.outside.sniffing() as frames:
+        for t in (a, b):
+            assert await asyncio.to_thread(t["vm"].ping, OUTSIDE, 2)
+    # Same CIDR, same VM address behind two routers: the outside sees each router's gateway IP.
+    assert sources(frames, 1) == {gateway_ip(a), gateway_ip(b)}
+    with cloud.outside.server("tcp", 8080), cloud.outside.sniffing() as frames:
+        for t in (a, b):
+            assert await asyncio.to_thread(t["vm"].tcp_ok, OUTSIDE, 8080)
+    assert sources(frames, 6) == {gateway_ip(a), gateway_ip(b)}
+    # The gateway IP answers ARP and ping on the external network.
+    for t in (a, b):
+        assert await asyncio.to_thread(cloud.outside.arping, gateway_ip(t)) == (
+            await cloud.api.get(f"/v2.0/ports?device_id={t['router']['id']}"
+                                "&device_owner=network:router_gateway")).body["ports"][0]["mac_address"]
+        assert await asyncio.to_thread(cloud.outside.ping, gateway_ip(t), 1)
+
+
+async def test_nothing_from_the_outside_reaches_a_vm_through_snat(cloud: Cloud) -> None:
+    a = cloud.tenants[0]
+    with a["vm"].server("tcp", 22):
+        # the gateway IP is not a way in: no connection was made from inside
+        assert not await asyncio.to_thread(cloud.outside.tcp_ok, gateway_ip(a), 22)
+
+
+async def test_without_snat_nothing_leaves(cloud: Cloud) -> None:
+    a = cloud.tenants[0]
+    rid = a["router"]["id"]
+    info = {"network_id": cloud.ext["id"], "enable_snat": False,
+            "external_fixed_ips": a["router"]["external_gateway_info"]["external_fixed_ips"]}
+    r = await cloud.api.put(f"/v2.0/routers/{rid}", {"router": {"external_gateway_info": info}})
+    assert r.status == 200, r.body
+    try:
+        await eventually(lambda: _gone(a["vm"]), 10, "SNAT still on")
+    finally:
+        info["enable_snat"] = True
+        await cloud.api.put(f"/v2.0/routers/{rid}", {"router": {"external_gateway_info": info}})
+    await eventually(lambda: asyncio.to_thread(a["vm"].ping, OUTSIDE, 1, 0.2, 1), 15, "SNAT not back")
+
+
+async def _gone(vm: Vm) -> bool:
+    return not await asyncio.to_thread(vm.ping, OUTSIDE, 1, 0.2, 1)
