@@ -45,6 +45,9 @@ EXTENSIONS = [
     ("agent", "agent", "The agent management extension: one agent per node, an L3 agent per gateway "
      "node, alive from their reports (read-only: agents follow their nodes)."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
+    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode",
+     "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("extra_dhcp_opt", "Neutron Extra DHCP options",
      "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
@@ -59,8 +62,8 @@ EXTENSIONS = [
     ("revision-if-match", "If-Match constraints based on revision_number",
      "Extension indicating that If-Match based on revision_number is supported."),
     # Routing between the subnets a router joins, distributed on every host; a router's gateway
-    # port is placed on a gateway node, but no SNAT and no floating IPs are carried yet.
-    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host); external gateway ports are placed on gateway nodes; SNAT and floating IPs are not supported."),
+    # on a gateway node, with SNAT there; no floating IPs yet.
+    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host), and an external gateway with SNAT (IPv4) on a gateway node; floating IPs are not supported."),
     ("security-group", "security-group", "The security groups extension."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),

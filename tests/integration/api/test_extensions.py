@@ -19,6 +19,7 @@ TWO_HOSTS = "tests/integration/agent/test_two_hosts.py"
 L3 = "tests/integration/agent/test_l3_two_hosts.py"
 PORTSEC = "tests/integration/agent/test_port_security.py"
 SG = "tests/integration/agent/test_security_groups.py"
+NS = "tests/integration/agent/test_north_south.py"
 
 # alias -> tests that show it honoured (API behaviour, and packets where it reaches the datapath)
 EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -61,6 +62,7 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     "router": (
         f"{API}/test_routers.py::test_interface_by_subnet_and_port",
         f"{API}/test_routers.py::test_external_gateway_only_on_an_external_network",
+        f"{NS}::test_vms_reach_the_outside_from_their_routers_gateway_ip",
         f"{TWO_HOSTS}::test_cross_subnet_ping_through_the_distributed_router",
         f"{L3}::test_ping6_to_the_gateway_from_either_host",
         f"{L3}::test_ping6_between_subnets_across_hosts_decrements_the_hop_limit",
@@ -104,6 +106,14 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{SG}::test_stateless_groups_track_nothing_and_replies_need_rules",
         f"{SG}::test_replies_of_the_vms_own_tcp_and_udp_pass_nothing_else_does",
     ),
+    "external-net": (
+        f"{API}/test_north_south.py::test_external_networks_are_visible_to_every_project_read_only",
+        f"{NS}::test_vms_reach_the_outside_from_their_routers_gateway_ip",
+    ),
+    "ext-gw-mode": (
+        f"{API}/test_north_south.py::test_router_gateway_port_on_the_external_network",
+        f"{NS}::test_without_snat_nothing_leaves",
+    ),
     "agent": (
         f"{API}/test_north_south.py::test_agents_from_the_node_records",
         "tests/integration/southbound/test_gateways.py::"
@@ -130,8 +140,6 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
 
 # Never listed until built: what Neutron clients probe for and this cloud does not do.
 NOT_HONOURED = {
-    "external-net",  # no host connects a network to the outside yet
-    "ext-gw-mode",
     "l3-ha",
     "dvr",
     "floatingip",
