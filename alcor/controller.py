@@ -11,6 +11,7 @@ from alcor.api.app import HttpModule
 from alcor.config import Config
 from alcor.db.backends import StoreModule
 from alcor.ops import OpsModule
+from alcor.resources.floatingips import FloatingIps
 from alcor.resources.networks import NetworkConfig, Networks
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
@@ -32,6 +33,7 @@ PATHS = {
     "security_groups": "/v2.0/security-groups",
     "security_group_rules": "/v2.0/security-group-rules",
     "nodes": "/v2.0/alcor/nodes",
+    "floatingips": "/v2.0/floatingips",
 }
 
 
@@ -44,6 +46,7 @@ def controller_modules(config: Config) -> list[Module]:
         Nodes(config.get(MqConfig)),
         Ports(),
         Routers(),
+        FloatingIps(),
     ]
     quotas = Quotas(config.get(QuotaConfig))
     ops = OpsModule(config, "controller", PATHS)

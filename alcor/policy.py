@@ -141,6 +141,14 @@ SECURITY_GROUP = [
     ("delete_security_group_rule", "rule:context_is_admin or (role:member and rule:sg_owner)", ""),
 ]
 
+FLOATINGIP = [
+    ("create_floatingip", "rule:admin_or_project_member", "Create a floating IP"),
+    ("create_floatingip:floating_ip_address", "rule:admin_only", ""),
+    ("get_floatingip", "rule:admin_or_project_reader", "See a floating IP"),
+    ("update_floatingip", "rule:admin_or_project_member", "Associate or disassociate it"),
+    ("delete_floatingip", "rule:admin_or_project_member", "Delete a floating IP"),
+]
+
 ALCOR = [
     ("create_node", "rule:admin_only", "Register a compute host"),
     ("get_node", "rule:admin_only", ""),
@@ -181,7 +189,8 @@ TAGS = _tag_rules([("network", "networks"), ("subnet", "subnets"), ("port", "por
                    ("router", "routers"), ("security_group", "security_groups")],
                   [*NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP])
 
-RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP, *TAGS,
+RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *PORT, *ROUTER, *FLOATINGIP, *SECURITY_GROUP,
+                                     *TAGS,
                                      *ALCOR]
 MEMO_MAX = 50_000
 

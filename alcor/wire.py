@@ -49,7 +49,9 @@ def vpc_key(vpc_id: str) -> str:
     return "alcor.vpc." + vpc_id
 
 # Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
-WIRE_TYPES = ("node", "vpc", "subnet", "router", "security_group", "gateway", "port")
+WIRE_TYPES = (
+    "node", "vpc", "subnet", "router", "security_group", "gateway", "floating_ip", "port",
+)  # fmt: skip
 
 Body = Mapping[str, Any]
 

@@ -149,6 +149,7 @@ class FlowCompiler:
             goal.get("router") or {},
             goal.get("node") or {},
             goal.get("gateway") or {},
+            goal.get("floating_ip") or {},
         )
         ports: Mapping[str, Body] = goal.get("port") or {}
         if self._ctx is None or not _same_inputs(self._ctx_inputs, ctx_inputs):
@@ -272,7 +273,8 @@ class FlowCompiler:
             flows = gateway.host_flows(rid, gw, joined, ctx.me, ctx.node_ip, ctx.tun_ofport)
             if zone is not None:
                 ext = gateway.external(goal, gw, ofports, self.bridge_mappings, self._neighbours)
-                flows += gateway.node_flows(rid, gw, joined, ext, zone)
+                fips = gateway.floating_ips(goal, rid)
+                flows += gateway.node_flows(rid, gw, joined, ext, zone, fips)
                 self.gateway_ports[gw.port_id] = ext.problem
             self._set_group(("nat", rid), flows, touched)
 

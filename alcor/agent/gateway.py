@@ -254,8 +254,33 @@ def _echo_reply(mac: str, ip: str) -> tuple[Action, ...]:
     )
 
 
-def node_flows(rid: str, gw: Gateway, joined: Iterable[Any], ext: External, zone: int) -> list[Flow]:
-    """The gateway node's SNAT and un-NAT for one router (none while `ext.problem` says why)."""
+def floating_ips(goal: Mapping[str, Any], router_id: str) -> list[tuple[str, str]]:
+    """(floating IP, fixed IP) of the router's associated floating IPs, sorted."""
+    out = []
+    for f in (goal.get("floating_ip") or {}).values():
+        if (f or {}).get("router_id") != router_id:
+            continue
+        try:
+            fip = str(ipaddress.IPv4Address(str(f.get("floating_ip_address"))))
+            fixed = str(ipaddress.IPv4Address(str(f.get("fixed_ip_address"))))
+        except ValueError:
+            continue
+        out.append((fip, fixed))
+    return sorted(out)
+
+
+def node_flows(
+    rid: str,
+    gw: Gateway,
+    joined: Iterable[Any],
+    ext: External,
+    zone: int,
+    fips: Iterable[tuple[str, str]] = (),
+) -> list[Flow]:
+    """The gateway node's SNAT and un-NAT for one router (none while `ext.problem` says why),
+    and its floating IPs' 1:1 NAT: a floating IP answers ARP with the gateway's MAC; what comes
+    in for it is DNATed to the fixed IP (then routed in like the replies of SNAT); what its fixed
+    IP sends out is SNATed to it, whatever `enable_snat` says."""
     if ext.problem or ext.ofport is None or gw.ip is None or gw.mac is None:
         return []
     c = cookie_for("nat", rid)
@@ -303,6 +328,43 @@ def node_flows(rid: str, gw: Gateway, joined: Iterable[Any], ext: External, zone
             cookie=c,
         ),
     ]
+    joined = list(joined)
+    for fip, fixed in fips:
+        flows += [
+            Flow(
+                T_EXT_IN,
+                P_HOST,
+                match(in_port=x, eth_type=ETH_ARP, arp_op=1, arp_tpa=fip),
+                _arp_reply(gw.mac, fip),
+                cookie=c,
+            ),
+            Flow(
+                T_EXT_IN,
+                P_HOST,
+                match(in_port=x, eth_type=ETH_IP, ipv4_dst=fip),
+                write_metadata=(rtag, METADATA_MASK),
+                goto_table=T_EXT_CT,
+                cookie=c,
+            ),
+            Flow(
+                T_EXT_CT,
+                P_HOST + 1,
+                match(metadata=rtag, eth_type=ETH_IP, ipv4_dst=fip),
+                (SetField(REG_ZONE, zone), Ct(commit=True, table=T_L3, nat=("dst", fixed))),
+                cookie=c,
+            ),
+        ]
+        addr = ipaddress.IPv4Address(fixed)
+        for a in joined:
+            if a.net.version == 4 and a.gateway_mac and addr in a.net:
+                m = match(metadata=a.vni, eth_type=ETH_IP, eth_dst=gw.mac, ipv4_src=fixed)
+                out_fip: tuple[Action, ...] = (
+                    DecTtl(),
+                    SetField(REG_ZONE, zone),
+                    SetField(REG_ROUTER, zone),
+                    Ct(commit=True, table=T_SNAT_OUT, nat=("src", fip)),
+                )
+                flows.append(Flow(T_SNAT, P_HOST + 1, m, out_fip, cookie=c))
     for a in joined:
         if a.net.version != 4 or not a.gateway_mac:
             continue

@@ -61,9 +61,10 @@ EXTENSIONS = [
     ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
     ("revision-if-match", "If-Match constraints based on revision_number",
      "Extension indicating that If-Match based on revision_number is supported."),
-    # Routing between the subnets a router joins, distributed on every host; a router's gateway
-    # on a gateway node, with SNAT there; no floating IPs yet.
-    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host), and an external gateway with SNAT (IPv4) on a gateway node; floating IPs are not supported."),
+    # Routing between the subnets a router joins, distributed on every host; a router's gateway,
+    # SNAT and floating IPs on a gateway node.
+    ("router", "Neutron L3 Router", "Router abstraction for L3 forwarding between the subnets a router joins, IPv4 and IPv6 (distributed on every host), and an external gateway with SNAT and floating IPs (IPv4, 1:1 NAT) on a gateway node."),
+    ("fip-port-details", "Floating IP Port Details Extension", "Add port_details attribute to Floating IP resource"),
     ("security-group", "security-group", "The security groups extension."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),

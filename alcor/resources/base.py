@@ -24,6 +24,7 @@ from alcor.resources.schema import Resource, check_create, check_update, tenant_
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
+    from alcor.resources.floatingips import FloatingIps
     from alcor.resources.networks import Networks
     from alcor.resources.nodes import Nodes
     from alcor.resources.ports import Ports
@@ -82,6 +83,7 @@ class Peers:
     nodes: _Peer[Nodes] = _Peer("Nodes")
     security_groups: _Peer[SecurityGroups] = _Peer("SecurityGroups")
     security_group_rules: _Peer[SecurityGroupRules] = _Peer("SecurityGroupRules")
+    floatingips: _Peer[FloatingIps] = _Peer("FloatingIps")
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel

@@ -40,7 +40,7 @@ from alcor.resources.schema import (
     uuid_str,
 )
 from alcor.resources.subnets import network_target
-from alcor.wire import ROUTER_INTERFACE
+from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE
 
 # binding:vif_details port_filter: the host's datapath applies the port's security groups (the
 # agent's flows, alcor/agent/secgroups.py), so Nova and os-vif need not (no hybrid plug).
@@ -469,9 +469,12 @@ class Ports(Manager):
     # Delete ------------------------------------------------------------------------------------
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
-        if current["device_owner"] == ROUTER_INTERFACE:
+        owner = current["device_owner"]
+        if owner in (ROUTER_INTERFACE, ROUTER_GATEWAY, "network:floatingip"):
             raise Conflict(f"Port {current['id']} cannot be deleted directly via the port API: has "
-                           f"device owner {ROUTER_INTERFACE}.", type="ServicePortInUse")
+                           f"device owner {owner}.", type="ServicePortInUse")
+        if self.kernel.has_named("floatingips"):
+            await self.peers.floatingips.port_deleted(tx, current["id"])
         await self.drop(tx, current)
 
     async def drop(self, tx: Tx, body: dict[str, Any]) -> None:

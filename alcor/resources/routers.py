@@ -156,6 +156,12 @@ class Routers(Manager):
         if "external_gateway_info" in changes:
             old = await self._ports(tx, current["id"], ROUTER_GATEWAY)
             info = changes["external_gateway_info"]
+            if old and (info is None or info["network_id"] != old[0]["network_id"]) \
+                    and await self._floating_ips(tx, current["id"]):
+                raise Conflict(f"Gateway cannot be updated for router {current['id']}, since a "
+                               f"gateway to external network {old[0]['network_id']} is required "
+                               f"by one or more floating IPs.",
+                               type="RouterExternalGatewayInUseByFloatingIp")
             if old and info is not None and _same_port(old[0], info):
                 # Only enable_snat changes: the gateway port (its address, its placement) stays,
                 # as in Neutron.
@@ -185,6 +191,11 @@ class Routers(Manager):
         for gw in await self._ports(tx, current["id"], ROUTER_GATEWAY):
             await self.peers.ports.drop(tx, gw)
         await self.remove(tx, current)
+
+    async def _floating_ips(self, tx: Tx, router_id: str) -> list[dict[str, Any]]:
+        if not self.kernel.has_named("floatingips"):
+            return []
+        return await self.peers.floatingips.on_router(tx, router_id)
 
     async def subnet_attached(self, tx: Tx, subnet_id: str) -> bool:
         row = await tx.fetchone(
@@ -282,6 +293,14 @@ class Routers(Manager):
                     raise NotFound(f"Router {router_id} has no interface on subnet {info['subnet_id']}",
                                    type="RouterInterfaceNotFoundForSubnet")
             port = found[0]
+            sids = {f["subnet_id"] for f in port["fixed_ips"]}
+            for fip in await self._floating_ips(tx, router_id):
+                fixed = await ports.fetch(fip["port_id"], tx) if fip.get("port_id") else None
+                if fixed and any(f["subnet_id"] in sids for f in fixed["fixed_ips"]
+                                 if f["ip_address"] == fip["fixed_ip_address"]):
+                    raise Conflict(f"Router interface for subnet {sorted(sids)[0]} on router "
+                                   f"{router_id} cannot be deleted, as it is required by one or "
+                                   f"more floating IPs.", type="RouterInterfaceInUseByFloatingIP")
             remaining = [p for p in existing if p["id"] != port["id"]]
             try:
                 self._check_routes(router["routes"], remaining)

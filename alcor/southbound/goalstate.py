@@ -39,6 +39,7 @@ WIRE_TYPE = {
     "router": "router",
     "security_group": "security_group",
     "gateway": "gateway",
+    "floatingip": "floating_ip",
     "port": "port",
 }
 SOURCE_TYPE = {w: s for s, w in WIRE_TYPE.items()}
@@ -129,6 +130,7 @@ class Topology:
         # ... and the external networks they are on: every member there holds the router
         self.router_gw_vpcs: dict[str, dict[str, int]] = {}
         self.vpc_gw_routers: dict[str, dict[str, int]] = {}
+        self.fips_by_router: dict[str, set[str]] = {}  # associated floating IPs
         self._links: dict[str, _PortLinks] = {}
         # Port wire bodies (with their JSON and digest share, computed on first use) by (port id,
         # local?), valid while the Neutron body is the same object and binds to the same node:
@@ -161,6 +163,13 @@ class Topology:
                 self.nodes_by_name.setdefault(_host(body), set()).add(id)
             for p in rebound:
                 self._link_port(p, self.res["port"][p])
+        elif type == "floatingip":
+            old = self.res[type].get(id)
+            if old is not None and old.get("router_id"):
+                _discard(self.fips_by_router, str(old["router_id"]), id)
+            self._store(type, id, body)
+            if body is not None and _associated(body):
+                self.fips_by_router.setdefault(str(body["router_id"]), set()).add(id)
         elif type in ("subnet", "gateway"):
             index = self.subnets_by_vpc if type == "subnet" else self.gateways_by_vpc
             field = "network_id" if type == "subnet" else "vpc_id"
@@ -318,6 +327,20 @@ class Topology:
         pid = min(ids)
         return pid, self.res["port"][pid]
 
+    def gateway_nodes(self, router_id: str) -> set[str]:
+        """The nodes hosting the router's gateway port."""
+        return {n for g in self.gateways_by_router.get(router_id, ()) if (n := self.port_node(g))}
+
+    def routers_gatewayed_on(self, node: str) -> set[str]:
+        body = self.res["node"].get(node)
+        name = _host(body)
+        out = set()
+        for p in self.ports_by_host.get(name, ()) if name else ():
+            links = self._links.get(p)
+            if links is not None and links.gateway_of and links.node == node:
+                out.add(links.gateway_of)
+        return out
+
     def router_held_in(self, router_id: str) -> Iterator[str]:
         """The VPCs whose members hold the router: those it has interfaces in, and the external
         networks of its gateway ports."""
@@ -352,6 +375,20 @@ class Topology:
         for type, id, body in rows:
             if type in self.res:
                 self.put(type, id, slim_port(body) if type == "port" else body)
+
+
+def _associated(b: Body) -> bool:
+    return bool(b.get("router_id") and b.get("port_id") and b.get("fixed_ip_address"))
+
+
+def floating_ip_body(id: str, b: Body) -> Body:
+    return {
+        "id": id,
+        "router_id": b.get("router_id"),
+        "floating_ip_address": b.get("floating_ip_address"),
+        "fixed_ip_address": b.get("fixed_ip_address"),
+        "port_id": b.get("port_id"),
+    }
 
 
 def _discard(index: dict[str, set[str]], a: str, b: str) -> None:
@@ -579,6 +616,11 @@ def info(t: Topology, key: Key) -> Info:
     if wtype == "security_group":
         aud_sg = frozenset(t.sg_nodes.get(id, ()))
         return Info(security_group_body(id, src), None, None, aud_sg, rn)
+    if wtype == "floating_ip":
+        if not _associated(src):
+            return Info(None, None, None, frozenset(), rn)
+        aud_fip = frozenset(t.gateway_nodes(str(src["router_id"])))
+        return Info(floating_ip_body(id, src), None, None, aud_fip, rn)
     raise ValueError(f"unknown wire type {wtype!r}")
 
 
@@ -613,6 +655,9 @@ def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
     if wtype == "node":
         ok = id == node or any(v in vpcs for v in t.vpcs_of.get(id, ()))
         return (node_body(id, src) if ok else None), rn
+    if wtype == "floating_ip":
+        ok = _associated(src) and node in t.gateway_nodes(str(src["router_id"]))
+        return (floating_ip_body(id, src) if ok else None), rn
     raise ValueError(f"unknown wire type {wtype!r}")
 
 
@@ -626,6 +671,8 @@ def goal_keys(t: Topology, node: str) -> set[Key]:
     if node in t.res["node"]:
         keys.add(("node", node))
     keys.update(("security_group", g) for g in t.sgs_of.get(node, ()))
+    for r in t.routers_gatewayed_on(node):
+        keys.update(("floating_ip", f) for f in t.fips_by_router.get(r, ()))
     return keys
 
 

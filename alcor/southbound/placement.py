@@ -63,12 +63,12 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
         for b in (body, other):
             name = str(b.get("node_name") or "") if b else ""
             keys.update(("port", p) for p in t.ports_by_host.get(name, ()))
-            # a gateway port's node is in its router's body
-            keys.update(
-                ("router", str(t.res["port"][p].get("device_id")))
-                for p in t.ports_by_host.get(name, ())
-                if t.res["port"][p].get("device_owner") == ROUTER_GATEWAY
-            )
+            # a gateway port's node is in its router's body, and holds its floating IPs
+            for p in t.ports_by_host.get(name, ()):
+                if t.res["port"][p].get("device_owner") == ROUTER_GATEWAY:
+                    rid = str(t.res["port"][p].get("device_id"))
+                    keys.add(("router", rid))
+                    keys.update(("floating_ip", f) for f in t.fips_by_router.get(rid, ()))
             # Names should be unique, but if two nodes claim one, its ports move between them.
             owner = t.node_named(name)
             if owner:
@@ -92,7 +92,9 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
                 if gw_node:
                     movers.add(gw_node)
         elif body.get("device_owner") == ROUTER_GATEWAY:
-            keys.add(("router", str(body.get("device_id"))))
+            rid = str(body.get("device_id"))
+            keys.add(("router", rid))
+            keys.update(("floating_ip", f) for f in t.fips_by_router.get(rid, ()))
     elif type == "gateway":
         keys.add(("vpc", str(body.get("vpc_id"))))
     return keys, movers

@@ -34,6 +34,8 @@ KINDS = (
     "router_iface_delete",
     "router_routes",
     "router_gateway",
+    "floatingip",
+    "floatingip_delete",
     "sg",
     "sg_rules",
     "network_delete",
@@ -45,7 +47,8 @@ class World:
         self.uuids = uuids  # real UUIDs (benchmarks: realistic message sizes and compression)
         self.rev = 0
         self.res: dict[str, dict[str, dict[str, Any]]] = {
-            t: {} for t in ("node", "network", "subnet", "port", "router", "security_group")
+            t: {}
+            for t in ("node", "network", "subnet", "port", "router", "security_group", "floatingip")
         }
         self.n = 0
         self.log: list[Change] = []
@@ -296,6 +299,29 @@ class World:
                 out.append(
                     self.add_port(s, host, [], owner="network:router_gateway", device_id=r["id"])
                 )
+        elif kind == "floatingip" and self.res["router"]:
+            # associated with a port through a router (b odd), or not; an existing one moves
+            r = self.pick("router", a)
+            p = self.pick("port", b)
+            assert r is not None
+            fips = sorted(self.res["floatingip"])
+            assoc = p is not None and b % 2
+            body = {
+                "id": fips[a % len(fips)] if fips and a % 3 == 0 else self._id("fip"),
+                "floating_ip_address": f"203.0.113.{a % 250 + 2}",
+                "router_id": r["id"] if assoc else None,
+                "port_id": p["id"] if assoc and p else None,
+                "fixed_ip_address": p["fixed_ips"][0]["ip_address"] if assoc and p else None,
+                "project_id": "proj",
+            }
+            if body["id"] in self.res["floatingip"]:
+                out.append(self.update("floatingip", self.res["floatingip"][body["id"]], **body))
+            else:
+                out.append(self.emit("floatingip", body["id"], "create", body))
+        elif kind == "floatingip_delete" and self.res["floatingip"]:
+            f = self.pick("floatingip", a)
+            assert f is not None
+            out.append(self.delete("floatingip", f["id"]))
         elif kind == "sg":
             out.append(self.add_sg())
         elif kind == "sg_rules" and self.res["security_group"]:

@@ -218,3 +218,55 @@ async def test_without_snat_nothing_leaves(cloud: Cloud) -> None:
 
 async def _gone(vm: Vm) -> bool:
     return not await asyncio.to_thread(vm.ping, OUTSIDE, 1, 0.2, 1)
+
+
+async def _open_group(api: Client, project: str) -> dict[str, Any]:
+    t = api.as_project(project)
+    g = await t.create("security_group", "/v2.0/security-groups", name="open")
+    for proto in ("icmp", "tcp"):
+        await t.create("security_group_rule", "/v2.0/security-group-rules",
+                       security_group_id=g["id"], direction="ingress", protocol=proto,
+                       remote_ip_prefix="0.0.0.0/0")
+    return g
+
+
+async def test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then(cloud: Cloud) -> None:
+    api, a = cloud.api, cloud.tenants[0]
+    t = api.as_project("tenant-a")
+    vm, port = a["vm"], a["port"]
+    group = await _open_group(api, "tenant-a")
+    assert (await t.put(f"/v2.0/ports/{port['id']}", {"port": {"security_groups": [group["id"]]}})).status == 200
+    fip = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=cloud.ext["id"],
+                         port_id=port["id"])
+    ip = fip["floating_ip_address"]
+    assert fip["router_id"] == a["router"]["id"] and fip["fixed_ip_address"] == "10.0.0.5"
+    outside = cloud.outside
+    await eventually(lambda: asyncio.to_thread(outside.ping, ip, 1, 0.2, 1), 15,
+                     "the floating IP never answered")
+    with vm.server("tcp", 22):
+        assert await asyncio.to_thread(outside.tcp_ok, ip, 22)
+    # 1:1: what the VM sends out leaves from its floating IP, not the router's gateway IP.
+    with outside.sniffing() as frames:
+        assert await asyncio.to_thread(vm.ping, OUTSIDE, 2)
+    assert sources(frames, 1) == {ip}
+    # Security groups still apply: without an ingress rule nothing comes in.
+    default = (await t.get("/v2.0/security-groups?name=default")).body["security_groups"][0]
+    await t.put(f"/v2.0/ports/{port['id']}", {"port": {"security_groups": [default["id"]]}})
+    await eventually(lambda: _unreachable(outside, ip), 10, "ingress still open without a rule")
+    with vm.server("tcp", 22):
+        assert not await asyncio.to_thread(outside.tcp_ok, ip, 22)
+    await t.put(f"/v2.0/ports/{port['id']}", {"port": {"security_groups": [group["id"]]}})
+    await eventually(lambda: asyncio.to_thread(outside.ping, ip, 1, 0.2, 1), 10, "ingress not back")
+    # Disassociated: the floating IP leads nowhere, the VM goes out through SNAT again.
+    r = await t.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}})
+    assert r.status == 200
+    await eventually(lambda: _unreachable(outside, ip), 10, "the floating IP still leads in")
+    assert await asyncio.to_thread(outside.arping, ip, 1) is None  # nobody answers for it now
+    with outside.sniffing() as frames:
+        assert await asyncio.to_thread(vm.ping, OUTSIDE, 2)
+    assert sources(frames, 1) == {gateway_ip(a)}
+    assert (await t.delete(f"/v2.0/floatingips/{fip['id']}")).status == 204
+
+
+async def _unreachable(outside: Vm, ip: str) -> bool:
+    return not await asyncio.to_thread(outside.ping, ip, 1, 0.2, 1)

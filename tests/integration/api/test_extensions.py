@@ -62,6 +62,7 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     "router": (
         f"{API}/test_routers.py::test_interface_by_subnet_and_port",
         f"{API}/test_routers.py::test_external_gateway_only_on_an_external_network",
+        f"{API}/test_floatingips.py::test_floating_ip_errors",
         f"{NS}::test_vms_reach_the_outside_from_their_routers_gateway_ip",
         f"{TWO_HOSTS}::test_cross_subnet_ping_through_the_distributed_router",
         f"{L3}::test_ping6_to_the_gateway_from_either_host",
@@ -109,10 +110,15 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     "external-net": (
         f"{API}/test_north_south.py::test_external_networks_are_visible_to_every_project_read_only",
         f"{NS}::test_vms_reach_the_outside_from_their_routers_gateway_ip",
+        f"{NS}::test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then",
     ),
     "ext-gw-mode": (
         f"{API}/test_north_south.py::test_router_gateway_port_on_the_external_network",
         f"{NS}::test_without_snat_nothing_leaves",
+    ),
+    "fip-port-details": (
+        f"{API}/test_floatingips.py::test_floating_ip_lifecycle_as_neutron_shows_it",
+        f"{NS}::test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then",
     ),
     "agent": (
         f"{API}/test_north_south.py::test_agents_from_the_node_records",
