@@ -64,6 +64,14 @@ def openstack_cli(program: Program, *args: str) -> object:
     return json.loads(out.stdout) if out.stdout.strip() else None
 
 
+def openstack_do(program: Program, *args: str) -> None:
+    """A command that prints nothing (no -f json)."""
+    exe = Path(sys.executable).parent / "openstack"
+    env = {**os.environ, "OS_AUTH_TYPE": "none", "OS_ENDPOINT": program.url + "/"}
+    out = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
 def test_openstack_cli(program):
     net = openstack_cli(program, "network", "create", "cli-net")
     assert net["provider:network_type"] == "vxlan" or net.get("provider_network_type") == "vxlan"
@@ -89,3 +97,43 @@ def test_config_error_is_one_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0, out.stderr
     assert "api.port" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_north_south_with_the_openstack_cli_and_openstacksdk(program):
+    """An external flat network, a router's gateway and a floating IP, as an operator and a
+    tenant make them with the `openstack` CLI; then the same with openstacksdk."""
+    ext = openstack_cli(program, "network", "create", "public", "--external",
+                        "--provider-network-type", "flat", "--provider-physical-network", "physnet1")
+    assert ext["router:external"] is True or ext.get("is_router_external") is True
+    openstack_cli(program, "subnet", "create", "public-v4", "--network", "public",
+                  "--subnet-range", "203.0.113.0/24", "--no-dhcp")
+    openstack_cli(program, "network", "create", "ns-net")
+    openstack_cli(program, "subnet", "create", "ns-sub", "--network", "ns-net",
+                  "--subnet-range", "10.30.0.0/24")
+    openstack_cli(program, "router", "create", "ns-router")
+    openstack_do(program, "router", "add", "subnet", "ns-router", "ns-sub")
+    openstack_do(program, "router", "set", "--external-gateway", "public", "ns-router")
+    port = openstack_cli(program, "port", "create", "--network", "ns-net", "ns-port")
+    fip = openstack_cli(program, "floating", "ip", "create", "public")
+    address = fip["floating_ip_address"]
+    assert address.startswith("203.0.113.")
+    openstack_do(program, "floating", "ip", "set", "--port", "ns-port", address)
+    shown = openstack_cli(program, "floating", "ip", "show", address)
+    assert shown["port_id"] == port["id"] and shown["fixed_ip_address"].startswith("10.30.0.")
+    assert shown["router_id"]
+
+    conn = openstack.connection.Connection(auth_type="none", network_endpoint_override=program.url + "/")
+    net = conn.network.find_network("public")
+    assert net.is_router_external and net.provider_network_type == "flat"
+    assert net.provider_physical_network == "physnet1"
+    router = conn.network.find_router("ns-router")
+    assert router.external_gateway_info["network_id"] == net.id
+    ip = conn.network.find_ip(address)
+    assert ip.port_id == port["id"] and ip.router_id == router.id
+    conn.network.update_ip(ip, port_id=None)
+    assert conn.network.get_ip(ip.id).port_id is None
+    second = conn.network.create_ip(floating_network_id=net.id, port_id=port["id"])
+    assert second.fixed_ip_address == shown["fixed_ip_address"]
+    assert list(conn.network.agents()) == []  # no node registered in the controller role
+    conn.network.delete_ip(second)
+    conn.network.delete_ip(ip)
