@@ -1,13 +1,14 @@
-"""North-south with real packets, from the API to the outside: a compute host, a gateway node whose
-br-ex (the physical network physnet1) holds an "external host", the controller's modules and an
-agent (stream + datapath) per host on the in-process transport.
+"""North-south with real packets, from the API to the outside: a compute host, two gateway nodes
+whose br-ex (the physical network physnet1) reach an "external host", the controller's modules and
+an agent (stream + datapath) per host on the in-process transport.
 
-    compute (nsa): VMs  ──VXLAN──  gateway (nsg): br-int ──patch── br-ex ── external host
-                                                                           203.0.113.1 (the
-                                                                           external subnet's
-                                                                           gateway, the "outside")
+    compute (nsa): VMs ──VXLAN──  gateway nsg1: br-int ──patch── br-ex ──┐
+                       └─VXLAN──  gateway nsg2: br-int ──patch── br-ex ──┴── external host
+                                                            203.0.113.1 (the external subnet's
+                                                            gateway: the "outside")
 
-Two tenants with the same CIDR (10.0.0.0/24) behind two routers with gateways on physnet1.
+Two tenants with the same CIDR (10.0.0.0/24) behind two routers with gateways on physnet1. The last
+test kills a gateway node (its agent and its Open vSwitch) and measures the gap.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import os
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +34,7 @@ from alcor.transport import Address
 from tests.conftest import require
 from tests.support.controller import Client, config_for_test, serving
 from tests.support.ovs import Netns, have_ovs, is_root, unique
-from tests.support.topology import Host, Vm, join_underlay
+from tests.support.topology import Host, Vm, join_underlay, learn_tunnel_neighbours
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
@@ -43,7 +47,7 @@ OUTSIDE_MAC = "02:00:00:cb:00:01"
 class Cloud:
     api: Client
     compute: Host
-    gw: Host
+    gws: dict[str, Host]
     outside: Vm
     nodes: dict[str, dict[str, Any]]
     streams: dict[str, AgentStream]
@@ -65,20 +69,40 @@ async def _agent(sb: SouthboundModule, host: Host, node: dict[str, Any], mapping
     return stream
 
 
-def _outside_host(gw: Host) -> Vm:
-    """A namespace on the gateway node's br-ex: the physical network's upstream router."""
-    gw.ovs.vsctl("--may-exist", "add-br", "br-ex", "--", "set", "bridge", "br-ex",
-                 "datapath_type=netdev")
+def _outside_host(*gws: Host) -> Vm:
+    """The physical network: a Linux bridge (named eth0, so the outside host's tools find it)
+    holding the outside host's address, with a veth to each gateway node's br-ex."""
     ns = Netns(unique("ext"))
-    gw.netns.exec("ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext-peer")
-    gw.netns.exec("ip", "link", "set", "ext-peer", "netns", ns.name)
-    gw.netns.exec("ip", "link", "set", "ext0", "up")
-    ns.exec("ip", "link", "set", "ext-peer", "name", "eth0")
+    ns.exec("ip", "link", "add", "eth0", "type", "bridge")
     ns.exec("ip", "link", "set", "eth0", "address", OUTSIDE_MAC, "up")
     ns.exec("ip", "addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
     ns.exec("ethtool", "-K", "eth0", "tx", "off")
-    gw.ovs.vsctl("add-port", "br-ex", "ext0")
+    for n, gw in enumerate(gws):
+        gw.ovs.vsctl("--may-exist", "add-br", "br-ex", "--", "set", "bridge", "br-ex",
+                     "datapath_type=netdev")
+        gw.netns.exec("ip", "link", "add", "ext0", "type", "veth", "peer", "name", f"sw{n}")
+        gw.netns.exec("ip", "link", "set", f"sw{n}", "netns", ns.name)
+        gw.netns.exec("ip", "link", "set", "ext0", "up")
+        ns.exec("ip", "link", "set", f"sw{n}", "master", "eth0", "up")
+        ns.exec("ethtool", "-K", f"sw{n}", "tx", "off")  # the userspace datapath completes none
+        gw.ovs.vsctl("add-port", "br-ex", "ext0")
     return Vm("outside", ns, OUTSIDE, OUTSIDE_MAC)
+
+
+def _join_star(hub: Host, spoke: Host, n: int) -> None:
+    """One more host on the hub's underlay bridge (join_underlay made the first)."""
+    peer = unique("ul")
+    hub.netns.exec("ip", "link", "add", f"ul{n}", "type", "veth", "peer", "name", peer)
+    hub.netns.exec("ip", "link", "set", peer, "netns", spoke.netns.name)
+    spoke.netns.exec("ip", "link", "set", peer, "name", "ul0")
+    hub.netns.exec("ip", "link", "set", f"ul{n}", "mtu", "1600", "up")
+    spoke.netns.exec("ip", "link", "set", "ul0", "mtu", "1600", "up")
+    hub.ovs.vsctl("--may-exist", "add-port", "br-ul", f"ul{n}")
+    spoke.ovs.vsctl("--may-exist", "add-br", "br-ul", "--", "set", "bridge", "br-ul",
+                    "datapath_type=netdev")
+    spoke.ovs.vsctl("--may-exist", "add-port", "br-ul", "ul0")
+    spoke.configure_underlay_ip()
+    learn_tunnel_neighbours(hub, spoke)
 
 
 async def status(api: Client, pid: str) -> str:
@@ -96,10 +120,13 @@ async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud
     try:
         compute = Host.start(root / "a", "nsa", "172.31.253.1", of_port=6741)
         hosts.append(compute)
-        gw = Host.start(root / "g", "nsg", "172.31.253.2", of_port=6742)
-        hosts.append(gw)
-        join_underlay(compute, gw)
-        outside = _outside_host(gw)
+        gw1 = Host.start(root / "g1", "nsg1", "172.31.253.2", of_port=6742)
+        hosts.append(gw1)
+        gw2 = Host.start(root / "g2", "nsg2", "172.31.253.3", of_port=6743)
+        hosts.append(gw2)
+        join_underlay(compute, gw1)
+        _join_star(compute, gw2, 1)
+        outside = _outside_host(gw1, gw2)
         cfg = config_for_test(root, gateway={"agent_down_time": 3.0, "check_interval": 0.2})
         mods = [*controller_modules(cfg), *southbound_modules("controller", cfg)]
         async with serving(cfg, mods) as (kernel, api):
@@ -107,12 +134,14 @@ async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud
             nodes = {
                 "nsa": await api.create("node", "/v2.0/alcor/nodes", node_name="nsa",
                                         local_ip=compute.underlay_ip),
-                "nsg": await api.create("node", "/v2.0/alcor/nodes", node_name="nsg",
-                                        local_ip=gw.underlay_ip,
-                                        bridge_mappings={"physnet1": "br-ex"}),
             }
+            for name, gw in (("nsg1", gw1), ("nsg2", gw2)):
+                nodes[name] = await api.create("node", "/v2.0/alcor/nodes", node_name=name,
+                                               local_ip=gw.underlay_ip,
+                                               bridge_mappings={"physnet1": "br-ex"})
             streams["nsa"] = await _agent(sb, compute, nodes["nsa"])
-            streams["nsg"] = await _agent(sb, gw, nodes["nsg"], (("physnet1", "br-ex"),))
+            for name, gw in (("nsg1", gw1), ("nsg2", gw2)):
+                streams[name] = await _agent(sb, gw, nodes[name], (("physnet1", "br-ex"),))
             ext = await api.create("network", "/v2.0/networks", name="public", **{
                 "router:external": True, "provider:network_type": "flat",
                 "provider:physical_network": "physnet1"})
@@ -144,8 +173,10 @@ async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud
                 await eventually(lambda p=p: _is(api, p["id"], "ACTIVE"), 20,
                                  f"port {p['id']} ({p['device_owner']}) not ACTIVE")
             assert {p["binding:host_id"] for p in
-                    [(await api.get(f"/v2.0/ports/{g['id']}")).body["port"] for g in gw_ports]} == {"nsg"}
-            yield Cloud(api, compute, gw, outside, nodes, streams, ext, tenants)
+                    [(await api.get(f"/v2.0/ports/{g['id']}")).body["port"] for g in gw_ports]
+                    } <= {"nsg1", "nsg2"}
+            yield Cloud(api, compute, {"nsg1": gw1, "nsg2": gw2}, outside, nodes, streams, ext,
+                        tenants)
             for s in streams.values():
                 await s.stop()
     finally:
@@ -270,3 +301,61 @@ async def test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then(cl
 
 async def _unreachable(outside: Vm, ip: str) -> bool:
     return not await asyncio.to_thread(outside.ping, ip, 1, 0.2, 1)
+
+
+async def _gateway_port(api: Client, router_id: str) -> dict[str, Any]:
+    r = await api.get(f"/v2.0/ports?device_id={router_id}&device_owner=network:router_gateway")
+    return dict(r.body["ports"][0])
+
+
+def _longest_silence(ping_output: str) -> float:
+    """The longest time between two answered echoes in `ping -D` output, in seconds."""
+    stamps = [float(line.split("]")[0].lstrip("["))
+              for line in ping_output.splitlines() if line.startswith("[") and "bytes from" in line]
+    return max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=float("inf"))
+
+
+async def test_a_dead_gateway_node_moves_its_routers_and_traffic_resumes(cloud: Cloud) -> None:
+    """Last in this module: it kills a gateway node. The gap is printed (bench/north_south.py
+    measures it more often)."""
+    api, a = cloud.api, cloud.tenants[0]
+    t = api.as_project("tenant-a")
+    group = await _open_group(api, "tenant-a")
+    await t.put(f"/v2.0/ports/{a['port']['id']}", {"port": {"security_groups": [group["id"]]}})
+    fip = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=cloud.ext["id"],
+                         port_id=a["port"]["id"])
+    await eventually(lambda: asyncio.to_thread(cloud.outside.ping, fip["floating_ip_address"], 1, 0.2, 1),
+                     15, "the floating IP never answered")
+    victim = (await _gateway_port(api, a["router"]["id"]))["binding:host_id"]
+    survivor = ({"nsg1", "nsg2"} - {victim}).pop()
+    pinger = a["vm"].netns.popen("ping", "-D", "-i", "0.1", "-W", "1", OUTSIDE,
+                                 stdout=subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.0)
+        killed = time.monotonic()
+        await cloud.streams[victim].stop()  # the agent dies, and its switch with it
+        await cloud.gws[victim].stop_agent()
+        await asyncio.to_thread(cloud.gws[victim].ovs.stop_vswitchd)
+
+        async def moved() -> bool:
+            p = await _gateway_port(api, a["router"]["id"])
+            return p["binding:host_id"] == survivor and p["status"] == "ACTIVE"
+        await eventually(moved, 30, f"the gateway never moved to {survivor}", interval=0.1)
+        placed = time.monotonic() - killed
+        await eventually(lambda: asyncio.to_thread(a["vm"].ping, OUTSIDE, 1, 0.2, 1), 20,
+                         "SNAT did not resume on the survivor")
+        await asyncio.sleep(1.0)
+    finally:
+        pinger.terminate()
+        out, _ = pinger.communicate(timeout=10)
+    gap = _longest_silence(out)
+    print(f"gateway failover: moved after {placed:.2f} s, ping gap {gap:.2f} s "
+          f"(agent_down_time 3.0 s, load {os.getloadavg()[0]:.1f})")
+    assert gap < 15.0
+    # Both routers are on the survivor now, and the floating IP leads in again.
+    for tn in cloud.tenants:
+        assert (await _gateway_port(api, tn["router"]["id"]))["binding:host_id"] == survivor
+    await eventually(lambda: asyncio.to_thread(cloud.outside.ping, fip["floating_ip_address"], 1, 0.2, 1),
+                     15, "the floating IP did not come back")
+    agents = {x["host"]: x["alive"] for x in (await api.get("/v2.0/agents?agent_type=L3+agent")).body["agents"]}
+    assert agents == {victim: False, survivor: True}
