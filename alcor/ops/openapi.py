@@ -207,6 +207,14 @@ def _fixed_paths() -> dict[str, Any]:
             "parameters": [{"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}],
             "get": {"operationId": "show_extension", "tags": ["discovery"],
                     "responses": _responses("show", 200, _envelope("extension", any_obj))}},
+        "/v2.0/agents": {"get": {"operationId": "list_agents", "tags": ["agents"],
+                                 "summary": "Agents from the node records and their liveness (admin)",
+                                 "responses": _responses("list", 200, _envelope(
+                                     "agents", {"type": "array", "items": any_obj}))}},
+        "/v2.0/agents/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {"operationId": "show_agent", "tags": ["agents"],
+                    "responses": _responses("show", 200, _envelope("agent", any_obj))}},
         "/v2.0/alcor/changes": {"get": {
             "operationId": "list_changes", "tags": ["alcor"],
             "summary": "The change log after `since`; `wait` long-polls for the next rev (admin)",

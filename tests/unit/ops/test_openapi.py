@@ -7,6 +7,7 @@ from openapi_spec_validator import validate
 
 from alcor.controller import PATHS
 from alcor.ops.openapi import document
+from alcor.resources.floatingips import FLOATINGIP
 from alcor.resources.networks import NETWORK
 from alcor.resources.nodes import NODE
 from alcor.resources.ports import PORT
@@ -15,7 +16,8 @@ from alcor.resources.security_groups import RULE, SECURITY_GROUP
 from alcor.resources.subnets import SUBNET
 
 RESOURCES = {"networks": NETWORK, "subnets": SUBNET, "ports": PORT, "routers": ROUTER,
-             "security_groups": SECURITY_GROUP, "security_group_rules": RULE, "nodes": NODE}
+             "security_groups": SECURITY_GROUP, "security_group_rules": RULE, "nodes": NODE,
+             "floatingips": FLOATINGIP}
 DOC = document({PATHS[c]: r for c, r in RESOURCES.items()})
 
 
