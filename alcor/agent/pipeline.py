@@ -36,6 +36,10 @@ Pipeline (OpenFlow 1.3 tables):
                   port security off, output to it.
     31 FLOOD      the rest of a flood too long for one flow (REG_FLOOD: which part)
     40, 41 INGRESS_CT, INGRESS_RULES  the receiver's ingress rules, then output:REG_PORT
+    50-53 SNAT, SNAT_OUT, EXT_IN, EXT_CT  north-south on a router's gateway node: NAT in the
+                  router's conntrack zone, to and from the physical network's bridge
+                  (alcor/agent/gateway.py); on every host, L3 sends what leaves the router's
+                  subnets to the gateway node (priorities below every route)
 
 An IPv4 address of another subnet on the asker's router (an L3 neighbour) is answered with the
 asker's gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed
