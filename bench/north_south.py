@@ -50,6 +50,7 @@ from tests.support.northsouth import (  # noqa: E402
     north_south,
     open_group,
 )
+from tests.support.topology import learn_tunnel_neighbours  # noqa: E402
 from tests.support.wait import eventually  # noqa: E402
 
 CONNECT_LOOP = """
@@ -125,6 +126,9 @@ async def revive(cloud: Cloud, name: str) -> None:
     """Bring a killed gateway node back: its switch, then its agent (stream and datapath)."""
     host = cloud.gws[name]
     await asyncio.to_thread(host.ovs.start_vswitchd)
+    # The underlay bridge's address and the tunnel neighbours lived in the old ovs-vswitchd.
+    await asyncio.to_thread(host.configure_underlay_ip)
+    await asyncio.to_thread(learn_tunnel_neighbours, cloud.compute, host)
     node = cloud.nodes[name]
     cfg = dataclasses.replace(host.config(), node_id=node["node_id"],
                               bridge_mappings=(("physnet1", "br-ex"),))
@@ -190,7 +194,7 @@ async def main() -> None:
                       f"max {max(times) * 1000:.0f} ms, mean {statistics.mean(times) * 1000:.0f} ms"
                       f"  load {os.getloadavg()}")
             if args.snat_seconds:
-                rate, fail = snat_rate(cloud, args.snat_seconds)
+                rate, fail = await asyncio.to_thread(snat_rate, cloud, args.snat_seconds)
                 print(f"SNAT through one gateway node: {rate:.0f} new TCP connections/s "
                       f"({fail} failed) over {args.snat_seconds:g} s  load {os.getloadavg()}")
             for n in range(args.failovers):
