@@ -18,6 +18,7 @@ from alcor.resources.ports import Ports
 from alcor.resources.quotas import QuotaConfig, Quotas
 from alcor.resources.routers import Routers
 from alcor.resources.security_groups import SecurityGroupRules, SecurityGroups
+from alcor.resources.subnetpools import SubnetPools
 from alcor.resources.subnets import Subnets
 from alcor.transport import MqConfig
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 PATHS = {
     "networks": "/v2.0/networks",
     "subnets": "/v2.0/subnets",
+    "subnetpools": "/v2.0/subnetpools",
     "ports": "/v2.0/ports",
     "routers": "/v2.0/routers",
     "security_groups": "/v2.0/security-groups",
@@ -40,6 +42,7 @@ PATHS = {
 def controller_modules(config: Config) -> list[Module]:
     managers: list[Any] = [
         Networks(config.get(NetworkConfig)),
+        SubnetPools(),
         Subnets(),
         SecurityGroups(),
         SecurityGroupRules(),

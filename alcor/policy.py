@@ -87,6 +87,14 @@ SUBNET = [
     ("delete_subnet", "rule:admin_or_net_owner_member", ""),
 ]
 
+SUBNETPOOL = [
+    ("create_subnetpool", "rule:admin_or_project_member", "Create a subnet pool"),
+    ("create_subnetpool:shared", "rule:admin_only", ""),
+    ("get_subnetpool", "rule:admin_or_project_reader or rule:shared", "See a subnet pool"),
+    ("update_subnetpool", "rule:admin_or_project_member", ""),
+    ("delete_subnetpool", "rule:admin_or_project_member", ""),
+]
+
 _PORT_ATTRS = ("device_owner", "mac_address", "fixed_ips:ip_address", "fixed_ips:subnet_id",
                "port_security_enabled", "allowed_address_pairs", "binding:host_id", "binding:profile")
 _PORT_ATTR_RULE = {
@@ -186,12 +194,12 @@ def _tag_rules(resources: list[tuple[str, str]], table: list[tuple[str, str, str
 
 
 TAGS = _tag_rules([("network", "networks"), ("subnet", "subnets"), ("port", "ports"),
-                   ("router", "routers"), ("security_group", "security_groups")],
-                  [*NETWORK, *SUBNET, *PORT, *ROUTER, *SECURITY_GROUP])
+                   ("router", "routers"), ("security_group", "security_groups"),
+                   ("subnetpool", "subnetpools")],
+                  [*NETWORK, *SUBNET, *SUBNETPOOL, *PORT, *ROUTER, *SECURITY_GROUP])
 
-RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *PORT, *ROUTER, *FLOATINGIP, *SECURITY_GROUP,
-                                     *TAGS,
-                                     *ALCOR]
+RULES: list[tuple[str, str, str]] = [*BASE, *NETWORK, *SUBNET, *SUBNETPOOL, *PORT, *ROUTER,
+                                     *FLOATINGIP, *SECURITY_GROUP, *TAGS, *ALCOR]
 MEMO_MAX = 50_000
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from alcor.resources.ports import Ports
     from alcor.resources.routers import Routers
     from alcor.resources.security_groups import SecurityGroupRules, SecurityGroups
+    from alcor.resources.subnetpools import SubnetPools
     from alcor.resources.subnets import Subnets
 
 P = TypeVar("P")
@@ -78,6 +79,7 @@ class Peers:
 
     networks: _Peer[Networks] = _Peer("Networks")
     subnets: _Peer[Subnets] = _Peer("Subnets")
+    subnetpools: _Peer[SubnetPools] = _Peer("SubnetPools")
     ports: _Peer[Ports] = _Peer("Ports")
     routers: _Peer[Routers] = _Peer("Routers")
     nodes: _Peer[Nodes] = _Peer("Nodes")

@@ -20,6 +20,7 @@ from alcor.resources.schema import (
     boolean,
     cidr,
     dict_of,
+    integer,
     ip_address,
     list_of,
     nullable,
@@ -38,7 +39,9 @@ V6_MODES = nullable(one_of("slaac"))
 SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_id")).add(
     Attr("network_id", uuid_str, optional=False),
     Attr("ip_version", one_of(4, 6), optional=False, kind="integer"),
-    Attr("cidr", cidr, optional=False),
+    Attr("cidr", cidr, default=None),  # required unless a subnetpool_id gives it
+    Attr("prefixlen", integer(0, 128), default=None, kind="integer", filterable=False,
+         sortable=False),  # a request's, for a pool to allocate: never stored
     Attr("gateway_ip", nullable(ip_address), put=True),
     Attr("allocation_pools", list_of(POOL), put=True, kind="array"),
     Attr("dns_nameservers", list_of(ip_address, unique=True), default=list, put=True, kind="array"),
@@ -46,7 +49,7 @@ SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_
     Attr("enable_dhcp", boolean, default=True, put=True, kind="boolean"),
     Attr("ipv6_ra_mode", V6_MODES, default=None),
     Attr("ipv6_address_mode", V6_MODES, default=None),
-    Attr("subnetpool_id", nullable(uuid_str), post=False),
+    Attr("subnetpool_id", nullable(uuid_str), default=None),
     Attr("segment_id", nullable(uuid_str), post=False),
     Attr("service_types", list_of(string()), post=False, kind="array"),
     Attr("tags", list_of(string()), post=False, kind="array"),
@@ -100,7 +103,7 @@ MAX_HOST_ROUTES = 20
 class Subnets(Manager):
     res = SUBNET
     type = "subnet"
-    requires = ("store", "networks")
+    requires = ("store", "networks", "subnetpools")
 
     def __init__(self) -> None:
         super().__init__()
@@ -213,6 +216,17 @@ class Subnets(Manager):
     async def create(self, ctx: Context, given: dict[str, Any], tx: Tx) -> dict[str, Any]:
         networks = self.peers.networks
         network = networks.lookup(ctx, given["network_id"])
+        prefixlen = given.pop("prefixlen", None)
+        if given.get("subnetpool_id"):
+            project = given.get("project_id") or given.get("tenant_id") or ctx.project_id
+            given["cidr"] = await self.peers.subnetpools.allocate(
+                ctx, tx, given["subnetpool_id"], project, given["ip_version"], given.get("cidr"),
+                prefixlen)
+        elif given.get("cidr") is None:
+            raise BadRequest("Bad subnets request: a cidr must be specified in the absence of a "
+                             "subnet pool")
+        elif prefixlen is not None:
+            raise invalid_input("prefixlen is for allocating from a subnet pool (subnetpool_id)")
         net = ipaddress.ip_network(given["cidr"])
         if net.version != given["ip_version"]:
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
@@ -239,7 +253,7 @@ class Subnets(Manager):
         given["gateway_ip"] = None if gw is None else str(ipaddress.ip_address(gw))
         given["allocation_pools"] = ipam.pools_json(pools)
         body = self.new_body(ctx, given)
-        body.update({"subnetpool_id": None, "segment_id": None, "service_types": [], "tags": []})
+        body.update({"segment_id": None, "service_types": [], "tags": []})
         await self.insert(tx, body)
         await networks.set_subnets(tx, network["id"], [*network["subnets"], body["id"]])
         tx.after_commit(lambda: self._register(body))

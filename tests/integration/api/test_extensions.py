@@ -125,6 +125,11 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         "tests/integration/southbound/test_gateways.py::"
         "test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent",
     ),
+    "subnet_allocation": (
+        f"{API}/test_subnetpools.py::test_subnets_are_allocated_from_the_pool_without_overlap",
+        f"{API}/test_subnetpools.py::test_bounds_versions_and_bad_requests",
+        f"{API}/test_subnetpools.py::test_sharing_visibility_and_the_per_project_quota",
+    ),
     "standard-attr-tag": (
         f"{API}/test_tags.py::test_tag_api_on_every_resource",
         f"{API}/test_tags.py::test_tag_filters",
@@ -150,7 +155,6 @@ NOT_HONOURED = {
     "dvr",
     "floatingip",
     "dhcp_agent_scheduler",
-    "subnet_allocation",
     "dns-integration",
     "qos",
     "trunk",

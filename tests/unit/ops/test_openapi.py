@@ -13,9 +13,11 @@ from alcor.resources.nodes import NODE
 from alcor.resources.ports import PORT
 from alcor.resources.routers import ROUTER
 from alcor.resources.security_groups import RULE, SECURITY_GROUP
+from alcor.resources.subnetpools import SUBNETPOOL
 from alcor.resources.subnets import SUBNET
 
-RESOURCES = {"networks": NETWORK, "subnets": SUBNET, "ports": PORT, "routers": ROUTER,
+RESOURCES = {"networks": NETWORK, "subnets": SUBNET, "subnetpools": SUBNETPOOL,
+             "ports": PORT, "routers": ROUTER,
              "security_groups": SECURITY_GROUP, "security_group_rules": RULE, "nodes": NODE,
              "floatingips": FLOATINGIP}
 DOC = document({PATHS[c]: r for c, r in RESOURCES.items()})
