@@ -14,6 +14,7 @@ from alcor.ops import OpsModule
 from alcor.resources.floatingips import FloatingIps
 from alcor.resources.networks import NetworkConfig, Networks
 from alcor.resources.nodes import Nodes
+from alcor.resources.port_bindings import PortBindings
 from alcor.resources.ports import Ports
 from alcor.resources.quotas import QuotaConfig, Quotas
 from alcor.resources.routers import Routers
@@ -54,4 +55,4 @@ def controller_modules(config: Config) -> list[Module]:
     quotas = Quotas(config.get(QuotaConfig))
     ops = OpsModule(config, "controller", PATHS)
     http = HttpModule(config, [m.name for m in managers], PATHS, observe=ops.observe_request)
-    return [StoreModule(config), quotas, *managers, ops, http]
+    return [StoreModule(config), quotas, *managers, PortBindings(), ops, http]

@@ -122,6 +122,12 @@ PORT = [
     *[(f"update_port:{a}", _PORT_ATTR_RULE[a], "") for a in _PORT_ATTRS],
     ("delete_port", "rule:admin_or_project_member or rule:net_owner_member or rule:service_api",
      "Delete a port"),
+    # binding-extended: Nova's live migration (a service) and admins
+    ("create_port_binding", "rule:admin_or_service", "Add a binding for another host"),
+    ("get_port_binding", "rule:admin_or_service", ""),
+    ("update_port_binding", "rule:admin_or_service", ""),
+    ("delete_port_binding", "rule:admin_or_service", ""),
+    ("activate", "rule:admin_or_service", "Make a port's binding for a host its active one"),
 ]
 
 ROUTER = [

@@ -27,6 +27,7 @@ from alcor.policy import Policy, enforce
 from alcor.resources import query as q
 from alcor.resources.base import Manager, parse_if_match, tag, tags_body
 from alcor.resources.nodes import Nodes
+from alcor.resources.port_bindings import PortBindings
 from alcor.resources.quotas import Quotas, quota_body
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ EXTENSIONS = [
     ("ext-gw-mode", "Neutron L3 Configurable external gateway mode",
      "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("binding-extended", "Port Bindings Extended", "Expose port bindings of a virtual port to external application"),
     ("extra_dhcp_opt", "Neutron Extra DHCP options",
      "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
@@ -336,6 +338,44 @@ class Api:
         return [web.get(path, index), web.put(path, replace), web.delete(path, clear),
                 web.get(one, show), web.put(one, add), web.delete(one, drop)]
 
+    def binding_routes(self, bindings: PortBindings) -> list[web.RouteDef]:
+        """Neutron's binding-extended: a port's bindings, one per host, one of them active."""
+        async def listed(request: web.Request) -> web.Response:
+            ctx = await self.ctx(request)
+            return json_response({"bindings": await bindings.list(ctx, request.match_info["id"])})
+
+        async def create(request: web.Request) -> web.Response:
+            ctx = await self.ctx(request)
+            b = await bindings.create(ctx, request.match_info["id"], await self.body(request))
+            log.info("port.binding_created", id=request.match_info["id"], host=b["host"],
+                     status=b["status"])
+            return json_response({"binding": b}, 201)
+
+        async def show(request: web.Request) -> web.Response:
+            ctx, m = await self.ctx(request), request.match_info
+            return json_response({"binding": await bindings.show(ctx, m["id"], m["host"])})
+
+        async def update(request: web.Request) -> web.Response:
+            ctx, m = await self.ctx(request), request.match_info
+            b = await bindings.update(ctx, m["id"], m["host"], await self.body(request))
+            return json_response({"binding": b})
+
+        async def activate(request: web.Request) -> web.Response:
+            ctx, m = await self.ctx(request), request.match_info
+            b = await bindings.activate(ctx, m["id"], m["host"])
+            log.info("port.binding_activated", id=m["id"], host=m["host"])
+            return json_response({"binding": b})
+
+        async def delete(request: web.Request) -> web.Response:
+            ctx, m = await self.ctx(request), request.match_info
+            await bindings.delete(ctx, m["id"], m["host"])
+            return web.Response(status=204)
+
+        path = "/v2.0/ports/{id}/bindings"
+        one = path + "/{host}"
+        return [web.get(path, listed), web.post(path, create), web.get(one, show),
+                web.put(one, update), web.delete(one, delete), web.put(one + "/activate", activate)]
+
     def quota_routes(self, quotas: Quotas) -> list[web.RouteDef]:
         """Neutron's quotas API: a project's limits (and their defaults, and what it uses)."""
         async def caller(request: web.Request, action: str) -> str:
@@ -471,6 +511,8 @@ class HttpModule:
         extra = changes_routes(kernel, api)
         if kernel.has(Quotas):
             extra += api.quota_routes(kernel.get(Quotas))
+        if kernel.has(PortBindings):
+            extra += api.binding_routes(kernel.get(PortBindings))
         for m in kernel.modules:
             routes = getattr(m, "routes", None)
             if routes is not None and m is not self:

@@ -480,6 +480,9 @@ class Ports(Manager):
     async def drop(self, tx: Tx, body: dict[str, Any]) -> None:
         """Remove a port and its allocations (routers use this for their interface ports)."""
         await tx.execute("DELETE FROM ip_allocations WHERE port_id = ?", (body["id"],))
+        if self.kernel.has_named("port_bindings"):
+            # its inactive bindings (binding-extended), owned by alcor/resources/port_bindings.py
+            await self.kernel.named("port_bindings").drop_all(tx, body["id"])
         await tx.execute("DELETE FROM mac_allocations WHERE network_id = ? AND mac_address = ?",
                          (body["network_id"], body["mac_address"]))
         await self.remove(tx, body)

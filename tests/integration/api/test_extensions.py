@@ -29,6 +29,11 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
         f"{API}/test_ports.py::test_port_bound_before_its_node_exists_binds_when_it_registers",
         "tests/integration/drills/test_e2e_drills.py::test_vif_plugged_after_binding_turns_active",
     ),
+    "binding-extended": (
+        f"{API}/test_port_bindings.py::test_live_migration_of_a_port_between_two_hosts",
+        f"{API}/test_port_bindings.py::test_an_unbound_ports_first_binding_is_active_and_members_may_not",
+        "tests/unit/southbound/test_placement.py::test_rebind_moves_port_and_leaving_node_gets_deletes",
+    ),
     "extra_dhcp_opt": (
         f"{API}/test_ports.py::test_extra_dhcp_opts_validated_stored_and_merged",
         "tests/unit/southbound/test_placement.py::test_a_ports_dhcp_options_reach_its_host_only",
