@@ -274,6 +274,9 @@ class Api:
                 items = data[plural]
                 if not isinstance(items, list) or not items:
                     raise BadRequest(f"Invalid input: '{plural}' must be a non-empty list")
+                # Neutron takes each item bare or wrapped as {"<resource>": {...}}.
+                items = [i[single] if isinstance(i, dict) and set(i) == {single} else i
+                         for i in items]
                 created = await m.create_many(ctx, items)
                 log.info(f"{single}.created", count=len(created), project=ctx.project_id)
                 return json_response({plural: [_visible(m, ctx, c, []) for c in created]}, 201)

@@ -23,7 +23,7 @@ from alcor.db.backends import StoreModule
 from alcor.db.changelog import Change
 from alcor.db.store import Store, Tx
 from alcor.errors import BadRequest, Conflict, invalid_attr
-from alcor.resources.schema import Invalid, integer
+from alcor.resources.schema import Invalid, boolean, integer
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -166,7 +166,15 @@ def quota_body(body: Any, defaults: dict[str, int]) -> dict[str, int]:
     """`{"quota": {"network": 10, …}}`: known resources, each a limit of -1 or more."""
     if not isinstance(body, dict) or not isinstance(body.get("quota"), dict) or len(body) != 1:
         raise BadRequest("Unable to find 'quota' in request body")
-    given = body["quota"]
+    given = dict(body["quota"])
+    # Neutron's quota-check-limit flags: `force` (set even below what is in use, which is what
+    # this API always does) and `check_limit`; taken as booleans and not stored.
+    for flag in ("force", "check_limit"):
+        if flag in given:
+            try:
+                boolean(given.pop(flag))
+            except Invalid as e:
+                raise invalid_attr(flag, str(e)) from None
     unknown = sorted(k for k in given if k not in defaults)
     if unknown:
         raise BadRequest(f"Unrecognized attribute(s) '{', '.join(unknown)}'")

@@ -209,6 +209,18 @@ def one_of(*choices: Any) -> Validator:
     return described(v, {"enum": list(choices)})
 
 
+def int_one_of(*choices: int) -> Validator:
+    """One of some integers, also given as their decimal text (Neutron's convert_to_int: clients
+    send `"ip_version": "4"`)."""
+    def v(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or value not in choices:
+            raise Invalid(f"'{value}' is not in {list(choices)}")
+        return int(value)
+    return described(v, {"enum": list(choices)})
+
+
 def list_of(inner: Validator, unique: bool = False) -> Validator:
     def v(value: Any) -> list[Any]:
         if not isinstance(value, list):

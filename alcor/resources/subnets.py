@@ -20,6 +20,7 @@ from alcor.resources.schema import (
     boolean,
     cidr,
     dict_of,
+    int_one_of,
     integer,
     ip_address,
     list_of,
@@ -38,7 +39,7 @@ V6_MODES = nullable(one_of("slaac"))
 
 SUBNET = standard(Resource("subnet", "subnets", "Subnet", parent_field="network_id")).add(
     Attr("network_id", uuid_str, optional=False),
-    Attr("ip_version", one_of(4, 6), optional=False, kind="integer"),
+    Attr("ip_version", int_one_of(4, 6), optional=False, kind="integer"),
     Attr("cidr", cidr, default=None),  # required unless a subnetpool_id gives it
     Attr("prefixlen", integer(0, 128), default=None, kind="integer", filterable=False,
          sortable=False),  # a request's, for a pool to allocate: never stored

@@ -142,3 +142,17 @@ async def test_ports_by_a_part_of_their_address(ctl, net):
     assert len(r.body["ports"]) == 3  # values of one filter are or-ed, as Neutron's
     r = await ctl.get("/v2.0/ports?fixed_ips=mac%3D1")
     assert r.status == 400 and "NeutronError" in r.body
+
+
+async def test_bulk_items_bare_or_wrapped_and_numbers_as_text(ctl):
+    # Neutron's clients send bulk items as {"security_group": {...}} and ip_version as "4".
+    r = await ctl.post("/v2.0/security-groups", {"security_groups": [
+        {"security_group": {"name": "w1"}}, {"name": "w2"}]})
+    assert r.status == 201 and [g["name"] for g in r.body["security_groups"]] == ["w1", "w2"]
+    net = await ctl.create("network", "/v2.0/networks", name="n")
+    r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "ip_version": "4",
+                                                    "cidr": "10.8.0.0/24"}})
+    assert r.status == 201 and r.body["subnet"]["ip_version"] == 4
+    r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "ip_version": "5",
+                                                    "cidr": "10.9.0.0/24"}})
+    assert r.status == 400
