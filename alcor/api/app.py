@@ -409,8 +409,8 @@ class Api:
 
         async def update(request: web.Request) -> web.Response:
             project = await caller(request, "update_quota")
-            given = quota_body(await self.body(request), quotas.defaults)
-            return json_response({"quota": await quotas.set(project, given)})
+            given, check_limit = quota_body(await self.body(request), quotas.defaults)
+            return json_response({"quota": await quotas.set(project, given, check_limit)})
 
         async def reset(request: web.Request) -> web.Response:
             await quotas.set(await caller(request, "delete_quota"), None)

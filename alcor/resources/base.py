@@ -339,13 +339,15 @@ class Manager:
                 target = await self.create_target(ctx, c)
             self.enforce_write(ctx, action, target, b)
         async with self.store.transaction() as tx:
-            created = [await self.create(ctx, c, tx) for c in checked]
             if self.kernel.has(Quotas):
-                # Counted after the inserts, so what a create adds besides (a project's default
-                # security group) counts too; over the limit, the transaction writes nothing.
-                projects = {b.get("project_id") or "" for b in created}
-                await self.kernel.get(Quotas).check(tx, self.res.name, self.type, projects)
-            return created
+                # Neutron's count: what the project has, plus what this request asks for (a
+                # default security group made on the way is not asked for, so it does not count).
+                wanted: dict[str, int] = {}
+                for c in checked:
+                    p = c.get("project_id") or c.get("tenant_id") or ctx.project_id
+                    wanted[p] = wanted.get(p, 0) + 1
+                await self.kernel.get(Quotas).check(tx, self.res.name, self.type, wanted)
+            return [await self.create(ctx, c, tx) for c in checked]
 
     async def update_one(self, ctx: Context, id: str, body: Any, if_match: int | None) -> dict[str, Any]:
         changes = self.check_update(ctx, body)

@@ -104,18 +104,18 @@ class Quotas:
     def limits(self, project_id: str) -> dict[str, int]:
         return {**self.defaults, **self.projects.get(project_id, {})}
 
-    async def check(self, tx: Tx, resource: str, type: str, projects: set[str]) -> None:
-        """409 OverQuota if a project now has more of `resource` than its limit (called by a
-        create's transaction after its inserts, so the 409 rolls them back)."""
+    async def check(self, tx: Tx, resource: str, type: str, wanted: dict[str, int]) -> None:
+        """409 OverQuota unless each project may have `wanted[project]` more of `resource`
+        (counted in the create's transaction, before its inserts)."""
         if resource not in self.defaults:
             return
-        for project in projects:
+        for project, n in wanted.items():
             limit = self.limits(project)[resource]
             if limit == UNLIMITED:
                 continue
             used = await _count(tx, type, project)
-            if used > limit:
-                log.info("quota.exceeded", project=project, resource=resource, limit=limit)
+            if used + n > limit:
+                log.info("quota.exceeded", project=project, resource=resource, limit=limit, used=used)
                 raise over_quota([resource])
 
     async def used(self, project: str) -> dict[str, int]:
@@ -126,8 +126,17 @@ class Quotas:
         counts = dict(rows)
         return {r: counts.get(t, 0) for r, t in types.items()}
 
-    async def set(self, project: str, given: dict[str, int] | None) -> dict[str, int]:
-        """Set some of a project's limits (merged with those set before), or forget them all."""
+    async def set(self, project: str, given: dict[str, int] | None,
+                  check_limit: bool = False) -> dict[str, int]:
+        """Set some of a project's limits (merged with those set before), or forget them all.
+        `check_limit`: refuse a limit below what the project already has (400)."""
+        if check_limit and given:
+            used = await self.used(project)
+            for r, limit in given.items():
+                if limit != UNLIMITED and limit < used.get(r, 0):
+                    raise BadRequest(f"Change would make usage less than 0 for the following "
+                                     f"resources: {r}: the limit {limit} is below the "
+                                     f"{used[r]} in use", type="InvalidQuotaValue")
         async with self.store.transaction() as tx:
             row = await tx.fetchone("SELECT body FROM resources WHERE type = ? AND id = ?", (TYPE, project))
             old = _limits(json.loads(row[0])) if row else {}
@@ -162,17 +171,18 @@ def _limits(body: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in body.items() if k not in ("project_id", "tenant_id")}
 
 
-def quota_body(body: Any, defaults: dict[str, int]) -> dict[str, int]:
+def quota_body(body: Any, defaults: dict[str, int]) -> tuple[dict[str, int], bool]:
     """`{"quota": {"network": 10, …}}`: known resources, each a limit of -1 or more."""
     if not isinstance(body, dict) or not isinstance(body.get("quota"), dict) or len(body) != 1:
         raise BadRequest("Unable to find 'quota' in request body")
     given = dict(body["quota"])
-    # Neutron's quota-check-limit flags: `force` (set even below what is in use, which is what
-    # this API always does) and `check_limit`; taken as booleans and not stored.
+    # Neutron's quota-check-limit flags, not stored: `check_limit` refuses a limit below what is
+    # in use, `force` sets it anyway (the default).
+    flags = {}
     for flag in ("force", "check_limit"):
         if flag in given:
             try:
-                boolean(given.pop(flag))
+                flags[flag] = boolean(given.pop(flag))
             except Invalid as e:
                 raise invalid_attr(flag, str(e)) from None
     unknown = sorted(k for k in given if k not in defaults)
@@ -184,4 +194,4 @@ def quota_body(body: Any, defaults: dict[str, int]) -> dict[str, int]:
             out[k] = _LIMIT(v)
         except Invalid as e:
             raise invalid_attr(k, str(e)) from None
-    return out
+    return out, flags.get("check_limit", False) and not flags.get("force", False)

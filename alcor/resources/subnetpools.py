@@ -123,16 +123,16 @@ class SubnetPools(Manager):
         version = versions.pop()
         bounds = self._bounds(version, given, {})
         body = self.new_body(ctx, given)
-        body.update(bounds, prefixes=[str(p) for p in compact(prefixes)], ip_version=version,
+        body.update(_shown(bounds), prefixes=[str(p) for p in compact(prefixes)], ip_version=version,
                     is_default=False, address_scope_id=None, tags=[])
         await self.insert(tx, body)
         return body
 
     def _bounds(self, version: int, given: dict[str, Any], current: dict[str, Any]) -> dict[str, int]:
         """min ≤ default ≤ max within the IP version's range (Neutron's defaults where not given)."""
-        lo = given.get("min_prefixlen", current.get("min_prefixlen", MIN_PREFIXLEN[version]))
-        hi = given.get("max_prefixlen", current.get("max_prefixlen", MAX_PREFIXLEN[version]))
-        default = given.get("default_prefixlen", current.get("default_prefixlen", lo))
+        lo = int(given.get("min_prefixlen", current.get("min_prefixlen", MIN_PREFIXLEN[version])))
+        hi = int(given.get("max_prefixlen", current.get("max_prefixlen", MAX_PREFIXLEN[version])))
+        default = int(given.get("default_prefixlen", current.get("default_prefixlen", lo)))
         if not 0 <= lo <= default <= hi <= MAX_PREFIXLEN[version]:
             raise NeutronError(f"Illegal prefix bounds: min_prefixlen={lo}, default_prefixlen="
                                f"{default}, max_prefixlen={hi} (min ≤ default ≤ max ≤ "
@@ -153,7 +153,7 @@ class SubnetPools(Manager):
                                    "the new ones (a pool's prefixes only grow)",
                                    type="IllegalSubnetPoolPrefixUpdate", status=400)
             changes["prefixes"] = [str(p) for p in compact(new)]
-        changes.update(self._bounds(version, changes, current))
+        changes.update(_shown(self._bounds(version, changes, current)))
         return await self.replace(tx, current, changes)
 
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
@@ -193,13 +193,13 @@ class SubnetPools(Manager):
             if any(net.overlaps(u) for u in used):
                 raise allocation_error(f"Cidr {net} overlaps another subnet of subnet pool {pool_id}")
         else:
-            plen = pool["default_prefixlen"] if prefixlen is None else prefixlen
+            plen = int(pool["default_prefixlen"]) if prefixlen is None else prefixlen
             found = free_block(prefixes, used, plen)
             if found is None:
                 raise allocation_error(f"Insufficient prefix space to allocate a /{plen} from "
                                        f"subnet pool {pool_id}")
             net = found
-        if not pool["min_prefixlen"] <= net.prefixlen <= pool["max_prefixlen"]:
+        if not int(pool["min_prefixlen"]) <= net.prefixlen <= int(pool["max_prefixlen"]):
             raise allocation_error(f"Prefix length {net.prefixlen} is outside subnet pool {pool_id}'s "
                                    f"bounds {pool['min_prefixlen']}..{pool['max_prefixlen']}")
         quota = pool.get("default_quota")
@@ -210,6 +210,11 @@ class SubnetPools(Manager):
                 raise Conflict(f"Per-project quota for subnet pool {pool_id} ({quota}) would be "
                                f"exceeded by {net}", type="SubnetPoolQuotaExceeded")
         return str(net)
+
+
+def _shown(bounds: dict[str, int]) -> dict[str, str]:
+    """Neutron shows a pool's prefix lengths as strings ("24"); clients compare them so."""
+    return {k: str(v) for k, v in bounds.items()}
 
 
 def allocation_error(message: str) -> NeutronError:

@@ -43,7 +43,11 @@ PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1
 .venv/bin/python - "$OUT/keystone/keystone.json" > "$OUT/alcor.toml" <<'EOF'
 import json, sys
 ks = json.load(open(sys.argv[1]))
-print('[api]\nauth = "keystone"\n[keystone_authtoken]')
+print('[api]\nauth = "keystone"')
+# Neutron's default quotas (Tempest's quota tests count up to them); alcor's own are unlimited.
+print('[quotas]\nquota_network = 100\nquota_subnet = 100\nquota_port = 500\nquota_router = 10')
+print('quota_security_group = 10\nquota_security_group_rule = 100')
+print('[keystone_authtoken]')
 for k, v in ks["authtoken"].items():
     print(f"{k} = {json.dumps(v)}")
 EOF

@@ -59,6 +59,12 @@ async def test_quota_api_rules_and_bad_input(ctl):
         r = await ctl.put("/v2.0/quotas/tenant-r", bad)
         assert r.status == 400 and "NeutronError" in r.body, bad
     assert (await ctl.get("/v2.0/quotas/tenant-r")).body["quota"]["router"] == 1
+    # check_limit (quota-check-limit): no limit below what is in use, unless forced
+    await tenant.create("network", "/v2.0/networks", name="n1")
+    r = await ctl.put("/v2.0/quotas/tenant-r", {"quota": {"network": 0, "check_limit": True}})
+    assert r.status == 400 and r.error["type"] == "InvalidQuotaValue"
+    r = await ctl.put("/v2.0/quotas/tenant-r", {"quota": {"network": 1, "check_limit": True}})
+    assert r.status == 200
     await tenant.create("router", "/v2.0/routers", name="r1")
     r = await tenant.post("/v2.0/routers", {"router": {"name": "r2"}})
     assert r.status == 409 and r.error["type"] == "OverQuota"
@@ -74,8 +80,11 @@ async def _before_and_after_a_restart(tmp_path, store):
         t = c.as_project("tenant-s")
         assert (await t.get("/v2.0/quotas/tenant-s")).body["quota"]["security_group"] == 1
         await c.put("/v2.0/quotas/tenant-s", {"quota": {"subnet": 0}})
-        # the project's default group counts: no room for another
+        # Neutron's count: the default group made on the way is not asked for...
         r = await t.post("/v2.0/security-groups", {"security_group": {"name": "g"}})
+        assert r.status == 201, r.body
+        # ...but it is in use from then on
+        r = await t.post("/v2.0/security-groups", {"security_group": {"name": "g2"}})
         assert r.status == 409 and r.error["type"] == "OverQuota", r.body
     async with running_controller(tmp_path, store=store, quotas__quota_security_group=1) as (_, c):
         t = c.as_project("tenant-s")

@@ -16,7 +16,8 @@ async def _subnet(ctl, net, **attrs):
 async def test_subnets_are_allocated_from_the_pool_without_overlap(ctl):
     pool = await _pool(ctl, prefixes=["10.11.12.0/24", "10.11.13.0/24"], min_prefixlen=25)
     assert (pool["ip_version"], pool["prefixes"]) == (4, ["10.11.12.0/23"])  # compacted
-    assert (pool["min_prefixlen"], pool["default_prefixlen"], pool["max_prefixlen"]) == (25, 25, 32)
+    # as Neutron shows them: strings
+    assert (pool["min_prefixlen"], pool["default_prefixlen"], pool["max_prefixlen"]) == ("25", "25", "32")
     assert pool["shared"] is False and pool["is_default"] is False and pool["tags"] == []
     net = await ctl.create("network", "/v2.0/networks", name="n1")
     other = await ctl.create("network", "/v2.0/networks", name="n2")
@@ -63,13 +64,13 @@ async def test_bounds_versions_and_bad_requests(ctl):
         r = await ctl.post("/v2.0/subnetpools", {"subnetpool": {"name": "x", **bad}})
         assert r.status == 400 and "NeutronError" in r.body, (bad, r.body)
     v6 = await _pool(ctl, prefixes=["fd00:1::/48"])
-    assert (v6["ip_version"], v6["min_prefixlen"], v6["default_prefixlen"]) == (6, 64, 64)
+    assert (v6["ip_version"], v6["min_prefixlen"], v6["default_prefixlen"]) == (6, "64", "64")
     r = await _subnet(ctl, net, subnetpool_id=v6["id"])  # ip_version 4 from an IPv6 pool
     assert r.status == 400
     r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": net["id"], "ip_version": 6,
                                                     "subnetpool_id": v6["id"]}})
     assert r.status == 201 and r.body["subnet"]["cidr"] == "fd00:1::/64", r.body
-    v4 = await _pool(ctl, prefixes=["10.5.0.0/16"], min_prefixlen=24, max_prefixlen=28)
+    v4 = await _pool(ctl, prefixes=["10.5.0.0/16"], min_prefixlen="24", max_prefixlen=28)
     assert (await _subnet(ctl, net, subnetpool_id=v4["id"], prefixlen=29)).status == 400
     assert (await _subnet(ctl, net, subnetpool_id=v4["id"], prefixlen=28, cidr="10.5.0.0/28")).status == 400
     assert (await _subnet(ctl, net)).status == 400  # neither a cidr nor a pool
