@@ -26,6 +26,7 @@ from alcor.resources.schema import (
     Resource,
     boolean,
     cidr,
+    described,
     integer,
     list_of,
     nullable,
@@ -36,13 +37,22 @@ from alcor.resources.schema import (
 )
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-PREFIXLEN = integer(0, 128)
+_PREFIXLEN = integer(0, 128)
+
+
+def prefixlen(value: Any) -> int:
+    """A prefix length, as a number or as the string Neutron shows it as ("24")."""
+    return _PREFIXLEN(value)
+
+
+PREFIXLEN = described(prefixlen, {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 128},
+                                            {"type": "string", "pattern": "^[0-9]{1,3}$"}]})
 
 SUBNETPOOL = standard(Resource("subnetpool", "subnetpools", "SubnetPool")).add(
     Attr("prefixes", list_of(cidr), optional=False, put=True, kind="array"),
-    Attr("default_prefixlen", PREFIXLEN, put=True, kind="integer"),
-    Attr("min_prefixlen", PREFIXLEN, put=True, kind="integer"),
-    Attr("max_prefixlen", PREFIXLEN, put=True, kind="integer"),
+    Attr("default_prefixlen", PREFIXLEN, put=True, kind="string"),
+    Attr("min_prefixlen", PREFIXLEN, put=True, kind="string"),
+    Attr("max_prefixlen", PREFIXLEN, put=True, kind="string"),
     Attr("default_quota", nullable(integer(0)), default=None, put=True, kind="integer"),
     Attr("shared", boolean, default=False, admin_only=True, kind="boolean"),
     Attr("is_default", boolean, post=False, kind="boolean"),
