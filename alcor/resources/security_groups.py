@@ -16,6 +16,7 @@ from alcor.db.store import Tx
 from alcor.errors import BadRequest, Conflict, NeutronError, not_found
 from alcor.resources import query as q
 from alcor.resources.base import OTHER, Manager, new_id, now
+from alcor.resources.quotas import Quotas
 from alcor.resources.schema import (
     Attr,
     Invalid,
@@ -324,6 +325,11 @@ class SecurityGroups(Manager):
                 "remote_ip_prefix": None, "remote_group_id": None, "remote_address_group_id": None,
                 "description": "",
             }, default=False))
+        if self.kernel.has(Quotas):
+            # A new group's own egress rules count against the project's rule quota, as in
+            # Neutron (a group that could hold none of its rules is refused whole).
+            await self.kernel.get(Quotas).check(tx, "security_group_rule", "security_group_rule",
+                                                {body["project_id"]: len(rules)})
         body.update(security_group_rules=rules, shared=False, tags=[])
         await self.insert(tx, body)
         rules_mgr = self.peers.security_group_rules

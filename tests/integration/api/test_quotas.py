@@ -38,6 +38,18 @@ async def test_a_project_over_its_network_quota_gets_409_and_nothing_is_written(
     assert (await tenant.post("/v2.0/networks", {"network": {"name": "again"}})).status == 201
 
 
+async def test_a_new_security_groups_own_rules_count_against_the_rule_quota(ctl):
+    tenant = ctl.as_project("tenant-sgq")
+    await tenant.get("/v2.0/security-groups")  # the project's default group (2 + 2 rules)
+    used = (await ctl.get("/v2.0/quotas/tenant-sgq/details")).body["quota"]["security_group_rule"]["used"]
+    await ctl.put("/v2.0/quotas/tenant-sgq", {"quota": {"security_group_rule": used + 1}})
+    r = await tenant.post("/v2.0/security-groups", {"security_group": {"name": "web"}})
+    assert r.status == 409 and r.error["type"] == "OverQuota"
+    assert [g["name"] for g in (await tenant.get("/v2.0/security-groups")).body["security_groups"]] == ["default"]
+    await ctl.put("/v2.0/quotas/tenant-sgq", {"quota": {"security_group_rule": used + 2}})
+    assert (await tenant.post("/v2.0/security-groups", {"security_group": {"name": "web"}})).status == 201
+
+
 async def test_quota_api_rules_and_bad_input(ctl):
     tenant = ctl.as_project("tenant-r")
     # Neutron's clients send `force` (quota-check-limit): taken, not stored.
