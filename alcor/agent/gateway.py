@@ -41,7 +41,6 @@ from alcor.agent.ir import (
     IPPROTO_ICMP,
     METADATA_MASK,
     OFPP_CONTROLLER,
-    OFPP_IN_PORT,
     P_HOST,
     P_ROUTE_BASE,
     REG_ROUTER,
@@ -57,10 +56,11 @@ from alcor.agent.ir import (
     Ct,
     DecTtl,
     Flow,
-    Move,
     Output,
     SetField,
+    arp_reply_actions,
     cookie_for,
+    icmp_echo_reply_actions,
     match,
 )
 
@@ -230,30 +230,6 @@ def host_flows(
     return flows
 
 
-def _arp_reply(mac: str, ip: str) -> tuple[Action, ...]:
-    return (
-        Move("eth_src", "eth_dst", 48),
-        SetField("eth_src", mac),
-        SetField("arp_op", 2),
-        Move("arp_sha", "arp_tha", 48),
-        Move("arp_spa", "arp_tpa", 32),
-        SetField("arp_sha", mac),
-        SetField("arp_spa", ip),
-        Output(OFPP_IN_PORT),
-    )
-
-
-def _echo_reply(mac: str, ip: str) -> tuple[Action, ...]:
-    return (
-        Move("eth_src", "eth_dst", 48),
-        SetField("eth_src", mac),
-        Move("ipv4_src", "ipv4_dst", 32),
-        SetField("ipv4_src", ip),
-        SetField("icmpv4_type", 0),
-        Output(OFPP_IN_PORT),
-    )
-
-
 def floating_ips(goal: Mapping[str, Any], router_id: str) -> list[tuple[str, str]]:
     """(floating IP, fixed IP) of the router's associated floating IPs, sorted."""
     out = []
@@ -292,7 +268,7 @@ def node_flows(
             T_EXT_IN,
             P_HOST,
             match(in_port=x, eth_type=ETH_ARP, arp_op=1, arp_tpa=gw.ip),
-            _arp_reply(gw.mac, gw.ip),
+            arp_reply_actions(gw.mac, gw.ip),
             cookie=c,
         ),
         # ARP replies to the gateway IP: the next hop's MAC, for the agent (nexthops.py)
@@ -309,7 +285,7 @@ def node_flows(
             match(
                 in_port=x, eth_type=ETH_IP, ip_proto=IPPROTO_ICMP, ipv4_dst=gw.ip, icmpv4_type=8
             ),
-            _echo_reply(gw.mac, gw.ip),
+            icmp_echo_reply_actions(gw.mac, gw.ip),
             cookie=c,
         ),
         Flow(
@@ -335,7 +311,7 @@ def node_flows(
                 T_EXT_IN,
                 P_HOST,
                 match(in_port=x, eth_type=ETH_ARP, arp_op=1, arp_tpa=fip),
-                _arp_reply(gw.mac, fip),
+                arp_reply_actions(gw.mac, fip),
                 cookie=c,
             ),
             Flow(

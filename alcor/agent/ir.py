@@ -267,3 +267,38 @@ def match(**fields: MatchValue) -> Match:
 
 
 Key = tuple[int, int, Match]  # a flow's identity on the switch: (table, priority, match)
+
+
+# Replies built in place from the request, for answers given in the datapath (the pipeline's
+# responders and the gateway types').
+_MOVE_ETH = Move("eth_src", "eth_dst", 48)
+_ARP_REPLY_OP = SetField("arp_op", 2)
+_MOVE_SHA = Move("arp_sha", "arp_tha", 48)
+_MOVE_SPA = Move("arp_spa", "arp_tpa", 32)
+_TO_IN_PORT = Output(OFPP_IN_PORT)
+
+
+def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
+    """Turn an ARP request into the reply for (ip is-at mac), in place (docs/architecture.md, "The agent's datapath")."""
+    return (
+        _MOVE_ETH,
+        SetField("eth_src", mac),
+        _ARP_REPLY_OP,
+        _MOVE_SHA,
+        _MOVE_SPA,
+        SetField("arp_sha", mac),
+        SetField("arp_spa", ip),
+        _TO_IN_PORT,
+    )
+
+
+def icmp_echo_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
+    """Turn an ICMP echo request to a gateway IP into its reply (OVS fixes the checksums)."""
+    return (
+        Move("eth_src", "eth_dst", 48),
+        SetField("eth_src", mac),
+        Move("ipv4_src", "ipv4_dst", 32),
+        SetField("ipv4_src", ip),
+        SetField("icmpv4_type", 0),
+        Output(OFPP_IN_PORT),
+    )

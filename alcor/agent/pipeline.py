@@ -68,7 +68,6 @@ from alcor.agent.ir import (
     IPPROTO_UDP,
     METADATA_MASK,
     OFPP_CONTROLLER,
-    OFPP_IN_PORT,
     P_DEFAULT,
     P_DHCP,
     P_FLOOD,
@@ -94,11 +93,12 @@ from alcor.agent.ir import (
     Group,
     Match,
     MatchValue,
-    Move,
     Output,
     Resubmit,
     SetField,
+    arp_reply_actions,
     cookie_for,
+    icmp_echo_reply_actions,
     match,
     tap_name,
 )
@@ -174,38 +174,7 @@ def _vni(vpc: Body | None) -> int | None:
 
 
 # Actions every responder flow shares are built once (tens of thousands of flows, less garbage).
-_MOVE_ETH = Move("eth_src", "eth_dst", 48)
-_ARP_REPLY_OP = SetField("arp_op", 2)
-_MOVE_SHA = Move("arp_sha", "arp_tha", 48)
-_MOVE_SPA = Move("arp_spa", "arp_tpa", 32)
-_TO_IN_PORT = Output(OFPP_IN_PORT)
 _DEC_TTL = DecTtl()
-
-
-def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
-    """Turn an ARP request into the reply for (ip is-at mac), in place (docs/architecture.md, "The agent's datapath")."""
-    return (
-        _MOVE_ETH,
-        SetField("eth_src", mac),
-        _ARP_REPLY_OP,
-        _MOVE_SHA,
-        _MOVE_SPA,
-        SetField("arp_sha", mac),
-        SetField("arp_spa", ip),
-        _TO_IN_PORT,
-    )
-
-
-def icmp_echo_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
-    """Turn an ICMP echo request to a gateway IP into its reply (OVS fixes the checksums)."""
-    return (
-        Move("eth_src", "eth_dst", 48),
-        SetField("eth_src", mac),
-        Move("ipv4_src", "ipv4_dst", 32),
-        SetField("ipv4_src", ip),
-        SetField("icmpv4_type", 0),
-        Output(OFPP_IN_PORT),
-    )
 
 
 @functools.lru_cache(maxsize=1 << 14)  # one per (VPC, host): shared by all its neighbours' flows
