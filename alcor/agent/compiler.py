@@ -101,6 +101,8 @@ class FlowCompiler:
         self.local_ports: dict[str, str] = {}
         # gateway port id -> why this node does not carry it ("" when it does): its status
         self.gateway_ports: dict[str, str] = {}
+        # floating IP id -> why this node does not NAT it ("" when it does): its status
+        self.floating_ips: dict[str, str] = {}
         self.owners: dict[int, Ref] = {}
         # meter id -> flows that name it: the meters the switch must hold before those flows
         self.meters: dict[int, int] = {}
@@ -276,6 +278,8 @@ class FlowCompiler:
                 fips = gateway.floating_ips(goal, rid)
                 flows += gateway.node_flows(rid, gw, joined, ext, zone, fips)
                 self.gateway_ports[gw.port_id] = ext.problem
+                for fid, _fip, fixed in fips:
+                    self.floating_ips[fid] = gateway.floating_ip_problem(fixed, joined, ext)
             self._set_group(("nat", rid), flows, touched)
 
     def _changed_ports(

@@ -414,6 +414,15 @@ class Datapath:
                 out[pid] = (ERROR, "switch rejected the gateway's flows")
             else:
                 out[pid] = (ACTIVE, "")
+        for fid, problem in self._compiler.floating_ips.items():
+            # a floating IP of a router this node carries: ACTIVE once its NAT is on the switch
+            rid = _router_of_fip(self.goal, fid)
+            if problem:
+                out[fid] = (ERROR, problem)
+            elif cookie_for("nat", rid) in failed:
+                out[fid] = (ERROR, "switch rejected the gateway's flows")
+            else:
+                out[fid] = (ACTIVE, "")
         return out
 
     def _schedule(self, why: str) -> None:
@@ -499,6 +508,10 @@ def _router_of(goal: Mapping[str, Any] | None, port_id: str) -> str:
         if ((r or {}).get("gateway") or {}).get("port_id") == port_id:
             return str(rid)
     return ""
+
+
+def _router_of_fip(goal: Mapping[str, Any] | None, fip_id: str) -> str:
+    return str((((goal or {}).get("floating_ip") or {}).get(fip_id) or {}).get("router_id") or "")
 
 
 def _local_ports(goal: Mapping[str, Any]) -> list[str]:

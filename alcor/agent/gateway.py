@@ -230,10 +230,10 @@ def host_flows(
     return flows
 
 
-def floating_ips(goal: Mapping[str, Any], router_id: str) -> list[tuple[str, str]]:
-    """(floating IP, fixed IP) of the router's associated floating IPs, sorted."""
+def floating_ips(goal: Mapping[str, Any], router_id: str) -> list[tuple[str, str, str]]:
+    """(id, floating IP, fixed IP) of the router's associated floating IPs, sorted."""
     out = []
-    for f in (goal.get("floating_ip") or {}).values():
+    for fid, f in (goal.get("floating_ip") or {}).items():
         if (f or {}).get("router_id") != router_id:
             continue
         try:
@@ -241,8 +241,19 @@ def floating_ips(goal: Mapping[str, Any], router_id: str) -> list[tuple[str, str
             fixed = str(ipaddress.IPv4Address(str(f.get("fixed_ip_address"))))
         except ValueError:
             continue
-        out.append((fip, fixed))
+        out.append((str(fid), fip, fixed))
     return sorted(out)
+
+
+def floating_ip_problem(fixed: str, joined: Iterable[Any], ext: External) -> str:
+    """Why this gateway node does not NAT a floating IP of its router ("" when it does): the
+    datapath's answer to the floating IP's `status`."""
+    if ext.problem:
+        return ext.problem
+    addr = ipaddress.IPv4Address(fixed)
+    if not any(a.net.version == 4 and a.gateway_mac and addr in a.net for a in joined):
+        return f"no subnet of the router here holds {fixed}"
+    return ""
 
 
 def node_flows(
@@ -251,7 +262,7 @@ def node_flows(
     joined: Iterable[Any],
     ext: External,
     zone: int,
-    fips: Iterable[tuple[str, str]] = (),
+    fips: Iterable[tuple[str, str, str]] = (),
 ) -> list[Flow]:
     """The gateway node's SNAT and un-NAT for one router (none while `ext.problem` says why),
     and its floating IPs' 1:1 NAT: a floating IP answers ARP with the gateway's MAC; what comes
@@ -305,7 +316,7 @@ def node_flows(
         ),
     ]
     joined = list(joined)
-    for fip, fixed in fips:
+    for _fid, fip, fixed in fips:
         flows += [
             Flow(
                 T_EXT_IN,

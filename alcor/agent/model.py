@@ -283,6 +283,11 @@ class AgentModel:
     def digest(self) -> str:
         return hex_digest(self._total)
 
+    def floating_ips(self) -> list[str]:
+        """Ids of the floating IPs this node holds: those of the routers whose gateway it carries
+        (it reports their status, as Neutron's L3 agent does)."""
+        return sorted(self.resources.get("floating_ip", {}))
+
     def local_ports(self) -> list[str]:
         """Ids of the ports this node hosts (the ones it reports a status for)."""
         return sorted(

@@ -4,7 +4,7 @@
 to the model's ordering rule (alcor/agent/model.py), lets the datapath apply the new goal state,
 acknowledges, then reports `status` (applied_rev, digest, and the port states that changed since
 the last report, so a report's size follows the churn, not the host's port count; coalesced
-under load). The queue carries the node's own chain and the chains of the multicast VPCs it
+under load), and likewise the states of the floating IPs it NATs. The queue carries the node's own chain and the chains of the multicast VPCs it
 follows (the broker copies those in). A message that is not a valid message for this node is rejected (never requeued) and counted.
 While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one arrives.
 
@@ -91,6 +91,9 @@ class AgentStream:
         # revision of it (the controller may have reset its status, e.g. a rebinding), and all of
         # them after a snapshot (the controller's repair path, and every agent start).
         self._reported: dict[str, tuple[str, int]] = {}
+        # The same for the floating IPs this node NATs (a gateway node): id → status, told.
+        self.fip_status: dict[str, str] = {}
+        self._fips_reported: dict[str, tuple[str, int]] = {}
         self.synced = asyncio.Event()  # set once a snapshot made the model whole
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -168,6 +171,7 @@ class AgentStream:
                 log.info("stream.snapshot", node=self.node_id, rev=msg.rev, ops=len(msg.ops))
                 self.synced.set()
                 self._reported.clear()
+                self._fips_reported.clear()
                 self._ports_due.set()
             else:
                 c.applied += 1
@@ -183,6 +187,7 @@ class AgentStream:
         if self.apply is None:
             # No datapath (bench, tests): a port is programmed as soon as it is known.
             self._set_ports({p: "ACTIVE" for p in local})
+            self._set_fips({f: "ACTIVE" for f in self.model.floating_ips()})
             return
         try:
             result = self.apply(self.model.goal())
@@ -191,8 +196,9 @@ class AgentStream:
             states = {pid: st for pid, (st, _reason) in (result or {}).items()}
         except Exception:
             log.exception("stream.apply_failed", node=self.node_id, rev=self.model.applied_rev)
-            states = {p: "ERROR" for p in local}
+            states = {p: "ERROR" for p in [*local, *self.model.floating_ips()]}
         self._set_ports({p: states.get(p, "DOWN") for p in local})
+        self._set_fips({f: states.get(f, "DOWN") for f in self.model.floating_ips()})
 
     def _set_ports(self, new: dict[str, str]) -> bool:
         """Take the local ports' states; True (and a report due) if any changed."""
@@ -202,11 +208,19 @@ class AgentStream:
         self._ports_due.set()
         return True
 
+    def _set_fips(self, new: dict[str, str]) -> bool:
+        if new == self.fip_status:
+            return False
+        self.fip_status = new
+        self._ports_due.set()
+        return True
+
     def datapath_status(self, statuses: Mapping[str, tuple[str, str]]) -> None:
         """The switch changed a port's state on its own (its tap appeared or went, the switch
         reconnected): report it without waiting for the next message from the controller."""
         new = {p: statuses.get(p, ("DOWN", ""))[0] for p in self.model.local_ports()}
-        if self._set_ports(new):
+        fips = {f: statuses.get(f, ("DOWN", ""))[0] for f in self.model.floating_ips()}
+        if self._set_ports(new) | self._set_fips(fips):
             self._status_due.set()
 
     # -- agent → controller --------------------------------------------------------------------
@@ -242,11 +256,18 @@ class AgentStream:
             if time.monotonic() - self._asked_at >= self.resync_interval:
                 await self._ask("hello" if not self.synced.is_set() else "resync")
 
-    def _unreported(self) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
-        """Every local port's (state, revision), and the states the controller has not heard."""
+    def _unreported(
+        self, kind: str = "port"
+    ) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+        """Every local port's (or floating IP's) (state, revision), and the states the
+        controller has not heard."""
         revisions = self.model.revisions
-        now = {p: (s, revisions.get(("port", p), 0)) for p, s in self.port_status.items()}
-        reported = self._reported
+        held, reported = (
+            (self.port_status, self._reported)
+            if kind == "port"
+            else (self.fip_status, self._fips_reported)
+        )
+        now = {p: (s, revisions.get((kind, p), 0)) for p, s in held.items()}
         return now, {p: v[0] for p, v in now.items() if reported.get(p) != v}
 
     async def _heartbeat_loop(self) -> None:
@@ -266,8 +287,9 @@ class AgentStream:
             await asyncio.sleep(self.status_delay)
             self._status_due.clear()
             now, changed = self._unreported()
+            fips_now, fips_changed = self._unreported("floating_ip")
             quiet = self.status_quiet - (time.monotonic() - self._last_status)
-            if not changed and quiet > 0 and not self._ports_due.is_set():
+            if not changed and not fips_changed and quiet > 0 and not self._ports_due.is_set():
                 # Only applied_rev and the digest moved (a neighbour, a subnet...): nothing the
                 # controller writes depends on that, so such reports are sent at most every
                 # status_quiet seconds, unless a port changes meanwhile. At 10 nodes per VPC
@@ -278,25 +300,30 @@ class AgentStream:
                     pass
                 self._status_due.clear()
                 now, changed = self._unreported()
+                fips_now, fips_changed = self._unreported("floating_ip")
             self._ports_due.clear()
-            reported = self._reported
-            ok = await self._send(
-                {
-                    "kind": "status",
-                    "applied_rev": self.model.applied_rev,
-                    "vpcs": dict(self.model.chains),
-                    "digest": self.model.digest(),
-                    "ports": changed,
-                }
-            )
+            body: dict[str, Any] = {
+                "kind": "status",
+                "applied_rev": self.model.applied_rev,
+                "vpcs": dict(self.model.chains),
+                "digest": self.model.digest(),
+                "ports": changed,
+            }
+            if fips_changed:
+                body["floating_ips"] = fips_changed
+            ok = await self._send(body)
             if ok:
                 self.counters.statuses += 1
                 self._last_status = time.monotonic()
-                # Ports no longer here are forgotten, so one that comes back is reported.
-                for p in [p for p in reported if p not in now]:
-                    del reported[p]
-                for p in changed:
-                    reported[p] = now[p]
+                # What is no longer here is forgotten, so what comes back is reported.
+                for held, told, sent in (
+                    (now, self._reported, changed),
+                    (fips_now, self._fips_reported, fips_changed),
+                ):
+                    for p in [p for p in told if p not in held]:
+                        del told[p]
+                    for p in sent:
+                        told[p] = held[p]
             else:
                 await asyncio.sleep(1.0)
                 self._status_due.set()

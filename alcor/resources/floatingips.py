@@ -6,11 +6,17 @@ use is the ports' 409. Associating it with a port (`port_id`, `fixed_ip_address`
 that has an interface on that fixed IP's subnet and its gateway on the floating IP's network
 (`router_id`, derived; otherwise Neutron's 404 `ExternalGatewayForFloatingIPNotFound`). The router's
 gateway node does the NAT (alcor/agent/gateway.py); the southbound carries the floating IP there.
+
+`status` is the datapath's, as Neutron's L3 agent reports it: DOWN when associated, ACTIVE once
+the node carrying the router's gateway reports the NAT on its switch (ERROR if it cannot), DOWN
+again when that gateway port stops being ACTIVE or moves to another node (until the new one
+reports), and DOWN when disassociated.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 from alcor.context import Context
@@ -142,9 +148,10 @@ class FloatingIps(Manager):
                            f"({fip['id']}) with port {port_id} using fixed IP {f['ip_address']}, "
                            f"as that fixed IP already has a floating IP on external network "
                            f"{fip['floating_network_id']}.", type="FloatingIPPortAlreadyAssociated")
-        gw = await self._gateway_port(tx, router)
         return {"port_id": port_id, "fixed_ip_address": f["ip_address"], "router_id": router,
-                "status": "ACTIVE" if gw is not None and gw.get("status") == "ACTIVE" else "DOWN",
+                "status": "ACTIVE" if fip.get("status") == "ACTIVE" and
+                fip.get("port_id") == port_id and fip.get("fixed_ip_address") == f["ip_address"]
+                else "DOWN",  # until the gateway node reports this NAT
                 "port_details": {k: port.get(k) for k in (
                     "name", "network_id", "mac_address", "admin_state_up", "status", "device_id",
                     "device_owner")}}
@@ -162,17 +169,6 @@ class FloatingIps(Manager):
             if gw.get("network_id") == network_id:
                 return str(rid)
         return None
-
-    async def _gateway_port(self, tx: Tx, router_id: str) -> dict[str, Any] | None:
-        d = self.store.dialect
-        row = await tx.fetchone(
-            f"SELECT body FROM resources WHERE type = 'port' AND {d.text('device_id')} = ? "
-            f"AND {d.text('device_owner')} = ?", (router_id, ROUTER_GATEWAY))
-        if row is None:
-            return None
-        import json
-
-        return dict(json.loads(row[0]))
 
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
                      tx: Tx) -> dict[str, Any]:
@@ -210,6 +206,35 @@ class FloatingIps(Manager):
             if body is not None:
                 out.append(body)
         return out
+
+    async def set_statuses(self, statuses: dict[str, tuple[str, str]]) -> None:
+        """Agent feedback: {id: (ACTIVE/ERROR/DOWN, the reporting node's name)}; ids that name no
+        floating IP are ignored (a report carries ports too). Only the node that carries the
+        router's gateway port speaks for its floating IPs, and only for associated ones."""
+        d = self.store.dialect
+        ids = list(statuses)
+        async with self.store.transaction() as tx:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows = await tx.fetchall(
+                    f"SELECT f.body, {d.text('binding:host_id', 'g.body')} FROM resources f "
+                    f"JOIN resources g ON g.type = 'port' "
+                    f"AND {d.text('device_id', 'g.body')} = {d.text('router_id', 'f.body')} "
+                    f"AND {d.text('device_owner', 'g.body')} = ? "
+                    f"WHERE f.type = 'floatingip' AND f.id IN ({','.join('?' * len(chunk))})",
+                    (ROUTER_GATEWAY, *chunk))
+                for text, host in rows:
+                    fip = json.loads(text)
+                    status, node = statuses[fip["id"]]
+                    if host == node and fip.get("port_id") and fip.get("status") != status:
+                        await self.replace(tx, fip, {"status": status})
+
+    async def gateway_changed(self, tx: Tx, router_id: str) -> None:
+        """The router's gateway port stopped being ACTIVE or moved: its floating IPs are DOWN
+        until the node that carries it now reports them."""
+        for fip in await self.on_router(tx, router_id):
+            if fip.get("status") != "DOWN":
+                await self.replace(tx, fip, {"status": "DOWN"})
 
     async def port_deleted(self, tx: Tx, port_id: str) -> None:
         """Neutron disassociates the floating IPs of a port that goes."""

@@ -173,6 +173,12 @@ class Ports(Manager):
 
     async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         new = await super().replace(tx, body, changes)
+        if body.get("device_owner") == ROUTER_GATEWAY and self.kernel.has_named("floatingips") and (
+            (body.get("status") == "ACTIVE" and new.get("status") != "ACTIVE")
+            or body.get("binding:host_id") != new.get("binding:host_id")
+        ):
+            # the NAT of its floating IPs is gone from the datapath (or not yet on the new node)
+            await self.peers.floatingips.gateway_changed(tx, str(body.get("device_id")))
         if self.store.shared:
             tx.after_commit(lambda: self._hold(new))
         return new

@@ -23,6 +23,7 @@ from alcor.config import Config
 from alcor.context import Context
 from alcor.db.backends import StoreModule
 from alcor.db.store import StoreConfig
+from alcor.resources.floatingips import FloatingIps
 from alcor.resources.nodes import Nodes
 from alcor.resources.ports import Ports
 from alcor.southbound.dispatcher import MIGRATIONS, Dispatcher, Settings
@@ -107,10 +108,14 @@ class SouthboundModule:
     def _dispatcher(self, epoch: int) -> Dispatcher:
         kernel = self.kernel
         ports = kernel.get(Ports) if kernel.has(Ports) else None
+        fips = kernel.get(FloatingIps) if kernel.has(FloatingIps) else None
 
         async def set_statuses(statuses: dict[str, tuple[str, str]]) -> None:
+            # one report carries ports and floating IPs by id; each manager takes its own
             if ports is not None:
                 await ports.set_statuses(statuses)
+            if fips is not None:
+                await fips.set_statuses(statuses)
 
         return Dispatcher(
             kernel.get(StoreModule).store,

@@ -56,7 +56,8 @@ class Feedback:
         self.p = pipeline
         self.set_statuses = set_statuses
         self.verify: set[str] = set()  # nodes whose last report awaits a digest check
-        # port → (status, name of the reporting node), the latest report winning, until written.
+        # port or floating IP → (status, name of the reporting node), the latest report winning,
+        # until written (ids are UUIDs: the two never collide).
         self._port_updates: dict[str, tuple[str, str]] = {}
         # Status reports not acknowledged yet: an agent reports a port's state once (wire.md), so
         # its message is acked only after the statuses it carried are committed; a crash before
@@ -143,8 +144,11 @@ class Feedback:
         applied = msg.get("applied_rev")
         dig = msg.get("digest")
         ports = msg.get("ports") or {}
+        fips = msg.get("floating_ips") or {}
         if not isinstance(applied, int) or not isinstance(dig, str) or not isinstance(ports, dict):
             raise ValueError("status needs applied_rev, digest and ports")
+        if not isinstance(fips, dict):
+            raise ValueError("status floating_ips must be an object")
         state = self.p.state
         st = state.node(node)
         if st.applied_rev is not None and applied < st.applied_rev:
@@ -167,7 +171,7 @@ class Feedback:
         # topology can be behind the agent (a controller that restarted replays the change log),
         # and a report, said once, must not be dropped for that.
         name = str(state.topology.res["node"][node].get("node_name") or "")
-        for pid, status in ports.items():
+        for pid, status in (*ports.items(), *fips.items()):
             if status in PORT_STATES and isinstance(pid, str):
                 self._port_updates[pid] = (status, name)
         self.p.kick()

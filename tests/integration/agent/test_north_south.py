@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -106,9 +107,11 @@ async def test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then(cl
                          port_id=port["id"])
     ip = fip["floating_ip_address"]
     assert fip["router_id"] == a["router"]["id"] and fip["fixed_ip_address"] == "10.0.0.5"
+    assert fip["status"] == "DOWN"  # until the gateway node has its NAT on the switch
     outside = cloud.outside
     await eventually(lambda: asyncio.to_thread(outside.ping, ip, 1, 0.2, 1), 15,
                      "the floating IP never answered")
+    await eventually(lambda: _fip_status(t, fip["id"], "ACTIVE"), 10, "the floating IP stayed DOWN")
     with vm.server("tcp", 22):
         assert await asyncio.to_thread(outside.tcp_ok, ip, 22)
     # 1:1: what the VM sends out leaves from its floating IP, not the router's gateway IP.
@@ -125,13 +128,17 @@ async def test_the_outside_reaches_a_vm_through_its_floating_ip_and_only_then(cl
     await eventually(lambda: asyncio.to_thread(outside.ping, ip, 1, 0.2, 1), 10, "ingress not back")
     # Disassociated: the floating IP leads nowhere, the VM goes out through SNAT again.
     r = await t.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}})
-    assert r.status == 200
+    assert r.status == 200 and r.body["floatingip"]["status"] == "DOWN"
     await eventually(lambda: _unreachable(outside, ip), 10, "the floating IP still leads in")
     assert await asyncio.to_thread(outside.arping, ip, 1) is None  # nobody answers for it now
     with outside.sniffing() as frames:
         assert await asyncio.to_thread(vm.ping, OUTSIDE, 2)
     assert sources(frames, 1) == {gateway_ip(a)}
     assert (await t.delete(f"/v2.0/floatingips/{fip['id']}")).status == 204
+
+
+async def _fip_status(api: Any, fid: str, want: str) -> bool:
+    return bool((await api.get(f"/v2.0/floatingips/{fid}")).body["floatingip"]["status"] == want)
 
 
 async def _unreachable(outside: Vm, ip: str) -> bool:
@@ -180,5 +187,11 @@ async def test_a_dead_gateway_node_moves_its_routers_and_traffic_resumes(cloud: 
         assert (await gateway_port(api, tn["router"]["id"]))["binding:host_id"] == survivor
     await eventually(lambda: asyncio.to_thread(cloud.outside.ping, fip["floating_ip_address"], 1, 0.2, 1),
                      15, "the floating IP did not come back")
+    # Its status said so: DOWN while no node carried it, ACTIVE again from the survivor.
+    await eventually(lambda: _fip_status(api, fip["id"], "ACTIVE"), 10, "the floating IP stayed DOWN")
+    log = (await api.get("/v2.0/alcor/changes?since=0&limit=10000")).body["changes"]
+    seen = [c["body"]["status"] for c in log if c["type"] == "floatingip" and c["id"] == fip["id"]
+            and c["body"]]
+    assert seen[-3:] == ["ACTIVE", "DOWN", "ACTIVE"], seen
     agents = {x["host"]: x["alive"] for x in (await api.get("/v2.0/agents?agent_type=L3+agent")).body["agents"]}
     assert agents == {victim: False, survivor: True}

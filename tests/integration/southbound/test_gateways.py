@@ -104,3 +104,86 @@ async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent
 
 async def _status(ctl, pid, want):
     return (await port(ctl, pid))["status"] == want
+
+
+async def _fip(ctl, fid):
+    return (await ctl.get(f"/v2.0/floatingips/{fid}")).body["floatingip"]
+
+
+async def test_a_floating_ips_status_follows_the_node_that_carries_its_router(tmp_path):
+    """DOWN when associated, ACTIVE once the gateway node reports its NAT, DOWN when that node
+    goes silent, ACTIVE again from the node the router moved to; a report from any other node
+    is not taken."""
+    from alcor.resources.floatingips import FloatingIps
+
+    async with controller(tmp_path) as ctl:
+        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
+                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
+               for i in (1, 2)]
+        compute = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1",
+                                   local_ip="172.16.0.20")
+        agents = {n["node_name"]: await agent(ctl, n) for n in [*gws, compute]}
+        ext = await ctl.create("network", "/v2.0/networks", **{
+            "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": "physnet1"})
+        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
+                         ip_version=4, enable_dhcp=False)
+        net = await ctl.create("network", "/v2.0/networks")
+        sub = await ctl.create("subnet", "/v2.0/subnets", network_id=net["id"],
+                               cidr="10.0.0.0/24", ip_version=4)
+        router = await ctl.create("router", "/v2.0/routers",
+                                  external_gateway_info={"network_id": ext["id"]})
+        await ctl.put(f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+        vm = await ctl.create("port", "/v2.0/ports", network_id=net["id"],
+                              **{"binding:host_id": "compute-1"})
+        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}"
+                                 "&device_owner=network:router_gateway")).body["ports"][0]
+
+        async def carried_by():
+            p = await port(ctl, gw_port["id"])
+            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+        first = await eventually(carried_by, 10, "the gateway port never turned ACTIVE")
+        other = ({"gw-1", "gw-2"} - {first}).pop()
+
+        fip = await ctl.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"])
+        assert fip["status"] == "DOWN"
+        r = await ctl.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": vm["id"]}})
+        assert r.body["floatingip"]["status"] == "DOWN"  # until the gateway node reports it
+        await eventually(lambda: _fip_status(ctl, fip["id"], "ACTIVE"), 10,
+                         "the floating IP never turned ACTIVE")
+
+        # Only the gateway node speaks for it: the other's (or a compute node's) word is ignored.
+        fips = ctl.kernel.get(FloatingIps)
+        await fips.set_statuses({fip["id"]: ("ERROR", other)})
+        await fips.set_statuses({fip["id"]: ("DOWN", "compute-1")})
+        assert (await _fip(ctl, fip["id"]))["status"] == "ACTIVE"
+
+        # Its gateway node goes silent: DOWN, then ACTIVE from the node the router moved to.
+        seen = set()
+
+        async def moved_and_active():
+            f = await _fip(ctl, fip["id"])
+            seen.add(f["status"])
+            return (await port(ctl, gw_port["id"]))["binding:host_id"] == other and \
+                f["status"] == "ACTIVE"
+        await agents[first].stop()
+        await eventually(moved_and_active, 10 * DOWN_TIME, "the floating IP did not come back",
+                         interval=0.02)
+        changes = (await ctl.get("/v2.0/alcor/changes?since=0&limit=10000")).body["changes"]
+        statuses = [c["body"]["status"] for c in changes
+                    if c.get("type") == "floatingip" and c.get("id") == fip["id"] and c.get("body")]
+        assert statuses[-3:] == ["ACTIVE", "DOWN", "ACTIVE"], statuses  # the move, in the log
+
+        # Disassociated: DOWN at once, and the node no longer holds it.
+        r = await ctl.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}})
+        assert r.body["floatingip"]["status"] == "DOWN"
+        await eventually(lambda: not agents[other].model.floating_ips(), 10,
+                         "the gateway node still holds the floating IP")
+        assert (await _fip(ctl, fip["id"]))["status"] == "DOWN"
+        for name, a in agents.items():
+            if name != first:
+                await a.stop()
+
+
+async def _fip_status(ctl, fid, want):
+    return (await _fip(ctl, fid))["status"] == want
