@@ -40,6 +40,23 @@ async def agent(ctl, node) -> AgentStream:
     return a
 
 
+async def gateway_nodes(ctl):
+    """Two gateway nodes mapping physnet1, a compute node, an agent each, and an external flat
+    network with a subnet on physnet1."""
+    gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
+                            local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
+           for i in (1, 2)]
+    compute = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1",
+                               local_ip="172.16.0.20")
+    agents = {n["node_name"]: await agent(ctl, n) for n in [*gws, compute]}
+    ext = await ctl.create("network", "/v2.0/networks", **{
+        "router:external": True, "provider:network_type": "flat",
+        "provider:physical_network": "physnet1"})
+    await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
+                     ip_version=4, enable_dhcp=False)
+    return gws, agents, ext
+
+
 async def port(ctl, pid):
     return (await ctl.get(f"/v2.0/ports/{pid}")).body["port"]
 
@@ -50,17 +67,7 @@ async def alive(ctl, node_id):
 
 async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent(tmp_path):
     async with controller(tmp_path) as ctl:
-        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
-                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
-               for i in (1, 2)]
-        compute = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1",
-                                   local_ip="172.16.0.20")
-        agents = {n["node_name"]: await agent(ctl, n) for n in [*gws, compute]}
-        ext = await ctl.create("network", "/v2.0/networks", **{
-            "router:external": True, "provider:network_type": "flat",
-            "provider:physical_network": "physnet1"})
-        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
-                         ip_version=4, enable_dhcp=False)
+        gws, agents, ext = await gateway_nodes(ctl)
         router = await ctl.create("router", "/v2.0/routers",
                                   external_gateway_info={"network_id": ext["id"]})
         gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}")).body["ports"][0]
@@ -117,17 +124,7 @@ async def test_a_floating_ips_status_follows_the_node_that_carries_its_router(tm
     from alcor.resources.floatingips import FloatingIps
 
     async with controller(tmp_path) as ctl:
-        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
-                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
-               for i in (1, 2)]
-        compute = await ctl.create("node", "/v2.0/alcor/nodes", node_name="compute-1",
-                                   local_ip="172.16.0.20")
-        agents = {n["node_name"]: await agent(ctl, n) for n in [*gws, compute]}
-        ext = await ctl.create("network", "/v2.0/networks", **{
-            "router:external": True, "provider:network_type": "flat",
-            "provider:physical_network": "physnet1"})
-        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
-                         ip_version=4, enable_dhcp=False)
+        gws, agents, ext = await gateway_nodes(ctl)
         net = await ctl.create("network", "/v2.0/networks")
         sub = await ctl.create("subnet", "/v2.0/subnets", network_id=net["id"],
                                cidr="10.0.0.0/24", ip_version=4)
