@@ -90,7 +90,9 @@ class Client:
         if not self.out.exists():
             return []
         events = []
-        for block in self.out.read_text().split("--\n"):
+        # Only whole blocks: the script appends one in several writes, and a block read while
+        # it is being written (no "--" yet) is the next read's.
+        for block in self.out.read_text().split("--\n")[:-1]:
             env = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
             if env:
                 events.append(env)
