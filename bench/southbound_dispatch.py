@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing
 import os
@@ -208,12 +209,17 @@ async def main(args: argparse.Namespace) -> None:
         return p
 
     base = dict(vars(d.metrics))
+    prof = cProfile.Profile() if args.profile else None
+    if prof is not None:
+        prof.enable()
+    cpu0 = time.process_time()
     start = time.perf_counter()
     for chunk in range(0, args.ports, 50):
         await write(store, [port(i) for i in range(chunk, min(chunk + 50, args.ports))])
     committed = time.perf_counter() - start
     await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     elapsed = time.perf_counter() - start
+    cpu = (time.process_time() - cpu0) / elapsed
     m = d.metrics
     changes = m.changes - base["changes"]
     ops = m.ops - base["ops"]
@@ -227,7 +233,12 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"  {changes / elapsed:,.0f} changes/s  {ops / elapsed:,.0f} node-ops/s  "
         f"{msgs / elapsed:,.0f} msgs/s  ({ops:,} node-ops in {msgs:,} messages, "
-        f"{m.batches - base['batches']} batches)"
+        f"{m.batches - base['batches']} batches); this process (store writes, dispatcher) "
+        f"used {cpu:.0%} of a core"
+    )
+    print(
+        f"  of which planning+encoding {m.plan_seconds - base['plan_seconds']:.2f} s, batches "
+        f"waiting for confirms {m.confirm_seconds - base['confirm_seconds']:.2f} s"
     )
     print(
         f"  publishes {msgs / elapsed:,.0f}/s ({vpc_msgs:,} of {msgs:,} on VPC chains), broker "
@@ -249,10 +260,11 @@ async def main(args: argparse.Namespace) -> None:
 
     # 2. Latency at ~1,000 changes/s.
     m.latencies.clear()
-    b2 = m.batches
+    b2, plan2, wait2 = m.batches, m.plan_seconds, m.confirm_seconds
     rate, seconds = args.rate, 3.0
     start = time.perf_counter()
     i = args.ports
+    cpu0 = time.process_time()
     while time.perf_counter() - start < seconds:
         due = start + (i - args.ports) / rate
         now = time.perf_counter()
@@ -261,8 +273,14 @@ async def main(args: argparse.Namespace) -> None:
         await write(store, [port(i)])
         i += 1
     await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
+    cpu = (time.process_time() - cpu0) / (time.perf_counter() - start)
     lat = list(m.latencies)
-    print(f"  batches {m.batches - b2}, sent {i - args.ports}, load average {os.getloadavg()}")
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(args.profile)
+    print(f"  batches {m.batches - b2}, sent {i - args.ports}, this process used {cpu:.0%} of a "
+          f"core (planning+encoding {m.plan_seconds - plan2:.2f} s, waiting for confirms "
+          f"{m.confirm_seconds - wait2:.2f} s), load average {os.getloadavg()}")
     print(
         f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
         f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms"
@@ -356,6 +374,8 @@ if __name__ == "__main__":
     ap.add_argument(
         "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
     )
+    ap.add_argument("--profile", metavar="FILE",
+                    help="cProfile the dispatcher's process over the throughput and latency runs")
     ap.add_argument("--neighbours", type=int, default=10000)
     ap.add_argument(
         "--multicast-nodes", type=int, default=Settings.multicast_nodes,

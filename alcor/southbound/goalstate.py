@@ -45,8 +45,10 @@ WIRE_TYPE = {
 SOURCE_TYPE = {w: s for s, w in WIRE_TYPE.items()}
 
 
-def _inc(index: dict[str, dict[str, int]], a: str, b: str, delta: int) -> None:
+def _inc(index: dict[str, dict[str, int]], a: str, b: str, delta: int) -> bool:
+    """Count `delta` more of (a, b); True when b entered or left a's keys."""
     inner = index.setdefault(a, {})
+    had = b in inner
     n = inner.get(b, 0) + delta
     if n > 0:
         inner[b] = n
@@ -54,6 +56,7 @@ def _inc(index: dict[str, dict[str, int]], a: str, b: str, delta: int) -> None:
         inner.pop(b, None)
         if not inner:
             del index[a]
+    return had != (n > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,12 @@ class Topology:
         # ports are most of every message, snapshot and digest, and placement evaluates each
         # twice (before/after) per change.
         self._ports: dict[tuple[str, bool], _PortView] = {}
+        # Audiences as frozensets (a VPC's member nodes, a security group's nodes), rebuilt only
+        # when the set changes: placement asks for them before and after every change, and a
+        # shared security group's audience is every node.
+        self._member_sets: dict[str, frozenset[str]] = {}
+        self._sg_sets: dict[str, frozenset[str]] = {}
+        self._sg_bodies: dict[str, tuple[Body, Body]] = {}  # sg → (source body, wire body)
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -234,6 +243,8 @@ class Topology:
         if type == "port" and body is None:
             self._ports.pop((id, True), None)
             self._ports.pop((id, False), None)
+        if type == "security_group":
+            self._sg_bodies.pop(id, None)
         if body is None:
             self.res[type].pop(id, None)
         else:
@@ -258,11 +269,13 @@ class Topology:
         if host:
             self.ports_by_host.setdefault(host, set()).add(id)
         if node:
-            _inc(self.members, vpc, node, 1)
+            if _inc(self.members, vpc, node, 1):
+                self._member_sets.pop(vpc, None)
             _inc(self.vpcs_of, node, vpc, 1)
             for sg in links.sgs:
                 _inc(self.sgs_of, node, sg, 1)
-                _inc(self.sg_nodes, sg, node, 1)
+                if _inc(self.sg_nodes, sg, node, 1):
+                    self._sg_sets.pop(sg, None)
         if links.router:
             self.ifaces_by_router.setdefault(links.router, set()).add(id)
             _inc(self.router_vpcs, links.router, vpc, 1)
@@ -286,11 +299,13 @@ class Topology:
         _discard(self.ports_by_vpc, links.vpc, id)
         _discard(self.ports_by_host, str(body.get("binding:host_id") or ""), id)
         if links.node:
-            _inc(self.members, links.vpc, links.node, -1)
+            if _inc(self.members, links.vpc, links.node, -1):
+                self._member_sets.pop(links.vpc, None)
             _inc(self.vpcs_of, links.node, links.vpc, -1)
             for sg in links.sgs:
                 _inc(self.sgs_of, links.node, sg, -1)
-                _inc(self.sg_nodes, sg, links.node, -1)
+                if _inc(self.sg_nodes, sg, links.node, -1):
+                    self._sg_sets.pop(sg, None)
         if links.router:
             _discard(self.ifaces_by_router, links.router, id)
             _inc(self.router_vpcs, links.router, links.vpc, -1)
@@ -310,10 +325,34 @@ class Topology:
         """A gateway node is a member of the VPCs behind its router, once per (interface,
         gateway port) pair: it gets their ports as neighbours, to route replies back."""
         if node and n:
-            _inc(self.members, vpc, node, n)
+            if _inc(self.members, vpc, node, n):
+                self._member_sets.pop(vpc, None)
             _inc(self.vpcs_of, node, vpc, n)
 
     # -- queries -------------------------------------------------------------------------------
+
+    def member_set(self, vpc: str) -> frozenset[str]:
+        """The VPC's member nodes (cached until one joins or leaves)."""
+        s = self._member_sets.get(vpc)
+        if s is None:
+            s = self._member_sets[vpc] = frozenset(self.members.get(vpc, ()))
+        return s
+
+    def sg_node_set(self, sg: str) -> frozenset[str]:
+        """The nodes hosting a port that uses the security group (cached likewise)."""
+        s = self._sg_sets.get(sg)
+        if s is None:
+            s = self._sg_sets[sg] = frozenset(self.sg_nodes.get(sg, ()))
+        return s
+
+    def sg_body(self, id: str, src: Body) -> Body:
+        """`security_group_body`, computed once per source body (it sorts the rules)."""
+        c = self._sg_bodies.get(id)
+        if c is not None and c[0] is src:
+            return c[1]
+        body = security_group_body(id, src)
+        self._sg_bodies[id] = (src, body)
+        return body
 
     def node_named(self, name: str) -> str | None:
         ids = self.nodes_by_name.get(name)
@@ -594,28 +633,27 @@ def info(t: Topology, key: Key) -> Info:
     if wtype == "port":
         vpc = str(src.get("network_id"))
         node = t.port_node(id)
-        audience = frozenset(t.members.get(vpc, ()))
+        audience = t.member_set(vpc)
         local = t.port_view(id, src, node, True) if node else None
         return Info(t.port_view(id, src, node, False), local, node, audience, rn)
     if wtype == "node":
         return Info(node_body(id, src), None, None, frozenset(t.peers(id)), rn)
     if wtype == "vpc":
         body = vpc_body(t, id, src)
-        return Info(body, None, None, frozenset(t.members.get(id, ())), rn)
+        return Info(body, None, None, t.member_set(id), rn)
     if wtype == "subnet":
-        members = t.members.get(str(src.get("network_id")), ())
-        return Info(subnet_body(t, id, src), None, None, frozenset(members), rn)
+        members = t.member_set(str(src.get("network_id")))
+        return Info(subnet_body(t, id, src), None, None, members, rn)
     if wtype == "gateway":
-        members = t.members.get(str(src.get("vpc_id")), ())
-        return Info(gateway_body(id, src), None, None, frozenset(members), rn)
+        members = t.member_set(str(src.get("vpc_id")))
+        return Info(gateway_body(id, src), None, None, members, rn)
     if wtype == "router":
         aud: set[str] = set()
         for vpc in t.router_held_in(id):
             aud.update(t.members.get(vpc, ()))
         return Info(router_body(t, id, src), None, None, frozenset(aud), rn)
     if wtype == "security_group":
-        aud_sg = frozenset(t.sg_nodes.get(id, ()))
-        return Info(security_group_body(id, src), None, None, aud_sg, rn)
+        return Info(t.sg_body(id, src), None, None, t.sg_node_set(id), rn)
     if wtype == "floating_ip":
         if not _associated(src):
             return Info(None, None, None, frozenset(), rn)
@@ -651,7 +689,7 @@ def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
         return (router_body(t, id, src) if ok else None), rn
     if wtype == "security_group":
         ok = id in t.sgs_of.get(node, ())
-        return (security_group_body(id, src) if ok else None), rn
+        return (t.sg_body(id, src) if ok else None), rn
     if wtype == "node":
         ok = id == node or any(v in vpcs for v in t.vpcs_of.get(id, ()))
         return (node_body(id, src) if ok else None), rn

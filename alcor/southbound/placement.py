@@ -19,6 +19,7 @@ for every change, in order, yields exactly `goal_state(topology, node)` for ever
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from alcor.southbound.goalstate import (
@@ -115,14 +116,26 @@ def _memberships(t: Topology, node: str) -> tuple[frozenset[str], frozenset[str]
     return frozenset(t.vpcs_of.get(node, ())), frozenset(t.sgs_of.get(node, ()))
 
 
-def place(
-    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
-) -> dict[str, list[Op]]:
-    """Apply `change` to `t` and return {node id: ops}, ops in a stable order.
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One op and the nodes that get it: placement's output per key, as sets, so that a
+    neighbour's port going to every member of its VPC costs a set operation, not a loop over
+    the members (a multicast VPC's members then never get a per-node copy at all)."""
 
-    Op dicts are shared between nodes that receive the same body, so an encoder can serialise
-    each once (a neighbour's port goes to dozens of nodes). `moved`, if given, collects the
-    VPCs each node joined or left (node → VPC ids).
+    op: Op
+    nodes: frozenset[str]
+
+
+Placed = dict[Key, list[Grant]]  # per key, grants to disjoint sets of nodes
+
+
+def placements(
+    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
+) -> Placed:
+    """Apply `change` to `t` and return, per key it changes for anyone, who gets which op.
+
+    An op is shared by every node of its grant (an encoder serialises it once). `moved`, if
+    given, collects the VPCs each node joined or left (node → VPC ids).
     """
     if change.type not in WIRE_TYPE:
         return {}
@@ -168,44 +181,77 @@ def place(
     t.put(change.type, change.id, new)
     extra_a = {n: {k: view_of(t, n, k) for k in ek} for n, ek in extra.items()}
 
-    out: dict[str, list[Op]] = {}
+    out: Placed = {}
     rev = change.rev
     for key in sorted(keys):
-        _diff_key(rev, key, before[key], after[key], out)
+        grants = _diff_key(rev, key, before[key], after[key])
+        if grants:
+            out[key] = grants
     for n in sorted(extra):
+        only = frozenset((n,))
         for key in sorted(extra[n]):
             va_n, rn_a = extra_a[n][key]
             vb_n, rn_b = extra_b[n][key]
             if va_n is not None and va_n != vb_n:
-                out.setdefault(n, []).append(_op(rev, key, va_n, rn_a))
+                out.setdefault(key, []).append(Grant(_op(rev, key, va_n, rn_a), only))
             elif va_n is None and vb_n is not None:
-                out.setdefault(n, []).append(_op(rev, key, None, rn_b))
+                out.setdefault(key, []).append(Grant(_op(rev, key, None, rn_b), only))
     return out
 
 
-def _diff_key(rev: int, key: Key, b: Info, a: Info, out: dict[str, list[Op]]) -> None:
-    same_neighbour = b.neighbour == a.neighbour
-    same_local = b.local == a.local and b.host == a.host
-    if same_neighbour and same_local:
+def place(
+    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
+) -> dict[str, list[Op]]:
+    """`placements`, per node: {node id: ops}, in key order (what one node's message carries)."""
+    out: dict[str, list[Op]] = {}
+    for grants in placements(t, change, moved).values():
+        for g in grants:
+            for n in sorted(g.nodes):
+                out.setdefault(n, []).append(g.op)
+    return out
+
+
+def _diff_key(rev: int, key: Key, b: Info, a: Info) -> list[Grant]:
+    """Who gets what for one key, from its info before (b) and after (a): a node whose view
+    changed gets the new one (or a delete), everyone else nothing. The hosts of a port (before
+    and after) are looked at one by one; every other node holds the neighbour variant or
+    nothing, so the rest is set arithmetic."""
+    if b.neighbour == a.neighbour and b.local == a.local and b.host == a.host:
         # Only nodes entering or leaving the audience see anything.
         nodes = b.audience ^ a.audience
     else:
         nodes = b.audience | a.audience
     if not nodes:
-        return
-    shared: dict[int, Op] = {}
-    deleted: Op | None = None
-    for n in sorted(nodes):
-        va = a.view(n)
-        vb = b.view(n)
+        return []
+    special = {h for h in (a.host, b.host) if h is not None and h in nodes}
+    # body id → (body, nodes getting it as their new view)
+    upserts: dict[int, tuple[Body, set[str] | frozenset[str]]] = {}
+    gone: set[str] | frozenset[str] = frozenset()
+    if a.neighbour is not None:
+        plain = (nodes & a.audience) - special
+        if b.neighbour == a.neighbour:
+            plain -= b.audience  # they hold it already
+        if plain:
+            upserts[id(a.neighbour)] = (a.neighbour, plain)
+    if b.neighbour is not None:
+        gone = (nodes & b.audience) - special
+        if a.neighbour is not None:
+            gone -= a.audience
+    dels = set(gone)
+    for n in sorted(special):
+        va, vb = a.view(n), b.view(n)
         if va is not None:
             if va == vb:
                 continue
-            op = shared.get(id(va))
-            if op is None:
-                op = shared[id(va)] = _op(rev, key, va, a.revision_number)
-            out.setdefault(n, []).append(op)
+            slot = upserts.get(id(va))
+            if slot is None:
+                upserts[id(va)] = (va, {n})
+            else:
+                upserts[id(va)] = (va, set(slot[1]) | {n})
         elif vb is not None:
-            if deleted is None:
-                deleted = _op(rev, key, None, b.revision_number)
-            out.setdefault(n, []).append(deleted)
+            dels.add(n)
+    out = [Grant(_op(rev, key, body, a.revision_number), frozenset(ns))
+           for body, ns in upserts.values()]
+    if dels:
+        out.append(Grant(_op(rev, key, None, b.revision_number), frozenset(dels)))
+    return out

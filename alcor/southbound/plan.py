@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from alcor.southbound.goalstate import WIRE_TYPE, Key, Topology
-from alcor.southbound.placement import ChangeLike, Op, place
+from alcor.southbound.placement import ChangeLike, Grant, Op, placements
 
 
 class TimedChange(ChangeLike, Protocol):
@@ -91,9 +91,16 @@ def plan(
     """Place `changes` (in rev order, after `start_rev`) into `t` and return the batch's ops.
 
     `multicast`: the VPCs on a multicast chain before the batch; `channels`: when to switch
-    (None: every VPC unicast, as in a plan without chains)."""
+    (None: every VPC unicast, as in a plan without chains).
+
+    Work is per key, not per node: placement hands over each key's ops with the set of nodes
+    getting each (grants); the last state per node is resolved once per key for the whole
+    batch, a key served on a VPC's chain goes there without a copy per member, and only what
+    stays on the nodes' own chains is spread into per-node buckets.
+    """
     out = BatchPlan(start_rev)
-    per_node: dict[str, dict[Key, Op]] = {}
+    by_key: dict[Key, list[Grant]] = {}
+    again: set[Key] = set()  # keys placed by more than one change (grants may overlap)
     touched: dict[tuple[str, str], None] = {}
     moved: dict[str, set[str]] = {}
     gone: dict[Key, str] = {}  # deleted keys → their VPC
@@ -104,15 +111,19 @@ def plan(
                 old = t.get(c.type, c.id)
                 if old is not None:
                     gone[(WIRE_TYPE[c.type], c.id)] = _vpc_of(WIRE_TYPE[c.type], c.id, old) or ""
-            placed = place(t, c, moved)
-            for node, ops in placed.items():
-                bucket = per_node.setdefault(node, {})
-                for op in ops:
-                    bucket[(op["type"], op["id"])] = op
-                out.ops += len(ops)
+            placed = placements(t, c, moved)
+            for key, grants in placed.items():
+                held = by_key.get(key)
+                if held is None:
+                    by_key[key] = grants
+                else:
+                    held.extend(grants)
+                    again.add(key)
+                for g in grants:
+                    out.ops += len(g.nodes)
             if c.type == "port":
                 host = t.port_node(c.id)  # it got the port in its own variant, if anything
-                if host is not None and host in placed:
+                if host is not None and any(host in g.nodes for gs in placed.values() for g in gs):
                     out.hosts.add(host)
             touched[(c.type, c.id)] = None
         out.used += 1
@@ -120,13 +131,34 @@ def plan(
         out.first_ts.append(c.ts)
         if out.ops >= max_ops:
             break
+    final = {key: _last(grants) if key in again else grants for key, grants in by_key.items()}
     if channels is not None:
-        _split(t, out, per_node, followers, moved, gone, channels)
+        _split(t, out, final, followers, moved, gone, channels)
+    per_node: dict[str, dict[Key, Op]] = {}
+    for key, grants in final.items():
+        for g in grants:
+            for n in g.nodes:
+                per_node.setdefault(n, {})[key] = g.op
     for n in out.follow:
         per_node.setdefault(n, {})  # a message even without ops: it changes what n follows
-    out.per_node = {n: per_node[n] for n in per_node if n in out.hosts}
-    out.per_node.update((n, b) for n, b in per_node.items() if n not in out.hosts)
+    order = sorted(per_node, key=lambda n: (n not in out.hosts, n))
+    out.per_node = {n: per_node[n] for n in order}
     out.touched = list(touched)
+    return out
+
+
+def _last(grants: list[Grant]) -> list[Grant]:
+    """Each node's last op of a key in the batch (a message carries a resource at most once)."""
+    if len(grants) == 1:
+        return grants
+    seen: set[str] = set()
+    out = []
+    for g in reversed(grants):
+        nodes = g.nodes - seen if seen else g.nodes
+        if nodes:
+            out.append(Grant(g.op, nodes))
+        seen |= g.nodes
+    out.reverse()
     return out
 
 
@@ -143,20 +175,20 @@ def _vpc_of(wtype: str, id: str, body: Mapping[str, Any] | None) -> str | None:
 def _split(
     t: Topology,
     out: BatchPlan,
-    per_node: dict[str, dict[Key, Op]],
+    final: dict[Key, list[Grant]],
     before: dict[str, set[str]],
     moved: dict[str, set[str]],
     gone: dict[Key, str],
     channels: Channels,
 ) -> None:
     """Choose each VPC's channel after the batch, who starts and stops following which chain,
-    and move the ops every follower gets alike onto the VPC's chain."""
+    and move the ops every follower gets alike onto the VPC's chain (out of `final`)."""
     vpcs = set(before) | {v for vs in moved.values() for v in vs}
     vpcs |= {v for v, members in t.members.items() if members}
-    after: dict[str, set[str]] = {}
+    after: dict[str, frozenset[str]] = {}
     joined: dict[str, set[str]] = {}
     for v in sorted(vpcs):
-        members = set(t.members.get(v, ()))
+        members = t.member_set(v)
         was = v in before
         if not channels.multicast(was, len(members)):
             for n in sorted(before.get(v, ())):
@@ -166,7 +198,7 @@ def _split(
         out.multicast.add(v)
         after[v] = members
         subs_before = before.get(v, set())
-        new = members - subs_before if was else set(members)
+        new = set(members - subs_before if was else members)
         new |= {n for n in members if v in moved.get(n, ())}
         joined[v] = new
         for n in sorted(new):
@@ -177,35 +209,22 @@ def _split(
             out.unbinds.append((n, v))
     if not after:
         return
-    # key → op id → (op, the nodes getting that op)
-    offers: dict[Key, dict[int, tuple[Op, list[str]]]] = {}
-    key_vpc: dict[Key, str] = {}
-    for n, bucket in per_node.items():
-        for key, op in bucket.items():
-            if key[0] not in _SHARED:
-                continue
-            kv = key_vpc.get(key)
-            if kv is None:
-                kv = key_vpc[key] = _vpc_of(key[0], key[1], op["body"]) or gone.get(key) or ""
-            if kv not in after:
-                continue
-            slot = offers.setdefault(key, {}).setdefault(id(op), (op, []))
-            slot[1].append(n)
-    for key, by_op in offers.items():
-        v = key_vpc[key]
-        op, getting = max(by_op.values(), key=lambda x: len(x[1]))
-        body = op["body"]
+    for key, grants in final.items():
+        if key[0] not in _SHARED:
+            continue
+        kv = next((x for g in grants if (x := _vpc_of(key[0], key[1], g.op["body"]))), None)
+        v = kv or gone.get(key) or ""
+        if v not in after:
+            continue
+        i, best = max(enumerate(grants), key=lambda x: len(x[1].nodes))
+        body = best.op["body"]
         skip = {str(body.get("node_id"))} if key[0] == "port" and body is not None else set()
         chain = after[v] - joined[v] - skip  # who will apply the chain's op
-        got = set(getting)
+        got = best.nodes
         # Every follower applying the chain's op got exactly it; the other followers drop it
         # (joined: it is at or below their start; the host: its own port) and keep theirs;
         # nodes that stop following are unbound before it is published.
         if not chain or not chain <= got or not (got - chain) & after[v] <= joined[v] | skip:
             continue  # not every follower alike: this key stays on the node chains
-        out.per_vpc.setdefault(v, {})[key] = op
-        for n in chain:
-            del per_node[n][key]
-    for n in [n for n, b in per_node.items() if not b and n not in out.follow]:
-        del per_node[n]
-
+        out.per_vpc.setdefault(v, {})[key] = best.op
+        grants[i] = Grant(best.op, got - chain)
