@@ -168,6 +168,8 @@ async def test_leader_killed_mid_burst_another_leads_and_all_converge(cluster: C
     async def kill_soon() -> None:
         await asyncio.sleep(0.3)
         old.proc.send_signal(signal.SIGKILL)
+        # reaped before anyone asks which controllers are alive (poll() says "running" until then)
+        await asyncio.to_thread(old.proc.wait)
 
     t_kill = time.monotonic()
     await asyncio.gather(kill_soon(), _burst(c, net, hosts, 120, accepted))
