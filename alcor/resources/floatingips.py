@@ -236,6 +236,17 @@ class FloatingIps(Manager):
             if fip.get("status") != "DOWN":
                 await self.replace(tx, fip, {"status": "DOWN"})
 
+    async def network_deleted(self, tx: Tx, network_id: str) -> None:
+        """An external network going takes its floating IPs that map nothing with it (Neutron's
+        delete_disassociated_floatingips); an associated one keeps the network (409 NetworkInUse)."""
+        rows = await tx.fetchall(
+            f"SELECT id FROM resources WHERE type = 'floatingip' AND "
+            f"{self.store.dialect.text('floating_network_id')} = ?", (network_id,))
+        for (fid,) in rows:
+            body = await self.fetch(fid, tx)
+            if body is not None and body.get("port_id") is None:
+                await self.delete(Context(body["project_id"], True), body, tx)
+
     async def port_deleted(self, tx: Tx, port_id: str) -> None:
         """Neutron disassociates the floating IPs of a port that goes."""
         d = self.store.dialect

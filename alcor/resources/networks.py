@@ -263,6 +263,8 @@ class Networks(Manager):
     async def delete(self, ctx: Context, current: dict[str, Any], tx: Tx) -> None:
         nid = current["id"]
         ports = self.peers.ports
+        if current.get("router:external") and self.kernel.has_named("floatingips"):
+            await self.peers.floatingips.network_deleted(tx, nid)
         if await ports.count_on_network(tx, nid):
             raise Conflict(f"Unable to complete operation on network {nid}. There are one or "
                            f"more ports still in use on the network.", type="NetworkInUse")

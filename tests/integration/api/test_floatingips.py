@@ -116,3 +116,25 @@ async def test_floating_ip_errors(ctl):
     r = await other.post("/v2.0/floatingips", {"floatingip": {
         "floating_network_id": ext["id"], "port_id": vm["id"]}})
     assert r.status == 404  # not their port
+
+
+async def test_deleting_an_external_network_takes_its_unassociated_floating_ips(ctl):
+    t, ext, ext_sub, net, sub, router, vm = await scene(ctl)
+    await t.put(f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    bound = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"],
+                           port_id=vm["id"])
+    free = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"])
+    # A router's gateway and a floating IP mapping a port are still there: 409, nothing goes.
+    before = last_rev(ctl)
+    r = await ctl.delete(f"/v2.0/networks/{ext['id']}")
+    assert r.status == 409 and r.error["type"] == "NetworkInUse"
+    assert last_rev(ctl) == before
+    assert (await t.get(f"/v2.0/floatingips/{free['id']}")).status == 200
+    # With the association and the router's gateway gone, Neutron deletes the network, its
+    # subnets and its floating IPs (and their addresses' ports).
+    assert (await t.put(f"/v2.0/floatingips/{bound['id']}", {"floatingip": {"port_id": None}})).status == 200
+    assert (await t.put(f"/v2.0/routers/{router['id']}", {"router": {"external_gateway_info": None}})).status == 200
+    assert (await ctl.delete(f"/v2.0/networks/{ext['id']}")).status == 204
+    assert (await t.get("/v2.0/floatingips")).body["floatingips"] == []
+    assert (await ctl.get(f"/v2.0/subnets/{ext_sub['id']}")).status == 404
+    assert (await ctl.get(f"/v2.0/ports?network_id={ext['id']}")).body["ports"] == []
