@@ -173,6 +173,8 @@ ALCOR = [
     ("get_southbound", "rule:admin_only", ""),
     ("get_agent_flows", "rule:admin_only", ""),
     ("get_agent", "rule:admin_only", "Neutron's agents: one per node's agent, one L3 agent per gateway node"),
+    ("update_agent", "rule:admin_only", "An agent's description; an L3 agent's admin_state_up"),
+    ("delete_agent", "rule:admin_only", "An Open vSwitch agent: its node"),
     ("get_zeta", "rule:admin_only", ""),
     ("get_nova", "rule:admin_only", "What the Nova plugin derived, delivered and holds"),
     ("get_quotas", "rule:admin_only", "List the projects with limits of their own"),

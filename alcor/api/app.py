@@ -44,7 +44,7 @@ METRICS: web.AppKey[Callable[[str, str, int, float], None]] = web.AppKey("metric
 # each alias honoured.
 EXTENSIONS = [
     ("agent", "agent", "The agent management extension: one agent per node, an L3 agent per gateway "
-     "node, alive from their reports (read-only: agents follow their nodes)."),
+     "node, alive from their reports; an L3 agent turned off hosts no router gateway."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
     ("ext-gw-mode", "Neutron L3 Configurable external gateway mode",
@@ -173,7 +173,7 @@ class Api:
                 r += self._tag_routes(m, path + "/{id}/tags")
         nodes = self.managers.get("nodes")
         if isinstance(nodes, Nodes):
-            r += agents.routes(nodes)
+            r += agents.routes(nodes, self.body)
         routers = self.managers.get("routers")
         if routers is not None:
             r += [web.put("/v2.0/routers/{id}/add_router_interface", self._interface(routers, True)),

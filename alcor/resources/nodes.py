@@ -1,6 +1,8 @@
 """Nodes (Alcor's node manager): the compute hosts, their tunnel endpoint and their own MQ settings.
 
-Ports bind to a node by `node_name`. Only admins see or change nodes.
+Ports bind to a node by `node_name`. Only admins see or change nodes. A node's agents, as Neutron's
+`/v2.0/agents` shows them (alcor/api/agents.py), are derived from its record; what an admin sets on
+one of them (`admin_state_up`, `description`) is kept in the record's `agents`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from alcor.resources.schema import (
     Attr,
     Invalid,
     Resource,
+    boolean,
     described,
+    dict_of,
     ip_address,
+    json_schema_of,
     mac_address,
+    nullable,
     one_of,
     standard,
     string,
@@ -68,6 +74,59 @@ def bridge_mappings(value: Any) -> dict[str, str]:
 
 described(bridge_mappings, {"type": "object", "additionalProperties": {"type": "string"}})
 
+# The agents a node shows: every node runs an Open vSwitch agent (L2, distributed L3, DHCP,
+# security groups); a node whose bridge_mappings reach a physical network also hosts router
+# gateways, shown as an L3 agent of its own, as Neutron's network nodes show theirs.
+OVS_AGENT = "Open vSwitch agent"
+L3_AGENT = "L3 agent"
+AGENT_TYPES = (OVS_AGENT, L3_AGENT)
+
+# Neutron's agent record; only admin_state_up and description may be changed (PUT /v2.0/agents/{id}).
+AGENT = Resource("agent", "agents", "Agent").add(
+    Attr("id", uuid_str, post=False),
+    Attr("agent_type", one_of(*AGENT_TYPES), post=False),
+    Attr("binary", string(), post=False),
+    Attr("topic", string(), post=False),
+    Attr("host", string(), post=False),
+    Attr("admin_state_up", boolean, post=False, put=True, kind="boolean"),
+    Attr("alive", boolean, post=False, kind="boolean"),
+    Attr("availability_zone", nullable(string()), post=False),
+    Attr("description", nullable(string(255)), post=False, put=True),
+    Attr("configurations", dict_of({}, extra=True), post=False, kind="object", filterable=False),
+    Attr("created_at", string(), post=False),
+    Attr("started_at", nullable(string()), post=False),
+    Attr("heartbeat_timestamp", nullable(string()), post=False),
+    Attr("resources_synced", nullable(boolean), post=False, kind="boolean"),
+    Attr("resource_versions", dict_of({}, extra=True), post=False, kind="object", filterable=False),
+)
+_AGENT_SETTINGS = dict_of({"admin_state_up": (boolean, False),
+                           "description": (nullable(string(255)), False)})
+
+
+def agent_settings(value: Any) -> dict[str, dict[str, Any]]:
+    """`{"L3 agent": {"admin_state_up": false}}`: what an admin set on the node's agents."""
+    if not isinstance(value, dict) or not set(value) <= set(AGENT_TYPES):
+        raise Invalid(f"'{value}' is not a valid agents dictionary (keys: {list(AGENT_TYPES)})")
+    return {k: _AGENT_SETTINGS(v) for k, v in value.items()}
+
+
+described(agent_settings, {"type": "object", "properties": {
+    t: json_schema_of(_AGENT_SETTINGS) or {} for t in AGENT_TYPES}, "additionalProperties": False})
+
+
+def agent_setting(node: dict[str, Any], agent_type: str, key: str) -> Any:
+    """An agent's admin_state_up (default true) or description (default null), from its node."""
+    settings = (node.get("agents") or {}).get(agent_type) or {}
+    return settings.get(key, True if key == "admin_state_up" else None)
+
+
+def hosts_gateways(node: dict[str, Any], physnet: str) -> bool:
+    """May router gateways on `physnet` be placed on this node? It must map the physical
+    network, and an admin must not have turned its L3 agent's admin_state_up off (as Neutron
+    takes the routers off an L3 agent that is disabled)."""
+    return physnet in (node.get("bridge_mappings") or {}) and \
+        agent_setting(node, L3_AGENT, "admin_state_up") is not False
+
 NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=False).add(
     Attr("node_id", uuid_str),
     Attr("node_name", string(255), optional=False, put=True),
@@ -86,6 +145,8 @@ NODE = standard(Resource("node", "nodes", "Node", id_field="node_id"), named=Fal
     # gateways (a gateway node).
     Attr("bridge_mappings", bridge_mappings, default=dict, put=True, kind="object",
          filterable=False),
+    # Set through PUT /v2.0/agents/{id}, not here (one writer per field).
+    Attr("agents", agent_settings, post=False, kind="object", filterable=False),
 )
 del NODE.attrs["id"]
 
@@ -166,6 +227,7 @@ class Nodes(Manager):
         body.setdefault("mq_vhost", self.mq.vhost)
         body.setdefault("mq_exchange", self.mq.exchange)
         body.setdefault("mq_queue", node_queue(body["node_id"]))
+        body.setdefault("agents", {})
         await self.insert(tx, body)
         await self._rebind(tx, body)
         tx.after_commit(lambda: self._by_name.__setitem__(body["node_name"], body))
@@ -219,6 +281,22 @@ class Nodes(Manager):
         def forget() -> None:
             self._by_name.pop(current["node_name"], None)
         tx.after_commit(forget)
+
+    async def set_agent(self, ctx: Context, node_id: str, agent_type: str,
+                        changes: dict[str, Any]) -> dict[str, Any]:
+        """Record what an admin set on one of the node's agents: an update of the node, so the
+        change log carries it (the gateway placement reads an L3 agent's admin_state_up)."""
+        async with self.store.transaction() as tx:
+            current = await self.get(ctx, node_id, tx)
+            self.require_admin(ctx, "update")
+            agents = dict(current.get("agents") or {})
+            mine = {**agents.get(agent_type, {}), **changes}
+            if mine == agents.get(agent_type, {}):
+                return current
+            agents[agent_type] = mine
+            new = await self.replace(tx, current, {"agents": agents})
+            tx.after_commit(lambda: self._by_name.__setitem__(new["node_name"], new))
+            return new
 
     def show_extra(self, body: dict[str, Any]) -> dict[str, Any]:
         """What the southbound knows of this node's sync state, when it is loaded."""

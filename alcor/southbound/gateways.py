@@ -6,7 +6,8 @@ heard since this controller started is counted from the start (a restarted contr
 declare every host dead at once). Neutron's `agent_down_time` has the same meaning.
 
 A router's gateway port (`network:router_gateway`) runs on a **gateway node**: a node whose
-`bridge_mappings` name the physical network of the gateway's external network. Every such node is
+`bridge_mappings` name the physical network of the gateway's external network, unless an admin
+turned its L3 agent's `admin_state_up` off (then its gateways move away). Every such node is
 a candidate; the router's own order over them is rendezvous hashing of (router, node), so routers
 spread over the gateway nodes and, when one goes down, only its routers move (each to its next
 live candidate) and nothing moves back when it returns. Neutron's L3 agent scheduler and OVN's
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 import structlog
 
 from alcor.config import ConfigError
+from alcor.resources.nodes import hosts_gateways
 from alcor.southbound.goalstate import Topology
 from alcor.wire import ROUTER_GATEWAY
 
@@ -50,7 +52,7 @@ def _rank(router_id: str, node_id: str) -> bytes:
 
 def candidates(nodes: Mapping[str, Mapping[str, Any]], physnet: str, router_id: str) -> list[str]:
     """The gateway nodes for `router_id` on `physnet`, in the router's order of preference."""
-    found = [n for n, b in nodes.items() if physnet in (b.get("bridge_mappings") or {})]
+    found = [n for n, b in nodes.items() if hosts_gateways(dict(b), physnet)]
     return sorted(found, key=lambda n: _rank(router_id, n))
 
 

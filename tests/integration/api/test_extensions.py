@@ -127,8 +127,13 @@ EVIDENCE: dict[str, tuple[str, ...]] = {
     ),
     "agent": (
         f"{API}/test_north_south.py::test_agents_from_the_node_records",
+        f"{API}/test_agents.py::test_an_admin_sets_descriptions_and_turns_an_l3_agent_off",
+        f"{API}/test_agents.py::test_deleting_agents",
+        f"{API}/test_agents.py::test_only_admins_see_or_change_agents",
         "tests/integration/southbound/test_gateways.py::"
         "test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent",
+        "tests/integration/southbound/test_gateways.py::"
+        "test_an_l3_agent_turned_off_gives_its_gateways_to_another_gateway_node",
     ),
     "subnet_allocation": (
         f"{API}/test_subnetpools.py::test_subnets_are_allocated_from_the_pool_without_overlap",

@@ -109,6 +109,49 @@ async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent
             await a.stop()
 
 
+async def test_an_l3_agent_turned_off_gives_its_gateways_to_another_gateway_node(tmp_path):
+    async with controller(tmp_path) as ctl:
+        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
+                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
+               for i in (1, 2)]
+        agents = [await agent(ctl, n) for n in gws]
+        ext = await ctl.create("network", "/v2.0/networks", **{
+            "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": "physnet1"})
+        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
+                         ip_version=4, enable_dhcp=False)
+        router = await ctl.create("router", "/v2.0/routers",
+                                  external_gateway_info={"network_id": ext["id"]})
+        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}")).body["ports"][0]
+
+        async def placed():
+            p = await port(ctl, gw_port["id"])
+            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+        first = await eventually(placed, 10, "the gateway port never turned ACTIVE")
+        node = next(n for n in gws if n["node_name"] == first)
+        l3 = (await ctl.get(f"/v2.0/agents?agent_type=L3+agent&host={first}")).body["agents"][0]
+        r = await ctl.put(f"/v2.0/agents/{l3['id']}", {"agent": {"admin_state_up": False}})
+        assert r.status == 200 and r.body["agent"]["admin_state_up"] is False
+        assert await alive(ctl, node["node_id"]) is True  # alive, only disabled
+
+        async def moved_away():
+            host = await placed()
+            return host if host not in (None, first) else None
+        moved = await eventually(moved_away, 10, "the gateway stayed on the disabled L3 agent")
+        assert moved != first
+        # A new router's gateway goes to the enabled node only.
+        other = await ctl.create("router", "/v2.0/routers",
+                                 external_gateway_info={"network_id": ext["id"]})
+        other_port = (await ctl.get(f"/v2.0/ports?device_id={other['id']}")).body["ports"][0]
+
+        async def other_placed():
+            p = await port(ctl, other_port["id"])
+            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+        assert await eventually(other_placed, 10, "the second gateway was never placed") == moved
+        for a in agents:
+            await a.stop()
+
+
 async def _status(ctl, pid, want):
     return (await port(ctl, pid))["status"] == want
 

@@ -62,6 +62,25 @@ def test_no_live_candidate_leaves_the_port_where_it_is():
     assert "q" not in schedule(t, set())  # not a physical network: nothing to place
 
 
+def test_an_l3_agent_turned_off_hosts_no_gateway_and_its_gateways_move():
+    t = world(gateways=2, routers=20)
+    bind(t, schedule(t, set()))
+    on_gw0 = {p for p, b in t.res["port"].items() if b["binding:host_id"] == "gw-0"}
+    assert on_gw0
+    off = {"L3 agent": {"admin_state_up": False, "description": "maintenance"}}
+    t.put("node", "gw0", {**t.res["node"]["gw0"], "agents": off})
+    moves = schedule(t, set())
+    assert set(moves) == on_gw0 and set(moves.values()) == {"gw-1"}
+    bind(t, moves)
+    # Turned on again: nothing moves back (as when a node comes back), new routers may go there.
+    t.put("node", "gw0", {**t.res["node"]["gw0"], "agents": {"L3 agent": {"admin_state_up": True}}})
+    assert schedule(t, set()) == {}
+    assert "gw0" in candidates(t.res["node"], "physnet1", "r-new")
+    # Its Open vSwitch agent's settings are no gateway matter.
+    t.put("node", "gw1", {**t.res["node"]["gw1"], "agents": {"Open vSwitch agent": {"description": "x"}}})
+    assert "gw1" in candidates(t.res["node"], "physnet1", "r-new")
+
+
 def test_a_node_is_down_when_silent_longer_than_the_timeout_counted_from_the_start():
     reports = {"a": 95.0, "b": 80.0, "never": None}
     assert down_nodes(reports, now=100.0, started=0.0, timeout=10.0) == {"b", "never"}
