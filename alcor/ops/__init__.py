@@ -36,6 +36,8 @@ from alcor.ops import health, topology
 from alcor.ops.metrics import Metrics, datapath_of
 from alcor.ops.openapi import document
 from alcor.resources.nodes import Nodes
+from alcor.resources.port_bindings import PortBindings
+from alcor.resources.quotas import Quotas
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -141,7 +143,8 @@ class OpsModule:
         if self._openapi is None:
             collections: dict[str, Resource] = {
                 path: self._k.named(c).res for c, path in self.paths.items() if self._k.has_named(c)}
-            self._openapi = json.dumps(document(collections))
+            self._openapi = json.dumps(document(collections, quotas=self._k.has(Quotas),
+                                                bindings=self._k.has(PortBindings)))
         return web.Response(text=self._openapi, content_type="application/json")
 
     async def ui_index(self, request: web.Request) -> web.Response:

@@ -16,6 +16,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from alcor.resources.nodes import AGENT
+from alcor.resources.port_bindings import BINDING_HOST, BINDING_PROFILE, BINDING_VNIC
+from alcor.resources.query import TAG_FILTERS
+from alcor.resources.quotas import QuotaConfig
 from alcor.resources.schema import MISSING, Attr, Resource, json_schema_of
 
 OPENAPI_VERSION = "3.0.3"
@@ -114,6 +118,13 @@ def list_params(res: Resource) -> list[dict[str, Any]]:
     sortable = sorted(a.name for a in res.attrs.values()
                       if a.sortable and a.kind not in ("array", "object"))
     params = [p for p in (_filter_param(a) for a in res.attrs.values()) if p is not None]
+    if "tags" in res.attrs:
+        # standard-attr-tag's filters: each a comma-separated list of tags (alcor/resources/query.py)
+        params = [p for p in params if p["name"] != "tags"]
+        params += [{"name": key, "in": "query", "required": False, "style": "form",
+                    "explode": True, "description": "comma-separated tags",
+                    "schema": {"type": "array", "items": {"type": "string"}}}
+                   for key in TAG_FILTERS]
     params += [
         {"name": "fields", "in": "query", "style": "form", "explode": True,
          "schema": {"type": "array", "items": {"enum": fields}}},
@@ -188,6 +199,158 @@ def _router_actions() -> dict[str, Any]:
     return out
 
 
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _tag_paths(path: str, res: Resource) -> dict[str, Any]:
+    """standard-attr-tag on one collection: a resource's tags, and each tag."""
+    tags = _envelope("tags", {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                          "maxLength": 255}})
+    plural = res.collection
+    return {
+        f"{path}/{{id}}/tags": {
+            "parameters": [_path_param("id")],
+            "get": {"operationId": f"list_{res.name}_tags", "tags": [plural],
+                    "responses": _responses("show", 200, tags)},
+            "put": {"operationId": f"replace_{res.name}_tags", "tags": [plural],
+                    "summary": "Replace all its tags",
+                    "requestBody": {"required": True, "content": {JSON: {"schema": tags}}},
+                    "responses": _responses("update", 200, tags)},
+            "delete": {"operationId": f"clear_{res.name}_tags", "tags": [plural],
+                       "responses": _responses("delete", 204, None)},
+        },
+        f"{path}/{{id}}/tags/{{tag}}": {
+            "parameters": [_path_param("id"), _path_param("tag")],
+            "get": {"operationId": f"check_{res.name}_tag", "tags": [plural],
+                    "summary": "204 if it has the tag, 404 otherwise",
+                    "responses": _responses("show", 204, None)},
+            "put": {"operationId": f"add_{res.name}_tag", "tags": [plural],
+                    "responses": _responses("update", 201, None)},
+            "delete": {"operationId": f"remove_{res.name}_tag", "tags": [plural],
+                       "responses": _responses("delete", 204, None)},
+        },
+    }
+
+
+def _quota_paths() -> dict[str, Any]:
+    """Neutron's quotas and quota_details: a project's limits, their defaults, what it uses."""
+    names = sorted(QuotaConfig().defaults())
+    limit = {"type": "integer", "minimum": -1, "description": "-1: unlimited"}
+    limits = {"type": "object", "properties": {n: limit for n in names}}
+    update = {"type": "object", "additionalProperties": False, "properties": {
+        **{n: limit for n in names},
+        "check_limit": {"type": "boolean", "description": "refuse a limit below what is used"},
+        "force": {"type": "boolean"}}}
+    detail = {"type": "object", "properties": {"limit": {"type": "integer"},
+                                               "used": {"type": "integer"},
+                                               "reserved": {"type": "integer"}}}
+    owned = {"type": "object", "properties": {
+        **{n: limit for n in names}, "project_id": {"type": "string"}, "tenant_id": {"type": "string"}}}
+    one = "/v2.0/quotas/{project_id}"
+    param = [_path_param("project_id")]
+    return {
+        "/v2.0/quotas": {"get": {"operationId": "list_quotas", "tags": ["quotas"],
+                                 "summary": "The projects with limits of their own (admin)",
+                                 "responses": _responses("list", 200, _envelope(
+                                     "quotas", {"type": "array", "items": owned}))}},
+        one: {
+            "parameters": param,
+            "get": {"operationId": "show_quota", "tags": ["quotas"],
+                    "responses": _responses("show", 200, _envelope("quota", limits))},
+            "put": {"operationId": "update_quota", "tags": ["quotas"], "summary": "Set limits (admin)",
+                    "requestBody": {"required": True, "content": {JSON: {
+                        "schema": _envelope("quota", update)}}},
+                    "responses": _responses("update", 200, _envelope("quota", limits))},
+            "delete": {"operationId": "reset_quota", "tags": ["quotas"],
+                       "summary": "Back to the defaults (admin)",
+                       "responses": _responses("delete", 204, None)},
+        },
+        one + "/default": {"parameters": param, "get": {
+            "operationId": "show_quota_default", "tags": ["quotas"],
+            "responses": _responses("show", 200, _envelope("quota", owned))}},
+        one + "/details": {"parameters": param, "get": {
+            "operationId": "show_quota_details", "tags": ["quotas"],
+            "responses": _responses("show", 200, _envelope("quota", {
+                "type": "object", "properties": {n: detail for n in names}}))}},
+    }
+
+
+def _binding_paths() -> dict[str, Any]:
+    """binding-extended: a port's bindings, one per host, one of them active."""
+    host, vnic, profile = (json_schema_of(v) or {} for v in (BINDING_HOST, BINDING_VNIC,
+                                                             BINDING_PROFILE))
+    binding = {"type": "object", "properties": {
+        "host": host, "vnic_type": vnic, "profile": profile,
+        "status": {"enum": ["ACTIVE", "INACTIVE"]}, "vif_type": {"type": "string"},
+        "vif_details": {"type": "object"}}}
+    create = {"type": "object", "additionalProperties": False, "required": ["host"],
+              "properties": {"host": host, "vnic_type": vnic, "profile": profile}}
+    update = {"type": "object", "additionalProperties": False,
+              "properties": {"vnic_type": vnic, "profile": profile}}
+    path = "/v2.0/ports/{id}/bindings"
+    one = path + "/{host}"
+    return {
+        path: {
+            "parameters": [_path_param("id")],
+            "get": {"operationId": "list_port_bindings", "tags": ["ports"],
+                    "responses": _responses("list", 200, _envelope(
+                        "bindings", {"type": "array", "items": binding}))},
+            "post": {"operationId": "create_port_binding", "tags": ["ports"],
+                     "summary": "Bind the port to another host too (inactive; active if unbound)",
+                     "requestBody": {"required": True, "content": {JSON: {
+                         "schema": _envelope("binding", create)}}},
+                     "responses": _responses("create", 201, _envelope("binding", binding))},
+        },
+        one: {
+            "parameters": [_path_param("id"), _path_param("host")],
+            "get": {"operationId": "show_port_binding", "tags": ["ports"],
+                    "responses": _responses("show", 200, _envelope("binding", binding))},
+            "put": {"operationId": "update_port_binding", "tags": ["ports"],
+                    "requestBody": {"required": True, "content": {JSON: {
+                        "schema": _envelope("binding", update)}}},
+                    "responses": _responses("update", 200, _envelope("binding", binding))},
+            "delete": {"operationId": "delete_port_binding", "tags": ["ports"],
+                       "responses": _responses("delete", 204, None)},
+        },
+        one + "/activate": {
+            "parameters": [_path_param("id"), _path_param("host")],
+            "put": {"operationId": "activate_port_binding", "tags": ["ports"],
+                    "summary": "Make this host's binding the port's active one",
+                    "responses": _responses("action", 200, _envelope("binding", binding))},
+        },
+    }
+
+
+def _agent_paths() -> dict[str, Any]:
+    """Neutron's agents, from the node records (alcor/api/agents.py)."""
+    agent = _ref("Agent")
+    return {
+        "/v2.0/agents": {"get": {"operationId": "list_agents", "tags": ["agents"],
+                                 "summary": "Agents from the node records and their liveness "
+                                            "(admin; empty for anyone else)",
+                                 "parameters": [p for p in list_params(AGENT)
+                                                if p["name"] not in ("limit", "marker",
+                                                                     "page_reverse", "sort_key",
+                                                                     "sort_dir")],
+                                 "responses": _responses("list", 200, _envelope(
+                                     "agents", {"type": "array", "items": agent}))}},
+        "/v2.0/agents/{id}": {
+            "parameters": [_path_param("id")],
+            "get": {"operationId": "show_agent", "tags": ["agents"],
+                    "responses": _responses("show", 200, _envelope("agent", agent))},
+            "put": {"operationId": "update_agent", "tags": ["agents"],
+                    "summary": "An agent's description; an L3 agent's admin_state_up (admin)",
+                    "requestBody": {"required": True, "content": {JSON: {
+                        "schema": _envelope("agent", _ref("AgentUpdate"))}}},
+                    "responses": _responses("update", 200, _envelope("agent", agent))},
+            "delete": {"operationId": "delete_agent", "tags": ["agents"],
+                       "summary": "An Open vSwitch agent: its node (admin)",
+                       "responses": _responses("delete", 204, None)},
+        },
+    }
+
+
 def _fixed_paths() -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string"}}}
     html = {"text/html": {"schema": {"type": "string"}}}
@@ -207,14 +370,6 @@ def _fixed_paths() -> dict[str, Any]:
             "parameters": [{"name": "alias", "in": "path", "required": True, "schema": {"type": "string"}}],
             "get": {"operationId": "show_extension", "tags": ["discovery"],
                     "responses": _responses("show", 200, _envelope("extension", any_obj))}},
-        "/v2.0/agents": {"get": {"operationId": "list_agents", "tags": ["agents"],
-                                 "summary": "Agents from the node records and their liveness (admin)",
-                                 "responses": _responses("list", 200, _envelope(
-                                     "agents", {"type": "array", "items": any_obj}))}},
-        "/v2.0/agents/{id}": {
-            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"operationId": "show_agent", "tags": ["agents"],
-                    "responses": _responses("show", 200, _envelope("agent", any_obj))}},
         "/v2.0/alcor/changes": {"get": {
             "operationId": "list_changes", "tags": ["alcor"],
             "summary": "The change log after `since`; `wait` long-polls for the next rev (admin)",
@@ -275,8 +430,10 @@ def _components() -> dict[str, Any]:
     }
 
 
-def document(collections: Mapping[str, Resource], *, version: str = "0.1.0") -> dict[str, Any]:
-    """The whole document for the collections served (URL path → resource schema)."""
+def document(collections: Mapping[str, Resource], *, version: str = "0.1.0", quotas: bool = True,
+             bindings: bool = True) -> dict[str, Any]:
+    """The whole document for the collections served (URL path → resource schema); `quotas` and
+    `bindings`: whether the quotas and binding-extended APIs are served too."""
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "Alcor-py API", "version": version,
@@ -290,7 +447,18 @@ def document(collections: Mapping[str, Resource], *, version: str = "0.1.0") -> 
     for path, res in collections.items():
         doc["components"]["schemas"].update(resource_schemas(res))
         doc["paths"].update(collection_paths(path, res))
-    if any(res.collection == "routers" for res in collections.values()):
+        if "tags" in res.attrs:
+            doc["paths"].update(_tag_paths(path, res))
+    served = {res.collection for res in collections.values()}
+    if "routers" in served:
         doc["paths"].update(_router_actions())
+    if "nodes" in served:
+        agent = resource_schemas(AGENT)
+        doc["components"]["schemas"].update(Agent=agent["Agent"], AgentUpdate=agent["AgentUpdate"])
+        doc["paths"].update(_agent_paths())
+    if quotas:
+        doc["paths"].update(_quota_paths())
+    if bindings and "ports" in served:
+        doc["paths"].update(_binding_paths())
     doc["paths"].update(_fixed_paths())
     return doc

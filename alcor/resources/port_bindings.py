@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from alcor.kernel import Kernel
 
 TYPE = "port_binding"
-_HOST = string(255)
-_PROFILE = any_dict
-_VNIC = one_of(*VNIC_TYPES)
+# A binding's fields as the API checks them (and the OpenAPI document shows them).
+BINDING_HOST = string(255)
+BINDING_PROFILE = any_dict
+BINDING_VNIC = one_of(*VNIC_TYPES)
 
 
 def not_found(port_id: str, host: str) -> NotFound:
@@ -208,7 +209,7 @@ def _binding_body(body: Any, *, create: bool) -> dict[str, Any]:
     if create and "host" not in given:
         raise BadRequest("Failed to parse request. Required attribute 'host' not specified")
     out = {}
-    for key, check in (("host", _HOST), ("vnic_type", _VNIC), ("profile", _PROFILE)):
+    for key, check in (("host", BINDING_HOST), ("vnic_type", BINDING_VNIC), ("profile", BINDING_PROFILE)):
         if key in given:
             try:
                 out[key] = check(given[key])

@@ -69,3 +69,37 @@ def test_list_filters_are_the_filterable_attributes() -> None:
     assert {"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"} <= params
     assert "binding:profile" not in params  # filterable=False
     assert "security_groups" not in params  # a list attribute the API refuses to filter on
+
+
+def test_tags_quotas_bindings_and_agents_are_documented() -> None:
+    paths = DOC["paths"]
+    for collection in ("networks", "subnets", "subnetpools", "ports", "routers",
+                       "security_groups", "floatingips"):
+        base = PATHS[collection]
+        assert set(paths[f"{base}/{{id}}/tags"]) == {"parameters", "get", "put", "delete"}
+        assert set(paths[f"{base}/{{id}}/tags/{{tag}}"]) == {"parameters", "get", "put", "delete"}
+        listed = {p["name"] for p in paths[base]["get"]["parameters"]}
+        assert {"tags", "tags-any", "not-tags", "not-tags-any"} <= listed, collection
+    assert "/v2.0/alcor/nodes/{id}/tags" not in paths  # nodes carry no tags
+    quota = paths["/v2.0/quotas/{project_id}"]
+    assert set(quota) == {"parameters", "get", "put", "delete"}
+    limits = quota["put"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["quota"]
+    assert {"network", "port", "security_group_rule", "check_limit"} <= set(limits["properties"])
+    assert {"/v2.0/quotas", "/v2.0/quotas/{project_id}/default",
+            "/v2.0/quotas/{project_id}/details"} <= set(paths)
+    bindings = paths["/v2.0/ports/{id}/bindings"]
+    assert set(bindings) == {"parameters", "get", "post"}
+    create = bindings["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert create["properties"]["binding"]["required"] == ["host"]
+    assert "put" in paths["/v2.0/ports/{id}/bindings/{host}/activate"]
+    assert {"get", "put", "delete"} <= set(paths["/v2.0/ports/{id}/bindings/{host}"])
+    agent = paths["/v2.0/agents/{id}"]
+    assert {"get", "put", "delete"} <= set(agent)
+    assert set(DOC["components"]["schemas"]["AgentUpdate"]["properties"]) == {
+        "admin_state_up", "description"}
+
+
+def test_what_is_not_served_is_not_documented() -> None:
+    doc = document({PATHS["networks"]: NETWORK}, quotas=False, bindings=False)
+    assert not any(p.startswith(("/v2.0/quotas", "/v2.0/ports", "/v2.0/agents")) for p in doc["paths"])
+    validate(doc)
