@@ -45,6 +45,17 @@ def max_mtu(underlay_mtu: int) -> int:
     return underlay_mtu - VXLAN_OVERHEAD
 
 
+def min_mtu(ip_version: int) -> int:
+    """The smallest network MTU a subnet of this IP version works on (a network itself may be
+    smaller, as in Neutron: it then takes no subnet of that version)."""
+    return IPV6_MIN_MTU if ip_version == 6 else IPV4_MIN_MTU
+
+
+def mtu_subnet_conflict(network_id: str, minimum: int) -> Conflict:
+    return Conflict(f"The subnets of network {network_id} need an MTU of at least {minimum}.",
+                    type="NetworkMTUSubnetConflict")
+
+
 log = structlog.get_logger("alcor.networks")
 
 
@@ -73,7 +84,9 @@ NETWORK = standard(Resource("network", "networks", "Network")).add(
     Attr("subnets", list_of(string()), post=False, kind="array"),
     Attr("shared", boolean, default=False, put=True, admin_only=True, kind="boolean"),
     Attr("router:external", boolean, default=False, put=True, admin_only=True, kind="boolean"),
-    Attr("mtu", integer(IPV4_MIN_MTU, 65535), put=True, kind="integer"),
+    # Neutron's bounds: any non-negative MTU up to what the network carries; the subnets it may
+    # take follow from it (min_mtu), checked when one is created and when the MTU changes.
+    Attr("mtu", integer(0, 65535), put=True, kind="integer"),
     Attr("port_security_enabled", boolean, default=True, put=True, kind="boolean"),
     Attr("provider:network_type", one_of("vxlan", "flat"), default="vxlan", admin_only=True),
     Attr("provider:physical_network", nullable(string(64)), default=None, admin_only=True),
@@ -238,9 +251,10 @@ class Networks(Manager):
         if "mtu" in changes and changes["mtu"] != current.get("mtu"):
             flat = current.get("provider:network_type") == "flat"
             changes["mtu"] = self._mtu(changes["mtu"], self.physnet_mtu if flat else self.max_mtu)
-            if changes["mtu"] < IPV6_MIN_MTU and self.peers.subnets.has_ipv6(current["id"]):
-                raise invalid_input(f"Requested MTU {changes['mtu']} is too small for the IPv6 "
-                                    f"subnets of network {current['id']}, minimum is {IPV6_MIN_MTU}")
+            versions = {a.net.version for a in self.peers.subnets.on_network(current["id"])}
+            for version in sorted(versions):
+                if changes["mtu"] < min_mtu(version):
+                    raise mtu_subnet_conflict(current["id"], min_mtu(version))
         return await self.replace(tx, current, changes)
 
     async def replace(self, tx: Tx, body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from alcor.errors import BadRequest, Conflict, NeutronError, invalid_input, not_
 from alcor.resources import ipam
 from alcor.resources import query as q
 from alcor.resources.base import OTHER, Manager, Peers
-from alcor.resources.networks import IPV6_MIN_MTU
+from alcor.resources.networks import min_mtu, mtu_subnet_conflict
 from alcor.resources.schema import (
     Attr,
     Invalid,
@@ -232,9 +232,9 @@ class Subnets(Manager):
         if net.version != given["ip_version"]:
             raise invalid_input(f"Cidr {given['cidr']} does not match ip_version {given['ip_version']}")
         check_ipv6_modes(given, net)
-        if given["ip_version"] == 6 and (network.get("mtu") or IPV6_MIN_MTU) < IPV6_MIN_MTU:
-            raise invalid_input(f"IPv6 subnet needs a network MTU of at least {IPV6_MIN_MTU}; "
-                                f"network {network['id']} has {network['mtu']}")
+        mtu = network.get("mtu")
+        if mtu is not None and mtu < min_mtu(given["ip_version"]):
+            raise mtu_subnet_conflict(network["id"], min_mtu(given["ip_version"]))
         for other in self.on_network(network["id"]):
             if other.net.version == net.version and other.net.overlaps(net):
                 raise invalid_input(f"Requested subnet with cidr: {net} for network: {network['id']} "

@@ -75,7 +75,7 @@ async def test_bad_input(ctl):
         (b'{"network": {"colour": "red"}}', 400, "HTTPBadRequest"),
         (b'{"netwrk": {}}', 400, "HTTPBadRequest"),
         (b'[1, 2]', 400, "HTTPBadRequest"),
-        (b'{"network": {"mtu": 10}}', 400, "HTTPBadRequest"),
+        (b'{"network": {"mtu": -1}}', 400, "HTTPBadRequest"),
         (b'{"network": {"status": "DOWN"}}', 400, "HTTPBadRequest"),
         (b'', 400, "HTTPBadRequest"),
     ]
@@ -174,18 +174,34 @@ async def test_mtu_is_writable_within_the_maximum(ctl):
     assert (await ctl.get(f"/v2.0/networks/{n['id']}")).body["network"]["mtu"] == 1400
 
 
-async def test_ipv6_needs_a_network_mtu_of_1280(ctl):
-    small = await ctl.create("network", "/v2.0/networks", mtu=1200)
+async def test_a_subnet_needs_its_ip_versions_minimum_mtu(ctl):
+    """As in Neutron: a network may have any MTU, but an IPv4 subnet needs 68 and an IPv6 one
+    1280 (409 NetworkMTUSubnetConflict), on creation and when the network's MTU goes down."""
+    tiny = await ctl.create("network", "/v2.0/networks", mtu=67)
+    assert tiny["mtu"] == 67
+    before = last_rev(ctl)
+    r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": tiny["id"], "ip_version": 4,
+                                                    "cidr": "10.8.0.0/24"}})
+    assert r.status == 409 and r.error["type"] == "NetworkMTUSubnetConflict"
+    assert "68" in r.error["message"]
+    small = await ctl.create("network", "/v2.0/networks", mtu=1279)
     r = await ctl.post("/v2.0/subnets", {"subnet": {"network_id": small["id"], "ip_version": 6,
                                                     "cidr": "2001:db8::/64"}})
-    assert r.status == 400 and r.error["type"] == "InvalidInput" and "1280" in r.error["message"]
+    assert r.status == 409 and r.error["type"] == "NetworkMTUSubnetConflict"
+    assert "1280" in r.error["message"]
+    assert last_rev(ctl) == before + 1  # only the second network: no subnet was written
     await ctl.create("subnet", "/v2.0/subnets", network_id=small["id"], ip_version=4, cidr="10.9.0.0/24")
+    r = await ctl.put(f"/v2.0/networks/{small['id']}", {"network": {"mtu": 67}})
+    assert r.status == 409 and "68" in r.error["message"]
+    assert (await ctl.put(f"/v2.0/networks/{small['id']}", {"network": {"mtu": 68}})).status == 200
     n = await ctl.create("network", "/v2.0/networks")
     await ctl.create("subnet", "/v2.0/subnets", network_id=n["id"], ip_version=6, cidr="2001:db8::/64")
     r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1279}})
-    assert r.status == 400 and "1280" in r.error["message"]
+    assert r.status == 409 and "1280" in r.error["message"]
     r = await ctl.put(f"/v2.0/networks/{n['id']}", {"network": {"mtu": 1280}})
     assert r.status == 200
+    # Without subnets, any MTU goes.
+    assert (await ctl.put(f"/v2.0/networks/{tiny['id']}", {"network": {"mtu": 0}})).status == 200
 
 
 async def test_what_no_host_could_carry_out_is_refused(ctl):

@@ -57,7 +57,7 @@ def test_attribute_schemas_come_from_the_validators() -> None:
     fixed = ports["fixed_ips"]["items"]
     assert set(fixed["properties"]) == {"subnet_id", "ip_address"}
     nets = DOC["components"]["schemas"]["NetworkCreate"]["properties"]
-    assert nets["mtu"] == {"type": "integer", "minimum": 68, "maximum": 65535}
+    assert nets["mtu"] == {"type": "integer", "minimum": 0, "maximum": 65535}
     subnet = DOC["components"]["schemas"]["Subnet"]["properties"]
     assert subnet["gateway_ip"]["nullable"] is True
     assert subnet["ipv6_ra_mode"]["enum"][-1] is None  # nullable enums carry null explicitly
