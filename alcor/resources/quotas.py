@@ -38,13 +38,14 @@ UNLIMITED = -1
 class QuotaConfig:
     """[quotas]: each resource's default limit per project (Neutron's option names); -1 is
     unlimited. Neutron's own defaults are network 100, subnet 100, port 500, router 10,
-    security_group 10, security_group_rule 100."""
+    floatingip 50, security_group 10, security_group_rule 100."""
 
     SECTION: ClassVar[str] = "quotas"
     quota_network: int = UNLIMITED
     quota_subnet: int = UNLIMITED
     quota_port: int = UNLIMITED
     quota_router: int = UNLIMITED
+    quota_floatingip: int = UNLIMITED
     quota_security_group: int = UNLIMITED
     quota_security_group_rule: int = UNLIMITED
 
@@ -120,7 +121,8 @@ class Quotas:
 
     async def used(self, project: str) -> dict[str, int]:
         types = {"network": "network", "subnet": "subnet", "port": "port", "router": "router",
-                 "security_group": "security_group", "security_group_rule": "security_group_rule"}
+                 "floatingip": "floatingip", "security_group": "security_group",
+                 "security_group_rule": "security_group_rule"}
         rows = await self.store.fetchall(
             "SELECT type, COUNT(*) FROM resources WHERE project_id = ? GROUP BY type", (project,))
         counts = dict(rows)

@@ -46,6 +46,7 @@ ks = json.load(open(sys.argv[1]))
 print('[api]\nauth = "keystone"')
 # Neutron's default quotas (Tempest's quota tests count up to them); alcor's own are unlimited.
 print('[quotas]\nquota_network = 100\nquota_subnet = 100\nquota_port = 500\nquota_router = 10')
+print('quota_floatingip = 50')
 print('quota_security_group = 10\nquota_security_group_rule = 100')
 print('[keystone_authtoken]')
 for k, v in ks["authtoken"].items():
@@ -61,8 +62,10 @@ pids+=($!)
 for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.5; done
 curl -sf "http://127.0.0.1:$PORT/" >/dev/null || { echo "the dev run did not come up: $OUT/alcor.log" >&2; exit 1; }
 
-# The network service in Keystone's catalog; what the API lists is what Tempest may test.
-EXTENSIONS=$(.venv/bin/python - "$OUT/keystone/keystone.json" "$PORT" <<'EOF'
+# The network service in Keystone's catalog; what the API lists is what Tempest may test. And the
+# public network devstack makes for Tempest (flat on physnet "public", 172.24.4.0/24): the floating
+# IP and router gateway tests need one (neutron-tempest-plugin's fail, Tempest's skip, without it).
+read -r EXTENSIONS PUBLIC_NET <<<"$(.venv/bin/python - "$OUT/keystone/keystone.json" "$PORT" <<'EOF'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -71,11 +74,22 @@ ks = json.load(open(sys.argv[1]))
 k = Keystone(ks["url"], None, ks["projects"])
 k.register_network(int(sys.argv[2]))
 s = k.session("admin")
-exts = s.get(f"http://127.0.0.1:{sys.argv[2]}/v2.0/extensions").json()["extensions"]
-print(",".join(sorted(e["alias"] for e in exts)))
+api = f"http://127.0.0.1:{sys.argv[2]}/v2.0"
+exts = s.get(f"{api}/extensions").json()["extensions"]
+r = s.post(f"{api}/networks", json={"network": {
+    "name": "public", "router:external": True, "provider:network_type": "flat",
+    "provider:physical_network": "public"}})
+r.raise_for_status()
+net = r.json()["network"]
+s.post(f"{api}/subnets", json={"subnet": {
+    "name": "public-subnet", "network_id": net["id"], "ip_version": 4, "cidr": "172.24.4.0/24",
+    "gateway_ip": "172.24.4.1", "enable_dhcp": False}}).raise_for_status()
+print(",".join(sorted(e["alias"] for e in exts)), net["id"])
 EOF
-)
+)"
+[ -n "$PUBLIC_NET" ] || { echo "could not create the public network: $OUT/alcor.log" >&2; exit 1; }
 echo "   extensions: $EXTENSIONS"
+echo "   public network: $PUBLIC_NET"
 
 cat > "$OUT/tempest.conf" <<EOF
 [DEFAULT]
@@ -99,6 +113,8 @@ cinder = false
 glance = false
 swift = false
 [network]
+public_network_id = $PUBLIC_NET
+floating_network_name = public
 project_network_cidr = 10.100.0.0/16
 project_networks_reachable = false
 [network-feature-enabled]

@@ -50,6 +50,24 @@ async def test_a_new_security_groups_own_rules_count_against_the_rule_quota(ctl)
     assert (await tenant.post("/v2.0/security-groups", {"security_group": {"name": "web"}})).status == 201
 
 
+async def test_floating_ips_count_against_their_projects_quota(ctl):
+    ext = await ctl.create("network", "/v2.0/networks", **{"router:external": True})
+    await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
+                     ip_version=4, enable_dhcp=False)
+    tenant = ctl.as_project("tenant-fq")
+    await ctl.put("/v2.0/quotas/tenant-fq", {"quota": {"floatingip": 1, "port": 0}})
+    one = await tenant.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"])
+    # The address's own port is nobody's (as in Neutron): the port quota of 0 does not stop it.
+    assert one["project_id"] == "tenant-fq"
+    before = (await ctl.get("/v2.0/alcor/changes?since=0&limit=10000")).body["last_rev"]
+    r = await tenant.post("/v2.0/floatingips", {"floatingip": {"floating_network_id": ext["id"]}})
+    assert r.status == 409 and r.error["message"] == "Quota exceeded for resources: ['floatingip']."
+    assert (await ctl.get("/v2.0/alcor/changes?since=0&limit=10000")).body["last_rev"] == before
+    details = (await ctl.get("/v2.0/quotas/tenant-fq/details")).body["quota"]
+    assert details["floatingip"] == {"limit": 1, "used": 1, "reserved": 0}
+    assert details["port"]["used"] == 0
+
+
 async def test_quota_api_rules_and_bad_input(ctl):
     tenant = ctl.as_project("tenant-r")
     # Neutron's clients send `force` (quota-check-limit): taken, not stored.
@@ -57,8 +75,8 @@ async def test_quota_api_rules_and_bad_input(ctl):
     assert r.status == 200 and "force" not in r.body["quota"]
     r = await tenant.get("/v2.0/quotas/tenant-r")
     assert r.status == 200 and r.body["quota"]["router"] == 1
-    assert set(r.body["quota"]) == {"network", "subnet", "port", "router", "security_group",
-                                    "security_group_rule"}
+    assert set(r.body["quota"]) == {"network", "subnet", "port", "router", "floatingip",
+                                    "security_group", "security_group_rule"}
     assert (await tenant.get("/v2.0/quotas/tenant-r/default")).body["quota"]["router"] == -1
     assert (await tenant.get("/v2.0/quotas/someone-else")).status == 403
     assert (await tenant.put("/v2.0/quotas/tenant-r", {"quota": {"router": 9}})).status == 403
