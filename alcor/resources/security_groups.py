@@ -252,10 +252,20 @@ class SecurityGroups(Manager):
                 del self.defaults[project_id]
 
     async def list_raw(self, ctx: Context, lq: q.ListQuery) -> tuple[list[str], bool]:
-        # Neutron creates a project's default group the first time the project looks.
-        if not ctx.is_admin:
-            await self.ensure_default(ctx.project_id)
+        await self.ensure_default_looked_at(ctx, lq)
         return await super().list_raw(ctx, lq)
+
+    async def ensure_default_looked_at(self, ctx: Context, lq: q.ListQuery) -> None:
+        """Neutron creates a project's default group the first time its groups or rules are
+        listed: the caller's project, or for an admin the one its `project_id` filter names (an
+        admin listing everything creates none)."""
+        named = lq.filters.get("project_id") or lq.filters.get("tenant_id")
+        if ctx.is_admin:
+            project = str(named[0]) if named else ""
+        else:
+            project = ctx.project_id
+        if project:
+            await self.ensure_default(project)
 
     async def ensure_default(self, project_id: str) -> str:
         row = await self._default_row(project_id, None)
@@ -410,6 +420,11 @@ class SecurityGroupRules(Manager):
         if sg is None or not sgs.visible(ctx, sg):
             raise not_found("SecurityGroup", given["security_group_id"])
         return self.target(sg)
+
+    async def list_raw(self, ctx: Context, lq: q.ListQuery) -> tuple[list[str], bool]:
+        sgs: SecurityGroups = self.peers.security_groups
+        await sgs.ensure_default_looked_at(ctx, lq)
+        return await super().list_raw(ctx, lq)
 
     def scope(self, ctx: Context, sql: q.SQL) -> None:
         mine = self.target({"project_id": ctx.project_id})

@@ -20,6 +20,23 @@ async def test_default_group_per_project(ctl):
     assert u.status == 409
 
 
+async def test_listing_rules_makes_the_projects_default_group_as_listing_groups_does(ctl):
+    """Neutron makes the default group when a project first lists its rules, too: what it counts
+    then is what counts against its rule quota (neutron-tempest-plugin's rule quota tests)."""
+    t = ctl.as_project("p2")
+    rules = (await t.get("/v2.0/security-group-rules?project_id=p2")).body["security_group_rules"]
+    assert len(rules) == 4 and {r["project_id"] for r in rules} == {"p2"}
+    assert (await ctl.get("/v2.0/quotas/p2/details")).body["quota"]["security_group_rule"]["used"] == 4
+    assert len((await t.get("/v2.0/security-group-rules")).body["security_group_rules"]) == 4
+    # An admin looking at one project's rules makes that project's group; looking at all, none.
+    listed = (await ctl.get("/v2.0/security-group-rules?project_id=p3")).body["security_group_rules"]
+    assert len(listed) == 4
+    before = ctl.kernel.get(StoreModule).store.changes.last_rev
+    await ctl.get("/v2.0/security-group-rules")
+    await ctl.get("/v2.0/security-groups")
+    assert ctl.kernel.get(StoreModule).store.changes.last_rev == before
+
+
 async def test_rules_validation_and_duplicates(ctl):
     sg = await ctl.create("security_group", "/v2.0/security-groups", name="web")
     assert len(sg["security_group_rules"]) == 2  # egress v4 and v6
