@@ -112,6 +112,11 @@ class FloatingIps(Manager):
                                  "specified without a port_id.", type="InvalidInput")
             return none
         port = await self.peers.ports.get(ctx, port_id, tx)
+        if port.get("project_id") != fip["project_id"] and not ctx.is_admin:
+            # The network's owner sees others' ports on it, but may not map its address to them.
+            raise BadRequest(f"Bad floatingip request: Cannot process floating IP association "
+                             f"with Port {port_id}, since that port is owned by a different "
+                             f"project.", type="BadRequest")
         if str(port.get("device_owner") or "").startswith("network:"):
             raise BadRequest(f"Bad floatingip request: Port {port_id} is a network device "
                              f"({port['device_owner']}) and cannot have a floating IP.",

@@ -138,3 +138,19 @@ async def test_deleting_an_external_network_takes_its_unassociated_floating_ips(
     assert (await t.get("/v2.0/floatingips")).body["floatingips"] == []
     assert (await ctl.get(f"/v2.0/subnets/{ext_sub['id']}")).status == 404
     assert (await ctl.get(f"/v2.0/ports?network_id={ext['id']}")).body["ports"] == []
+
+
+async def test_a_port_of_another_project_cannot_take_the_tenants_floating_ip(ctl):
+    t, ext, ext_sub, net, sub, router, vm = await scene(ctl)
+    await t.put(f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    fip = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"])
+    # An admin puts another project's port on the tenant's network: the tenant sees it (its
+    # network), but Neutron refuses to map the tenant's address to it (400); an admin may.
+    theirs = await ctl.create("port", "/v2.0/ports", network_id=net["id"], project_id="other")
+    assert (await t.get(f"/v2.0/ports/{theirs['id']}")).status == 200
+    before = last_rev(ctl)
+    r = await t.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": theirs["id"]}})
+    assert r.status == 400 and "different project" in r.error["message"]
+    assert last_rev(ctl) == before
+    r = await ctl.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": theirs["id"]}})
+    assert r.status == 200 and r.body["floatingip"]["port_id"] == theirs["id"]
