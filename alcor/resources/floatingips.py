@@ -175,6 +175,13 @@ class FloatingIps(Manager):
                 return str(rid)
         return None
 
+    async def update_one(self, ctx: Context, id: str, body: Any, if_match: int | None) -> dict[str, Any]:
+        # Neutron's oldest clients disassociate with an empty update (a floating IP had nothing
+        # else to change then); any other update without port_id keeps the association.
+        if body == {}:
+            body = {"port_id": None}
+        return await super().update_one(ctx, id, body, if_match)
+
     async def update(self, ctx: Context, current: dict[str, Any], changes: dict[str, Any],
                      tx: Tx) -> dict[str, Any]:
         if "port_id" in changes or "fixed_ip_address" in changes:

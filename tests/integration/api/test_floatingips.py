@@ -154,3 +154,20 @@ async def test_a_port_of_another_project_cannot_take_the_tenants_floating_ip(ctl
     assert last_rev(ctl) == before
     r = await ctl.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": theirs["id"]}})
     assert r.status == 200 and r.body["floatingip"]["port_id"] == theirs["id"]
+
+
+async def test_an_empty_update_disassociates_any_other_keeps_the_association(ctl):
+    t, ext, ext_sub, net, sub, router, vm = await scene(ctl)
+    await t.put(f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
+    fip = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"],
+                         port_id=vm["id"], description="d1")
+    r = await t.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"description": "d2"}})
+    assert r.status == 200 and r.body["floatingip"]["port_id"] == vm["id"]
+    assert r.body["floatingip"]["description"] == "d2"
+    r = await t.put(f"/v2.0/floatingips/{fip['id']}", {"floatingip": {}})
+    assert r.status == 200 and r.body["floatingip"]["port_id"] is None
+    assert r.body["floatingip"]["router_id"] is None and r.body["floatingip"]["description"] == "d2"
+    # The fixed IP is free again for another floating IP.
+    again = await t.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"],
+                           port_id=vm["id"])
+    assert again["port_id"] == vm["id"]
