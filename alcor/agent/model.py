@@ -65,6 +65,9 @@ class Message:
     vpc_id: str = ""  # set on a VPC's chain (then node_id is "")
     # On the node's chain: VPC chains to follow from a rev on (None: stop following).
     vpcs: tuple[tuple[str, int | None], ...] = ()
+    # On the node's chain: VPCs whose shared state this delta carries whole (a VPC snapshot,
+    # the answer to a gap on that VPC's chain): what the node held of them is replaced.
+    replace_vpcs: tuple[str, ...] = ()
 
 
 def _int(v: Any, what: str) -> int:
@@ -119,6 +122,12 @@ def parse_message(raw: bytes) -> Message:
         if r is None and kind == "snapshot":
             raise MalformedMessage("a snapshot lists only the chains to follow")
         vpcs.append((v, None if r is None else _int(r, "a vpcs rev")))
+    replace = d.get("replace_vpcs", [])
+    starts = {v for v, r in vpcs if r is not None}
+    if (not isinstance(replace, list) or kind != "delta" or vpc_id is not None) and replace:
+        raise MalformedMessage("replace_vpcs must be a list, on a node's delta")
+    if any(not isinstance(v, str) or v not in starts for v in replace):
+        raise MalformedMessage("replace_vpcs must name VPC chains this message starts")
     prev_rev = _int(d.get("prev_rev"), "prev_rev")
     rev = _int(d.get("rev"), "rev")
     if rev < prev_rev:
@@ -146,12 +155,14 @@ def parse_message(raw: bytes) -> Message:
         rn = _int(o.get("revision_number", 0), "revision_number")
         ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None))
     epoch = _int(d.get("epoch", 0), "epoch")
-    return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs))
+    return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs),
+                   tuple(replace))
 
 
 class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # already applied: ack and drop
     GAP = "gap"  # something was lost: ask for a snapshot
+    VPC_GAP = "vpc_gap"  # something was lost on a VPC's chain: ask for that VPC's state
     WAITING = "waiting"  # a delta while a snapshot is awaited: dropped
     APPLIED = "applied"
     SNAPSHOT = "snapshot"
@@ -171,6 +182,9 @@ class AgentModel:
         default_factory=lambda: {t: {} for t in WIRE_TYPES}
     )
     chains: dict[str, int] = field(default_factory=dict)  # VPC chains followed → applied rev
+    # VPC chains with a gap, awaiting that VPC's state on the node's chain (their messages
+    # are dropped meanwhile; the node's chain and the other VPCs' go on).
+    broken: set[str] = field(default_factory=set)
     revisions: dict[tuple[str, str], int] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
     stale_ops: int = 0
@@ -199,11 +213,14 @@ class AgentModel:
         if msg.prev_rev > self.applied_rev:
             self.awaiting_snapshot = True
             return Outcome.GAP
+        for v in msg.replace_vpcs:
+            self._drop_vpc(v)
         for op in msg.ops:
             if op.rev > self.applied_rev:
                 self._apply(op)
         self.applied_rev = msg.rev
         for v, r in msg.vpcs:
+            self.broken.discard(v)
             if r is None:
                 self.chains.pop(v, None)
             else:
@@ -218,9 +235,12 @@ class AgentModel:
         held = self.chains.get(msg.vpc_id)
         if held is None or msg.rev <= held:
             return Outcome.DUPLICATE  # not followed (any more, or yet), or applied already
+        if msg.vpc_id in self.broken:
+            return Outcome.WAITING
         if msg.prev_rev > held:
-            self.awaiting_snapshot = True
-            return Outcome.GAP
+            # Only this chain is broken: the VPC's state, not a whole snapshot, repairs it.
+            self.broken.add(msg.vpc_id)
+            return Outcome.VPC_GAP
         me = self.node_id
         for op in msg.ops:
             if op.rev > held and not (op.body is not None and op.body.get("node_id") == me
@@ -260,6 +280,15 @@ class AgentModel:
         self.resources[key[0]].pop(key[1], None)
         self.revisions.pop(key, None)
 
+    def _drop_vpc(self, vpc: str) -> None:
+        """Forget what a VPC's chain carries (its ports, subnets, record and gateways) before
+        the VPC's state replaces it. Tombstones stay: they only ever block older upserts."""
+        for t in _SHARED:
+            field = "vpc_id" if t == "gateway" else "network_id"
+            for i, body in list(self.resources[t].items()):
+                if (i if t == "vpc" else body.get(field)) == vpc:
+                    self._drop((t, i))
+
     def _replace(self, msg: Message) -> None:
         self.resources = {t: {} for t in WIRE_TYPES}
         self.revisions.clear()
@@ -271,6 +300,7 @@ class AgentModel:
             self._set((op.type, op.id), op.body, op.revision_number)
         self.applied_rev = msg.rev
         self.chains = {v: r for v, r in msg.vpcs if r is not None}
+        self.broken.clear()
         self.awaiting_snapshot = False
 
     def goal(self) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class StreamCounters:
     applied: int = 0
     duplicates: int = 0
     gaps: int = 0
+    vpc_gaps: int = 0  # of them, on a VPC's chain (repaired with that VPC's state only)
     waiting: int = 0
     snapshots: int = 0
     rejected: int = 0
@@ -101,6 +102,7 @@ class AgentStream:
         self._ports_due = asyncio.Event()  # a port's state changed, or a snapshot came
         self._last_status = 0.0
         self._asked_at = 0.0
+        self._vpc_asked_at: dict[str, float] = {}  # broken VPC chains → when last asked
 
     async def start(self) -> None:
         self._sub = await self.transport.consume(self.address, self._on_delivery, self.prefetch)
@@ -165,6 +167,12 @@ class AgentStream:
                 applied_rev=self.model.applied_rev,
             )
             await self._ask("resync")
+        elif outcome is Outcome.VPC_GAP:
+            c.gaps += 1
+            c.vpc_gaps += 1
+            log.warning("stream.vpc_gap", node=self.node_id, vpc=msg.vpc_id,
+                        prev_rev=msg.prev_rev, held=self.model.chains.get(msg.vpc_id))
+            await self._ask_vpc(msg.vpc_id)
         else:
             if outcome is Outcome.SNAPSHOT:
                 c.snapshots += 1
@@ -247,10 +255,23 @@ class AgentStream:
         if await self._send(body):
             log.info(f"stream.{kind}_sent", node=self.node_id, applied_rev=self.model.applied_rev)
 
+    async def _ask_vpc(self, vpc: str) -> None:
+        """resync for one VPC chain with a gap: the controller answers with that VPC's state."""
+        self._vpc_asked_at[vpc] = time.monotonic()
+        body = {"kind": "resync", "applied_rev": self.model.applied_rev, "vpc_id": vpc}
+        if await self._send(body):
+            log.info("stream.resync_sent", node=self.node_id, vpc=vpc)
+
     async def _ask_loop(self) -> None:
         await self._ask("hello")
         while True:
             await asyncio.sleep(min(1.0, self.resync_interval))
+            now = time.monotonic()
+            for vpc in list(self._vpc_asked_at):
+                if vpc not in self.model.broken or self.model.awaiting_snapshot:
+                    del self._vpc_asked_at[vpc]
+                elif now - self._vpc_asked_at[vpc] >= self.resync_interval:
+                    await self._ask_vpc(vpc)
             if not self.model.awaiting_snapshot:
                 continue
             if time.monotonic() - self._asked_at >= self.resync_interval:

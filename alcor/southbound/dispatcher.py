@@ -40,10 +40,11 @@ import alcor.southbound.state as tables
 from alcor.config import Config, ConfigError
 from alcor.db.changelog import Change
 from alcor.db.store import Store, StoreConfig
-from alcor.southbound.encode import encode_delta, encode_snapshot, pack
+from alcor.southbound.encode import encode_delta, encode_snapshot, pack, vpc_snapshot
 from alcor.southbound.feedback import Feedback
-from alcor.southbound.goalstate import Topology
-from alcor.southbound.plan import Channels, plan
+from alcor.southbound.goalstate import Key, Topology
+from alcor.southbound.placement import Op
+from alcor.southbound.plan import BatchPlan, Channels, plan
 from alcor.southbound.state import MIGRATIONS, Deposed, DispatchState, NodeState, VpcState
 from alcor.transport import Address, MqConfig, Transport
 from alcor.wire import CONTROLLER_QUEUE, vpc_key
@@ -457,15 +458,24 @@ class Dispatcher:
 
         messages: list[tuple[str, str, bytes]] = []  # (node, kind, body), hosts first
         cache: dict[int, bytes] = {}
-        for node, bucket in p.per_node.items():
+        # Nodes whose agent saw a gap on a VPC's chain get that VPC's state in their message.
+        resyncs = [n for n, st in state.nodes.items() if st.vpc_resync and n not in p.per_node]
+        for node in [*p.per_node, *resyncs]:
             if node not in self.topology.res["node"]:
                 continue  # deleted in this batch: nobody left to tell
             ns = self.state.node(node)
             if ns.need_snapshot:
                 # Owed a snapshot: deltas would be dropped anyway; the snapshot covers them.
                 continue
+            bucket = p.per_node.get(node, {})
+            follow = p.follow.get(node)
+            replace: list[str] = []
+            if ns.vpc_resync:
+                bucket, follow, replace = self._vpc_snapshots(node, ns, bucket, follow, p, rev)
+                if not bucket and not follow:
+                    continue
             raw = encode_delta(node, "delta", ns.next_prev, rev, bucket.values(), cache,
-                               self.topology, self.epoch, p.follow.get(node))
+                               self.topology, self.epoch, follow, replace=replace)
             messages.append((node, "delta", pack(raw, s.compress_over)))
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
@@ -489,6 +499,7 @@ class Dispatcher:
             # the commit puts the node back among those owed one.
             st.need_snapshot = False
             st.next_prev = rev
+            st.vpc_resync.clear()
             log.info(
                 "snapshot.built",
                 node=node,
@@ -515,6 +526,31 @@ class Dispatcher:
         new_brokers = [a for t, i in p.touched if t == "node" and (a := self.address(i)) is not None]
         return Batch(rev, messages, model_rows, p.first_ts, p.used, p.ops, new_brokers,
                      p.binds, p.unbinds, vpcs)
+
+    def _vpc_snapshots(
+        self, node: str, ns: NodeState, bucket: dict[Key, Op], follow: dict[str, int | None] | None,
+        p: BatchPlan, rev: int,
+    ) -> tuple[dict[Key, Op], dict[str, int | None], list[str]]:
+        """Add to a node's message the state of each VPC whose chain it saw a gap on (a VPC
+        snapshot: the agent replaces what it held of the VPC, and follows its chain from this
+        rev on), for the VPCs it still follows after this batch."""
+        t = self.topology
+        ops = dict(bucket)
+        fresh = dict(follow or {})
+        replace = []
+        for v in sorted(ns.vpc_resync):
+            if v not in p.multicast or node not in t.members.get(v, {}) or (
+                v in fresh and fresh[v] is None
+            ):
+                continue  # it stops following this chain: nothing to repair
+            for op in vpc_snapshot(t, node, v, rev):
+                ops[(op["type"], op["id"])] = op
+            fresh[v] = rev
+            replace.append(v)
+            p.binds.append((node, v))  # idempotent: make sure its queue gets the chain
+            log.info("vpc.snapshot", node=node, vpc=v, rev=rev)
+        ns.vpc_resync.clear()
+        return ops, fresh, replace
 
     def _vpc_addresses(self, vpc: str) -> list[Address]:
         """Where a VPC's chain is published: its key on each exchange its members' queues use

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alcor.southbound.goalstate import Topology, goal_entries
+from alcor.southbound.goalstate import Topology, goal_entries, vpc_entries
 from alcor.wire import WIRE_VERSION
 
 
@@ -45,10 +45,12 @@ def encode_delta(
     epoch: int = 0,
     vpcs: Mapping[str, int | None] | None = None,
     vpc: str = "",
+    replace: Sequence[str] = (),
 ) -> bytes:
     """Serialise a message on a node's chain (or, with `vpc`, on that VPC's chain: `node` is
     then ignored); an op shared by many messages is encoded once, and a port's body JSON comes
-    from the topology's cache. `vpcs`: the VPC chains the node starts or stops following."""
+    from the topology's cache. `vpcs`: the VPC chains the node starts or stops following;
+    `replace`: VPCs whose whole shared state the ops carry (VPC snapshots, see `vpc_snapshot`)."""
     parts = []
     for op in ops:
         b = cache.get(id(op))
@@ -67,11 +69,12 @@ def encode_delta(
                 b = json.dumps(op, separators=(",", ":")).encode()
             cache[id(op)] = b
         parts.append(b)
-    return _head(node, kind, prev, rev, epoch, vpcs, vpc) + b",".join(parts) + b"]}"
+    return _head(node, kind, prev, rev, epoch, vpcs, vpc, replace) + b",".join(parts) + b"]}"
 
 
 def _head(node: str, kind: str, prev: int, rev: int, epoch: int,
-          vpcs: Mapping[str, int | None] | None, vpc: str = "") -> bytes:
+          vpcs: Mapping[str, int | None] | None, vpc: str = "",
+          replace: Sequence[str] = ()) -> bytes:
     head: dict[str, Any] = {"v": WIRE_VERSION, "epoch": epoch}
     if vpc:
         head["vpc_id"] = vpc
@@ -80,6 +83,8 @@ def _head(node: str, kind: str, prev: int, rev: int, epoch: int,
     head.update(kind=kind, prev_rev=prev, rev=rev)
     if vpcs:
         head["vpcs"] = dict(sorted(vpcs.items()))
+    if replace:
+        head["replace_vpcs"] = sorted(replace)
     return json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"ops":['
 
 
@@ -99,6 +104,14 @@ def encode_snapshot(t: Topology, node: str, prev: int, rev: int, epoch: int = 0,
         parts.append(_op_json(rev, wtype, id, "upsert", rn, bj))
     head = _head(node, "snapshot", prev, rev, epoch, vpcs)
     return head + b",".join(parts) + b"]}", len(parts)
+
+
+def vpc_snapshot(t: Topology, node: str, vpc: str, rev: int) -> list[dict[str, Any]]:
+    """The ops of a VPC snapshot for `node` at `rev` (sent on its chain with `replace` and
+    `vpcs: {vpc: rev}`): everything it holds of the VPC's shared state, as upserts. A gap on a
+    VPC's chain costs this, not the node's whole snapshot."""
+    return [{"rev": rev, "type": w, "id": i, "op": "upsert", "revision_number": rn, "body": b}
+            for w, i, b, rn in vpc_entries(t, node, vpc)]
 
 
 def pack(raw: bytes, over: int) -> bytes:

@@ -122,8 +122,13 @@ class Feedback:
                 )
                 self.request_snapshot(node, "hello")
             elif kind == "resync":
-                log.info("agent.resync", node=node, applied_rev=msg.get("applied_rev"))
-                self.request_snapshot(node, "gap")
+                vpc = msg.get("vpc_id")
+                log.info("agent.resync", node=node, applied_rev=msg.get("applied_rev"), vpc=vpc)
+                if isinstance(vpc, str) and vpc in state.followed(node):
+                    state.node(node).vpc_resync.add(vpc)  # that VPC's state only
+                    self.p.kick()
+                else:
+                    self.request_snapshot(node, "gap")
             elif kind == "status":
                 self.on_status(node, msg)
                 if self.set_statuses is not None:

@@ -745,6 +745,27 @@ def goal_entries(t: Topology, node: str) -> Iterator[tuple[str, str, Body, int]]
                 yield wtype, id, body, rn
 
 
+def vpc_entries(t: Topology, node: str, vpc: str) -> Iterator[tuple[str, str, Body, int]]:
+    """(wire type, id, body, revision_number) of what `node` holds of a VPC's shared state (its
+    record, subnets, ports, gateways: what the VPC's chain carries), for a VPC snapshot. The
+    node's own ports come in their local variant, as the node holds them."""
+    if vpc not in t.vpcs_of.get(node, {}):
+        return
+    src = t.res["network"].get(vpc)
+    if src is not None:
+        yield "vpc", vpc, vpc_body(t, vpc, src), int(src.get("revision_number") or 0)
+    for id in sorted(t.subnets_by_vpc.get(vpc, ())):
+        s = t.res["subnet"][id]
+        yield "subnet", id, subnet_body(t, id, s), int(s.get("revision_number") or 0)
+    for id in sorted(t.ports_by_vpc.get(vpc, ())):
+        p = t.res["port"][id]
+        host = t.port_node(id)
+        yield "port", id, t.port_view(id, p, host, host == node), int(p.get("revision_number") or 0)
+    for id in sorted(t.gateways_by_vpc.get(vpc, ())):
+        g = t.res["gateway"][id]
+        yield "gateway", id, gateway_body(id, g), int(g.get("revision_number") or 0)
+
+
 def node_digest(t: Topology, node: str) -> str:
     """`digest(goal_state(t, node))`, from the topology's cached port shares."""
     total = 0

@@ -81,6 +81,9 @@ class NodeState:
     expected: tuple[Any, str] | None = None
     verified_at: float = 0.0  # monotonic time `expected` was last computed
     last_repair: float = 0.0
+    # VPC chains its agent saw a gap on: owed that VPC's state (in memory: an agent repeats
+    # its resync until answered, so a restarted controller hears it again)
+    vpc_resync: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -113,22 +113,30 @@ async def test_disconnected_agent_tails_its_queue(h: Harness) -> None:
 
 
 async def test_lost_message_is_a_gap_repaired_by_snapshot(h: Harness) -> None:
+    """A message lost on the VPC's chain costs that VPC's state on the node's chain; one lost on
+    the node's own chain costs a snapshot."""
     await h.commit(topology(h, 2))
     n = node_ids(h)[0]
     await h.add_agent(n)
     await h.converge()
     a = h.agents[n]
-    await a._sub.cancel()  # type: ignore[union-attr]
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
-    await h.commit([w.add_port(sub, "host-1", [])])
-    await eventually(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
-    h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
-    await h.commit([w.add_port(sub, "host-1", [])])
-    await eventually(lambda: h.broker.depth(a.address) == 1)  # type: ignore[attr-defined]
-    a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
-    await h.converge(nodes=[n])
-    assert a.counters.gaps == 1 and a.counters.snapshots == 2
+
+    async def lose(host: str, messages: int) -> None:
+        await a._sub.cancel()  # type: ignore[union-attr]
+        await h.commit([w.add_port(sub, host, [])])
+        await eventually(lambda: h.broker.depth(a.address) == messages)  # type: ignore[attr-defined]
+        h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
+        await h.commit([w.add_port(sub, host, [])])
+        await eventually(lambda: h.broker.depth(a.address) == messages)  # type: ignore[attr-defined]
+        a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
+        await h.converge(nodes=[n])
+
+    await lose("host-1", 1)  # a neighbour's port: on the VPC's chain
+    assert (a.counters.gaps, a.counters.vpc_gaps, a.counters.snapshots) == (1, 1, 1)
+    await lose("host-0", 2)  # its own port: on its chain (and the neighbours' on the VPC's)
+    assert (a.counters.gaps, a.counters.vpc_gaps, a.counters.snapshots) == (2, 1, 2)
 
 
 async def test_malformed_and_foreign_messages_rejected_and_counted(h: Harness) -> None:
@@ -380,7 +388,8 @@ async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
     h: Harness,
 ) -> None:
     """A partitioned agent's queue keeps its newest messages only (RabbitMQ's drop-head); when
-    it consumes again it sees a gap, asks for a snapshot and converges."""
+    it consumes again it sees a gap (on the VPC's chain: the changes are a neighbour's), asks
+    for the VPC's state and converges."""
     broker: InProcessBroker = h.broker  # type: ignore[attr-defined]
     broker.max_depth = 5
     await all_agents_converged(h, 2)
@@ -397,7 +406,8 @@ async def test_the_queue_of_an_agent_away_is_bounded_and_it_recovers_from_a_gap(
     assert len(q.ready) == 5 and q.dropped >= 7
     a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
     await h.converge()
-    assert a.counters.gaps >= 1 and a.counters.snapshots == 2
+    assert a.counters.gaps >= 1 and a.counters.vpc_gaps == a.counters.gaps
+    assert a.counters.snapshots == 1  # the first; the gap cost the VPC's state only
 
 
 async def test_a_report_ahead_of_a_restarted_dispatcher_is_still_written(h: Harness) -> None:
