@@ -213,6 +213,11 @@ class AgentModel:
         if msg.prev_rev > self.applied_rev:
             self.awaiting_snapshot = True
             return Outcome.GAP
+        if any(v in self.broken and v not in msg.replace_vpcs for v, _ in msg.vpcs):
+            # A chain with a gap would start or stop without the VPC's state: what the node
+            # holds of that VPC may be stale, so only a snapshot can make it whole.
+            self.awaiting_snapshot = True
+            return Outcome.GAP
         for v in msg.replace_vpcs:
             self._drop_vpc(v)
         for op in msg.ops:

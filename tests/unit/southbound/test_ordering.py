@@ -226,3 +226,34 @@ def test_a_deposed_leaders_messages_are_refused() -> None:
         pass
     else:
         raise AssertionError("a negative epoch was accepted")
+
+
+def test_a_broken_vpc_chain_is_never_forgotten() -> None:
+    """A node whose VPC chain has a gap applies nothing of that chain until the VPC's state
+    comes; a node-chain message that would start or stop the chain without it costs a snapshot
+    (what the node holds of the VPC may be stale), never a silent gap."""
+
+    def vpc_msg(prev: int, rev: int) -> bytes:
+        return json.dumps({"v": 2, "vpc_id": "v1", "kind": "delta", "prev_rev": prev, "rev": rev,
+                           "ops": []}).encode()
+
+    def node_msg(prev: int, rev: int, vpcs: dict[str, Any], replace: list[str]) -> bytes:
+        return json.dumps({"v": 2, "node_id": NODE, "kind": "delta", "prev_rev": prev,
+                           "rev": rev, "ops": [], "vpcs": vpcs, "replace_vpcs": replace}).encode()
+
+    for stop in ({"v1": None}, {"v1": 9}):
+        m = AgentModel(NODE)
+        m.receive(parse_message(message("snapshot", 0, 3, [])))
+        assert m.receive(parse_message(node_msg(3, 4, {"v1": 4}, []))) is Outcome.APPLIED
+        assert m.receive(parse_message(vpc_msg(5, 6))) is Outcome.VPC_GAP  # 4 → 5 lost
+        assert m.broken == {"v1"} and not m.awaiting_snapshot
+        assert m.receive(parse_message(vpc_msg(6, 7))) is Outcome.WAITING
+        assert m.receive(parse_message(node_msg(4, 9, stop, []))) is Outcome.GAP
+        assert m.awaiting_snapshot
+    m = AgentModel(NODE)
+    m.receive(parse_message(message("snapshot", 0, 3, [])))
+    m.receive(parse_message(node_msg(3, 4, {"v1": 4}, [])))
+    m.receive(parse_message(vpc_msg(5, 6)))
+    assert m.receive(parse_message(node_msg(4, 9, {"v1": 9}, ["v1"]))) is Outcome.APPLIED
+    assert not m.broken and m.chains == {"v1": 9}
+    assert m.receive(parse_message(vpc_msg(7, 10))) is Outcome.APPLIED
