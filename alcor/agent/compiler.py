@@ -16,8 +16,10 @@ membership flows it changes. `compile_flows` is the same from scratch.
 from __future__ import annotations
 
 import gc
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from alcor.agent import ctzones, gateway, secgroups
@@ -286,13 +288,7 @@ class FlowCompiler:
         self, ports: Mapping[str, Body], ofports: Mapping[str, int], zones: Mapping[str, int]
     ) -> list[str] | None:
         old = self._ports
-        changed: list[str] = []
-        if ports is not old:
-            for pid, body in ports.items():
-                prev = old.get(pid)
-                if prev is not body and prev != body:
-                    changed.append(pid)
-            changed.extend(pid for pid in old if pid not in ports)
+        changed = changed_keys(old, ports)
         for pid in self.local_ports:  # a tap that appeared, went or moved; a zone that changed
             if pid in ports and (
                 ofports.get(tap_name(pid)) != self._port_ofport.get(pid)
@@ -485,6 +481,66 @@ class FlowCompiler:
         return out
 
 
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The keys whose value differs between two mappings (added and removed ones included),
+    in no particular order. This runs on every goal state, over every port: goal states are
+    shallow copies sharing unchanged bodies in the same order, so the values are compared by
+    identity position by position in C (~0.2 ms for 11,000 ports, a Python loop costs 2 ms),
+    and only the few that differ are compared by value."""
+    if new is old:
+        return []
+    keys_new, keys_old = list(new), list(old)
+    if keys_new[: len(keys_old)] == keys_old:  # the same keys in order, maybe some added
+        differ = compress(keys_new, map(operator.is_not, new.values(), old.values()))
+        out = [k for k in differ if old[k] != new[k]]
+        out.extend(keys_new[len(keys_old) :])
+        return out
+    get = old.get
+    out = [k for k, v in new.items() if get(k) is not v]
+    out = [k for k in out if k not in old or old[k] != new[k]]
+    out.extend(old.keys() - new.keys())
+    return out
+
+
+class LocalPorts:
+    """The ids of the ports a goal state places on this node (not router ports), sorted: kept
+    from one goal state to the next by `changed_keys` rather than reading every body again.
+
+        >>> lp = LocalPorts()
+        >>> lp.of({"node_id": "n1", "port": {"p1": {"node_id": "n1"}, "p2": {"node_id": "n2"}}})
+        ['p1']
+    """
+
+    def __init__(self) -> None:
+        self._me: Any = None
+        self._ports: Mapping[str, Body] = {}
+        self._local: set[str] = set()
+        self._sorted: list[str] = []
+
+    def of(self, goal: Mapping[str, Any]) -> list[str]:
+        me, ports = goal.get("node_id"), goal.get("port") or {}
+        if me != self._me:
+            self._me, self._ports, self._local, self._sorted = me, {}, set(), []
+        changed = changed_keys(self._ports, ports)
+        self._ports = ports
+        if changed:
+            for pid in changed:
+                body = ports.get(pid)
+                if body is not None and _is_local(body, me):
+                    self._local.add(pid)
+                else:
+                    self._local.discard(pid)
+            self._sorted = sorted(self._local)
+        return list(self._sorted)
+
+
+def _is_local(body: Body, me: Any) -> bool:
+    return body.get("node_id") == me and body.get("device_owner") not in (
+        ROUTER_INTERFACE,
+        ROUTER_GATEWAY,
+    )
+
+
 def _count(counter: dict[Any, int], item: Any, delta: int) -> None:
     n = counter.get(item, 0) + delta
     if n > 0:
@@ -521,11 +577,7 @@ def _groups(body: Body | None) -> tuple[str, ...]:
 
 def _local_ports(goal: Mapping[str, Any]) -> list[str]:
     me = goal.get("node_id")
-    return [
-        pid
-        for pid, p in (goal.get("port") or {}).items()
-        if p.get("node_id") == me and p.get("device_owner") not in (ROUTER_INTERFACE, ROUTER_GATEWAY)
-    ]
+    return [pid for pid, p in (goal.get("port") or {}).items() if _is_local(p, me)]
 
 
 def _flood_key(out: PortFlows | None) -> tuple[Any, ...] | None:

@@ -28,7 +28,7 @@ import structlog
 
 from alcor.agent import gateway
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge, ensure_patches
-from alcor.agent.compiler import FlowCompiler
+from alcor.agent.compiler import FlowCompiler, LocalPorts
 from alcor.agent.config import AgentConfig, DhcpConfig, NodeConfig
 from alcor.agent.ctzones import ZoneStore
 from alcor.agent.dhcp_server import DhcpServer
@@ -41,7 +41,7 @@ from alcor.agent.openflow import connect as openflow_connect
 from alcor.agent.ra import RouterAdvertiser, advertisements
 from alcor.agent.reconcile import Reconciler, Report
 from alcor.config import Config
-from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE, GoalState
+from alcor.wire import GoalState
 
 log = structlog.get_logger("alcor.agent.datapath")
 
@@ -120,6 +120,7 @@ class Datapath:
         self._server = OpenFlowServer(config.listen, self, netns=config.netns)
         self._reconciler: Reconciler | None = None
         self._compiler = FlowCompiler(config.tunnel_port, dict(config.bridge_mappings))
+        self._local_ports = LocalPorts()  # the goal state's local ports, kept incrementally
         self.nexthops = NextHops(lambda: self._schedule("nexthop") if self.goal else None)
         self._signatures: SigCache = {}
         self._rejected: set[Key] = set()
@@ -239,11 +240,11 @@ class Datapath:
         switch, reconciler = self.switch, self._reconciler
         if switch is None or reconciler is None:
             reason = f"bridge {self.config.bridge} not connected to the agent"
-            self.statuses = {pid: (ERROR, reason) for pid in _local_ports(goal)}
+            self.statuses = {pid: (ERROR, reason) for pid in self._local_ports.of(goal)}
             self.ra.update(None, {}, {})  # a switch that comes back gets every RA afresh
             return dict(self.statuses)
         start = time.perf_counter()
-        zones, gone = await self.zones.assign(_local_ports(goal))
+        zones, gone = await self.zones.assign(self._local_ports.of(goal))
         zoned = time.perf_counter() - start
         changes = self._compiler.compile(goal, switch.ports, zones, self.nexthops.bindings)
         compiled = time.perf_counter() - start
@@ -394,12 +395,11 @@ class Datapath:
         problems = self._compiler.port_problems
         for pid in self._compiler.local_ports:
             problem = problems.get(pid, "")
-            cookie = cookie_for("port", pid)
             if problem == "admin_state_up is false":
                 out[pid] = (DOWN, problem)
             elif problem:
                 out[pid] = (ERROR, problem)
-            elif cookie in failed:
+            elif failed and (cookie := cookie_for("port", pid)) in failed:
                 errs = sorted(
                     {e.error for e in report.errors if e.flow and e.flow.cookie == cookie}
                 )
@@ -512,15 +512,6 @@ def _router_of(goal: Mapping[str, Any] | None, port_id: str) -> str:
 
 def _router_of_fip(goal: Mapping[str, Any] | None, fip_id: str) -> str:
     return str((((goal or {}).get("floating_ip") or {}).get(fip_id) or {}).get("router_id") or "")
-
-
-def _local_ports(goal: Mapping[str, Any]) -> list[str]:
-    me = goal.get("node_id")
-    return sorted(
-        pid
-        for pid, p in (goal.get("port") or {}).items()
-        if p.get("node_id") == me and p.get("device_owner") not in (ROUTER_INTERFACE, ROUTER_GATEWAY)
-    )
 
 
 class DatapathModule:

@@ -267,6 +267,46 @@ class Switch:
             self._raw_multipart.discard(req.xid)
         return [bytes(page) for page in pages]
 
+    def flow_stats_ahead(self, cookies: Iterable[int]) -> asyncio.Task[list[Flow]]:
+        """flow_stats_many with every request written before this returns, so that the switch
+        (which handles a connection's messages in order) answers them with its flows as they
+        were before whatever is written next; the task gives their flows."""
+        loop = asyncio.get_running_loop()
+        futs: dict[int, asyncio.Future[list[Any]]] = {}
+        data = []
+        for c in sorted(set(cookies)):
+            req = parser.OFPFlowStatsRequest(
+                codec.DP, table_id=ofp.OFPTT_ALL, cookie=c, cookie_mask=codec.ALL_ONES64
+            )
+            req.set_xid(self._next_xid())
+            data.append(self._encode(req))
+            futs[req.xid] = loop.create_future()
+        self._raw_multipart.update(futs)
+        self._pending.update(futs)
+        try:
+            self._write(b"".join(data))
+        except BaseException:
+            self._forget(futs)
+            raise
+
+        async def collect() -> list[Flow]:
+            try:
+                out: list[Flow] = []
+                for fut in futs.values():
+                    pages = await asyncio.wait_for(fut, 60.0)
+                    out += [f for page in pages for f in fastcodec.decode_flow_stats(bytes(page))]
+                return out
+            finally:
+                self._forget(futs)
+
+        return loop.create_task(collect())
+
+    def _forget(self, xids: Iterable[int]) -> None:
+        for xid in xids:
+            self._pending.pop(xid, None)
+            self._partial.pop(xid, None)
+            self._raw_multipart.discard(xid)
+
     async def flow_stats_many(self, cookies: Iterable[int]) -> list[Flow]:
         """Read back the flows of several exact cookies with pipelined requests."""
         reqs = [
