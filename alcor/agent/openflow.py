@@ -73,6 +73,27 @@ class _Batch:
     errors: list[FlowModError] = field(default_factory=list)
 
 
+class ReadAhead:
+    """Flow-stats requests written ahead of other messages (Switch.flow_stats_ahead): `flows()`
+    waits for their replies; `forget()` (always, once done) drops what the switch keeps for
+    them."""
+
+    def __init__(self, switch: Switch, futs: dict[int, asyncio.Future[list[Any]]]) -> None:
+        self._switch = switch
+        self._futs = futs
+
+    async def flows(self) -> list[Flow]:
+        out: list[Flow] = []
+        async with asyncio.timeout(60.0):
+            for fut in self._futs.values():
+                pages = await fut
+                out += [f for page in pages for f in fastcodec.decode_flow_stats(bytes(page))]
+        return out
+
+    def forget(self) -> None:
+        self._switch._forget(self._futs)
+
+
 class Switch:
     """One connected switch. Owned by the server; the handler uses its request methods."""
 
@@ -136,7 +157,11 @@ class Switch:
         try:
             self._write(data)
             await self._writer.drain()
-            return await asyncio.wait_for(fut, timeout)
+            # asyncio.timeout, not asyncio.wait_for: the latter (Python 3.11) returns the
+            # reply when a cancellation meets it, so a reconcile cancelled as its barrier
+            # is answered (an agent stopping) ran on and its caller never finished stopping
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self._pending.pop(xid, None)
             self._partial.pop(xid, None)
@@ -267,10 +292,10 @@ class Switch:
             self._raw_multipart.discard(req.xid)
         return [bytes(page) for page in pages]
 
-    def flow_stats_ahead(self, cookies: Iterable[int]) -> asyncio.Task[list[Flow]]:
+    def flow_stats_ahead(self, cookies: Iterable[int]) -> ReadAhead:
         """flow_stats_many with every request written before this returns, so that the switch
         (which handles a connection's messages in order) answers them with its flows as they
-        were before whatever is written next; the task gives their flows."""
+        were before whatever is written next."""
         loop = asyncio.get_running_loop()
         futs: dict[int, asyncio.Future[list[Any]]] = {}
         data = []
@@ -283,23 +308,13 @@ class Switch:
             futs[req.xid] = loop.create_future()
         self._raw_multipart.update(futs)
         self._pending.update(futs)
+        ahead = ReadAhead(self, futs)
         try:
             self._write(b"".join(data))
         except BaseException:
-            self._forget(futs)
+            ahead.forget()
             raise
-
-        async def collect() -> list[Flow]:
-            try:
-                out: list[Flow] = []
-                for fut in futs.values():
-                    pages = await asyncio.wait_for(fut, 60.0)
-                    out += [f for page in pages for f in fastcodec.decode_flow_stats(bytes(page))]
-                return out
-            finally:
-                self._forget(futs)
-
-        return loop.create_task(collect())
+        return ahead
 
     def _forget(self, xids: Iterable[int]) -> None:
         for xid in xids:

@@ -55,7 +55,11 @@ def plan(
     """
     if scope is None:
         # identity first: flows matched on read-back are the desired objects themselves
-        adds = [f for k, f in desired.items() if (h := installed.get(k)) is not f and h != f]
+        adds = [
+            f
+            for k, f in desired.items()
+            if (h := installed.get(k)) is not f and (h is None or h != f)
+        ]
         deletes = [f for k, f in installed.items() if k not in desired]
         return adds, deletes
     adds, deletes = [], []
@@ -167,10 +171,9 @@ class Reconciler:
                 reading = self.switch.flow_stats_ahead(cookies)
                 try:
                     await self._send(adds, deletes, report)
-                except BaseException:
-                    reading.cancel()
-                    raise
-                before = await reading
+                    before = await reading.flows()  # answered before the barrier was
+                finally:
+                    reading.forget()
                 ahead = _after(before, adds, deletes, report.errors)
                 report.read_back = len(before)
         truth = ahead if ahead is not None else []
