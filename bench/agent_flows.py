@@ -3,6 +3,7 @@
     .venv/bin/python bench/agent_flows.py [--neighbours 10000] [--deltas 200] [--single-subnet]
                                           [--dual-stack]
     .venv/bin/python bench/agent_flows.py --security [--local-ports 1000] [--groups 50]
+                                          [--dummy-ports]
 
 Prints: a goal state with N neighbours applied from scratch (compile + flow-mods + barrier); one
 port delta to flows installed (p50/p99); a switch reconnect and an agent restart with nothing
@@ -170,7 +171,16 @@ def build_security_goal(neighbours: int, local: int, groups: int) -> dict[str, A
 async def security_bench(args: argparse.Namespace) -> None:
     local, groups = args.local_ports, args.groups
     goal = build_security_goal(args.neighbours, local, groups)
-    with tempfile.TemporaryDirectory() as tmp, OvsSandbox.started(Path(tmp) / "ovs") as ovs:
+    # --dummy-ports: OVS dummy interfaces rather than internal ports (taps), as bench/agent_dhcp.py
+    # has them: the userspace datapath polls every tap on each pass of its main loop, so 1,000
+    # taps make every round trip to the switch wait on polling a real host's kernel datapath
+    # does not do
+    vswitchd_args = ("--enable-dummy",) if args.dummy_ports else ()
+    port_type = "type=dummy" if args.dummy_ports else "type=internal"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        OvsSandbox.started(Path(tmp) / "ovs", vswitchd_args=vswitchd_args) as ovs,
+    ):
         cfg = DatapathConfig(
             node_id="node-0",
             listen="tcp:127.0.0.1:6798",
@@ -193,7 +203,7 @@ async def security_bench(args: argparse.Namespace) -> None:
                 "set",
                 "interface",
                 name,
-                "type=internal",
+                port_type,
             ]
         ovs.vsctl(*cmd[1:])
         await eventually(lambda: dp.switch and len(dp.switch.ports) >= local + 1, 120, interval=0.01)
@@ -227,7 +237,10 @@ async def security_bench(args: argparse.Namespace) -> None:
             f"machine                    load {load:.1f} on {os.cpu_count()} CPUs (1-min average)"
         )
         print(f"security groups            {groups} x {rules} rules (12 naming remote groups)")
-        print(f"neighbours / local ports   {args.neighbours} / {local}  ACTIVE {active}/{local}")
+        print(
+            f"neighbours / local ports   {args.neighbours} / {local}  ACTIVE {active}/{local}"
+            f"  ({'OVS dummy interfaces' if args.dummy_ports else 'internal ports (taps)'})"
+        )
         print(
             f"flows installed            {len(flows)}  (flow-mods sent: {report.adds + report.deletes})"
         )
@@ -336,6 +349,11 @@ async def main() -> None:
         type=int,
         default=AgentConfig.flow_mod_connections,
         help="with --security: [agent] flow_mod_connections",
+    )
+    ap.add_argument(
+        "--dummy-ports",
+        action="store_true",
+        help="with --security: local ports are OVS dummy interfaces, not taps the datapath polls",
     )
     ap.add_argument("--single-subnet", action="store_true", help="no router: no L3 flows")
     ap.add_argument("--dual-stack", action="store_true", help="an IPv6 address on every port too")

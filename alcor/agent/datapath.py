@@ -121,6 +121,8 @@ class Datapath:
         self._reconciler: Reconciler | None = None
         self._compiler = FlowCompiler(config.tunnel_port, dict(config.bridge_mappings))
         self._local_ports = LocalPorts()  # the goal state's local ports, kept incrementally
+        # the ACTIVE local ports' ofports, and the switch's ofports they were read from
+        self._live_from: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self.nexthops = NextHops(lambda: self._schedule("nexthop") if self.goal else None)
         self._signatures: SigCache = {}
         self._rejected: set[Key] = set()
@@ -285,11 +287,14 @@ class Datapath:
         self.counters["full"] += int(report.full)
         self.counters["flow_mods"] += report.adds + report.deletes
         before, self.statuses = self.statuses, self._statuses(report)
-        live = {
-            pid: ofport
-            for pid, (status, _) in self.statuses.items()
-            if status == ACTIVE and (ofport := switch.ports.get(tap_name(pid))) is not None
-        }
+        if self.statuses != before or switch.ports != self._live_from[1]:
+            live = {
+                pid: ofport
+                for pid, (status, _) in self.statuses.items()
+                if status == ACTIVE and (ofport := switch.ports.get(tap_name(pid))) is not None
+            }
+            self._live_from = (live, dict(switch.ports))
+        live = self._live_from[0]  # the same statuses and ofports as last time: the same ports
         self.ra.update(switch, advertisements(goal, switch.ports, live), live)
         self.dhcp.update(goal, {ofport: pid for pid, ofport in live.items()})
         mappings = dict(self.config.bridge_mappings)
@@ -369,14 +374,23 @@ class Datapath:
     async def _idle_collect(self) -> None:
         """Bulk work runs with the cyclic GC held off; the full collection it owes (~0.2 s at
         40,000 flows) is taken once no goal state has arrived for a while, rather than landing
-        on some later small delta. Deltas come in bursts: wait for the burst to end."""
+        on some later small delta. Deltas come in bursts: wait for the burst to end.
+
+        What survives it (the goal state, the desired flows, the compiler's indexes: ~10^6
+        objects at 10,000 neighbours) is then frozen out of the cyclic GC's reach, so the
+        automatic full collections that deltas still trigger walk only what is newer (a walk
+        of the whole heap is hundreds of ms under load, the p99 of a one-flow delta). None of
+        it forms cycles, and the next idle collection unfreezes it first: garbage frozen in
+        between is reclaimed by reference counting, or by that collection."""
         while True:
             idle = time.monotonic() - self._last_apply
             if idle >= IDLE_GC_AFTER:
                 break
             await asyncio.sleep(IDLE_GC_AFTER - idle)
         t0 = time.perf_counter()
+        gc.unfreeze()
         gc.collect()
+        gc.freeze()
         log.debug("datapath.gc_collected", ms=round((time.perf_counter() - t0) * 1000, 1))
 
     async def _resync_loop(self) -> None:

@@ -30,6 +30,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from alcor.agent import codec
+from alcor.agent.compiler import changed_keys
 from alcor.agent.config import DhcpConfig
 from alcor.agent.dhcp import prepare, respond
 from alcor.agent.leases import METER_BASE, METER_SPAN, Lease, lease_for
@@ -100,7 +101,8 @@ class DhcpServer:
             # only the ports whose lease may have changed: a delta should not cost a pass
             # over every local port's lease
             before, now = old.get("port") or {}, goal.get("port") or {}
-            live = {p for p in live if p not in self._leases or before.get(p) is not now.get(p)}
+            changed = live.intersection(changed_keys(before, now))
+            live = (live - self._leases.keys()) | changed
         self._to_warm = sorted(live)
         if self._warmer is None or self._warmer.done():
             self._warmer = asyncio.get_running_loop().create_task(self._warm(), name="dhcp.warm")

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import gc
 import ipaddress
+import operator
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -141,8 +142,16 @@ _SAMPLE: dict[str, Any] = {
 
 
 def _match_tlvs(m: Match) -> list[bytes]:
-    names = tuple(n for n, _ in m)
-    return [_oxm_bytes(*m[i])[1] for i in _field_order(names)]
+    # map() rather than generators: this runs for every flow of a compile from scratch
+    return [_oxm_tlv(m[i]) for i in _field_order(tuple(map(_first, m)))]
+
+
+_first = operator.itemgetter(0)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _oxm_tlv(item: tuple[str, MatchValue]) -> bytes:
+    return _oxm_bytes(*item)[1]
 
 
 def _match_from_tlvs(tlvs: list[bytes]) -> bytes:
@@ -172,7 +181,7 @@ def instructions_bytes(flow: Flow) -> bytes:
     if flow.meter is not None:  # first, as OVS reports it back
         out += _METER.pack(ofp.OFPIT_METER, 8, flow.meter)
     if flow.actions:
-        acts = b"".join(action_bytes(a) for a in flow.actions)
+        acts = b"".join(map(action_bytes, flow.actions))
         out += _APPLY_HDR.pack(ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
     if flow.write_metadata is not None:
         out += _WRITE_META.pack(ofp.OFPIT_WRITE_METADATA, 24, *flow.write_metadata)

@@ -146,6 +146,8 @@ def _ipv4(value: Any) -> str | None:
 
 @functools.lru_cache(maxsize=1 << 17)  # every address is read again for each of its flows
 def _ipv4_text(text: str) -> str | None:
+    if portsec.ipv4_host(text):
+        return text
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -155,6 +157,8 @@ def _ipv4_text(text: str) -> str | None:
 
 def _ip(value: Any, version: int | None = None) -> str | None:
     """An IPv4 or IPv6 address as the flows spell it (and OVS reads it back), or None."""
+    if version != 6 and portsec.ipv4_host(text := str(value)):
+        return text
     try:
         addr = ipaddress.ip_address(str(value))
     except ValueError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,6 +156,16 @@ def _net(value: Any) -> Net | None:
     return _parse_net(str(value)) if value else None
 
 
+def ipv4_host(text: str) -> bool:
+    """Whether `text` is an IPv4 address spelled as OVS reads it back (a dotted quad without
+    leading zeros): true of nearly every fixed IP, and ~10x cheaper to tell than to parse it
+    with ipaddress, which a from-scratch compile would do for each of 10,000 neighbours."""
+    try:
+        return socket.inet_ntoa(socket.inet_aton(text)) == text
+    except (OSError, ValueError):  # not an address; a NUL in it
+        return False
+
+
 @functools.lru_cache(maxsize=1 << 17)  # an address is parsed once, not once per flow it is in
 def _parse_net(text: str) -> Net | None:
     try:
@@ -171,6 +182,22 @@ def prefix(field_name: str, net: Net) -> dict[str, MatchValue]:
     if net.prefixlen == 0:
         return {}
     return {field_name: (str(net.network_address), str(net.netmask))}
+
+
+def host_addresses(body: Body) -> Iterable[tuple[int, str, Net | None]]:
+    """`addresses`, cheaper: (IP version, the address as OVS reads it back, None) for an IPv4
+    host address, (version, "", network) for anything else."""
+    for entry in (*(body.get("fixed_ips") or ()), *(body.get("allowed_address_pairs") or ())):
+        value = entry.get("ip_address")
+        if not value:
+            continue
+        text = str(value)
+        if ipv4_host(text):
+            yield 4, text, None
+            continue
+        net = _parse_net(text)
+        if net is not None:
+            yield net.version, "", net
 
 
 def addresses(body: Body) -> Iterable[Net]:

@@ -376,14 +376,17 @@ def member_flows(index: SecurityIndex, pid: str, body: Body) -> list[Flow]:
         return []
     c = cookie_for("member", pid)
     flows: list[Flow] = []
-    for net in portsec.addresses(body):
-        ethertype = ETH_IP if net.version == 4 else ETH_IPV6
+    for version, host, net in portsec.host_addresses(body):
+        ethertype = ETH_IP if version == 4 else ETH_IPV6
         for direction in (INGRESS, EGRESS):
             actions = conj.get((direction, ethertype))
             if not actions:
                 continue
             side = "src" if direction == INGRESS else "dst"
-            m = match(eth_type=ethertype, **_prefix(f"ipv{net.version}_{side}", net))
+            if net is None:  # an IPv4 host address: match() of one field, by hand
+                m: Match = (("eth_type", ETH_IP), (f"ipv4_{side}", host))
+            else:
+                m = match(eth_type=ethertype, **_prefix(f"ipv{version}_{side}", net))
             flows.append(Flow(RULES_TABLE[direction], P_RULE, m, actions, cookie=c))
     return flows
 
