@@ -87,6 +87,13 @@ FLUSH = ("WITH f AS (INSERT INTO store_flushes(controller, n) VALUES ($1, 1) "
          "SELECT rev, pg_notify('" + CHANNEL + "', rev::text), (SELECT n FROM f), "
          "pg_postmaster_start_time() FROM rev_counter WHERE id = 1")
 FINISH_PARAMS = 10
+# A write transaction's start, one round trip (a simple query, several statements): BEGIN, the
+# counter row locked, then whether it still holds the rev the indexes follow (%d): its status is
+# "SELECT 1" when no other controller committed since, and only then is the rev not read back.
+# Each statement has a snapshot of its own (READ COMMITTED), so the last one, taken once the
+# lock is held, sees every commit before it.
+OPEN = ("BEGIN; SELECT 1 FROM rev_counter WHERE id = 1 FOR UPDATE; "
+        "SELECT 1 FROM rev_counter WHERE id = 1 AND rev = %d")
 # Pending inserts are sent on their own once they hold this many parameters (the protocol
 # allows 32,767 per statement).
 MAX_PENDING_PARAMS = 20_000
@@ -295,6 +302,11 @@ class PgStore(Store):
             self._writer = await self._connect("writer")
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout,
+                # A connection going back to the pool has its transaction rolled back, if any,
+                # and nothing else: nothing here leaves session state (LISTEN, advisory locks,
+                # cursors, SET) on a pool connection, and the default reset is a round trip
+                # (four statements) after every read and every dispatcher commit.
+                reset=_keep_session,
                 # State transactions run here too (the dispatcher's, which lock sb_leader): a
                 # stalled process must not hold them either.
                 server_settings={"application_name": "alcor-reader",
@@ -535,6 +547,12 @@ class PgStore(Store):
                         # The payload is the rev committed: rows up to it can be read at once.
                         # Our own commits are heard too, and are already applied once we hold
                         # the lock (the transaction holds it until then): nothing to ask.
+                        # Our own flush announces its rev before it has returned here: once it
+                        # has, its commits are handed to readers without being read back.
+                        async with self._flush_lock:
+                            pass
+                        if self._notified <= self.changes.last_rev:
+                            continue
                         async with self._lock:
                             if self._notified > self.changes.last_rev and not self._stale:
                                 await self._catch_up(listener, self._notified, durable=True)
@@ -581,20 +599,25 @@ class PgStore(Store):
             self._stale = True
         return self._writer
 
-    async def _begin(self) -> asyncpg.Connection:
-        """The writer connection with a transaction open on it.
+    async def _begin(self) -> tuple[asyncpg.Connection, bool]:
+        """The writer connection with a transaction open on it and the counter row locked, in
+        one round trip (OPEN); and whether the counter has moved past the indexes' rev (another
+        controller committed since this one last looked).
 
         A connection that died while idle (the server restarted, an operator ended the session)
-        may not look closed until it is used: nothing of this transaction has been sent yet, so
-        one fresh connection is tried before anyone is failed.
+        may not look closed until it is used: nothing of this transaction has run yet, so one
+        fresh connection is tried before anyone is failed.
         """
         for attempt in (1, 2):
             conn = await self._writer_conn()
             try:
-                await conn.execute("BEGIN")
-                return conn
+                status = await conn.execute(OPEN % int(self._index_rev))
+                return conn, _rowcount(status) == 0
             except BaseException as e:
                 if attempt == 2 or not isinstance(e, _LOST):
+                    # Cancelled while waiting for the row (its client went away), or failed
+                    # inside the transaction: end it (or the session).
+                    await self._fail_batch(_Batch(conn, 0), e)
                     _raise(e, conn)
                 conn.terminate()
                 self._writer = None
@@ -677,9 +700,11 @@ class PgStore(Store):
         await asyncio.shield(durable)
 
     async def _open_batch(self) -> _Batch:
-        conn = await self._begin()
+        conn, moved = await self._begin()
+        rev = self._index_rev
         try:
-            rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1 FOR UPDATE")
+            if moved or self._stale:
+                rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
             if self._stale:
                 await self._reload(conn)
             if rev > self._index_rev:
@@ -792,6 +817,16 @@ class PgStore(Store):
         except BaseException as e:
             _raise(e, None)
 
+    async def statement(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """On a connection of the read pool, outside any transaction block: the statement is its
+        own transaction, committed synchronously (the pool's sessions keep the server's
+        synchronous_commit)."""
+        try:
+            async with self._read() as conn:
+                return await conn.fetchrow(_sql(sql), *params)
+        except BaseException as e:
+            _raise(e, None)
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -814,6 +849,10 @@ class PgStore(Store):
             raise StoreError("the store is not open")
         async with self._pool.acquire() as conn:
             yield conn
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The read pool's reset (asyncpg has rolled back any open transaction before it)."""
 
 
 def _raise(e: BaseException, conn: Any) -> NoReturn:

@@ -223,6 +223,12 @@ class Store:
         row, so it never holds up the API; here it is one more writer transaction."""
         return self.transaction()
 
+    async def statement(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """One statement that writes state without a change row (as `state_transaction`),
+        committed by itself, durably, in one round trip; returns its first row. A shared store
+        only: on SQLite a state transaction costs no round trips to begin with."""
+        raise NotImplementedError
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
 
