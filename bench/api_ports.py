@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.postgres import create_database, drop_database  # noqa: E402
@@ -28,6 +34,95 @@ from tests.support.process import Program  # noqa: E402
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU spent by the controllers, this client and the database's backends over a phase."""
+
+    def __init__(self, controllers: list[int], db: str | None) -> None:
+        self.controllers = controllers
+        self.db = db
+        self.backends: list[int] = []
+
+    async def start(self) -> None:
+        if self.db:
+            conn = await asyncpg.connect(self.db)
+            try:
+                self.backends = [r[0] for r in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()")]
+            finally:
+                await conn.close()
+        self.t0 = self.sample()
+
+    def sample(self) -> tuple[float, float, float]:
+        def total(pids: list[int]) -> float:
+            out = 0.0
+            for pid in pids:
+                try:
+                    out += cpu_s(pid)
+                except OSError:  # a backend that ended meanwhile
+                    pass
+            return out
+        return total(self.controllers), time.process_time(), total(self.backends)
+
+    def per(self, n: int) -> str:
+        c, b, d = (x - y for x, y in zip(self.sample(), self.t0, strict=True))
+        out = f"CPU per create: controllers {c / n * 1e3:.2f} ms, client {b / n * 1e3:.2f} ms"
+        if self.db:
+            out += f", PostgreSQL backends {d / n * 1e3:.2f} ms"
+        return out
+
+
+def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling a controller (raw stacks, one line per stack and count) until stop_spy."""
+    return subprocess.Popen(["py-spy", "record", "--format", "raw", "--nonblocking", "--rate",
+                             "250", "--pid", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_spy(sampler: subprocess.Popen[bytes]) -> None:
+    sampler.send_signal(signal.SIGINT)
+    sampler.wait()
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection kept open, one request at a time: all a load generator needs.
+    (aiohttp's client costs ~0.3 ms of CPU per request, on the same two cores as the controllers
+    and PostgreSQL; this costs about half. `--client aiohttp` measures with it instead.)"""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (
+                              path.encode(), self.host.encode(), self.port, len(data), data))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        reply = await self.reader.readexactly(length)
+        return int(head[9:12]), json.loads(reply)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def rss_mb(pid: int) -> float:
@@ -87,26 +182,43 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
             )
             counter = iter(range(10**9))
 
-            async def create_one(lat: list[float], via: str = base) -> None:
+            clients: list[KeepAlive] = []
+
+            def client(via: str) -> Any:
+                """A client of its own for each worker (the lean one, or the shared session)."""
+                if args.client == "aiohttp":
+                    return lambda path, body: post_to(via, path, body)
+                c = KeepAlive(via)
+                clients.append(c)
+
+                async def send(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                    status, data = await c.post(path, body)
+                    assert status == 201, data
+                    return data
+                return send
+
+            async def create_one(lat: list[float], send: Any) -> None:
                 i = next(counter)
                 t = time.perf_counter()
-                await post_to(via,
-                    "/v2.0/ports",
-                    {
-                        "port": {
-                            "network_id": net["id"],
-                            "name": f"p{i}",
-                            "binding:host_id": f"host-{i % 50}",
-                        }
-                    },
-                )
+                await send("/v2.0/ports", {
+                    "port": {
+                        "network_id": net["id"],
+                        "name": f"p{i}",
+                        "binding:host_id": f"host-{i % 50}",
+                    }
+                })
                 lat.append(time.perf_counter() - t)
 
+            pids = [p.proc.pid for p in progs if p.proc is not None]
             seq: list[float] = []
+            cpu = Cpu(pids, db)
+            await cpu.start()
             t0 = time.perf_counter()
+            one = client(base)
             for _ in range(args.ports):
-                await create_one(seq)
+                await create_one(seq, one)
             seq_s = time.perf_counter() - t0
+            seq_cpu = cpu.per(args.ports)
 
             list_times = []
             for _ in range(5):
@@ -119,25 +231,39 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
             conc: list[float] = []
 
             async def worker(k: int, via: str) -> None:
+                send = client(via)
                 for _ in range(k):
-                    await create_one(conc, via)
+                    await create_one(conc, send)
 
+            cpu = Cpu(pids, db)
+            await cpu.start()
+            spies = [spy(pid, Path(args.profile) / f"{store}-{n}-{i}.txt")
+                     for i, pid in enumerate(pids)] if args.profile else []
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(args.ports // 8, progs[i % n].url) for i in range(8)))
             conc_s = time.perf_counter() - t0
+
+            conc_cpu = cpu.per(len(conc))
+            for sampler in spies:
+                stop_spy(sampler)
 
             print(
                 f"sequential creates: {args.ports / seq_s:8.1f} ports/s  p50 {pct(seq, 0.5) * 1e3:6.2f} ms"
                 f"  p99 {pct(seq, 0.99) * 1e3:6.2f} ms"
             )
+            print(f"  {seq_cpu}")
             print(
                 f"8 concurrent:       {len(conc) / conc_s:8.1f} ports/s  p50 {pct(conc, 0.5) * 1e3:6.2f} ms"
                 f"  p99 {pct(conc, 0.99) * 1e3:6.2f} ms"
             )
+            print(f"  {conc_cpu}")
             print(
                 f"list {listed} ports:   median {statistics.median(list_times) * 1e3:6.1f} ms "
                 f"(min {min(list_times) * 1e3:.1f} ms, {len(body) / 1e6:.1f} MB)"
             )
+
+            for c in clients:
+                await c.close()
 
             if args.rss_ports and store == "sqlite":
                 have = args.ports + len(conc)
@@ -184,4 +310,10 @@ if __name__ == "__main__":
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     ap.add_argument("--store", default="sqlite", help="sqlite, postgresql, or both: sqlite,postgresql")
     ap.add_argument("--controllers", default="1", help="controllers on a PostgreSQL store: 1,2,3")
+    ap.add_argument("--client", default="lean", choices=["lean", "aiohttp"],
+                    help="the creates' HTTP client: one kept-alive connection per worker "
+                         "(lean), or aiohttp's")
+    ap.add_argument("--profile", default="",
+                    help="a directory: py-spy (on PATH) samples each controller during the 8 "
+                         "clients' creates, raw stacks there")
     asyncio.run(main(ap.parse_args()))
