@@ -454,12 +454,14 @@ class PgStore(Store):
     async def catch_up(self) -> bool:
         """Apply to the indexes what other controllers committed up to now (one read of the
         counter; the rows only when it moved). A client that wrote through another controller
-        and then asks this one must find its resource (read-your-writes)."""
+        and then asks this one must find its resource (read-your-writes). True also when the
+        follower moved them meanwhile (the caller looked before)."""
+        before = self._index_rev
         try:
             async with self._read() as conn:
                 rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
                 if rev <= self._index_rev:
-                    return False
+                    return self._index_rev > before
                 async with self._lock:
                     if rev > self._index_rev and not self._stale:
                         await self._catch_up(conn, rev, durable=False)
