@@ -94,6 +94,11 @@ FINISH_PARAMS = 10
 # lock is held, sees every commit before it.
 OPEN = ("BEGIN; SELECT 1 FROM rev_counter WHERE id = 1 FOR UPDATE; "
         "SELECT 1 FROM rev_counter WHERE id = 1 AND rev = %d")
+# After OPEN said the counter moved: where it is, and the first page of the rows since the
+# indexes' rev (the counter is locked, so it cannot move meanwhile).
+MOVED = (f"SELECT c.rev, x.* FROM rev_counter c LEFT JOIN LATERAL (SELECT {CHANGE_COLUMNS} "
+         f"FROM changes WHERE rev > $1 AND rev <= c.rev ORDER BY rev LIMIT {CATCH_UP_ROWS}) x "
+         f"ON true WHERE c.id = 1 ORDER BY x.rev")
 # Pending inserts are sent on their own once they hold this many parameters (the protocol
 # allows 32,767 per statement).
 MAX_PENDING_PARAMS = 20_000
@@ -427,15 +432,20 @@ class PgStore(Store):
     def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._reloads.append(fn)
 
-    async def _catch_up(self, conn: Any, upto: int, durable: bool) -> None:
+    async def _catch_up(self, conn: Any, upto: int, durable: bool,
+                        first: list[tuple[Any, ...]] | None = None) -> None:
         """Read the rows up to `upto` (committed by others) and apply those the indexes have not
         seen; when they are `durable`, readers of the change log get them too. Call with the
-        lock held, so they interleave with this controller's own commits in rev order."""
+        lock held, so they interleave with this controller's own commits in rev order.
+        `first`: the first page, already read (see _open_batch)."""
         while self._index_rev < upto or (durable and self.changes.last_rev < upto):
             since = min(self._index_rev, self.changes.last_rev) if durable else self._index_rev
-            rows = await conn.fetch(
-                f"SELECT {CHANGE_COLUMNS} FROM changes WHERE rev > $1 AND rev <= $2 "
-                f"ORDER BY rev LIMIT {CATCH_UP_ROWS}", since, upto)
+            if first is not None:
+                rows, first = first, None
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {CHANGE_COLUMNS} FROM changes WHERE rev > $1 AND rev <= $2 "
+                    f"ORDER BY rev LIMIT {CATCH_UP_ROWS}", since, upto)
             if not rows or rows[0][0] != since + 1:
                 # Compacted away (this controller was behind the horizon): start from the tables.
                 log.warning("store.behind_horizon", last_rev=since, upto=upto)
@@ -705,14 +715,17 @@ class PgStore(Store):
         conn, moved = await self._begin()
         rev = self._index_rev
         try:
-            if moved or self._stale:
-                rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
             if self._stale:
+                rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
                 await self._reload(conn)
-            if rev > self._index_rev:
+            elif moved:
                 # Committed by others, maybe not flushed yet: the indexes need them now,
-                # readers only once they are durable (the follower hands them over).
-                await self._catch_up(conn, rev, durable=False)
+                # readers only once they are durable (the follower hands them over). The
+                # counter and the first page of rows in one round trip.
+                page = await conn.fetch(MOVED, self._index_rev)
+                rev = page[0][0]
+                rows = [tuple(r)[1:] for r in page if r[1] is not None]
+                await self._catch_up(conn, rev, durable=False, first=rows)
         except BaseException as e:
             await self._fail_batch(_Batch(conn, 0), e)
             _raise(e, conn)
