@@ -59,6 +59,21 @@ async def gateway_nodes(ctl):
     return gws, agents, ext
 
 
+async def gateway_router(ctl, ext, **attrs):
+    """A router with its gateway on `ext`, and its gateway port."""
+    router = await ctl.create("router", "/v2.0/routers",
+                              external_gateway_info={"network_id": ext["id"]}, **attrs)
+    gw = (await ctl.get(f"/v2.0/ports?device_id={router['id']}"
+                        "&device_owner=network:router_gateway")).body["ports"][0]
+    return router, gw
+
+
+async def carrier(ctl, gw_port):
+    """The node whose agent has the gateway port ACTIVE (None while nobody has)."""
+    p = await port(ctl, gw_port["id"])
+    return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+
+
 async def port(ctl, pid):
     return (await ctl.get(f"/v2.0/ports/{pid}")).body["port"]
 
@@ -70,13 +85,10 @@ async def alive(ctl, node_id):
 async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent_goes_silent(tmp_path):
     async with controller(tmp_path) as ctl:
         gws, agents, ext = await gateway_nodes(ctl)
-        router = await ctl.create("router", "/v2.0/routers",
-                                  external_gateway_info={"network_id": ext["id"]})
-        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}")).body["ports"][0]
+        router, gw_port = await gateway_router(ctl, ext)
 
         async def placed():
-            p = await port(ctl, gw_port["id"])
-            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+            return await carrier(ctl, gw_port)
         first = await eventually(placed, 10, "the gateway port never turned ACTIVE on a gateway node")
         assert first in ("gw-1", "gw-2")  # never the compute node: it maps no physical network
         # A VM's port on the same node, to see it go DOWN with its node.
@@ -113,22 +125,11 @@ async def test_gateway_port_is_placed_on_a_gateway_node_and_moves_when_its_agent
 
 async def test_an_l3_agent_turned_off_gives_its_gateways_to_another_gateway_node(tmp_path):
     async with controller(tmp_path) as ctl:
-        gws = [await ctl.create("node", "/v2.0/alcor/nodes", node_name=f"gw-{i}",
-                                local_ip=f"172.16.0.{10 + i}", bridge_mappings={"physnet1": "br-ex"})
-               for i in (1, 2)]
-        agents = [await agent(ctl, n) for n in gws]
-        ext = await ctl.create("network", "/v2.0/networks", **{
-            "router:external": True, "provider:network_type": "flat",
-            "provider:physical_network": "physnet1"})
-        await ctl.create("subnet", "/v2.0/subnets", network_id=ext["id"], cidr="203.0.113.0/24",
-                         ip_version=4, enable_dhcp=False)
-        router = await ctl.create("router", "/v2.0/routers",
-                                  external_gateway_info={"network_id": ext["id"]})
-        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}")).body["ports"][0]
+        gws, agents, ext = await gateway_nodes(ctl)
+        router, gw_port = await gateway_router(ctl, ext)
 
         async def placed():
-            p = await port(ctl, gw_port["id"])
-            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+            return await carrier(ctl, gw_port)
         first = await eventually(placed, 10, "the gateway port never turned ACTIVE")
         node = next(n for n in gws if n["node_name"] == first)
         l3 = (await ctl.get(f"/v2.0/agents?agent_type=L3+agent&host={first}")).body["agents"][0]
@@ -142,15 +143,12 @@ async def test_an_l3_agent_turned_off_gives_its_gateways_to_another_gateway_node
         moved = await eventually(moved_away, 10, "the gateway stayed on the disabled L3 agent")
         assert moved != first
         # A new router's gateway goes to the enabled node only.
-        other = await ctl.create("router", "/v2.0/routers",
-                                 external_gateway_info={"network_id": ext["id"]})
-        other_port = (await ctl.get(f"/v2.0/ports?device_id={other['id']}")).body["ports"][0]
+        _, other_port = await gateway_router(ctl, ext)
 
         async def other_placed():
-            p = await port(ctl, other_port["id"])
-            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
+            return await carrier(ctl, other_port)
         assert await eventually(other_placed, 10, "the second gateway was never placed") == moved
-        for a in agents:
+        for a in agents.values():
             await a.stop()
 
 
@@ -173,18 +171,12 @@ async def test_a_floating_ips_status_follows_the_node_that_carries_its_router(tm
         net = await ctl.create("network", "/v2.0/networks")
         sub = await ctl.create("subnet", "/v2.0/subnets", network_id=net["id"],
                                cidr="10.0.0.0/24", ip_version=4)
-        router = await ctl.create("router", "/v2.0/routers",
-                                  external_gateway_info={"network_id": ext["id"]})
+        router, gw_port = await gateway_router(ctl, ext)
         await ctl.put(f"/v2.0/routers/{router['id']}/add_router_interface", {"subnet_id": sub["id"]})
         vm = await ctl.create("port", "/v2.0/ports", network_id=net["id"],
                               **{"binding:host_id": "compute-1"})
-        gw_port = (await ctl.get(f"/v2.0/ports?device_id={router['id']}"
-                                 "&device_owner=network:router_gateway")).body["ports"][0]
-
-        async def carried_by():
-            p = await port(ctl, gw_port["id"])
-            return p["binding:host_id"] if p["status"] == "ACTIVE" else None
-        first = await eventually(carried_by, 10, "the gateway port never turned ACTIVE")
+        first = await eventually(lambda: carrier(ctl, gw_port), 10,
+                                 "the gateway port never turned ACTIVE")
         other = ({"gw-1", "gw-2"} - {first}).pop()
 
         fip = await ctl.create("floatingip", "/v2.0/floatingips", floating_network_id=ext["id"])
