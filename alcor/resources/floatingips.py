@@ -221,8 +221,8 @@ class FloatingIps(Manager):
 
     async def set_statuses(self, statuses: dict[str, tuple[str, str]]) -> None:
         """Agent feedback: {id: (ACTIVE/ERROR/DOWN, the reporting node's name)}; ids that name no
-        floating IP are ignored (a report carries ports too). Only the node that carries the
-        router's gateway port speaks for its floating IPs, and only for associated ones."""
+        floating IP are ignored. Only the node that carries the router's gateway port speaks for
+        its floating IPs, and only for associated ones."""
         d = self.store.dialect
         ids = list(statuses)
         async with self.store.transaction() as tx:

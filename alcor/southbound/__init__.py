@@ -111,11 +111,8 @@ class SouthboundModule:
         fips = kernel.get(FloatingIps) if kernel.has(FloatingIps) else None
 
         async def set_statuses(statuses: dict[str, tuple[str, str]]) -> None:
-            # one report carries ports and floating IPs by id; each manager takes its own
             if ports is not None:
                 await ports.set_statuses(statuses)
-            if fips is not None:
-                await fips.set_statuses(statuses)
 
         return Dispatcher(
             kernel.get(StoreModule).store,
@@ -124,6 +121,7 @@ class SouthboundModule:
             set_statuses,
             epoch=epoch,
             fence=self.election.valid if self.election is not None else None,
+            set_fip_statuses=fips.set_statuses if fips is not None else None,
         )
 
     def _gateway_watch(self) -> GatewayWatch:

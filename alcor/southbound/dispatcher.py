@@ -179,6 +179,7 @@ class Dispatcher:
         set_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None = None,
         epoch: int = 0,
         fence: Callable[[], bool] | None = None,
+        set_fip_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         """`epoch`: the leader epoch this dispatcher was elected with (on every message, checked
         at every commit); `fence()`: may it still publish (election.py). Defaults: a sole leader."""
@@ -190,7 +191,7 @@ class Dispatcher:
         self.settings = settings or Settings()
         self.state = DispatchState()
         self.metrics = Metrics()
-        self.feedback = Feedback(self, set_statuses)
+        self.feedback = Feedback(self, set_statuses, set_fip_statuses)
         s = self.settings
         self.channels = Channels(s.multicast_nodes, s.unicast_nodes)
         self._buffer: list[Change] = []

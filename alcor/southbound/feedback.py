@@ -52,13 +52,16 @@ class Feedback:
         self,
         pipeline: Pipeline,
         set_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None,
+        set_fip_statuses: Callable[[dict[str, tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         self.p = pipeline
         self.set_statuses = set_statuses
+        self.set_fip_statuses = set_fip_statuses
         self.verify: set[str] = set()  # nodes whose last report awaits a digest check
-        # port or floating IP → (status, name of the reporting node), the latest report winning,
-        # until written (ids are UUIDs: the two never collide).
+        # port → (status, name of the reporting node), the latest report winning, until written;
+        # the same for floating IPs (gateway nodes' reports), written only when some came.
         self._port_updates: dict[str, tuple[str, str]] = {}
+        self._fip_updates: dict[str, tuple[str, str]] = {}
         # Status reports not acknowledged yet: an agent reports a port's state once (wire.md), so
         # its message is acked only after the statuses it carried are committed; a crash before
         # that hands it back to the broker.
@@ -176,9 +179,10 @@ class Feedback:
         # topology can be behind the agent (a controller that restarted replays the change log),
         # and a report, said once, must not be dropped for that.
         name = str(state.topology.res["node"][node].get("node_name") or "")
-        for pid, status in (*ports.items(), *fips.items()):
-            if status in PORT_STATES and isinstance(pid, str):
-                self._port_updates[pid] = (status, name)
+        for reported, pending in ((ports, self._port_updates), (fips, self._fip_updates)):
+            for rid, status in reported.items():
+                if status in PORT_STATES and isinstance(rid, str):
+                    pending[rid] = (status, name)
         self.p.kick()
 
     def request_snapshot(self, node: str, reason: str) -> None:
@@ -202,18 +206,24 @@ class Feedback:
                 continue  # not leading (for now): reports stay unacknowledged
             held, self._held = self._held, []
             batch, self._port_updates = self._port_updates, {}
-            if batch and self.set_statuses is not None:
+            fips, self._fip_updates = self._fip_updates, {}
+            if (batch or fips) and self.set_statuses is not None:
                 try:
-                    await self.set_statuses(batch)
+                    if batch:
+                        await self.set_statuses(batch)
+                    if fips and self.set_fip_statuses is not None:
+                        await self.set_fip_statuses(fips)
                 except Exception:
-                    log.exception("ports.status_failed", count=len(batch))
+                    log.exception("ports.status_failed", count=len(batch), floating_ips=len(fips))
                     # Keep the reports (unacked) and retry at the next flush; a newer report
                     # received meanwhile wins.
-                    for pid, report in batch.items():
-                        self._port_updates.setdefault(pid, report)
+                    for pending, written in ((self._port_updates, batch), (self._fip_updates, fips)):
+                        for rid, report in written.items():
+                            pending.setdefault(rid, report)
                     self._held[:0] = held
                     continue
-                log.debug("ports.status_set", count=len(batch), reports=len(held))
+                log.debug("ports.status_set", count=len(batch), floating_ips=len(fips),
+                          reports=len(held))
             for d in held:
                 await d.ack()
             if self.p.store.shared:
