@@ -44,13 +44,11 @@ DEFAULT_CACHE_TIME = 300.0  # keystonemiddleware's token_cache_time default
 
 
 @dataclass(frozen=True)
-class KeystoneAuthtokenConfig:
-    """[keystone_authtoken] (with [api] auth = "keystone"): keystonemiddleware's own option names
-    and defaults, as in neutron.conf; the auth plugin's options are those of `password`."""
+class ServiceCredentials:
+    """How a service logs in to Keystone itself: keystoneauth's `password` plugin options, under the
+    names neutron.conf uses in [keystone_authtoken] and [nova] alike (both sections extend this)."""
 
-    SECTION: ClassVar[str] = "keystone_authtoken"
-    www_authenticate_uri: str = ""  # where clients get tokens (sent in WWW-Authenticate)
-    auth_url: str = ""  # Keystone for this service's own login (validating tokens)
+    auth_url: str = ""  # Keystone for this service's own login
     auth_type: str = "password"
     username: str = ""
     password: str = ""
@@ -60,6 +58,23 @@ class KeystoneAuthtokenConfig:
     user_domain_id: str = ""
     project_domain_id: str = ""
     region_name: str = ""
+    insecure: bool = False
+    cafile: str = ""
+
+    def auth_options(self, wanted: set[str]) -> dict[str, str]:
+        """The set login options among `wanted` (the auth plugin's own), as its loader takes them."""
+        names = ("auth_url", "username", "password", "project_name", "user_domain_name",
+                 "project_domain_name", "user_domain_id", "project_domain_id")
+        return {k: getattr(self, k) for k in names if getattr(self, k) and k in wanted}
+
+
+@dataclass(frozen=True)
+class KeystoneAuthtokenConfig(ServiceCredentials):
+    """[keystone_authtoken] (with [api] auth = "keystone"): keystonemiddleware's own option names
+    and defaults, as in neutron.conf; the auth plugin's options are those of `password`."""
+
+    SECTION: ClassVar[str] = "keystone_authtoken"
+    www_authenticate_uri: str = ""  # where clients get tokens (sent in WWW-Authenticate)
     interface: str = "internal"  # the catalog interface to reach Keystone on
     memcached_servers: list[str] = field(default_factory=list)  # empty: an in-process cache
     memcache_security_strategy: str = ""  # "MAC" or "ENCRYPT" (then memcache_secret_key)
@@ -70,8 +85,6 @@ class KeystoneAuthtokenConfig:
     delay_auth_decision: bool = False
     http_connect_timeout: int = 0  # 0: keystoneauth's default
     http_request_max_retries: int = 3
-    insecure: bool = False
-    cafile: str = ""
     validation_threads: int = 8  # Alcor's: threads that run keystonemiddleware off the event loop
 
 

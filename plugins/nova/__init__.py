@@ -40,6 +40,7 @@ import structlog
 from aiohttp import web
 
 from alcor.api.auth import context
+from alcor.api.keystone import ServiceCredentials
 from alcor.config import Config, ConfigError
 from alcor.context import Context
 from alcor.db.backends import StoreModule
@@ -74,23 +75,12 @@ MIGRATIONS: list[Migration] = [
 ]
 
 @dataclass(frozen=True)
-class NovaConfig:
-    """[nova] (with "nova" in [kernel] plugins): how to reach Nova, as Neutron's [nova] section."""
+class NovaConfig(ServiceCredentials):
+    """[nova] (with "nova" in [kernel] plugins): how to reach Nova, as Neutron's [nova] section
+    (the login options are ServiceCredentials'; Nova's endpoint comes from Keystone's catalog)."""
 
     SECTION: ClassVar[str] = "nova"
-    auth_url: str = ""  # Keystone; Nova's endpoint comes from its catalog
-    auth_type: str = "password"
-    username: str = ""
-    password: str = ""
-    project_name: str = ""
-    user_domain_name: str = ""
-    project_domain_name: str = ""
-    user_domain_id: str = ""
-    project_domain_id: str = ""
-    region_name: str = ""
     endpoint_type: Literal["public", "internal", "admin"] = "public"
-    insecure: bool = False
-    cafile: str = ""
     timeout: float = 30.0  # seconds per call to Keystone or Nova
     send_events_interval: float = 0.1  # seconds events are gathered into one call
     retry_max: float = 10.0  # the longest wait between retries while Nova fails
@@ -440,11 +430,7 @@ def _session(cfg: NovaConfig) -> Any:
         loader: Any = loading.get_plugin_loader(cfg.auth_type)
     except Exception:
         raise ConfigError(f"nova.auth_type: unknown auth plugin {cfg.auth_type!r}") from None
-    wanted = {o.dest for o in loader.get_options()}
-    options = {k: getattr(cfg, k) for k in ("auth_url", "username", "password", "project_name",
-                                            "user_domain_name", "project_domain_name",
-                                            "user_domain_id", "project_domain_id")
-               if getattr(cfg, k) and k in wanted}
+    options = cfg.auth_options({o.dest for o in loader.get_options()})
     try:
         auth = loader.load_from_options(**options)
     except Exception as e:  # keystoneauth1's MissingRequiredOptions and friends
