@@ -10,7 +10,7 @@ membership flows it changes. `compile_flows` is the same from scratch.
 
     >>> fs = compile_flows({"node_id": "n1"}, {})
     >>> sorted({f.table for f in fs.flows})
-    [0, 1, 2, 3, 10, 11, 20, 30, 31, 40, 41, 50, 51, 52, 53]
+    [0, 1, 2, 3, 4, 10, 11, 20, 30, 31, 40, 41, 42, 50, 51, 52, 53]
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ class FlowCompiler:
             members: set[str] = set()
             for sid in sec.remotes:  # its members' address flows
                 members.update(self._in_group.get(sid, ()))
+            for sid in sec.remote_rules - sec.remotes:  # only its members' prefixes
+                in_group = self._in_group.get(sid, ())
+                members.update(p for p in in_group if secgroups.has_prefix(ports.get(p)))
             for pid in sorted(members - again):
                 self._set_members(pid, ports.get(pid), touched)
             changed_ports = sorted(again)
@@ -195,7 +198,7 @@ class FlowCompiler:
             for refs in self._refs.values()
             if len(refs) > 1
             for a, b in [sorted(refs, key=_ref_order)[:2]]
-            if refs[a] != refs[b] and not all(_conjunctive(f) for f in refs.values())
+            if refs[a] != refs[b] and not _mergeable(refs.values())
         )
         return FlowSet(
             flows=frozenset(self.desired.values()),
@@ -586,8 +589,11 @@ def _ref_order(ref: Ref) -> tuple[int, str]:
 def _resolve(refs: Mapping[Ref, Flow]) -> Flow:
     """The one flow of a key several resources want: the first resource's, or, when all of them
     are clauses of conjunctive matches (the same rule in two groups, one address in two remote
-    groups), one flow with all their conjunctions."""
+    groups), one flow with all their conjunctions; when all are a member address's lookup of
+    remote groups (one address, two ports), one flow loading all their bits."""
     first = refs[min(refs, key=_ref_order)]
+    if secgroups.is_load(first) and all(secgroups.is_load(f) for f in refs.values()):
+        return secgroups.merge_loads(refs[r] for r in sorted(refs, key=_ref_order))
     if not _conjunctive(first):
         return first
     if not all(_conjunctive(f) for f in refs.values()):
@@ -595,6 +601,11 @@ def _resolve(refs: Mapping[Ref, Flow]) -> Flow:
     actions = {a for f in refs.values() for a in f.actions}
     merged = tuple(sorted(actions, key=lambda a: (a.id, a.clause)))  # type: ignore[union-attr]
     return Flow(first.table, first.priority, first.match, merged, cookie=first.cookie)
+
+
+def _mergeable(flows: Any) -> bool:
+    flows = list(flows)
+    return all(_conjunctive(f) for f in flows) or all(secgroups.is_load(f) for f in flows)
 
 
 def _conjunctive(f: Flow) -> bool:

@@ -24,6 +24,7 @@ T_CLASSIFY = 0
 T_PORT_SECURITY = 1  # what a local port may send (alcor/agent/portsec.py)
 T_EGRESS_CT = 2  # conntrack in the sending port's zone (alcor/agent/secgroups.py)
 T_EGRESS_RULES = 3  # the sending port's egress rules
+T_EGRESS_REMOTE = 4  # the destination's remote groups into REMOTE_REGS, then RULES
 T_RESPOND = 10
 T_ND_REPLY = 11  # the second step of a neighbour advertisement built from a solicitation
 T_L3 = 20
@@ -31,6 +32,7 @@ T_L2 = 30
 T_FLOOD = 31  # a flood too long for one flow goes on here, a part per flow
 T_INGRESS_CT = 40  # conntrack in the receiving port's zone
 T_INGRESS_RULES = 41  # the receiving port's ingress rules, then out to it
+T_INGRESS_REMOTE = 42  # the source's remote groups into REMOTE_REGS, then RULES
 # North-south on a gateway node (alcor/agent/gateway.py)
 T_SNAT = 50  # traffic routed to a router's gateway: SNAT (conntrack, the router's zone)
 T_SNAT_OUT = 51  # translated: out to the physical network's bridge, to the next hop
@@ -41,6 +43,7 @@ TABLES = (
     T_PORT_SECURITY,
     T_EGRESS_CT,
     T_EGRESS_RULES,
+    T_EGRESS_REMOTE,
     T_RESPOND,
     T_ND_REPLY,
     T_L3,
@@ -48,6 +51,7 @@ TABLES = (
     T_FLOOD,
     T_INGRESS_CT,
     T_INGRESS_RULES,
+    T_INGRESS_REMOTE,
     T_SNAT,
     T_SNAT_OUT,
     T_EXT_IN,
@@ -88,6 +92,14 @@ REG_PORT = "reg7"
 REG_FLOOD = "reg5"  # which part of a long flood (pipeline.vpc_flows) comes next
 REG_ROUTER = "reg4"  # a router's tag on its gateway node, through SNAT's conntrack recirculation
 ZONE_UNTRACKED = 1 << 16
+# The remote groups the other end of a filtered packet belongs to, as a bitmap (a bit per group
+# that local rules name as a remote group, alcor/agent/secgroups.py): the destination's on the
+# way out (EGRESS_REMOTE), the source's on the way in (INGRESS_REMOTE). Apart per direction, so
+# the ingress lookup never reads the bits the egress lookup of the same packet wrote.
+REMOTE_REGS = {
+    "egress": ("reg8", "reg9", "reg10", "reg11"),
+    "ingress": ("reg12", "reg13", "reg14", "reg15"),
+}
 
 # ct_state bits (OVS: +new, +est, +rel, +rpl, +inv, +trk)
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -225,7 +237,9 @@ class Opaque:
     text: str
 
 
-Action = Output | SetField | Move | DecTtl | Group | Ct | Conjunction | Resubmit | OutputReg | Opaque
+Action = (
+    Output | SetField | Move | DecTtl | Group | Ct | Conjunction | Resubmit | OutputReg | Opaque
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,25 @@ and established alike. Four tables (alcor/agent/ir.py), between port security an
     40 INGRESS_CT     like 2, in the receiver's zone (L2 loaded REG_ZONE and REG_PORT).
     41 INGRESS_RULES  like 3 with the receiver's ingress rules; accepted -> output:REG_PORT.
 
+    4  EGRESS_REMOTE  the destination's remote groups as bits of REMOTE_REGS, then 3.
+    42 INGRESS_REMOTE the source's, then 41.
+
 Rules are conjunctive matches (OVS `conjunction`), one per *class*: a group's rules of one
 direction, ethertype and remote group. A class's clauses are (1) the ports filtered by the
-group (one flow per local port, listing every class of its groups), (2) its rules' protocol,
-port and prefix matches (one flow per rule and port-range mask), and, for a remote group,
-(3) the group's member addresses (one flow per address of a member, local or neighbour). So
-N local ports, M rules and K members cost N + M + K flows, not N x M x K, and a member that
-joins or leaves a group changes only its own address flows. Flows with the same match from
-different groups or members are one flow listing all their conjunctions (the compiler merges
-them). All accept actions of a table are the same, so OVS may pick any of several complete
-conjunctions at one priority: overlapping rules cannot change the verdict.
+group (one flow per local port, listing every class of its groups) and (2) its rules'
+protocol, port and prefix matches (one flow per rule and port-range mask). A remote group
+has a bit (`remote_bits`, REMOTE_BITS of them): each member address has one flow in the
+REMOTE table loading the bits of all its groups the rules name, and the class's clause-2
+flows also match the bit. So N local ports, M rules and K members cost N + M + K flows, not
+N x M x K; a member that joins or leaves a group changes only its own address flow, and a
+rule naming a group already named needs no member's flow at all. Two exceptions keep the
+semantics exact: a member's address that is a prefix (an address pair's CIDR) cannot be one
+exact lookup, so it adds clause-2 flows of its own (each rule match narrowed to the prefix);
+and a group beyond the bit budget is clause (3) of its classes, one flow per member address
+listing the conjunctions (as Neutron's OVS firewall does it). Flows with the same match from
+different groups or members are one flow listing all their conjunctions, or all their bits
+(the compiler merges them). All accept actions of a table are the same, so OVS may pick any
+of several complete conjunctions at one priority: overlapping rules cannot change the verdict.
 
     >>> index = SecurityIndex()
     >>> change = index.update({"sg1": {"id": "sg1", "rules": [{"direction": "ingress",
@@ -58,9 +67,12 @@ from alcor.agent.ir import (
     PIPELINE_COOKIE,
     REG_PORT,
     REG_ZONE,
+    REMOTE_REGS,
     T_EGRESS_CT,
+    T_EGRESS_REMOTE,
     T_EGRESS_RULES,
     T_INGRESS_CT,
+    T_INGRESS_REMOTE,
     T_INGRESS_RULES,
     T_RESPOND,
     ZONE_UNTRACKED,
@@ -71,6 +83,8 @@ from alcor.agent.ir import (
     Match,
     MatchValue,
     OutputReg,
+    Resubmit,
+    SetField,
     cookie_for,
     match,
 )
@@ -78,6 +92,9 @@ from alcor.wire import Body, protocol_number
 
 INGRESS, EGRESS = "ingress", "egress"
 RULES_TABLE = {INGRESS: T_INGRESS_RULES, EGRESS: T_EGRESS_RULES}
+REMOTE_TABLE = {INGRESS: T_INGRESS_REMOTE, EGRESS: T_EGRESS_REMOTE}
+REMOTE_SIDE = {INGRESS: "src", EGRESS: "dst"}  # where the other end's address is
+REMOTE_BITS = 32 * len(REMOTE_REGS[INGRESS])  # remote groups with a bit; the rest: clause 3
 
 # Priorities in the CT tables (2, 40)
 P_HAIRPIN = 300  # a port's own flooded packet coming back to it
@@ -109,10 +126,6 @@ class ClassKey(NamedTuple):
     direction: str
     ethertype: int
     remote_group: str  # "" when the rules name no remote group
-
-    @property
-    def clauses(self) -> int:
-        return 3 if self.remote_group else 2
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,36 @@ def parse_group(sid: str, body: Body) -> SecurityGroup:
     )
 
 
+def remote_bits(groups: Iterable[str]) -> dict[str, int]:
+    """A bit per remote group, from a hash of its id (so the same groups get the same bits
+    after an agent restart, and one group coming or going moves no other's bit but by a
+    collision), probing past collisions in the groups' order. Beyond REMOTE_BITS groups, the
+    last ones in that order get none (their classes keep clause 3)."""
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for g in sorted(groups):
+        if len(used) == REMOTE_BITS:
+            break
+        bit = _bit_hash(g)
+        while bit in used:
+            bit = (bit + 1) % REMOTE_BITS
+        used.add(bit)
+        out[g] = bit
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _bit_hash(group: str) -> int:
+    digest = hashlib.blake2b(group.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % REMOTE_BITS
+
+
+def bit_match(direction: str, bit: int) -> tuple[str, MatchValue]:
+    """The masked register match of one remote group's bit."""
+    v = 1 << (bit % 32)
+    return (REMOTE_REGS[direction][bit // 32], (v, v))
+
+
 def conj_ids(keys: Iterable[ClassKey]) -> dict[ClassKey, int]:
     """A conjunction id per class, from a hash of the class (so the same classes get the same
     ids after an agent restart, and one class coming or going moves no other), probing past
@@ -230,9 +273,12 @@ class IndexChange:
     groups: set[str] = field(default_factory=set)  # groups whose own flows must be rebuilt
     filtered_by: set[str] = field(default_factory=set)  # groups whose ports' filters changed
     remotes: set[str] = field(default_factory=set)  # groups whose members' flows changed
+    # groups with a bit whose classes' rules changed: only their members' prefix addresses
+    # (clause-2 flows of their own) are reflowed, the exact addresses' lookups stay
+    remote_rules: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.groups or self.filtered_by or self.remotes)
+        return bool(self.groups or self.filtered_by or self.remotes or self.remote_rules)
 
 
 class SecurityIndex:
@@ -245,8 +291,14 @@ class SecurityIndex:
         self.groups: dict[str, SecurityGroup] = {}
         self.conj: dict[ClassKey, int] = {}
         self.by_remote: dict[str, tuple[ClassKey, ...]] = {}
+        self.bits: dict[str, int] = {}  # remote group -> its bit in REMOTE_REGS
+        # what a group's members' flows are built from: every member's, and the prefixes'
+        self._member_inputs: dict[str, tuple[Any, ...]] = {}
+        self._prefix_inputs: dict[str, tuple[Any, ...]] = {}
         # the clause-3 conjunctions of a port in these groups, by (direction, ethertype)
         self._member_conj: dict[tuple[str, ...], dict[tuple[str, int], tuple[Action, ...]]] = {}
+        # the bits of a port in these groups, by (direction, ethertype)
+        self._member_bits: dict[tuple[str, ...], dict[tuple[str, int], int]] = {}
 
     def update(self, bodies: Mapping[str, Body]) -> IndexChange:
         change = IndexChange()
@@ -272,11 +324,32 @@ class SecurityIndex:
             if k.remote_group:
                 by_remote.setdefault(k.remote_group, []).append(k)
         new_remote = {g: tuple(ks) for g, ks in by_remote.items()}
-        for g in set(new_remote) | set(self.by_remote):
-            if new_remote.get(g) != self.by_remote.get(g) or any(k in moved for k in new_remote[g]):
+        bits = remote_bits(new_remote)
+        member_inputs: dict[str, tuple[Any, ...]] = {}
+        prefix_inputs: dict[str, tuple[Any, ...]] = {}
+        for g, ks in new_remote.items():
+            bit = bits.get(g)
+            if bit is None:  # clause 3: every member lists the classes' conjunctions
+                member_inputs[g] = (None, tuple((k, conj[k]) for k in ks))
+            else:  # a lookup per member, for the (direction, ethertype)s the rules name it in
+                member_inputs[g] = (bit, frozenset((k.direction, k.ethertype) for k in ks))
+                prefix_inputs[g] = tuple((k, conj[k], self.groups[k.group].classes[k]) for k in ks)
+        for g in member_inputs.keys() | self._member_inputs.keys():
+            if member_inputs.get(g) != self._member_inputs.get(g):
                 change.remotes.add(g)
+            elif prefix_inputs.get(g) != self._prefix_inputs.get(g):
+                change.remote_rules.add(g)
+        for g in bits.keys() | self.bits.keys():
+            old_bit, new_bit = self.bits.get(g), bits.get(g)
+            if old_bit != new_bit:  # the clause-2 flows of the classes naming it match its bit
+                change.groups.update(k.group for k in new_remote.get(g, ()))
+                if (old_bit is None) != (new_bit is None):  # and their number of clauses
+                    change.filtered_by.update(k.group for k in new_remote.get(g, ()))
         self.by_remote = new_remote
+        self.bits = bits
+        self._member_inputs, self._prefix_inputs = member_inputs, prefix_inputs
         self._member_conj.clear()
+        self._member_bits.clear()
         change.groups.update(changed)
         change.groups.update(k.group for k in moved)
         for sid in changed:
@@ -301,6 +374,8 @@ class SecurityIndex:
             return hit
         conj: dict[tuple[str, int], set[Conjunction]] = {}
         for sid in group_ids:
+            if sid in self.bits:
+                continue
             for key in self.by_remote.get(sid, ()):
                 conj.setdefault((key.direction, key.ethertype), set()).add(
                     Conjunction(self.conj[key], 3, 3)
@@ -310,6 +385,27 @@ class SecurityIndex:
         }
         self._member_conj[group_ids] = out
         return out
+
+    def member_bits(self, group_ids: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        """The bits of a member of these groups, by (direction, ethertype) where rules name
+        them: computed once per set of groups."""
+        hit = self._member_bits.get(group_ids)
+        if hit is not None:
+            return hit
+        out: dict[tuple[str, int], int] = {}
+        for sid in group_ids:
+            bit = self.bits.get(sid)
+            if bit is None:
+                continue
+            for key in self.by_remote.get(sid, ()):
+                k = (key.direction, key.ethertype)
+                out[k] = out.get(k, 0) | 1 << bit
+        self._member_bits[group_ids] = out
+        return out
+
+    def clauses(self, key: ClassKey) -> int:
+        """A class's number of clauses: 3 for a remote group without a bit."""
+        return 3 if key.remote_group and key.remote_group not in self.bits else 2
 
     def classes_of(self, group_ids: Iterable[str]) -> list[ClassKey]:
         out: list[ClassKey] = []
@@ -338,7 +434,11 @@ def group_flows(index: SecurityIndex, sid: str) -> list[Flow]:
     for key, matches in group.classes.items():
         cid = index.conj[key]
         table = RULES_TABLE[key.direction]
-        clause = (Conjunction(cid, 2, key.clauses),)
+        clause = (Conjunction(cid, 2, index.clauses(key)),)
+        bit = index.bits.get(key.remote_group) if key.remote_group else None
+        if bit is not None:  # and the other end is a member: its bit is set
+            reg = bit_match(key.direction, bit)
+            matches = tuple(tuple(sorted((*m, reg))) for m in matches)
         flows.extend(Flow(table, P_RULE, m, clause, cookie=c) for m in matches)
         accepted = match(conj_id=cid, eth_type=key.ethertype)
         new = match(
@@ -356,7 +456,7 @@ def filter_flows(
     c = cookie_for("port", pid)
     by_dir: dict[str, list[Action]] = {INGRESS: [], EGRESS: []}
     for key in sorted(set(index.classes_of(group_ids))):
-        by_dir[key.direction].append(Conjunction(index.conj[key], 1, key.clauses))
+        by_dir[key.direction].append(Conjunction(index.conj[key], 1, index.clauses(key)))
     flows = [Flow(T_INGRESS_CT, P_HAIRPIN, match(in_port=ofport, **{REG_PORT: ofport}), cookie=c)]
     if by_dir[INGRESS]:
         m = match(**{REG_PORT: ofport})
@@ -368,27 +468,120 @@ def filter_flows(
 
 
 def member_flows(index: SecurityIndex, pid: str, body: Body) -> list[Flow]:
-    """A port's addresses as clause 3 of every class whose remote group it is a member of (the
-    port's "member" cookie): the source of what reaches a local port, the destination of what
-    one sends."""
-    conj = index.member_conjunctions(tuple(body.get("security_group_ids") or ()))
-    if not conj:
+    """A port's addresses as a member of the remote groups rules name (the port's "member"
+    cookie), as the source of what reaches a local port and the destination of what one
+    sends: per exact address one lookup flow loading its groups' bits; per prefix, clause-2
+    flows of its own; for groups without a bit, clause 3."""
+    groups = tuple(body.get("security_group_ids") or ())
+    bits = index.member_bits(groups)
+    conj = index.member_conjunctions(groups)
+    if not conj and not bits:
         return []
     c = cookie_for("member", pid)
     flows: list[Flow] = []
     for version, host, net in portsec.host_addresses(body):
         ethertype = ETH_IP if version == 4 else ETH_IPV6
         for direction in (INGRESS, EGRESS):
-            actions = conj.get((direction, ethertype))
-            if not actions:
+            b, actions = bits.get((direction, ethertype)), conj.get((direction, ethertype))
+            if not b and not actions:
                 continue
-            side = "src" if direction == INGRESS else "dst"
+            side = REMOTE_SIDE[direction]
             if net is None:  # an IPv4 host address: match() of one field, by hand
                 m: Match = (("eth_type", ETH_IP), (f"ipv4_{side}", host))
             else:
                 m = match(eth_type=ethertype, **_prefix(f"ipv{version}_{side}", net))
-            flows.append(Flow(RULES_TABLE[direction], P_RULE, m, actions, cookie=c))
+            if b:
+                if net is None or net.prefixlen == net.max_prefixlen:
+                    flows.append(
+                        Flow(REMOTE_TABLE[direction], P_RULE, m, _load(direction, b), cookie=c)
+                    )
+                else:
+                    flows += _prefix_clauses(index, groups, direction, ethertype, net, c)
+            if actions:
+                flows.append(Flow(RULES_TABLE[direction], P_RULE, m, actions, cookie=c))
     return flows
+
+
+def has_prefix(body: Body | None) -> bool:
+    """Whether a port owns an address that is a prefix, not one host (an address pair's CIDR)."""
+    if body is None:
+        return False
+    return any(
+        net is not None and net.prefixlen != net.max_prefixlen
+        for _, _, net in portsec.host_addresses(body)
+    )
+
+
+def merge_loads(flows: Iterable[Flow]) -> Flow:
+    """One lookup flow for an address several members own: the union of their bits."""
+    flows = list(flows)
+    values: dict[str, int] = {}
+    for f in flows:
+        for a in f.actions:
+            if isinstance(a, SetField):
+                values[a.field] = values.get(a.field, 0) | int(a.value)
+    first = flows[0]
+    direction = INGRESS if first.table == T_INGRESS_REMOTE else EGRESS
+    bits = sum(values.get(r, 0) << 32 * i for i, r in enumerate(REMOTE_REGS[direction]))
+    return Flow(
+        first.table, first.priority, first.match, _load(direction, bits), cookie=first.cookie
+    )
+
+
+def is_load(f: Flow) -> bool:
+    """Whether a flow is a member address's lookup (flows of one address merge: merge_loads)."""
+    return f.table in (T_INGRESS_REMOTE, T_EGRESS_REMOTE) and f.priority == P_RULE
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _load(direction: str, bits: int) -> tuple[Action, ...]:
+    regs = REMOTE_REGS[direction]
+    loads = [SetField(r, bits >> 32 * i & 0xFFFFFFFF) for i, r in enumerate(regs)]
+    return (*(a for a in loads if a.value), Resubmit(RULES_TABLE[direction]))
+
+
+def _prefix_clauses(
+    index: SecurityIndex,
+    groups: tuple[str, ...],
+    direction: str,
+    ethertype: int,
+    net: Any,
+    cookie: int,
+) -> list[Flow]:
+    """A member's prefix as clause 2 of the classes naming its groups: each rule match narrowed
+    to the prefix, so the prefix's addresses meet the rule whatever the lookup found for them
+    (a lookup flow of a prefix would hide the bits of the exact addresses inside it)."""
+    field_name = f"ipv{net.version}_{REMOTE_SIDE[direction]}"
+    out: list[Flow] = []
+    for sid in groups:
+        if sid not in index.bits:
+            continue
+        for key in index.by_remote.get(sid, ()):
+            if key.direction != direction or key.ethertype != ethertype:
+                continue
+            clause = (Conjunction(index.conj[key], 2, 2),)
+            for m in index.groups[key.group].classes[key]:
+                narrowed = _narrow(m, field_name, net)
+                if narrowed is not None:
+                    table = RULES_TABLE[direction]
+                    out.append(Flow(table, P_RULE, narrowed, clause, cookie=cookie))
+    return out
+
+
+def _narrow(m: Match, field_name: str, net: Any) -> Match | None:
+    """A match narrowed to the addresses of `net` in `field_name` (None: nothing in common)."""
+    fields = dict(m)
+    have = fields.get(field_name)
+    if have is not None:  # the rule has a prefix of its own: the smaller of the two, if nested
+        text = f"{have[0]}/{have[1]}" if isinstance(have, tuple) else str(have)
+        own = ipaddress.ip_network(text, strict=False)
+        if own.subnet_of(net):
+            return m
+        if not net.subnet_of(own):
+            return None
+        del fields[field_name]
+    fields.update(_prefix(field_name, net))
+    return match(**fields)
 
 
 def zone_register(zone: int, stateless: bool) -> int:
@@ -401,7 +594,9 @@ def base_flows() -> list[Flow]:
     flows: list[Flow] = []
     untracked = match(**{REG_ZONE: (ZONE_UNTRACKED, ZONE_UNTRACKED)})
     for direction, ct_table in ((EGRESS, T_EGRESS_CT), (INGRESS, T_INGRESS_CT)):
-        rules = RULES_TABLE[direction]
+        rules, remote = RULES_TABLE[direction], REMOTE_TABLE[direction]
+        # an address no remote group's rules name: no bits, straight on to the rules
+        flows.append(Flow(remote, P_DEFAULT, (), (Resubmit(rules),)))
         if direction == EGRESS:
             bypass = _bypass(EGRESS)
             flows += [Flow(ct_table, P_BYPASS, m, goto_table=T_RESPOND) for m in bypass]
@@ -410,10 +605,10 @@ def base_flows() -> list[Flow]:
             bypass = _bypass(INGRESS)
             flows += [Flow(ct_table, P_BYPASS, m, (OutputReg(REG_PORT),)) for m in bypass]
             flows.append(Flow(ct_table, P_DEFAULT, ()))  # nothing but IP, ARP and ND gets in
-        flows.append(Flow(ct_table, P_UNTRACKED, untracked, goto_table=rules))
+        flows.append(Flow(ct_table, P_UNTRACKED, untracked, goto_table=remote))
         for ethertype in (ETH_IP, ETH_IPV6):
             m = match(eth_type=ethertype)
-            flows.append(Flow(ct_table, P_TRACK, m, (Ct(table=rules),)))
+            flows.append(Flow(ct_table, P_TRACK, m, (Ct(table=remote),)))
             # an established connection that no rule accepts any more: revoke it
             est = match(eth_type=ethertype, ct_state=(CT_EST | CT_TRK, CT_EST | CT_TRK))
             flows.append(Flow(rules, P_CT_REVOKE, est, (Ct(commit=True, mark=REVOKED_MARK),)))

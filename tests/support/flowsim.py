@@ -138,7 +138,8 @@ def simulate(
     ct: Conntrack | None = None,
 ) -> list[tuple[int, Packet]]:
     """Run one packet through the pipeline; return (output port, packet as sent) pairs."""
-    pkt = {"metadata": 0, "reg5": 0, "reg6": 0, "reg7": 0, "ct_state": 0, "ct_mark": 0, "conj_id": 0, **pkt}
+    regs = {f"reg{i}": 0 for i in range(16)}  # OVS starts every packet with zeroed registers
+    pkt = {"metadata": 0, **regs, "ct_state": 0, "ct_mark": 0, "conj_id": 0, **pkt}
     outs: list[tuple[int, Packet]] = []
     _run(fs.flows, pkt, 0, ct if ct is not None else Conntrack(), outs, trace, 0)
     return outs

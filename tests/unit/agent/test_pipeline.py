@@ -12,7 +12,9 @@ from alcor.agent.ir import (
     COOKIE_TAG_MASK,
     T_CLASSIFY,
     T_EGRESS_CT,
+    T_EGRESS_REMOTE,
     T_EGRESS_RULES,
+    T_INGRESS_REMOTE,
     T_INGRESS_RULES,
     T_L2,
     T_L3,
@@ -244,7 +246,10 @@ def test_every_flow_past_classification_is_scoped_to_a_vpc(
         elif f.table not in (T_CLASSIFY, T_RESPOND, T_L3, T_L2):
             # The filter tables judge one port's packets: they go on to RESPOND (egress) or
             # out to the port L2 chose (REG_PORT, ingress), never anywhere a VPC could not.
-            assert f.goto_table in (None, T_EGRESS_CT, T_EGRESS_RULES, T_RESPOND, T_INGRESS_RULES)
+            assert f.goto_table in (
+                None, T_EGRESS_CT, T_EGRESS_REMOTE, T_EGRESS_RULES, T_RESPOND, T_INGRESS_REMOTE,
+                T_INGRESS_RULES,
+            )  # fmt: skip
             assert not [a for a in f.actions if isinstance(a, Output)]
 
 

@@ -14,11 +14,13 @@ from alcor.agent.compiler import FlowCompiler, compile_flows
 from alcor.agent.ir import (
     REG_ZONE,
     T_EGRESS_RULES,
+    T_INGRESS_REMOTE,
     T_INGRESS_RULES,
     ZONE_UNTRACKED,
     Conjunction,
     Ct,
     Flow,
+    SetField,
     cookie_for,
 )
 from tests.support.flowsim import Conntrack, Packet, ipv4, reply, simulate, tcp
@@ -220,6 +222,96 @@ def test_remote_group_membership_follows_the_ports() -> None:
     assert {p for p, _ in simulate(compiler.flowset(), web)} == set()
 
 
+def test_a_members_prefix_lets_in_its_addresses_and_the_exact_members_keep_theirs() -> None:
+    """An address pair's CIDR as a member: its addresses meet the rules naming its group, even
+    one that is also another group's exact member (the lookup loads only that one's bit)."""
+    g = scene()
+    g.sg("peers", [rule("egress", "IPv4")])
+    g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="peers")])
+    g.res["port"][PA3]["security_group_ids"] = ["web"]
+    g.res["port"][PB2]["security_group_ids"] = ["peers"]
+    g.res["port"][PB2]["allowed_address_pairs"] = [{"ip_address": "10.0.0.0/29"}]
+
+    def web(src: str) -> set[int]:
+        pkt = tunnelled(tcp(VX, MAC[PB2], MAC[PA3], src, IP[PA3], 33000, 80))
+        return {p for p, _ in simulate(compiler.flowset(), pkt)}
+
+    compiler = FlowCompiler()
+    compiler.compile(g.goal(), OFPORTS)
+    assert web(IP[PB2]) == {P3}  # its fixed IP: the lookup
+    assert web("10.0.0.3") == {P3}  # inside its prefix
+    assert web(IP[PB1]) == {P3}  # 10.0.0.6: in the prefix, and an exact member of default
+    assert web("10.0.0.9") == set()  # outside
+    # a rule of the class changes: the prefix's own clause flows follow, the lookups stay
+    g.sg("web", [rule("ingress", protocol="tcp", port_range_min=81, remote_group_id="peers")])
+    changes = compiler.compile(g.goal(), OFPORTS)
+    assert cookie_for("member", PB2) in changes.cookies
+    assert cookie_for("member", PB1) not in changes.cookies
+    assert web("10.0.0.3") == set()
+    assert compiler.desired == compile_flows(g.goal(), OFPORTS).by_key()
+
+
+def test_groups_beyond_the_bit_budget_are_clause_3_of_their_classes() -> None:
+    g = scene()
+    names = [f"g{i:03d}" for i in range(secgroups.REMOTE_BITS + 2)]
+    for name in names:
+        g.sg(name, [rule("egress", "IPv4")])
+    g.sg(
+        "web",
+        [
+            rule("ingress", protocol="tcp", port_range_min=1000 + i, remote_group_id=name)
+            for i, name in enumerate(names)
+        ],
+    )
+    g.res["port"][PA3]["security_group_ids"] = ["web"]
+    g.res["port"][PB2]["security_group_ids"] = [names[-1], names[5]]
+    compiler = FlowCompiler()
+    compiler.compile(g.goal(), OFPORTS)
+    bits = compiler.security.bits
+    assert len(bits) == secgroups.REMOTE_BITS and len(set(bits.values())) == len(bits)
+    assert names[-1] not in bits and names[5] in bits
+    fs = compiler.flowset()
+    mine = [f for f in fs.flows if f.cookie == cookie_for("member", PB2)]
+    assert {f.table for f in mine} == {T_INGRESS_REMOTE, T_INGRESS_RULES}  # a lookup, clause 3
+
+    def web(src: str, port: int) -> set[int]:
+        pkt = tunnelled(tcp(VX, MAC[PB2], MAC[PA3], src, IP[PA3], 33000, port))
+        return {p for p, _ in simulate(fs, pkt)}
+
+    last = 1000 + len(names) - 1
+    assert web(IP[PB2], last) == {P3} and web(IP[PB2], 1005) == {P3}
+    assert web(IP[PB1], last) == set() and web(IP[PB2], 1006) == set()
+
+
+def test_one_address_of_two_members_loads_the_bits_of_both() -> None:
+    g = scene()
+    g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="other")])
+    g.res["port"][PA3]["security_group_ids"] = ["web"]
+    # PB1 (default) also claims PB2's address (other) as an address pair
+    g.res["port"][PB1]["allowed_address_pairs"] = [{"ip_address": IP[PB2]}]
+    fs = compile_flows(g.goal(), OFPORTS)
+    # (the responders' flows of the shared address conflict; the lookups merge)
+    assert not [c for c in fs.conflicts if c[0].table == T_INGRESS_REMOTE]
+    [lookup] = [
+        f
+        for f in fs.flows
+        if f.table == T_INGRESS_REMOTE and dict(f.match).get("ipv4_src") == IP[PB2]
+    ]
+    index = secgroups.SecurityIndex()
+    index.update(g.goal()["security_group"])
+    want = 1 << index.bits["default"] | 1 << index.bits["other"]
+    loaded = sum(
+        int(a.value) << 32 * secgroups.REMOTE_REGS["ingress"].index(a.field)
+        for a in lookup.actions
+        if isinstance(a, SetField)
+    )
+    assert loaded == want
+    pkt = tunnelled(tcp(VX, MAC[PB2], MAC[PA3], IP[PB2], IP[PA3], 33000, 80))
+    assert {p for p, _ in simulate(fs, pkt)} == {P3}
+    default = tunnelled(tcp(VX, MAC[PB2], MAC[PA1], IP[PB2], IP[PA1], 33000, 5))
+    assert {p for p, _ in simulate(fs, {**default, "eth_dst": MAC[PA1]})} == {P1}
+
+
 def test_stateless_groups_use_no_conntrack_and_replies_need_a_rule() -> None:
     g = scene()
     g.sg(
@@ -300,12 +392,11 @@ def test_members_times_rules_do_not_multiply() -> None:
         if f.table == T_INGRESS_RULES and any(isinstance(a, Conjunction) for a in f.actions)
     ]
     app = [f for f in ingress if f.cookie == cookie_for("security_group", "app")]
-    members = [
-        f
-        for f in ingress
-        if f.cookie in {cookie_for("member", f"eeee{i:04d}-0000") for i in range(20)}
-    ]
+    member_cookies = {cookie_for("member", f"eeee{i:04d}-0000") for i in range(20)}
+    members = [f for f in fs.flows if f.cookie in member_cookies]
     assert len(app) == 10 and len(members) == 20  # one flow per rule, one per member
+    # a member's flow is its address's lookup of the groups' bits, not a clause of each class
+    assert {f.table for f in members} == {T_INGRESS_REMOTE}
     # and a packet from a member to a local port of "app" on one of the ports is let in
     pkt = tunnelled(
         tcp(VX, "fa:16:3e:ee:00:03", "fa:16:3e:aa:01:02", "10.0.0.103", "10.0.0.52", 33000, 1004)
@@ -328,8 +419,8 @@ def test_a_rule_change_reflows_only_what_it_must() -> None:
     )
     changes = compiler.compile(g.goal(), OFPORTS)
     assert changes.cookies == {cookie_for("security_group", "ssh")} and len(changes.flows) == 1
-    # a new class (a rule naming a remote group): the group's flows, its local port's filter,
-    # and the address flows of the remote group's members (PA1, PB1 in default; PA3 is not)
+    # a new class naming a remote group that rules already name (default names itself): the
+    # group's flows and its local port's filter; the members' lookups already load its bit
     g.sg(
         "ssh",
         [
@@ -339,8 +430,18 @@ def test_a_rule_change_reflows_only_what_it_must() -> None:
     )
     changes = compiler.compile(g.goal(), OFPORTS)
     expected = {cookie_for("security_group", "ssh"), cookie_for("port", PA3)}  # PA3 is in ssh
-    expected |= {cookie_for("member", p) for p in (PA1, PB1)}
-
+    assert changes.cookies == expected
+    # one naming a group no rule named (ssh, whose member is PA3): its members' lookups too
+    g.sg(
+        "default",
+        [
+            *g.res["security_group"]["default"]["rules"],
+            rule("ingress", protocol="udp", remote_group_id="ssh"),
+        ],
+    )
+    changes = compiler.compile(g.goal(), OFPORTS)
+    expected = {cookie_for("security_group", "default"), cookie_for("member", PA3)}
+    expected.add(cookie_for("port", PA1))  # the local port in default (PB1 is remote)
     assert changes.cookies == expected
     assert not changes.recomputed and compiler.recomputes == 1
 
