@@ -258,11 +258,15 @@ class FlowCompiler:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
         self._set_gateways(goal, ofports, ctx, touched)
         self._resolve_shared()
-        changes: dict[Key, tuple[Flow | None, Flow | None]] = {}
-        for k, f in self.desired.items():
-            old = before.get(k)
-            if old != f:
-                changes[k] = (old, f)
+        changes: dict[Key, tuple[Flow | None, Flow | None]]
+        if not before:  # from scratch: every flow is new
+            changes = {k: (None, f) for k, f in self.desired.items()}
+        else:
+            changes = {}
+            for k, f in self.desired.items():
+                old = before.get(k)
+                if old != f:
+                    changes[k] = (old, f)
         for k, old in before.items():
             if k not in self.desired:
                 changes[k] = (old, None)

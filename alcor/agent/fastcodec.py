@@ -35,6 +35,10 @@ _GOTO = struct.Struct("!HHB3x")
 _WRITE_META = struct.Struct("!HH4xQQ")
 _APPLY_HDR = struct.Struct("!HH4x")
 _METER = struct.Struct("!HHI")
+# a flow-mod's header, fixed part and match header in one pack (encode_add)
+_ADD = struct.Struct(_HEADER.format + _FLOW_MOD.format[1:] + "HH")
+_ADD_FIXED = _ADD.size - 4  # the match header counts in the match's length
+_PAD = tuple(b"\0" * n for n in range(8))
 
 
 class _Field:
@@ -177,16 +181,28 @@ def action_bytes(a: Action) -> bytes:
 
 
 def instructions_bytes(flow: Flow) -> bytes:
+    return _instructions(flow.actions, flow.write_metadata, flow.goto_table, flow.meter)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _instructions(
+    actions: tuple[Action, ...],
+    write_metadata: tuple[int, int] | None,
+    goto_table: int | None,
+    meter: int | None,
+) -> bytes:
+    # cached whole: half the flows of a goal state share their instructions with another
+    # (the same filter clause, lookup, tunnel or delivery), and the rest cost one miss
     out = b""
-    if flow.meter is not None:  # first, as OVS reports it back
-        out += _METER.pack(ofp.OFPIT_METER, 8, flow.meter)
-    if flow.actions:
-        acts = b"".join(map(action_bytes, flow.actions))
+    if meter is not None:  # first, as OVS reports it back
+        out += _METER.pack(ofp.OFPIT_METER, 8, meter)
+    if actions:
+        acts = b"".join(map(action_bytes, actions))
         out += _APPLY_HDR.pack(ofp.OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
-    if flow.write_metadata is not None:
-        out += _WRITE_META.pack(ofp.OFPIT_WRITE_METADATA, 24, *flow.write_metadata)
-    if flow.goto_table is not None:
-        out += _GOTO.pack(ofp.OFPIT_GOTO_TABLE, 8, flow.goto_table)
+    if write_metadata is not None:
+        out += _WRITE_META.pack(ofp.OFPIT_WRITE_METADATA, 24, *write_metadata)
+    if goto_table is not None:
+        out += _GOTO.pack(ofp.OFPIT_GOTO_TABLE, 8, goto_table)
     return out
 
 
@@ -198,13 +214,18 @@ def encode_add(flow: Flow, xid: int, signatures: SigCache | None = None) -> byte
     if signatures is not None:
         sig = (flow.table, flow.priority, tuple(sorted(tlvs)))
         signatures[id(flow)] = (flow, sig, instructions)
-    body = _match_from_tlvs(tlvs) + instructions
-    fixed = _FLOW_MOD.pack(
-        flow.cookie, 0, flow.table, ofp.OFPFC_ADD, flow.idle_timeout, flow.hard_timeout,
-        flow.priority, ofp.OFP_NO_BUFFER, 0, 0, 0,
-    )  # fmt: skip
-    length = _HEADER.size + len(fixed) + len(body)
-    return _HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid) + fixed + body
+    match = b"".join(tlvs)
+    mlen = 4 + len(match)
+    pad = _PAD[-mlen % 8]
+    length = _ADD_FIXED + mlen + len(pad) + len(instructions)
+    return b"".join((
+        _ADD.pack(
+            ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, xid, flow.cookie, 0, flow.table,
+            ofp.OFPFC_ADD, flow.idle_timeout, flow.hard_timeout, flow.priority,
+            ofp.OFP_NO_BUFFER, 0, 0, 0, ofp.OFPMT_OXM, mlen,
+        ),
+        match, pad, instructions,
+    ))  # fmt: skip
 
 
 def encode_delete(flow: Flow, xid: int) -> bytes:
