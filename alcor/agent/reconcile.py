@@ -129,6 +129,9 @@ class Reconciler:
             self.installed = {f.key: f for f in same}
             self.installed.update((f.key, f) for f in other)
             adds, deletes = plan(desired, self.installed)
+            # none of the desired flows was there (a start, an OVS restart): all of them go
+            # (a copy, as sent: the copy reuses the dict's hashes)
+            everything = dict(desired) if len(adds) == len(desired) and not same else None
         report = Report(full=True, read_back=len(same) + len(other))
         log.debug(
             "reconcile.read_back",
@@ -138,7 +141,7 @@ class Reconciler:
             pages=len(pages),
             decoded=len(other),
         )
-        await self._send(adds, deletes, report)
+        await self._send(adds, deletes, report, everything)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -201,7 +204,15 @@ class Reconciler:
         report.seconds = time.perf_counter() - start
         return report
 
-    async def _send(self, adds: list[Flow], deletes: list[Flow], report: Report) -> None:
+    async def _send(
+        self,
+        adds: list[Flow],
+        deletes: list[Flow],
+        report: Report,
+        by_key: Mapping[Key, Flow] | None = None,
+    ) -> None:
+        """Send the flow-mods and record what the switch now holds; `by_key`: the adds are
+        exactly its flows (a switch that held none of the desired set)."""
         assert self.installed is not None
         report.adds, report.deletes = len(adds), len(deletes)
         if not adds and not deletes:
@@ -216,13 +227,20 @@ class Reconciler:
             errors = await self._flow_mods(adds, deletes, report)
         report.errors = errors
         failed = {e.flow.key for e in errors if e.flow is not None}
-        for f in adds:
-            if f.key in failed:
-                self.installed.pop(f.key, None)  # unknown: read back next time
-            else:
-                self.installed[f.key] = f
+        installed = self.installed
+        if by_key is not None and not failed:  # all of them, as the desired set has them
+            installed.update(by_key)  # (a dict's update reuses its hashes: keys cost ~1 µs)
+        elif not failed:
+            for f in adds:
+                installed[f.key] = f
+        else:
+            for f in adds:
+                if f.key in failed:
+                    installed.pop(f.key, None)  # unknown: read back next time
+                else:
+                    installed[f.key] = f
         for f in deletes:
-            self.installed.pop(f.key, None)
+            installed.pop(f.key, None)
 
     async def _flow_mods(
         self, adds: list[Flow], deletes: list[Flow], report: Report
