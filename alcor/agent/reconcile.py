@@ -54,6 +54,8 @@ def plan(
     on the same (table, priority, match) replaces it atomically.
     """
     if scope is None:
+        if not installed:  # a switch with none of ours: everything, without a key's hash
+            return list(desired.values()), []
         # identity first: flows matched on read-back are the desired objects themselves
         adds = [
             f
