@@ -292,9 +292,8 @@ class SecurityIndex:
         self.conj: dict[ClassKey, int] = {}
         self.by_remote: dict[str, tuple[ClassKey, ...]] = {}
         self.bits: dict[str, int] = {}  # remote group -> its bit in REMOTE_REGS
-        # what a group's members' flows are built from: every member's, and the prefixes'
+        # what a group's members' flows are built from (but the prefixes' own clause flows)
         self._member_inputs: dict[str, tuple[Any, ...]] = {}
-        self._prefix_inputs: dict[str, tuple[Any, ...]] = {}
         # the clause-3 conjunctions of a port in these groups, by (direction, ethertype)
         self._member_conj: dict[tuple[str, ...], dict[tuple[str, int], tuple[Action, ...]]] = {}
         # the bits of a port in these groups, by (direction, ethertype)
@@ -326,19 +325,23 @@ class SecurityIndex:
         new_remote = {g: tuple(ks) for g, ks in by_remote.items()}
         bits = remote_bits(new_remote)
         member_inputs: dict[str, tuple[Any, ...]] = {}
-        prefix_inputs: dict[str, tuple[Any, ...]] = {}
         for g, ks in new_remote.items():
             bit = bits.get(g)
             if bit is None:  # clause 3: every member lists the classes' conjunctions
                 member_inputs[g] = (None, tuple((k, conj[k]) for k in ks))
             else:  # a lookup per member, for the (direction, ethertype)s the rules name it in
                 member_inputs[g] = (bit, frozenset((k.direction, k.ethertype) for k in ks))
-                prefix_inputs[g] = tuple((k, conj[k], self.groups[k.group].classes[k]) for k in ks)
         for g in member_inputs.keys() | self._member_inputs.keys():
             if member_inputs.get(g) != self._member_inputs.get(g):
                 change.remotes.add(g)
-            elif prefix_inputs.get(g) != self._prefix_inputs.get(g):
-                change.remote_rules.add(g)
+        # the remote groups of the classes that changed (their prefixes' clauses narrow those
+        # classes' rules), or whose conjunction moved: more than needed at worst
+        for sid in changed:
+            for grp in (before[sid], self.groups.get(sid)):
+                if grp is not None:
+                    change.remote_rules.update(k.remote_group for k in grp.classes if k.remote_group)
+        change.remote_rules.update(k.remote_group for k in moved if k.remote_group)
+        change.remote_rules -= change.remotes
         for g in bits.keys() | self.bits.keys():
             old_bit, new_bit = self.bits.get(g), bits.get(g)
             if old_bit != new_bit:  # the clause-2 flows of the classes naming it match its bit
@@ -347,7 +350,7 @@ class SecurityIndex:
                     change.filtered_by.update(k.group for k in new_remote.get(g, ()))
         self.by_remote = new_remote
         self.bits = bits
-        self._member_inputs, self._prefix_inputs = member_inputs, prefix_inputs
+        self._member_inputs = member_inputs
         self._member_conj.clear()
         self._member_bits.clear()
         change.groups.update(changed)
@@ -503,8 +506,9 @@ def member_flows(index: SecurityIndex, pid: str, body: Body) -> list[Flow]:
 
 
 def has_prefix(body: Body | None) -> bool:
-    """Whether a port owns an address that is a prefix, not one host (an address pair's CIDR)."""
-    if body is None:
+    """Whether a port owns an address that is a prefix, not one host (an address pair's CIDR;
+    a fixed IP is always one address)."""
+    if body is None or not body.get("allowed_address_pairs"):
         return False
     return any(
         net is not None and net.prefixlen != net.max_prefixlen
