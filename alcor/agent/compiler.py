@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import operator
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any
@@ -71,10 +71,19 @@ class Changes:
     # key -> (flow before, flow after); None = absent. Only keys whose flow really changed.
     flows: dict[Key, tuple[Flow | None, Flow | None]]
     recomputed: bool  # True when everything was recompiled (context changed, or first run)
+    # a compile streamed from scratch (FlowCompiler.stream): the flows that differ from what
+    # its chunks held for their keys (a key several resources want, merged once all said), to
+    # be sent after the chunks' flow-mods are confirmed (each key streams once, so no chunk
+    # holds a flow that is not desired in the end)
+    late_adds: tuple[Flow, ...] = ()
 
     @property
     def cookies(self) -> set[int]:
         return {f.cookie for pair in self.flows.values() for f in pair if f is not None}
+
+
+# a streamed compile yields its flows this many at a time or more (a port's flows are not split)
+STREAM_FLOWS = 2048
 
 
 class FlowCompiler:
@@ -126,6 +135,7 @@ class FlowCompiler:
         self.security = secgroups.SecurityIndex()
         self.zones: dict[str, int] = {}  # local port -> conntrack zone, as last compiled with
         self._in_group: dict[str, set[str]] = {}  # security group -> ports naming it
+        self._stream: list[Flow] | None = None  # a streamed compile's flows not yet yielded
 
     # --- public ---
 
@@ -142,20 +152,8 @@ class FlowCompiler:
         them: alcor/agent/nexthops.py)."""
         if zones is None:
             zones = ctzones.allocate({}, _local_ports(goal))
-        tun = ofports.get(self.tunnel_port)
         self._neighbours = dict(neighbours or {})
-        ctx_inputs = (
-            tuple(ofports.get(p) for p in self._patches),
-            self._neighbours,
-            goal.get("node_id"),
-            tun,
-            goal.get("vpc") or {},
-            goal.get("subnet") or {},
-            goal.get("router") or {},
-            goal.get("node") or {},
-            goal.get("gateway") or {},
-            goal.get("floating_ip") or {},
-        )
+        ctx_inputs = self._ctx_inputs_of(goal, ofports)
         ports: Mapping[str, Body] = goal.get("port") or {}
         if self._ctx is None or not _same_inputs(self._ctx_inputs, ctx_inputs):
             return self._recompute(goal, ofports, zones, ctx_inputs)
@@ -192,6 +190,39 @@ class FlowCompiler:
                 self._set_group(("router", rid), router_flows(self._ctx, rid, self._hop), touched)
         return Changes(self._diff(touched), recomputed=False)
 
+    def stream(
+        self,
+        goal: Mapping[str, Any],
+        ofports: Mapping[str, int],
+        zones: Mapping[str, int] | None = None,
+        neighbours: Mapping[str, str] | None = None,
+    ) -> Generator[list[Flow], None, Changes]:
+        """compile() from nothing (no desired flows yet), yielding the flows as they are made,
+        in chunks of about STREAM_FLOWS, each key once (the first flow made for it), so that
+        they can go to the switch while the rest is compiled; the Changes returned hold in
+        `late_adds` the desired flows that replace what a chunk held for their key. The
+        generator must be run to its end: the compiler's state is whole only then."""
+        assert not self.desired, "a streamed compile starts from nothing"
+        if zones is None:
+            zones = ctzones.allocate({}, _local_ports(goal))
+        self._neighbours = dict(neighbours or {})
+        ctx_inputs = self._ctx_inputs_of(goal, ofports)
+        return self._recompute_steps(goal, ofports, zones, ctx_inputs, stream=True)
+
+    def _ctx_inputs_of(self, goal: Mapping[str, Any], ofports: Mapping[str, int]) -> tuple[Any, ...]:
+        return (
+            tuple(ofports.get(p) for p in self._patches),
+            self._neighbours,
+            goal.get("node_id"),
+            ofports.get(self.tunnel_port),
+            goal.get("vpc") or {},
+            goal.get("subnet") or {},
+            goal.get("router") or {},
+            goal.get("node") or {},
+            goal.get("gateway") or {},
+            goal.get("floating_ip") or {},
+        )
+
     def flowset(self) -> FlowSet:
         conflicts = tuple(
             (refs[a], refs[b])
@@ -222,20 +253,28 @@ class FlowCompiler:
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._recompute_all(goal, ofports, zones, ctx_inputs)
+            steps = self._recompute_steps(goal, ofports, zones, ctx_inputs, stream=False)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
         finally:
             if paused:
                 gc.enable()
 
-    def _recompute_all(
+    def _recompute_steps(
         self,
         goal: Mapping[str, Any],
         ofports: Mapping[str, int],
         zones: Mapping[str, int],
         ctx_inputs: tuple[Any, ...],
-    ) -> Changes:
+        stream: bool,
+    ) -> Generator[list[Flow], None, Changes]:
         before = self.desired
         self._reset()
+        made: list[Flow] | None = [] if stream else None
+        self._stream = made
         self.recomputes += 1
         ctx = self._ctx = context(goal, ofports.get(self.tunnel_port))
         self._ofports_seen = dict(ofports)
@@ -251,12 +290,28 @@ class FlowCompiler:
         self._ports = ports
         for pid in sorted(ports):
             self._set_port(pid, ports[pid], ofports, touched)
+            if made is not None and len(made) >= STREAM_FLOWS:
+                yield made
+                made = self._stream = []
         self._refresh_vpcs(set(ctx.vni.values()), touched)
         for sid in ctx.subnets:
             self._set_group(("subnet", sid), subnet_flows(ctx.subnets[sid]), touched)
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
         self._set_gateways(goal, ofports, ctx, touched)
+        late: list[Flow] = []
+        if made is not None:
+            if made:
+                yield made
+            self._stream = None
+            # a key several resources want was streamed with its first resource's flow
+            for k in self._shared:
+                refs = self._refs.get(k)
+                if refs:
+                    self.desired[k] = merged = _resolve(refs)
+                    if merged is not next(iter(refs.values())):
+                        late.append(merged)
+            self._shared.clear()
         self._resolve_shared()
         changes: dict[Key, tuple[Flow | None, Flow | None]]
         if not before:  # from scratch: every flow is new
@@ -270,7 +325,7 @@ class FlowCompiler:
         for k, old in before.items():
             if k not in self.desired:
                 changes[k] = (old, None)
-        return Changes(changes, recomputed=True)
+        return Changes(changes, recomputed=True, late_adds=tuple(late))
 
     def _set_gateways(
         self,
@@ -437,6 +492,8 @@ class FlowCompiler:
             if flows:
                 self._add_group(ref, flows, touched)
             return
+        # a streamed compile sets each resource once, from nothing
+        assert self._stream is None, "a streamed compile changed a resource it had set"
         if old == flows:
             self._groups[ref] = flows
             return
@@ -481,7 +538,7 @@ class FlowCompiler:
     def _add_group(self, ref: Ref, flows: list[Flow], touched: dict[Key, Flow | None]) -> None:
         """_set_group of a resource that had no flows (every one in a compile from scratch):
         each key looked up once or twice, not five times."""
-        desired, all_refs, shared = self.desired, self._refs, self._shared
+        desired, all_refs, shared, made = self.desired, self._refs, self._shared, self._stream
         for f in flows:
             k = f.key
             if f.meter is not None:
@@ -493,6 +550,8 @@ class FlowCompiler:
             if refs is None:
                 all_refs[k] = {ref: f}
                 desired[k] = f
+                if made is not None:
+                    made.append(f)
             else:
                 refs[ref] = f
                 shared.add(k)

@@ -20,7 +20,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +28,12 @@ import structlog
 
 from alcor.agent import gateway
 from alcor.agent.bridge import BridgeConfig, BridgeError, ensure_bridge, ensure_patches
-from alcor.agent.compiler import FlowCompiler, LocalPorts
+from alcor.agent.compiler import Changes, FlowCompiler, LocalPorts
 from alcor.agent.config import AgentConfig, DhcpConfig, NodeConfig
 from alcor.agent.ctzones import ZoneStore
 from alcor.agent.dhcp_server import DhcpServer
 from alcor.agent.fastcodec import SigCache
-from alcor.agent.ir import T_CLASSIFY, Key, cookie_for, cookie_type, tap_name
+from alcor.agent.ir import T_CLASSIFY, Flow, Key, cookie_for, cookie_type, tap_name
 from alcor.agent.nexthops import NextHops
 from alcor.agent.oam import ZetaAgent
 from alcor.agent.openflow import OpenFlowServer, Switch, SwitchGone, parse_listen
@@ -255,6 +255,23 @@ class Datapath:
         gc_on, bulk_work = gc.isenabled(), False
         gc.disable()
         try:
+            pages = None
+            if reconciler.installed is None and not self._compiler.desired:
+                # a start: if the switch holds none of our flows, they go to it as they are
+                # compiled (ovs-vswitchd takes the first while the agent compiles the rest)
+                try:
+                    pages = await reconciler.read_back()
+                    if not any(pages):
+                        report, changes, compiling = await self._reconcile_streamed(
+                            goal, switch, reconciler, zones, gone
+                        )
+                        bulk_work = True
+                        return await self._reconciled(
+                            why, goal, switch, start, zoned, report, changes, zoned + compiling
+                        )
+                except SwitchGone:
+                    log.info("datapath.reconcile_interrupted", why=why)
+                    return await self._reconcile_disconnected(why)
             changes = self._compiler.compile(goal, switch.ports, zones, self.nexthops.bindings)
             compiled = time.perf_counter() - start
             desired = self._compiler.desired
@@ -269,7 +286,7 @@ class Datapath:
                 await self.zeta.before_flows(switch, goal, self.config.tunnel_port)  # groups first
                 await self.dhcp.before_flows(switch, self._compiler.meters)  # meters too
                 if bulk or len(cookies) > PARTIAL_COOKIES:
-                    report = await reconciler.full(desired)
+                    report = await reconciler.full(desired, pages)
                 else:
                     keys = set(changes.flows) | self._rejected
                     report = await reconciler.partial(desired, keys, cookies)
@@ -285,14 +302,76 @@ class Datapath:
                 if bulk_work:
                     gc.freeze()
                 gc.enable()
+        return await self._reconciled(
+            why, goal, switch, start, zoned, report, changes, compiled, bulk_work
+        )
+
+    async def _reconcile_streamed(
+        self,
+        goal: GoalState | Mapping[str, Any],
+        switch: Switch,
+        reconciler: Reconciler,
+        zones: Mapping[str, int],
+        gone: Mapping[str, int],
+    ) -> tuple[Report, Changes, float]:
+        """_reconcile's compile and flow-mods, overlapped: a switch holding none of our flows
+        and a compiler that has none. The compile is run to its end whatever happens to the
+        switch (the compiler's state is whole only then)."""
+        await self.zeta.before_flows(switch, goal, self.config.tunnel_port)  # groups first
+        steps = self._compiler.stream(goal, switch.ports, zones, self.nexthops.bindings)
+        outcome: list[Changes] = []
+        compiling = [0.0]
+
+        def chunks() -> Iterator[list[Flow]]:
+            while True:
+                t = time.perf_counter()
+                try:
+                    chunk = next(steps)
+                except StopIteration as done:
+                    outcome.append(done.value)
+                    return
+                finally:
+                    compiling[0] += time.perf_counter() - t
+                yield chunk
+
+        flows = chunks()
+        try:
+            report, held = await reconciler.stream(flows)
+        finally:
+            for _ in flows:  # the rest of the compile, if the switch went away mid-way
+                pass
+        changes = outcome[0]
+        await self.dhcp.before_flows(switch, self._compiler.meters)  # meters, then their flows
+        await reconciler.finish(self._compiler.desired, report, [*changes.late_adds, *held])
+        await self.zeta.after_flows(switch)
+        await self._flush_zones(switch, gone)
+        await self.dhcp.after_flows(switch)
+        return report, changes, compiling[0]
+
+    async def _reconciled(
+        self,
+        why: str,
+        goal: GoalState | Mapping[str, Any],
+        switch: Switch,
+        start: float,
+        zoned: float,
+        report: Report,
+        changes: Changes,
+        compiled: float,
+        bulk_work: bool = True,
+    ) -> dict[str, PortStatus]:
+        """A reconcile's bookkeeping once its flow-mods are confirmed: timings, counters, the
+        flows to try again, the statuses."""
         self.last_report = report
-        # where the last reconcile's time went (seconds), for logs and bench/agent_flows.py
+        # where the last reconcile's time went (seconds), for logs and bench/agent_flows.py; a
+        # streamed one's compile overlapped its switch time
         self.last_timings = {
             "zones": zoned,
             "compile": compiled - zoned,
             "switch": report.seconds,
             "total": time.perf_counter() - start,
         }
+        desired = self._compiler.desired
         self._rejected = {e.flow.key for e in report.errors if e.flow is not None}
         if bulk_work:
             self._collect_when_idle()

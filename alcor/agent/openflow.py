@@ -213,6 +213,35 @@ class Switch:
                 self._inflight.pop(xid, None)
         return batch.errors
 
+    def open_batch(self) -> _Batch:
+        """A batch written in parts (write_adds) while the caller still computes the rest,
+        closed by one barrier (close_batch); forget_batch always, once done."""
+        return _Batch()
+
+    def write_adds(
+        self, batch: _Batch, adds: list[Flow], signatures: fastcodec.SigCache | None = None
+    ) -> None:
+        chunks: list[bytes] = []
+        with fastcodec.gc_paused():
+            for flow in adds:
+                xid = self._next_xid()
+                batch.xids[xid] = ("add", flow, None)
+                self._inflight[xid] = batch
+                chunks.append(fastcodec.encode_add(flow, xid, signatures))
+        self.stats["flow_mods"] += len(chunks)
+        self._write(b"".join(chunks))
+
+    async def close_batch(self, batch: _Batch, timeout: float = 60.0) -> list[FlowModError]:
+        """The barrier after a batch's parts: its errors once the switch did all of them."""
+        barrier = parser.OFPBarrierRequest(codec.DP)
+        barrier.set_xid(self._next_xid())
+        await self._request_encoded(barrier.xid, self._encode(barrier), timeout)
+        return batch.errors
+
+    def forget_batch(self, batch: _Batch) -> None:
+        for xid in batch.xids:
+            self._inflight.pop(xid, None)
+
     async def group_mod(self, msg: parser.OFPGroupMod) -> list[FlowModError]:
         """A group-mod closed by a barrier; errors come back like flow-mod errors."""
         return await self.mod(msg, "group")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -121,9 +121,15 @@ class Reconciler:
         self.installed: dict[Key, Flow] | None = None  # unknown until the first full read-back
         self.barrier_timeout = barrier_timeout
 
-    async def full(self, desired: Mapping[Key, Flow]) -> Report:
+    async def read_back(self) -> list[bytes]:
+        """Our flows on the switch, as flow-stats pages (for full; none: a from-scratch start)."""
+        return await self.switch.flow_stats_raw(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
+
+    async def full(self, desired: Mapping[Key, Flow], pages: list[bytes] | None = None) -> Report:
+        """Read back all our flows (or take `pages`, just read back) and send the difference."""
         start = time.perf_counter()
-        pages = await self.switch.flow_stats_raw(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
+        if pages is None:
+            pages = await self.read_back()
         read = time.perf_counter()
         with fastcodec.gc_paused():
             same, other = fastcodec.match_read_back(pages, desired.values(), self.signatures)
@@ -146,6 +152,98 @@ class Reconciler:
         await self._send(adds, deletes, report, everything)
         report.seconds = time.perf_counter() - start
         return report
+
+    async def stream(self, chunks: Iterable[list[Flow]]) -> tuple[Report, list[Flow]]:
+        """Send the flows of a compile from scratch as it yields them, to a switch that holds
+        none of ours (read back just before): each chunk is spread over the connections and
+        written while the next one is compiled (ovs-vswitchd, on the other core, starts on the
+        first chunk at once), and one barrier per connection closes them all. Flows naming a
+        meter are held back and returned (their meters go first: added once the compile said
+        which). `installed` is left unknown: `finish` records it from the desired set."""
+        start = time.perf_counter()
+        report = Report(full=True)
+        held: list[Flow] = []
+        helpers: list[Switch] = []
+        if self.helpers is not None:
+            helpers = [sw for sw in await self.helpers() if not sw.closed.is_set()]
+        lanes = [self.switch, *helpers]
+        report.connections = len(lanes)
+        batches = [sw.open_batch() for sw in lanes]
+        lost: set[int] = set()  # helpers that went away: their flows go on the main connection
+        sent = 0
+        try:
+            with fastcodec.gc_paused():
+                for chunk in chunks:
+                    ready = [f for f in chunk if f.meter is None]
+                    if len(ready) != len(chunk):
+                        held += [f for f in chunk if f.meter is not None]
+                    for i, (sw, batch) in enumerate(zip(lanes, batches, strict=True)):
+                        part = ready[i :: len(lanes)]
+                        if not part or i in lost:
+                            if part:
+                                lanes[0].write_adds(batches[0], part, self.signatures)
+                            continue
+                        try:
+                            sw.write_adds(batch, part, self.signatures)
+                        except ConnectionError:
+                            if sw is self.switch:
+                                raise
+                            lost.add(i)
+                            lanes[0].write_adds(batches[0], part, self.signatures)
+                    sent += len(ready)
+                    await asyncio.sleep(0)  # the writes go out; the next chunk is compiled
+                results = await asyncio.gather(
+                    *(
+                        sw.close_batch(b, self.barrier_timeout)
+                        for sw, b in zip(lanes, batches, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+                for i, result in enumerate(results):
+                    if isinstance(result, BaseException):
+                        if i == 0 or not isinstance(result, ConnectionError):
+                            raise result
+                        lost.add(i)
+                    else:
+                        report.errors.extend(result)
+                for i in sorted(lost):  # again on the main connection, once it has the rest
+                    again = [f for _c, f, _m in batches[i].xids.values() if f is not None]
+                    log.info("reconcile.helper_lost", flow_mods=len(again))
+                    report.errors.extend(
+                        await self.switch.flow_mods(
+                            again, (), self.barrier_timeout, self.signatures
+                        )
+                    )
+        finally:
+            for sw, b in zip(lanes, batches, strict=True):
+                sw.forget_batch(b)
+        report.adds = sent
+        report.seconds = time.perf_counter() - start
+        return report, held
+
+    async def finish(
+        self,
+        desired: Mapping[Key, Flow],
+        report: Report,
+        late_adds: list[Flow],
+    ) -> None:
+        """After `stream`: the flows that replace a streamed one (a merge of several resources'
+        flows) and those held back, once the stream's barriers confirmed it; then what the
+        switch holds is recorded."""
+        start = time.perf_counter()
+        streamed = report.errors
+        later = Report(full=True)
+        self.installed = {}
+        await self._send(late_adds, [], later)
+        # everything desired, but what the switch rejected (unknown: read back next time)
+        installed = dict(desired)
+        for e in [*streamed, *later.errors]:
+            if e.flow is not None:
+                installed.pop(e.flow.key, None)
+        self.installed = installed
+        report.adds += later.adds
+        report.errors = streamed + later.errors
+        report.seconds += time.perf_counter() - start
 
     async def partial(
         self, desired: Mapping[Key, Flow], keys: Collection[Key], cookies: Collection[int]

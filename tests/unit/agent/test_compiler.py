@@ -96,3 +96,47 @@ def test_one_neighbour_delta_touches_only_its_flows_and_its_vpc_flood() -> None:
     changes = compiler.compile(goal, ofports)
     assert cookie_for("port", PA1) in changes.cookies and not changes.recomputed
     assert compiler.port_problems[PA1] == f"interface {tap_name(PA1)} not on the bridge"
+
+
+def _streamed(compiler: FlowCompiler, goal: dict, ofports: dict) -> tuple[dict, int]:
+    """What a switch holds after a streamed compile's chunks and then its late adds, and how
+    many flow-mods that took."""
+    steps = compiler.stream(goal, ofports)
+    switch: dict = {}
+    sent = 0
+    while True:
+        try:
+            chunk = next(steps)
+        except StopIteration as done:
+            changes = done.value
+            break
+        for f in chunk:
+            assert f.key not in switch, "a key streamed twice (two connections could race)"
+            switch[f.key] = f
+        sent += len(chunk)
+    for f in changes.late_adds:  # after the chunks' barriers: they replace what a chunk held
+        switch[f.key] = f
+    return switch, sent + len(changes.late_adds)
+
+
+def test_a_streamed_compile_ends_with_the_flows_of_a_compile() -> None:
+    from tests.unit.agent.test_secgroups import IP, rule, scene
+
+    g = scene()
+    g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="other")])
+    g.res["port"][PA1]["security_group_ids"] = ["web"]
+    # two ports claim one address: their flows of that key merge once both said what they want
+    g.res["port"][PB1]["allowed_address_pairs"] = [{"ip_address": IP[PA3]}]
+    for goal in (dict(two_vpcs().goal()), dict(g.goal())):
+        compiler = FlowCompiler()
+        switch, sent = _streamed(compiler, goal, dict(OFPORTS))
+        full = compile_flows(goal, OFPORTS)
+        assert switch == full.by_key() == compiler.desired
+        assert sent >= len(switch)
+        assert compiler.port_problems == dict(full.port_problems)
+        # and the compiler's state is whole: an incremental compile after it agrees too
+        step(goal, ofports := dict(OFPORTS), "add", 1)
+        compiler.compile(goal, ofports)
+        assert compiler.desired == compile_flows(goal, ofports).by_key()
+    # the second goal has keys several resources want: some flows went late
+    assert sent > len(switch)
