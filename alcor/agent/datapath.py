@@ -255,13 +255,12 @@ class Datapath:
         gc_on, bulk_work = gc.isenabled(), False
         gc.disable()
         try:
-            pages = None
             if reconciler.installed is None and not self._compiler.desired:
                 # a start: if the switch holds none of our flows, they go to it as they are
-                # compiled (ovs-vswitchd takes the first while the agent compiles the rest)
+                # compiled (ovs-vswitchd takes the first while the agent compiles the rest);
+                # asked by a count, so that a restart reads back after its compile as before
                 try:
-                    pages = await reconciler.read_back()
-                    if not any(pages):
+                    if await reconciler.holds_none():
                         report, changes, compiling = await self._reconcile_streamed(
                             goal, switch, reconciler, zones, gone
                         )
@@ -286,7 +285,7 @@ class Datapath:
                 await self.zeta.before_flows(switch, goal, self.config.tunnel_port)  # groups first
                 await self.dhcp.before_flows(switch, self._compiler.meters)  # meters too
                 if bulk or len(cookies) > PARTIAL_COOKIES:
-                    report = await reconciler.full(desired, pages)
+                    report = await reconciler.full(desired)
                 else:
                     keys = set(changes.flows) | self._rejected
                     report = await reconciler.partial(desired, keys, cookies)

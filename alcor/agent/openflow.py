@@ -321,6 +321,22 @@ class Switch:
             self._raw_multipart.discard(req.xid)
         return [bytes(page) for page in pages]
 
+    async def flow_count(self, cookie: int = 0, cookie_mask: int = 0) -> int:
+        """How many flows the switch holds under a cookie mask (one aggregate reply)."""
+        req = parser.OFPAggregateStatsRequest(
+            codec.DP,
+            0,
+            ofp.OFPTT_ALL,
+            ofp.OFPP_ANY,
+            ofp.OFPG_ANY,
+            cookie,
+            cookie_mask,
+            parser.OFPMatch(),
+        )
+        req.set_xid(self._next_xid())
+        pages = await self.request(req, timeout=60.0)
+        return sum(int(page.body.flow_count) for page in pages)
+
     def flow_stats_ahead(self, cookies: Iterable[int]) -> ReadAhead:
         """flow_stats_many with every request written before this returns, so that the switch
         (which handles a connection's messages in order) answers them with its flows as they

@@ -125,6 +125,10 @@ class Reconciler:
         """Our flows on the switch, as flow-stats pages (for full; none: a from-scratch start)."""
         return await self.switch.flow_stats_raw(cookie=COOKIE_TAG, cookie_mask=COOKIE_TAG_MASK)
 
+    async def holds_none(self) -> bool:
+        """Whether the switch holds none of our flows (one aggregate count, no read-back)."""
+        return await self.switch.flow_count(COOKIE_TAG, COOKIE_TAG_MASK) == 0
+
     async def full(self, desired: Mapping[Key, Flow], pages: list[bytes] | None = None) -> Report:
         """Read back all our flows (or take `pages`, just read back) and send the difference."""
         start = time.perf_counter()
