@@ -50,6 +50,9 @@ class WireOp:
     op: str  # "upsert" | "delete"
     revision_number: int
     body: dict[str, Any] | None
+    # On a VPC's chain, a port's op may carry its host's own variant: the host applies it
+    # instead of `body` (the neighbour variant everyone else applies).
+    local: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,14 @@ def parse_message(raw: bytes) -> Message:
         if verb == "upsert" and not isinstance(body, dict):
             raise MalformedMessage("an upsert needs an object body")
         rn = _int(o.get("revision_number", 0), "revision_number")
-        ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None))
+        local = o.get("local")
+        if local is not None and (
+            vpc_id is None or t != "port" or not isinstance(body, dict)
+            or not isinstance(local, dict) or not local.get("node_id")
+            or local.get("node_id") != body.get("node_id")
+        ):
+            raise MalformedMessage("local: a port upsert's host variant, on a VPC's chain")
+        ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None, local))
     epoch = _int(d.get("epoch", 0), "epoch")
     return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs),
                    tuple(replace))
@@ -233,8 +243,9 @@ class AgentModel:
         return Outcome.APPLIED
 
     def _receive_vpc(self, msg: Message) -> Outcome:
-        """A VPC chain's message: the same rule on that chain's rev. The neighbour variant of
-        one of this node's own ports is skipped: the node's chain carries its local variant."""
+        """A VPC chain's message: the same rule on that chain's rev. For one of this node's own
+        ports the op's `local` variant is applied; without one, the op (the neighbour variant)
+        is skipped: the node's chain carries its local variant."""
         if self.awaiting_snapshot:
             return Outcome.WAITING
         held = self.chains.get(msg.vpc_id)
@@ -248,9 +259,14 @@ class AgentModel:
             return Outcome.VPC_GAP
         me = self.node_id
         for op in msg.ops:
-            if op.rev > held and not (op.body is not None and op.body.get("node_id") == me
-                                      and op.type == "port"):
-                self._apply(op)
+            if op.rev <= held:
+                continue
+            if op.type == "port" and op.body is not None and op.body.get("node_id") == me:
+                if op.local is not None:
+                    self._apply(WireOp(op.rev, op.type, op.id, op.op, op.revision_number,
+                                       op.local))
+                continue
+            self._apply(op)
         self.chains[msg.vpc_id] = msg.rev
         return Outcome.APPLIED
 

@@ -65,6 +65,9 @@ def encode_delta(
                     op["revision_number"],
                     t.port_json(op["id"], body),
                 )
+                local = op.get("local")
+                if local is not None:  # the host's variant, on a VPC's chain (wire.md)
+                    b = b[:-1] + b',"local":' + t.port_json(op["id"], local) + b"}"
             else:
                 b = json.dumps(op, separators=(",", ":")).encode()
             cache[id(op)] = b

@@ -12,8 +12,12 @@ multicast chain (one message per batch, copied by the broker to every member's q
 they fall to `unicast_nodes` or fewer (hysteresis: a VPC at the threshold does not flap). On a
 multicast VPC, an op that every member following the chain would get alike (a neighbour's port,
 a subnet, the VPC, a gateway) moves from the members' node messages to the VPC's message; the
-rest stays on the node chains: a port's host gets its own variant there (and skips the
-neighbour variant of its own port on the chain), and a node that starts following the chain in
+rest stays on the node chains. A port's own variant rides on the chain's op with it
+(`local`, taken by its host, the neighbour variant by everyone else) when its host follows the
+chain and gets nothing else of its own in the batch, so a batch of port creates in a big VPC
+is one publish, not one more per host; otherwise the host gets its variant on its own chain,
+with the rest of what it gets (and skips the neighbour variant of its own port on the chain).
+A node that starts following the chain in
 this batch (its first port in the VPC, or the VPC's switch to multicast) gets all of the batch's
 ops for it on its node chain with `vpcs: {vpc: rev}` (follow from `rev` on; what the chain
 carries up to `rev` is dropped). A node that stops following gets `vpcs: {vpc: null}` (with the
@@ -209,6 +213,7 @@ def _split(
             out.unbinds.append((n, v))
     if not after:
         return
+    riders: list[tuple[str, Key, int, str]] = []  # (VPC, key, grant index, host)
     for key, grants in final.items():
         if key[0] not in _SHARED:
             continue
@@ -218,7 +223,8 @@ def _split(
             continue
         i, best = max(enumerate(grants), key=lambda x: len(x[1].nodes))
         body = best.op["body"]
-        skip = {str(body.get("node_id"))} if key[0] == "port" and body is not None else set()
+        host = str(body.get("node_id")) if key[0] == "port" and body is not None else ""
+        skip = {host} if host else set()
         chain = after[v] - joined[v] - skip  # who will apply the chain's op
         got = best.nodes
         # Every follower applying the chain's op got exactly it; the other followers drop it
@@ -228,3 +234,50 @@ def _split(
             continue  # not every follower alike: this key stays on the node chains
         out.per_vpc.setdefault(v, {})[key] = best.op
         grants[i] = Grant(best.op, got - chain)
+        if host in after[v] and host not in joined[v]:
+            j = _own(best.op, grants, i, host)
+            if j is not None:
+                riders.append((v, key, j, host))
+    _carry_local(out, final, riders)
+
+
+def _own(op: Op, grants: list[Grant], i: int, host: str) -> int | None:
+    """The index of the host's grant of the same change as the chain's op (same rev and
+    revision, an upsert), if it has one."""
+    for j, g in enumerate(grants):
+        if j != i and host in g.nodes:
+            own = g.op
+            if (len(g.nodes) == 1 and own["op"] == "upsert" and own["rev"] == op["rev"]
+                    and own["revision_number"] == op["revision_number"]):
+                return j
+            return None
+    return None
+
+
+def _carry_local(out: BatchPlan, final: dict[Key, list[Grant]],
+                 riders: list[tuple[str, Key, int, str]]) -> None:
+    """Move a port's own variant onto its VPC's chain (`local` on the chain's op: its host
+    takes it, everyone else the neighbour variant) when that is all its host would get on its
+    own chain in this batch: a batch of port creates in a big VPC is then one publish, not one
+    more per host, and "host first" holds because the host's state is in that one message. A
+    host that gets a message of its own anyway (a join, its node record, a security group)
+    keeps its ports there, so what it gets from one batch is applied together."""
+    if not riders:
+        return
+    mine = {(key, j) for _, key, j, _ in riders}
+    busy = set(out.follow)
+    for key, grants in final.items():
+        for j, g in enumerate(grants):
+            if (key, j) not in mine:
+                busy |= g.nodes
+    for v, key, j, host in riders:
+        if host in busy:
+            continue
+        grants = final[key]
+        own = grants[j]
+        chain = out.per_vpc[v]
+        chain[key] = {**chain[key], "local": own.op["body"]}
+        grants[j] = Grant(own.op, own.nodes - {host})
+    for key in {key for _, key, _, _ in riders}:
+        grants = final[key]
+        grants[:] = [g for g in grants if g.nodes]

@@ -226,15 +226,33 @@ def test_a_big_vpcs_neighbour_goes_once_on_its_chain_and_the_host_first() -> Non
     assert all(f == {vpc: w.rev} for f in first.follow.values())
     c = w.add_port(sub, "host-3", [])
     p = plan(t, [c], first.rev, multicast=first.multicast, channels=channels)
-    assert list(p.per_node) == [nodes["host-3"]]  # only the host: its own (local) variant
-    assert list(p.per_vpc[vpc]) == [("port", c.id)]  # the neighbour variant, once
-    assert p.per_vpc[vpc][("port", c.id)]["body"]["node_id"] == nodes["host-3"]
+    # One message for the batch: the neighbour variant, once, with its host's own variant.
+    assert not p.per_node
+    assert list(p.per_vpc[vpc]) == [("port", c.id)]
+    op = p.per_vpc[vpc][("port", c.id)]
+    assert op["body"]["node_id"] == nodes["host-3"] and "admin_state_up" not in op["body"]
+    assert op["local"] == goal_state(t, nodes["host-3"])["port"][c.id]
+    # Encoded, the host takes its variant and every other follower the neighbour variant.
+    raw = encode_delta("", "delta", first.rev, p.rev, p.per_vpc[vpc].values(), {}, t, vpc=vpc)
+    for name, n in nodes.items():
+        m = AgentModel(n, awaiting_snapshot=False, chains={vpc: first.rev})
+        assert m.receive(parse_message(raw)) is Outcome.APPLIED
+        assert m.resources["port"][c.id] == goal_state(t, n)["port"][c.id], name
+    # A port whose host starts following in this batch (its first port in the VPC) goes to
+    # that host on its own chain, with the join.
+    fresh = [w.add_node("host-6", ip=7), w.add_port(sub, "host-6", [])]
+    q = plan(t, fresh, p.rev, multicast=p.multicast, channels=channels)
+    host6 = fresh[0].id
+    assert q.follow[host6] == {vpc: q.rev}
+    assert "admin_state_up" in q.per_node[host6][("port", fresh[1].id)]["body"]
+    assert "local" not in q.per_vpc[vpc][("port", fresh[1].id)]
+    p = q
     # The VPC shrinks to the unicast threshold: everyone stops following.
     gone = [w.delete("port", pid) for pid, b in list(w.res["port"].items())
-            if b["binding:host_id"] in ("host-0", "host-1", "host-2", "host-3")]
+            if b["binding:host_id"] in ("host-0", "host-1", "host-2", "host-3", "host-6")]
     q = plan(t, gone, p.rev, multicast=p.multicast, channels=channels)
     assert not q.multicast and not q.per_vpc
-    assert {n for n, v in q.unbinds} == set(nodes.values())
+    assert {n for n, v in q.unbinds} == {*nodes.values(), host6}
 
 
 def test_a_gap_on_a_vpc_chain_costs_that_vpcs_state_only() -> None:
