@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +49,32 @@ from tests.support.world import (
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+def head(raw: bytes) -> dict[str, Any]:
+    """A message's head (kind, revs, chains: everything before its ops) without decoding the
+    ops. The light agents share this machine's two cores with the broker and the dispatcher:
+    decoding every copy of every VPC message in one process (a real agent decodes its one copy
+    on its own host) made the fleet, not the dispatcher or the broker, what the bench timed."""
+    prefix = zlib.decompressobj().decompress(raw, 4096) if raw[:1] == b"\x78" else raw[:4096]
+    i = prefix.find(b',"ops":[')
+    if i < 0:
+        return dict(json.loads(unpack(raw)))  # a longer head: the whole message
+    return dict(json.loads(prefix[:i] + b"}"))
+
+
 class LightAgent:
     """Just enough of an agent to prove delivery: the ordering rule's rev bookkeeping per chain
-    (the node's own, and the VPC chains it follows), acks."""
+    (the node's own, and the VPC chains it follows), acks. It reads each message's head only."""
 
     def __init__(self) -> None:
         self.applied = 0
         self.chains: dict[str, int] = {}
         self.messages = 0
-        self.ops = 0
         self.gaps = 0
         self.snapshot_at: float | None = None
 
     async def on_delivery(self, d: Any) -> None:
-        m = json.loads(unpack(d.body))
+        m = head(d.body)
         self.messages += 1
-        self.ops += len(m["ops"])
         vpc = m.get("vpc_id")
         if vpc is not None:
             held = self.chains.get(vpc)
@@ -85,6 +96,9 @@ class LightAgent:
                 else:
                     self.chains[v] = r
         await d.ack()
+
+
+Report = tuple[int, int, int, float | None, dict[str, int]]
 
 
 class Fleet:
@@ -111,12 +125,14 @@ class Fleet:
         self.proc.start()
         await asyncio.to_thread(self.conn.recv)  # subscribed
 
-    async def report(self) -> dict[str, tuple[int, int, int, float | None]]:
-        """node → (applied rev, ops received, gaps, wall time of last snapshot)."""
+    async def report(self) -> dict[str, Report]:
+        """node → (applied rev, messages received, gaps, wall time of last snapshot, the VPC
+        chains it follows → their applied rev)."""
         if self.inline:
-            return {n: (a.applied, a.ops, a.gaps, a.snapshot_at) for n, a in self.agents.items()}
+            return {n: (a.applied, a.messages, a.gaps, a.snapshot_at, dict(a.chains))
+                    for n, a in self.agents.items()}
         self.conn.send("report")
-        result: dict[str, tuple[int, int, int, float | None]] = await asyncio.to_thread(
+        result: dict[str, Report] = await asyncio.to_thread(
             self.conn.recv
         )
         return result
@@ -249,12 +265,15 @@ async def main(args: argparse.Namespace) -> None:
     deadline = time.perf_counter() + 120
     while True:
         rep = await fleet.report()
-        done = all(rep[n][0] >= d.nodes[n].sent_rev for n in rep)
+        done = all(rep[n][0] >= d.nodes[n].sent_rev for n in rep) and all(
+            r >= d.state.vpcs[v].sent_rev
+            for n in rep for v, r in rep[n][4].items() if v in d.state.vpcs)
         if done or time.perf_counter() > deadline:
             break
         await asyncio.sleep(0.2)
     print(
-        f"  agents: {sum(r[1] for r in rep.values()):,} ops received, all at their goal rev: "
+        f"  agents: {sum(r[1] for r in rep.values()):,} messages received, all at their goal "
+        f"rev (own chain and VPC chains): "
         f"{done}, gaps: {sum(r[2] for r in rep.values())}, head rev {last}"
     )
 
