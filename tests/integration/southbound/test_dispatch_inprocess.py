@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from alcor.db.changelog import Change
 from alcor.southbound.dispatcher import Dispatcher, Settings
 from alcor.transport import InProcessBroker, InProcessTransport
 from tests.support.southbound import (
@@ -123,19 +124,28 @@ async def test_lost_message_is_a_gap_repaired_by_snapshot(h: Harness) -> None:
     w = h.world
     sub = next(iter(w.res["subnet"].values()))
 
-    async def lose(host: str, messages: int) -> None:
+    def port(host: str, own_chain: bool) -> list[Change]:
+        if not own_chain:
+            return [w.add_port(sub, host, [])]
+        # A port in a security group new to its host: the group's body goes on the host's own
+        # chain, and the port with it (alone, it would ride on the VPC's chain).
+        sg = w.add_sg()
+        return [sg, w.add_port(sub, host, [sg.id])]
+
+    async def lose(host: str, messages: int, own_chain: bool = False) -> None:
         await a._sub.cancel()  # type: ignore[union-attr]
-        await h.commit([w.add_port(sub, host, [])])
+        await h.commit(port(host, own_chain))
         await eventually(lambda: h.broker.depth(a.address) == messages)  # type: ignore[attr-defined]
         h.broker.queue(a.address).ready.clear()  # type: ignore[attr-defined]  # lost
-        await h.commit([w.add_port(sub, host, [])])
+        await h.commit(port(host, own_chain))
         await eventually(lambda: h.broker.depth(a.address) == messages)  # type: ignore[attr-defined]
         a._sub = await h.agent_transports[0].consume(a.address, a._on_delivery, a.prefetch)
         await h.converge(nodes=[n])
 
     await lose("host-1", 1)  # a neighbour's port: on the VPC's chain
     assert (a.counters.gaps, a.counters.vpc_gaps, a.counters.snapshots) == (1, 1, 1)
-    await lose("host-0", 2)  # its own port: on its chain (and the neighbours' on the VPC's)
+    # its own port in a new group: on its chain (and the neighbours' on the VPC's)
+    await lose("host-0", 2, own_chain=True)
     assert (a.counters.gaps, a.counters.vpc_gaps, a.counters.snapshots) == (2, 1, 2)
 
 
