@@ -50,8 +50,8 @@ class WireOp:
     op: str  # "upsert" | "delete"
     revision_number: int
     body: dict[str, Any] | None
-    # On a VPC's chain, a port's op may carry its host's own variant: the host applies it
-    # instead of `body` (the neighbour variant everyone else applies).
+    # On a VPC's chain, a port's op may carry the fields its host's own variant adds to `body`
+    # (the neighbour variant): the host applies body + local, everyone else body.
     local: dict[str, Any] | None = None
 
 
@@ -159,10 +159,10 @@ def parse_message(raw: bytes) -> Message:
         local = o.get("local")
         if local is not None and (
             vpc_id is None or t != "port" or not isinstance(body, dict)
-            or not isinstance(local, dict) or not local.get("node_id")
-            or local.get("node_id") != body.get("node_id")
+            or not isinstance(local, dict) or not body.get("node_id")
+            or any(k in body for k in local)
         ):
-            raise MalformedMessage("local: a port upsert's host variant, on a VPC's chain")
+            raise MalformedMessage("local: fields a bound port's host adds, on a VPC's chain")
         ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None, local))
     epoch = _int(d.get("epoch", 0), "epoch")
     return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs),
@@ -244,8 +244,8 @@ class AgentModel:
 
     def _receive_vpc(self, msg: Message) -> Outcome:
         """A VPC chain's message: the same rule on that chain's rev. For one of this node's own
-        ports the op's `local` variant is applied; without one, the op (the neighbour variant)
-        is skipped: the node's chain carries its local variant."""
+        ports the op's body with its `local` fields is applied; without them, the op (the
+        neighbour variant) is skipped: the node's chain carries its local variant."""
         if self.awaiting_snapshot:
             return Outcome.WAITING
         held = self.chains.get(msg.vpc_id)
@@ -262,9 +262,9 @@ class AgentModel:
             if op.rev <= held:
                 continue
             if op.type == "port" and op.body is not None and op.body.get("node_id") == me:
-                if op.local is not None:
+                if op.local is not None and op.body is not None:
                     self._apply(WireOp(op.rev, op.type, op.id, op.op, op.revision_number,
-                                       op.local))
+                                       {**op.body, **op.local}))
                 continue
             self._apply(op)
         self.chains[msg.vpc_id] = msg.rev

@@ -67,7 +67,7 @@ def encode_delta(
                 )
                 local = op.get("local")
                 if local is not None:  # the host's variant, on a VPC's chain (wire.md)
-                    b = b[:-1] + b',"local":' + t.port_json(op["id"], local) + b"}"
+                    b = b[:-1] + b',"local":' + json.dumps(local, separators=(",", ":")).encode() + b"}"
             else:
                 b = json.dumps(op, separators=(",", ":")).encode()
             cache[id(op)] = b

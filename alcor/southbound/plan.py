@@ -13,7 +13,7 @@ they fall to `unicast_nodes` or fewer (hysteresis: a VPC at the threshold does n
 multicast VPC, an op that every member following the chain would get alike (a neighbour's port,
 a subnet, the VPC, a gateway) moves from the members' node messages to the VPC's message; the
 rest stays on the node chains. A port's own variant rides on the chain's op with it
-(`local`, taken by its host, the neighbour variant by everyone else) when its host follows the
+(`local`: the fields the host's variant adds, which only the host applies) when its host follows the
 chain and gets nothing else of its own in the batch, so a batch of port creates in a big VPC
 is one publish, not one more per host; otherwise the host gets its variant on its own chain,
 with the rest of what it gets (and skips the neighbour variant of its own port on the chain).
@@ -256,8 +256,8 @@ def _own(op: Op, grants: list[Grant], i: int, host: str) -> int | None:
 
 def _carry_local(out: BatchPlan, final: dict[Key, list[Grant]],
                  riders: list[tuple[str, Key, int, str]]) -> None:
-    """Move a port's own variant onto its VPC's chain (`local` on the chain's op: its host
-    takes it, everyone else the neighbour variant) when that is all its host would get on its
+    """Move a port's own variant onto its VPC's chain (`local` on the chain's op: the fields
+    its host's variant adds to the neighbour body, applied by the host only) when that is all its host would get on its
     own chain in this batch: a batch of port creates in a big VPC is then one publish, not one
     more per host, and "host first" holds because the host's state is in that one message. A
     host that gets a message of its own anyway (a join, its node record, a security group)
@@ -276,7 +276,13 @@ def _carry_local(out: BatchPlan, final: dict[Key, list[Grant]],
         grants = final[key]
         own = grants[j]
         chain = out.per_vpc[v]
-        chain[key] = {**chain[key], "local": own.op["body"]}
+        body, mine_ = chain[key]["body"], own.op["body"]
+        # Only what the host's variant adds (admin state, port security, DHCP options): the
+        # other followers skip `local`, so it costs them a few bytes, not a second body.
+        extra = {k: x for k, x in mine_.items() if k not in body}
+        if {**body, **extra} != mine_:
+            continue  # not the neighbour body plus fields: it stays on the host's chain
+        chain[key] = {**chain[key], "local": extra}
         grants[j] = Grant(own.op, own.nodes - {host})
     for key in {key for _, key, _, _ in riders}:
         grants = final[key]

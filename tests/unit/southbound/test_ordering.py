@@ -194,12 +194,13 @@ def test_malformed_messages_are_refused() -> None:
         b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"x","id":"a","op":"upsert","body":{}}]}',
         b'{"v":2,"node_id":"n","kind":"snapshot","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"delete","body":null}]}',
         b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":3}]}',
-        # a host's own variant: only on a VPC's chain, on a port upsert, for the body's host
-        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":"n"},"local":{"node_id":"n"}}]}',
+        # the fields a host's variant adds: only on a VPC's chain, on a bound port's upsert,
+        # never overriding the neighbour body
+        b'{"v":2,"node_id":"n","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":"n"},"local":{"admin_state_up":true}}]}',
         b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":"n"},"local":{"node_id":"m"}}]}',
-        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":null},"local":{"node_id":null}}]}',
+        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":null},"local":{"admin_state_up":true}}]}',
         b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"subnet","id":"a","op":"upsert","body":{},"local":{}}]}',
-        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"delete","body":null,"local":{"node_id":"n"}}]}',
+        b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"delete","body":null,"local":{"admin_state_up":true}}]}',
         b'{"v":2,"vpc_id":"v","kind":"delta","prev_rev":0,"rev":2,"ops":[{"rev":1,"type":"port","id":"a","op":"upsert","body":{"node_id":"n"},"local":[]}]}',
     ]
     for raw in bad:
