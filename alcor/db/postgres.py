@@ -102,6 +102,8 @@ MOVED = (f"SELECT c.rev, x.* FROM rev_counter c LEFT JOIN LATERAL (SELECT {CHANG
 # Pending inserts are sent on their own once they hold this many parameters (the protocol
 # allows 32,767 per statement).
 MAX_PENDING_PARAMS = 20_000
+# Rows kept for readers at most while they wait to be durable (PgStore._ahead).
+AHEAD_ROWS = 100_000
 # Requests sharing one PostgreSQL transaction at most (PgStore.transaction).
 MAX_BATCH = 64
 # Errors that mean the connection is gone (server restarted, failed over, network cut).
@@ -263,6 +265,13 @@ class PgStore(Store):
         # Rev up to which the in-memory indexes follow the tables: ahead of changes.last_rev
         # (what readers see) while commits wait for their flush.
         self._index_rev = 0
+        # Rows the indexes have applied but readers have not been handed yet (other
+        # controllers' rows read by a write transaction, this one's own once committed), by
+        # rev, each with the start time of the server it was read from or committed on: once a
+        # flush or a NOTIFY from that same server says they are durable, they go to readers
+        # from here instead of being read back (see _deliver).
+        self._ahead: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        self._listener_start: Any = None  # pg_postmaster_start_time() of the listener's server
         self._opened_rev = 0  # the rev at open, before any manager loaded (see follow)
         # Group commit: committed transactions waiting for a flush, in commit order.
         # Each with the start time of the server it was committed on (see _sync_loop).
@@ -432,12 +441,52 @@ class PgStore(Store):
     def on_reload(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._reloads.append(fn)
 
+    def _keep_ahead(self, rows: list[tuple[Any, ...]], start: Any) -> None:
+        """Rows applied to the indexes, committed on the server that started at `start`, that
+        readers will need once they are durable."""
+        if start is None:
+            return
+        if len(self._ahead) > AHEAD_ROWS:
+            self._ahead.clear()  # readers far behind (never expected): they read the table
+        last = self.changes.last_rev
+        for r in rows:
+            if r[0] > last:
+                self._ahead[r[0]] = (r, start)
+
+    def _deliver(self, upto: int, start: Any) -> None:
+        """Hand readers the rows kept ahead, in rev order from their last rev, up to `upto`,
+        which a flush or NOTIFY from the server that started at `start` said are durable. Rows
+        kept from another server (one that restarted since, maybe without them) are not
+        handed over: the table is read instead."""
+        ahead = self._ahead
+        last = self.changes.last_rev
+        while ahead:
+            first = next(iter(ahead))
+            if first > last:
+                break
+            del ahead[first]
+        rows = []
+        rev = last + 1
+        while rev <= upto:
+            kept = ahead.get(rev)
+            if kept is None or kept[1] != start:
+                break
+            rows.append(kept[0])
+            del ahead[rev]
+            rev += 1
+        if rows:
+            self.changes.committed(rows)
+
     async def _catch_up(self, conn: Any, upto: int, durable: bool,
-                        first: list[tuple[Any, ...]] | None = None) -> None:
+                        first: list[tuple[Any, ...]] | None = None, start: Any = None) -> None:
         """Read the rows up to `upto` (committed by others) and apply those the indexes have not
         seen; when they are `durable`, readers of the change log get them too. Call with the
         lock held, so they interleave with this controller's own commits in rev order.
-        `first`: the first page, already read (see _open_batch)."""
+        `first`: the first page, already read (see _open_batch). `start`: the start time of
+        the server `conn` is on, when known: rows read not yet durable are kept for readers
+        (see _deliver); when durable, those kept already are handed over without a read."""
+        if durable:
+            self._deliver(upto, start)
         while self._index_rev < upto or (durable and self.changes.last_rev < upto):
             since = min(self._index_rev, self.changes.last_rev) if durable else self._index_rev
             if first is not None:
@@ -460,6 +509,8 @@ class PgStore(Store):
             self._index_rev = max(self._index_rev, rows[-1][0])
             if durable:
                 self.changes.committed(rows)
+            else:
+                self._keep_ahead(rows, start)
 
     async def catch_up(self) -> bool:
         """Apply to the indexes what other controllers committed up to now (one read of the
@@ -486,6 +537,7 @@ class PgStore(Store):
         rev = await conn.fetchval("SELECT rev FROM rev_counter WHERE id = 1")
         await self.changes.load()
         self.changes.reset(durable)
+        self._ahead.clear()
         self._index_rev = rev
         for fn in self._reloads:
             await fn()
@@ -511,16 +563,21 @@ class PgStore(Store):
             if not n:
                 continue
             error: BaseException | None = None
+            flushed = 0
             try:
-                await self._flush_wal()
+                flushed = await self._flush_wal()
             except Exception as e:
                 log.error("store.flush_failed", error=str(e))
                 if self._sync_conn is not None:
                     self._sync_conn.terminate()
                 error = StoreError(f"database write not confirmed durable: {e}")
                 self._stale = True  # the server may have lost them: rebuild from the tables
-            for _ in range(n):
-                rows, durable, start = self._unsynced.popleft()
+            entries = [self._unsynced.popleft() for _ in range(n)]
+            if error is None and all(start == self._flushed_start for _, _, start in entries):
+                # Every row up to the flushed rev is durable, other controllers' rows before
+                # ours included: in rev order, from memory, so the readers' tail stays whole.
+                self._deliver(flushed, self._flushed_start)
+            for rows, durable, start in entries:
                 failed = error
                 if failed is None and start != self._flushed_start:
                     # Committed on a server that has restarted since (crashed, failed over):
@@ -544,6 +601,8 @@ class PgStore(Store):
             listener: asyncpg.Connection | None = None
             try:
                 listener = await self._connect("listener")
+                # The server its NOTIFYs vouch for (rows kept from another are read instead).
+                self._listener_start = await listener.fetchval("SELECT pg_postmaster_start_time()")
                 await listener.add_listener(CHANNEL, self._heard)
                 while not listener.is_closed():
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -567,7 +626,8 @@ class PgStore(Store):
                             continue
                         async with self._lock:
                             if self._notified > self.changes.last_rev and not self._stale:
-                                await self._catch_up(listener, self._notified, durable=True)
+                                await self._catch_up(listener, self._notified, durable=True,
+                                                     start=self._listener_start)
                         continue
                     rev, horizon = await listener.fetchrow(
                         "SELECT rev, (SELECT value FROM meta WHERE key = 'changes.horizon') "
@@ -578,7 +638,8 @@ class PgStore(Store):
                         # A notification may have been lost: flush, and follow up to there.
                         durable = await self._flush_wal()
                         async with self._lock:
-                            await self._catch_up(listener, durable, durable=True)
+                            await self._catch_up(listener, durable, durable=True,
+                                                 start=self._flushed_start)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -725,7 +786,8 @@ class PgStore(Store):
                 page = await conn.fetch(MOVED, self._index_rev)
                 rev = page[0][0]
                 rows = [tuple(r)[1:] for r in page if r[1] is not None]
-                await self._catch_up(conn, rev, durable=False, first=rows)
+                await self._catch_up(conn, rev, durable=False, first=rows,
+                                     start=self._writer_start)
         except BaseException as e:
             await self._fail_batch(_Batch(conn, 0), e)
             _raise(e, conn)
@@ -805,6 +867,7 @@ class PgStore(Store):
             return
         for member_rows, fut in batch.members:
             if member_rows:
+                self._keep_ahead(member_rows, batch.start)
                 self._unsynced.append((member_rows, fut, batch.start))
             elif not fut.done():
                 fut.set_result(None)  # nothing for readers: answered at COMMIT, as before
