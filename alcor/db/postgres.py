@@ -272,6 +272,7 @@ class PgStore(Store):
         # from here instead of being read back (see _deliver).
         self._ahead: dict[int, tuple[tuple[Any, ...], Any]] = {}
         self._listener_start: Any = None  # pg_postmaster_start_time() of the listener's server
+        self._listening = asyncio.Event()  # the listener has listened once
         self._opened_rev = 0  # the rev at open, before any manager loaded (see follow)
         # Group commit: committed transactions waiting for a flush, in commit order.
         # Each with the start time of the server it was committed on (see _sync_loop).
@@ -343,6 +344,12 @@ class PgStore(Store):
         loop = asyncio.get_running_loop()
         self._follower = loop.create_task(self._follow(), name="store.follow")
         self._syncer = loop.create_task(self._sync_loop(), name="store.sync")
+        # Commits of others from here on are heard at once (the poll would find them, later).
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._listening.wait()
+        except TimeoutError:
+            log.warning("store.not_listening", url=safe_url(self.url))
         log.info("store.opened", url=safe_url(self.url), last_rev=self.changes.last_rev)
 
     async def close(self) -> None:
@@ -601,9 +608,11 @@ class PgStore(Store):
             listener: asyncpg.Connection | None = None
             try:
                 listener = await self._connect("listener")
-                # The server its NOTIFYs vouch for (rows kept from another are read instead).
-                self._listener_start = await listener.fetchval("SELECT pg_postmaster_start_time()")
+                self._listener_start = None
                 await listener.add_listener(CHANNEL, self._heard)
+                self._listening.set()
+                # The server its NOTIFYs vouch for (until known, rows kept are read instead).
+                self._listener_start = await listener.fetchval("SELECT pg_postmaster_start_time()")
                 while not listener.is_closed():
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that lands as it times out, and close() would wait forever.
