@@ -61,7 +61,7 @@ class Cpu:
                 await conn.close()
         self.t0 = self.sample()
 
-    def sample(self) -> tuple[float, float, float]:
+    def sample(self) -> tuple[float, float, float, list[float]]:
         def total(pids: list[int]) -> float:
             out = 0.0
             for pid in pids:
@@ -70,11 +70,17 @@ class Cpu:
                 except OSError:  # a backend that ended meanwhile
                     pass
             return out
-        return total(self.controllers), time.process_time(), total(self.backends)
+        each = [total([pid]) for pid in self.controllers]
+        return sum(each), time.process_time(), total(self.backends), each
 
     def per(self, n: int) -> str:
-        c, b, d = (x - y for x, y in zip(self.sample(), self.t0, strict=True))
-        out = f"CPU per create: controllers {c / n * 1e3:.2f} ms, client {b / n * 1e3:.2f} ms"
+        now = self.sample()
+        c, b, d = (x - y for x, y in zip(now[:3], self.t0[:3], strict=True))
+        out = f"CPU per create: controllers {c / n * 1e3:.2f} ms"
+        if len(self.controllers) > 1:  # each one's share (the leader also dispatches)
+            out += " (" + " + ".join(f"{(x - y) / n * 1e3:.2f}"
+                                     for x, y in zip(now[3], self.t0[3], strict=True)) + ")"
+        out += f", client {b / n * 1e3:.2f} ms"
         if self.db:
             out += f", PostgreSQL backends {d / n * 1e3:.2f} ms"
         return out
