@@ -17,6 +17,8 @@ import asyncio
 import sys
 from typing import Any
 
+import uvloop
+
 from alcor import log as log_mod
 from alcor import sections
 from alcor.config import Config, ConfigError
@@ -88,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alcor: config error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(kernel.run())
+        if args.role == "controller":
+            # libuv's event loop (uvloop): every API request, store round trip and dispatch
+            # goes through the loop's sockets, callbacks and timers, which cost less in C; the
+            # controllers' CPU per create dropped ~10 % with it (bench/api_ports.py, see
+            # docs/performance.md). The agent and the dev run keep asyncio's loop.
+            uvloop.run(kernel.run())
+        else:
+            asyncio.run(kernel.run())
     except ConfigError as e:
         print(f"alcor: config error: {e}", file=sys.stderr)
         return 2
