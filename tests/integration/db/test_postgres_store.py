@@ -325,3 +325,26 @@ async def test_a_follower_registered_late_still_gets_what_was_committed_since_op
         assert seen == ["between-0"]
     finally:
         await _close([a, b])
+
+
+async def test_every_controllers_readers_get_all_rows_in_rev_order_and_nothing_is_kept_after(url):
+    """Rows a controller's writer read from the others (for its indexes) reach its change-log
+    readers once durable, in rev order with its own, and none stay kept in memory."""
+    stores = await _open(url, 2)
+    try:
+        await asyncio.gather(*(
+            _write(s, f"c{i}-{k}", n=1 + k % 2) for k in range(40) for i, s in enumerate(stores)))
+        conn = await asyncpg.connect(url)
+        try:
+            table = [(r[0], r[1]) for r in await conn.fetch("SELECT rev, id FROM changes ORDER BY rev")]
+        finally:
+            await conn.close()
+        for s in stores:
+            for _ in range(200):  # the last NOTIFY may still be on its way
+                if s.changes.last_rev == table[-1][0]:
+                    break
+                await asyncio.sleep(0.01)
+            assert [(c.rev, c.id) for c in await s.changes.read(0, limit=1000)] == table
+            assert s._ahead == {}
+    finally:
+        await _close(stores)
