@@ -222,6 +222,7 @@ MAC = {
     QA1: "fa:16:3e:0c:00:05",
     QB1: "fa:16:3e:0d:00:06",
 }
+IP = {PA1: "10.0.0.5", PA2: "10.0.1.5", PA3: "10.0.0.7", PB1: "10.0.0.6", PB2: "10.0.1.6"}  # VPC1's
 VX = 9
 OFPORTS = {tap_name(PA1): 1, tap_name(PA2): 2, tap_name(PA3): 4, tap_name(QA1): 3, "vxlan0": VX}
 
@@ -245,6 +246,33 @@ def two_vpcs() -> GoalBuilder:
     g.port(PB2, "vpc1", "s2", "10.0.1.6", MAC[PB2], node=B)
     g.port(QA1, "vpc2", "t1", "10.0.0.5", MAC[QA1], node=A)
     g.port(QB1, "vpc2", "t1", "10.0.0.6", MAC[QB1], node=B)
+    return g
+
+
+def default_rules(sid: str) -> list[dict[str, Any]]:
+    """Neutron's default group: all egress, ingress from its own members."""
+    return [
+        rule("egress", "IPv4"),
+        rule("egress", "IPv6"),
+        rule("ingress", "IPv4", remote_group_id=sid),
+        rule("ingress", "IPv6", remote_group_id=sid),
+    ]
+
+
+def secgroup_scene(groups: dict[str, tuple[str, ...]] | None = None) -> GoalBuilder:
+    """two_vpcs with PA1, PA3 and PB1 in "default", PB2 in "other", others as given; "ssh"
+    allows tcp/22 in and everything out."""
+    g = two_vpcs()
+    g.sg("default", default_rules("default"))
+    g.sg("other", [rule("egress", "IPv4")])
+    g.sg(
+        "ssh",
+        [rule("ingress", protocol="tcp", port_range_min=22, port_range_max=22), rule("egress")],
+    )
+    member = {PA1: ("default",), PA3: ("default",), PB1: ("default",), PB2: ("other",)}
+    member.update(groups or {})
+    for pid, sgs in member.items():
+        g.res["port"][pid]["security_group_ids"] = sorted(sgs)
     return g
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from alcor.agent.compiler import FlowCompiler, compile_flows
 from alcor.agent.ir import tap_name
-from tests.support.goals import OFPORTS, PA1, PA3, PB1, A, B, two_vpcs
+from tests.support.goals import IP, OFPORTS, PA1, PA3, PB1, A, B, rule, secgroup_scene, two_vpcs
 
 OPS = st.lists(
     st.tuples(
@@ -120,9 +120,7 @@ def _streamed(compiler: FlowCompiler, goal: dict, ofports: dict) -> tuple[dict, 
 
 
 def test_a_streamed_compile_ends_with_the_flows_of_a_compile() -> None:
-    from tests.unit.agent.test_secgroups import IP, rule, scene
-
-    g = scene()
+    g = secgroup_scene()
     g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="other")])
     g.res["port"][PA1]["security_group_ids"] = ["web"]
     # two ports claim one address: their flows of that key merge once both said what they want

@@ -25,6 +25,7 @@ from alcor.agent.ir import (
 )
 from tests.support.flowsim import Conntrack, Packet, ipv4, reply, simulate, tcp
 from tests.support.goals import (
+    IP,
     MAC,
     OFPORTS,
     PA1,
@@ -35,39 +36,11 @@ from tests.support.goals import (
     QA1,
     QB1,
     VX,
-    GoalBuilder,
     rule,
-    two_vpcs,
+    secgroup_scene,
 )
 
 P1, P2, P3, Q1 = (OFPORTS["tap" + p[:11]] for p in (PA1, PA2, PA3, QA1))
-IP = {PA1: "10.0.0.5", PA2: "10.0.1.5", PA3: "10.0.0.7", PB1: "10.0.0.6", PB2: "10.0.1.6"}
-
-
-def default_rules(sid: str) -> list[dict[str, Any]]:
-    """Neutron's default group: all egress, ingress from its own members."""
-    return [
-        rule("egress", "IPv4"),
-        rule("egress", "IPv6"),
-        rule("ingress", "IPv4", remote_group_id=sid),
-        rule("ingress", "IPv6", remote_group_id=sid),
-    ]
-
-
-def scene(groups: dict[str, tuple[str, ...]] | None = None) -> GoalBuilder:
-    """two_vpcs with PA1, PA3 and PB1 in "default", PB2 in "other", others as given."""
-    g = two_vpcs()
-    g.sg("default", default_rules("default"))
-    g.sg("other", [rule("egress", "IPv4")])
-    g.sg(
-        "ssh",
-        [rule("ingress", protocol="tcp", port_range_min=22, port_range_max=22), rule("egress")],
-    )
-    member = {PA1: ("default",), PA3: ("default",), PB1: ("default",), PB2: ("other",)}
-    member.update(groups or {})
-    for pid, sgs in member.items():
-        g.res["port"][pid]["security_group_ids"] = sorted(sgs)
-    return g
 
 
 def tunnelled(pkt: Packet, vni: int = 100) -> Packet:
@@ -131,7 +104,7 @@ def test_conjunction_ids_are_stable_unique_and_never_zero() -> None:
 
 
 def test_default_group_ingress_from_members_only_egress_to_all() -> None:
-    goal = scene().goal()
+    goal = secgroup_scene().goal()
     assert outs(goal, to_port(PB1, PA1)) == {P1}  # a member, across hosts
     assert outs(goal, to_port(PA3, PA1)) == {P1}  # a member, on the host
     assert outs(goal, to_port(PB2, PA1)) == set()  # not a member
@@ -140,7 +113,7 @@ def test_default_group_ingress_from_members_only_egress_to_all() -> None:
 
 
 def test_replies_of_the_vms_own_connections_pass_and_nothing_else_does() -> None:
-    goal = scene({PB1: ("other",)}).goal()  # PB1 is no member: it may not start anything to PA1
+    goal = secgroup_scene({PB1: ("other",)}).goal()  # PB1 is no member: it may not start anything to PA1
     ct = Conntrack()
     for proto in ("icmp", "tcp", "udp"):
         if proto == "icmp":
@@ -161,7 +134,7 @@ def test_replies_of_the_vms_own_connections_pass_and_nothing_else_does() -> None
 
 
 def test_tcp_22_only() -> None:
-    goal = scene({PA3: ("ssh",)}).goal()
+    goal = secgroup_scene({PA3: ("ssh",)}).goal()
     ssh = tunnelled(tcp(VX, MAC[PB1], MAC[PA3], IP[PB1], IP[PA3], 33000, 22))
     assert outs(goal, ssh) == {P3}
     assert outs(goal, {**ssh, "tcp_dst": 80}) == set()
@@ -170,7 +143,7 @@ def test_tcp_22_only() -> None:
 
 
 def test_a_rule_removed_stops_new_and_established_connections_a_rule_added_allows() -> None:
-    g = scene({PA3: ("ssh",)})
+    g = secgroup_scene({PA3: ("ssh",)})
     ct = Conntrack()
     ssh = tunnelled(tcp(VX, MAC[PB1], MAC[PA3], IP[PB1], IP[PA3], 33000, 22))
     back = reply(ssh, P3)
@@ -192,7 +165,7 @@ def test_a_rule_removed_stops_new_and_established_connections_a_rule_added_allow
 
 
 def test_remote_group_membership_follows_the_ports() -> None:
-    g = scene()
+    g = secgroup_scene()
     g.sg(
         "web",
         [
@@ -225,7 +198,7 @@ def test_remote_group_membership_follows_the_ports() -> None:
 def test_a_members_prefix_lets_in_its_addresses_and_the_exact_members_keep_theirs() -> None:
     """An address pair's CIDR as a member: its addresses meet the rules naming its group, even
     one that is also another group's exact member (the lookup loads only that one's bit)."""
-    g = scene()
+    g = secgroup_scene()
     g.sg("peers", [rule("egress", "IPv4")])
     g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="peers")])
     g.res["port"][PA3]["security_group_ids"] = ["web"]
@@ -252,7 +225,7 @@ def test_a_members_prefix_lets_in_its_addresses_and_the_exact_members_keep_their
 
 
 def test_groups_beyond_the_bit_budget_are_clause_3_of_their_classes() -> None:
-    g = scene()
+    g = secgroup_scene()
     names = [f"g{i:03d}" for i in range(secgroups.REMOTE_BITS + 2)]
     for name in names:
         g.sg(name, [rule("egress", "IPv4")])
@@ -284,7 +257,7 @@ def test_groups_beyond_the_bit_budget_are_clause_3_of_their_classes() -> None:
 
 
 def test_one_address_of_two_members_loads_the_bits_of_both() -> None:
-    g = scene()
+    g = secgroup_scene()
     g.sg("web", [rule("ingress", protocol="tcp", port_range_min=80, remote_group_id="other")])
     g.res["port"][PA3]["security_group_ids"] = ["web"]
     # PB1 (default) also claims PB2's address (other) as an address pair
@@ -313,7 +286,7 @@ def test_one_address_of_two_members_loads_the_bits_of_both() -> None:
 
 
 def test_stateless_groups_use_no_conntrack_and_replies_need_a_rule() -> None:
-    g = scene()
+    g = secgroup_scene()
     g.sg(
         "sl",
         [rule("ingress", protocol="tcp", port_range_min=22, port_range_max=22)],
@@ -337,7 +310,7 @@ def test_stateless_groups_use_no_conntrack_and_replies_need_a_rule() -> None:
 
 
 def test_vpcs_with_overlapping_cidrs_keep_their_connections_apart() -> None:
-    g = scene({QA1: ("default",), QB1: ("default",)})
+    g = secgroup_scene({QA1: ("default",), QB1: ("default",)})
     ct = Conntrack()
     goal = g.goal()
     a = tcp(P1, MAC[PA1], MAC[PB1], "10.0.0.5", "10.0.0.6", 40000, 80)  # VPC 1
@@ -349,7 +322,7 @@ def test_vpcs_with_overlapping_cidrs_keep_their_connections_apart() -> None:
 
 def test_members_times_rules_do_not_multiply() -> None:
     """20 members of a remote group, 10 rules naming it, 5 local ports: N + M + K flows."""
-    g = scene()
+    g = secgroup_scene()
     remote_rules = [
         rule(
             "ingress",
@@ -406,7 +379,7 @@ def test_members_times_rules_do_not_multiply() -> None:
 
 
 def test_a_rule_change_reflows_only_what_it_must() -> None:
-    g = scene({PA3: ("ssh",)})
+    g = secgroup_scene({PA3: ("ssh",)})
     compiler = FlowCompiler()
     compiler.compile(g.goal(), OFPORTS)
     # one more rule of an existing class: that group's flows only
@@ -447,7 +420,7 @@ def test_a_rule_change_reflows_only_what_it_must() -> None:
 
 
 def test_every_filtered_port_has_its_own_zone() -> None:
-    fs = compile_flows(scene().goal(), OFPORTS, zones={PA1: 7, PA2: 8, PA3: 9, QA1: 10})
+    fs = compile_flows(secgroup_scene().goal(), OFPORTS, zones={PA1: 7, PA2: 8, PA3: 9, QA1: 10})
     loads = {
         dict(f.match)["in_port"]: f.actions[0].value  # type: ignore[union-attr]
         for f in fs.flows
@@ -455,7 +428,7 @@ def test_every_filtered_port_has_its_own_zone() -> None:
     }
     assert loads == {P1: 7, P2: 8, P3: 9, Q1: 10}
     # a port without a zone is never left unfiltered: it gets no flows at all
-    fs = compile_flows(scene().goal(), OFPORTS, zones={PA1: 7})
+    fs = compile_flows(secgroup_scene().goal(), OFPORTS, zones={PA1: 7})
     assert fs.port_problems[PA3] == "no conntrack zone assigned to the port"
     assert not [f for f in fs.flows if f.cookie == cookie_for("port", PA3) and f.table == 0]
 
@@ -473,7 +446,7 @@ SG_OPS = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(SG_OPS)
 def test_incremental_security_equals_full_compile(ops: list[tuple[str, int]]) -> None:
-    g = scene({PA3: ("ssh",)})
+    g = secgroup_scene({PA3: ("ssh",)})
     goal: dict[str, Any] = dict(g.goal())
     compiler = FlowCompiler()
     compiler.compile(goal, OFPORTS)
