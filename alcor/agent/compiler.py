@@ -299,20 +299,11 @@ class FlowCompiler:
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
         self._set_gateways(goal, ofports, ctx, touched)
-        late: list[Flow] = []
-        if made is not None:
-            if made:
-                yield made
-            self._stream = None
-            # a key several resources want was streamed with its first resource's flow
-            for k in self._shared:
-                refs = self._refs.get(k)
-                if refs:
-                    self.desired[k] = merged = _resolve(refs)
-                    if merged is not next(iter(refs.values())):
-                        late.append(merged)
-            self._shared.clear()
-        self._resolve_shared()
+        if made:
+            yield made
+        self._stream = None
+        # a key several resources want was streamed with its first resource's flow
+        late = self._resolve_shared()
         changes: dict[Key, tuple[Flow | None, Flow | None]]
         if not before:  # from scratch: every flow is new
             changes = {k: (None, f) for k, f in self.desired.items()}
@@ -325,7 +316,7 @@ class FlowCompiler:
         for k, old in before.items():
             if k not in self.desired:
                 changes[k] = (old, None)
-        return Changes(changes, recomputed=True, late_adds=tuple(late))
+        return Changes(changes, recomputed=True, late_adds=tuple(late) if stream else ())
 
     def _set_gateways(
         self,
@@ -558,14 +549,19 @@ class FlowCompiler:
         self._groups[ref] = flows
         self.owners[cookie_for(*ref)] = ref
 
-    def _resolve_shared(self) -> None:
+    def _resolve_shared(self) -> list[Flow]:
         """The flows of keys several resources want, once all of them said what they want
-        (one merge per key per compile, not one per resource)."""
+        (one merge per key per compile, not one per resource); those that are not the flow
+        the first resource made for the key (what a streamed compile sent for it)."""
+        replaced: list[Flow] = []
         for k in self._shared:
             refs = self._refs.get(k)
             if refs:
-                self.desired[k] = _resolve(refs)
+                self.desired[k] = resolved = _resolve(refs)
+                if resolved is not next(iter(refs.values())):
+                    replaced.append(resolved)
         self._shared.clear()
+        return replaced
 
     def _diff(self, touched: dict[Key, Flow | None]) -> dict[Key, tuple[Flow | None, Flow | None]]:
         self._resolve_shared()

@@ -255,26 +255,22 @@ class Datapath:
         gc_on, bulk_work = gc.isenabled(), False
         gc.disable()
         try:
-            if reconciler.installed is None and not self._compiler.desired:
-                # a start: if the switch holds none of our flows, they go to it as they are
-                # compiled (ovs-vswitchd takes the first while the agent compiles the rest);
-                # asked by a count, so that a restart reads back after its compile as before
-                try:
-                    if await reconciler.holds_none():
-                        report, changes, compiling = await self._reconcile_streamed(
-                            goal, switch, reconciler, zones, gone
-                        )
-                        bulk_work = True
-                        return await self._reconciled(
-                            why, goal, switch, start, zoned, report, changes, zoned + compiling
-                        )
-                except SwitchGone:
-                    log.info("datapath.reconcile_interrupted", why=why)
-                    return await self._reconcile_disconnected(why)
-            changes = self._compiler.compile(goal, switch.ports, zones, self.nexthops.bindings)
-            compiled = time.perf_counter() - start
-            desired = self._compiler.desired
-            try:
+            # A start: if the switch holds none of our flows, they go to it as they are compiled
+            # (ovs-vswitchd takes the first while the agent compiles the rest); asked by a count,
+            # so that a restart reads back after its compile as before.
+            if (
+                reconciler.installed is None
+                and not self._compiler.desired
+                and await reconciler.holds_none()
+            ):
+                report, changes, compiling = await self._reconcile_streamed(
+                    goal, switch, reconciler, zones, gone
+                )
+                compiled = zoned + compiling
+            else:
+                changes = self._compiler.compile(goal, switch.ports, zones, self.nexthops.bindings)
+                compiled = time.perf_counter() - start
+                desired = self._compiler.desired
                 # a first reconcile reads everything back anyway: no need to gather the cookies of
                 # tens of thousands of changed keys
                 bulk = reconciler.installed is None
@@ -292,10 +288,10 @@ class Datapath:
                 await self.zeta.after_flows(switch)  # stale groups once no flow names them
                 await self._flush_zones(switch, gone)
                 await self.dhcp.after_flows(switch)  # and stale meters
-            except SwitchGone:
-                log.info("datapath.reconcile_interrupted", why=why)
-                return await self._reconcile_disconnected(why)
             bulk_work = report.adds > BULK_ADDS or changes.recomputed
+        except SwitchGone:
+            log.info("datapath.reconcile_interrupted", why=why)
+            return await self._reconcile_disconnected(why)
         finally:
             if gc_on:
                 if bulk_work:
@@ -357,7 +353,7 @@ class Datapath:
         report: Report,
         changes: Changes,
         compiled: float,
-        bulk_work: bool = True,
+        bulk_work: bool,
     ) -> dict[str, PortStatus]:
         """A reconcile's bookkeeping once its flow-mods are confirmed: timings, counters, the
         flows to try again, the statuses."""

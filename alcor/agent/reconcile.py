@@ -167,10 +167,7 @@ class Reconciler:
         start = time.perf_counter()
         report = Report(full=True)
         held: list[Flow] = []
-        helpers: list[Switch] = []
-        if self.helpers is not None:
-            helpers = [sw for sw in await self.helpers() if not sw.closed.is_set()]
-        lanes = [self.switch, *helpers]
+        lanes = [self.switch, *await self._live_helpers()]
         report.connections = len(lanes)
         batches = [sw.open_batch() for sw in lanes]
         lost: set[int] = set()  # helpers that went away: their flows go on the main connection
@@ -183,17 +180,17 @@ class Reconciler:
                         held += [f for f in chunk if f.meter is not None]
                     for i, (sw, batch) in enumerate(zip(lanes, batches, strict=True)):
                         part = ready[i :: len(lanes)]
-                        if not part or i in lost:
-                            if part:
-                                lanes[0].write_adds(batches[0], part, self.signatures)
+                        if not part:
                             continue
-                        try:
-                            sw.write_adds(batch, part, self.signatures)
-                        except ConnectionError:
-                            if sw is self.switch:
-                                raise
-                            lost.add(i)
-                            lanes[0].write_adds(batches[0], part, self.signatures)
+                        if i not in lost:
+                            try:
+                                sw.write_adds(batch, part, self.signatures)
+                                continue
+                            except ConnectionError:
+                                if sw is self.switch:
+                                    raise
+                                lost.add(i)
+                        lanes[0].write_adds(batches[0], part, self.signatures)
                     sent += len(ready)
                     await asyncio.sleep(0)  # the writes go out; the next chunk is compiled
                 results = await asyncio.gather(
@@ -350,8 +347,8 @@ class Reconciler:
         self, adds: list[Flow], deletes: list[Flow], report: Report
     ) -> list[FlowModError]:
         helpers: list[Switch] = []
-        if self.helpers is not None and len(adds) + len(deletes) > SPREAD_FLOW_MODS:
-            helpers = [sw for sw in await self.helpers() if not sw.closed.is_set()]
+        if len(adds) + len(deletes) > SPREAD_FLOW_MODS:
+            helpers = await self._live_helpers()
         if not helpers:
             return await self.switch.flow_mods(
                 adds, deletes, timeout=self.barrier_timeout, signatures=self.signatures
@@ -376,6 +373,12 @@ class Reconciler:
                     result = await self._send_part(self.switch, kind, part)
                 errors.extend(result)
         return errors
+
+    async def _live_helpers(self) -> list[Switch]:
+        """The helper connections open now (none without a way to open them)."""
+        if self.helpers is None:
+            return []
+        return [sw for sw in await self.helpers() if not sw.closed.is_set()]
 
     async def _send_part(self, sw: Switch, kind: str, part: list[Flow]) -> list[FlowModError]:
         if not part:
