@@ -20,13 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alcor.agent.config import DhcpConfig
 from alcor.agent.datapath import Datapath, DatapathConfig
 from alcor.agent.ir import tap_name
+from alcor.wire import GoalState
 from tests.support.ovs import Netns, OvsSandbox, unique
 from tests.support.wait import eventually
 
@@ -346,6 +347,25 @@ async def two_hosts(
     finally:
         for h in hosts:
             await h.close()
+
+
+@dataclass
+class HostPair:
+    """The two hosts of a two-host test, each applying its own variant of the test's goal state."""
+
+    a: Host
+    b: Host
+
+    def vm(self, pid: str) -> Vm:
+        return (self.a.vms | self.b.vms)[pid]
+
+    async def apply_each(self, goal_for: Callable[[str], GoalState]) -> None:
+        """Each host's agent applies `goal_for(its name)`; every port it reports must be ACTIVE."""
+        for h in (self.a, self.b):
+            assert h.agent is not None
+            statuses = await h.agent.apply(goal_for(h.name))
+            bad = {p: s for p, s in statuses.items() if s != ("ACTIVE", "")}
+            assert not bad, f"{h.name}: {bad}"
 
 
 async def wait_taps(*hosts: Host, timeout: float = 5) -> None:

@@ -35,7 +35,7 @@ from tests.support.dhcp_clients import (
     udhcpc,
 )
 from tests.support.goals import GoalBuilder
-from tests.support.topology import Host, Vm, join_underlay
+from tests.support.topology import Host, HostPair, Vm, join_underlay
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
@@ -88,20 +88,11 @@ def goal_for(node_id: str, *, without: tuple[str, ...] = (),
 
 
 @dataclass
-class Cloud:
-    a: Host
-    b: Host
+class Cloud(HostPair):
     tmp: Path
 
     async def apply(self, **kw: Any) -> None:
-        for h in (self.a, self.b):
-            assert h.agent is not None
-            statuses = await h.agent.apply(goal_for(h.name, **kw))
-            bad = {p: s for p, s in statuses.items() if s[0] != "ACTIVE"}
-            assert not bad, f"{h.name}: {bad}"
-
-    def vm(self, pid: str) -> Vm:
-        return (self.a.vms | self.b.vms)[pid]
+        await self.apply_each(lambda name: goal_for(name, **kw))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from alcor.resources.networks import max_mtu
 from alcor.resources.ports import eui64
 from alcor.wire import GoalState
 from tests.support.goals import GoalBuilder
-from tests.support.topology import Host, two_hosts, wait_taps
+from tests.support.topology import HostPair, two_hosts, wait_taps
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
@@ -116,20 +115,9 @@ def goal_for(
     return g.goal()
 
 
-@dataclass
-class Cloud:
-    a: Host
-    b: Host
-
+class Cloud(HostPair):
     async def apply(self, **kw: Any) -> None:
-        for h in (self.a, self.b):
-            assert h.agent is not None
-            statuses = await h.agent.apply(goal_for(h.name, **kw))
-            bad = {p: s for p, s in statuses.items() if s[0] != "ACTIVE"}
-            assert not bad, f"{h.name}: {bad}"
-
-    def vm(self, port_id: str):  # type: ignore[no-untyped-def]
-        return (self.a.vms | self.b.vms)[port_id]
+        await self.apply_each(lambda name: goal_for(name, **kw))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

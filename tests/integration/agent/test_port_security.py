@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
@@ -24,7 +23,7 @@ from alcor.agent.ipv6 import link_local
 from alcor.wire import GoalState
 from tests.support import frames as F
 from tests.support.goals import GoalBuilder
-from tests.support.topology import Host, Vm, two_hosts, wait_taps
+from tests.support.topology import HostPair, two_hosts, wait_taps
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,32 +53,21 @@ def goal_for(node_id: str) -> GoalState:
     return g.goal()
 
 
-@dataclass
-class Cloud:
-    a: Host
-    b: Host
-
-    def vm(self, pid: str) -> Vm:
-        return (self.a.vms | self.b.vms)[pid]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud]:
+async def cloud(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HostPair]:
     root = tmp_path_factory.mktemp("portsec")
     async with two_hosts(root, (A, B), ("172.31.253.1", "172.31.253.2"), (6731, 6732)) as (a, b):
         for pid in (X, Y, V, W):
             a.add_vm(pid, f"{IP[pid]}/24", MAC[pid], "10.5.0.1")
         b.add_vm(Z, f"{IP[Z]}/24", MAC[Z], "10.5.0.1")
         await wait_taps(a, b)
-        for h in (a, b):
-            assert h.agent is not None
-            statuses = await h.agent.apply(goal_for(h.name))
-            assert all(s == ("ACTIVE", "") for s in statuses.values()), statuses
-        yield Cloud(a, b)
+        cloud = HostPair(a, b)
+        await cloud.apply_each(goal_for)
+        yield cloud
 
 
 async def heard(
-    cloud: Cloud, sender: str, sent: list[bytes], by: tuple[str, ...] = (Y, Z)
+    cloud: HostPair, sender: str, sent: list[bytes], by: tuple[str, ...] = (Y, Z)
 ) -> dict[str, list[bytes]]:
     """What each of `by` received while `sender` sent `sent` (raw, as they are)."""
 
@@ -103,7 +91,7 @@ def echoes_from(frames: list[bytes], src_ip: str, src_mac: str | None = None) ->
 
 
 async def test_spoofed_source_mac_and_ip_reach_nobody_on_the_host_or_across_hosts(
-    cloud: Cloud,
+    cloud: HostPair,
 ) -> None:
     sent = []
     for victim in (Y, Z):
@@ -129,7 +117,7 @@ async def test_spoofed_source_mac_and_ip_reach_nobody_on_the_host_or_across_host
         await asyncio.to_thread(x.exec, "ip", "addr", "del", "10.5.0.69/24", "dev", "eth0")
 
 
-async def test_spoofed_arp_poisons_no_neighbour(cloud: Cloud) -> None:
+async def test_spoofed_arp_poisons_no_neighbour(cloud: HostPair) -> None:
     y, z = cloud.vm(Y), cloud.vm(Z)
     assert await asyncio.to_thread(z.ping, IP[Y], 1)  # Z has Y's MAC, and the gateway's
     assert await asyncio.to_thread(z.ping, "10.5.0.1", 1)
@@ -155,7 +143,7 @@ async def test_spoofed_arp_poisons_no_neighbour(cloud: Cloud) -> None:
     assert await asyncio.to_thread(y.neighbour, "10.5.0.1") in (GW, None)
 
 
-async def test_spoofed_neighbour_advertisement_poisons_no_neighbour(cloud: Cloud) -> None:
+async def test_spoofed_neighbour_advertisement_poisons_no_neighbour(cloud: HostPair) -> None:
     lla = {pid: str(link_local(MAC[pid])) for pid in MAC}
     control = F.neighbour_advert(MAC[X], lla[X], lla[X], MAC[X])
     lies = [
@@ -171,7 +159,7 @@ async def test_spoofed_neighbour_advertisement_poisons_no_neighbour(cloud: Cloud
 
 
 async def test_dhcp_server_replies_and_router_advertisements_from_a_vm_reach_nobody(
-    cloud: Cloud,
+    cloud: HostPair,
 ) -> None:
     lla = str(link_local(MAC[X]))
     sent = [
@@ -186,7 +174,7 @@ async def test_dhcp_server_replies_and_router_advertisements_from_a_vm_reach_nob
         assert not F.caught(got[pid], icmpv6.nd_router_advert)
 
 
-async def test_allowed_address_pairs_let_exactly_their_addresses_through(cloud: Cloud) -> None:
+async def test_allowed_address_pairs_let_exactly_their_addresses_through(cloud: HostPair) -> None:
     sent = [
         F.echo(VIP_MAC, MAC[Z], VIP, IP[Z]),  # the VIP, with its own MAC
         F.echo(MAC[V], MAC[Z], "10.5.0.20", IP[Z]),  # in the prefix, with the port's MAC
@@ -213,7 +201,7 @@ async def test_allowed_address_pairs_let_exactly_their_addresses_through(cloud: 
         await asyncio.to_thread(v.exec, "ip", "addr", "del", "10.5.0.20/32", "dev", "eth0")
 
 
-async def test_port_security_off_lets_everything_through(cloud: Cloud) -> None:
+async def test_port_security_off_lets_everything_through(cloud: HostPair) -> None:
     sent = [
         F.echo(STRANGER_MAC, MAC[Z], "10.5.0.70", IP[Z]),
         F.arp(MAC[W], MAC[W], "10.5.0.71", "10.5.0.71"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ import pytest_asyncio
 
 from alcor.wire import GoalState
 from tests.support.goals import GoalBuilder, rule
-from tests.support.topology import Host, Vm, two_hosts, wait_taps
+from tests.support.topology import Host, HostPair, two_hosts, wait_taps
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
 
@@ -73,25 +72,15 @@ def goal_for(
     return g.goal()
 
 
-@dataclass
-class Cloud:
-    a: Host
-    b: Host
-
-    def vm(self, pid: str) -> Vm:
-        return (self.a.vms | self.b.vms)[pid]
-
+class Cloud(HostPair):
     async def apply(
         self,
         member: Mapping[str, tuple[str, ...]],
         groups: Mapping[str, Any] | None = None,
         stateless: tuple[str, ...] = (),
     ) -> None:
-        for h in (self.a, self.b):
-            assert h.agent is not None
-            goal = goal_for(h.name, member, GROUPS if groups is None else groups, stateless)
-            statuses = await h.agent.apply(goal)
-            assert all(s == ("ACTIVE", "") for s in statuses.values()), statuses
+        rules = GROUPS if groups is None else groups
+        await self.apply_each(lambda name: goal_for(name, member, rules, stateless))
 
     async def ping(self, src: str, dst: str) -> bool:
         return await asyncio.to_thread(self.vm(src).ping, IP[dst], 1, 0.2, 1)

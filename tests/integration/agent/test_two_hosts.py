@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import pytest_asyncio
 from alcor.agent.ir import cookie_for
 from alcor.wire import GoalState
 from tests.support.goals import GW1, two_vpc_networks
-from tests.support.topology import Host, join_underlay, wait_taps
+from tests.support.topology import Host, HostPair, join_underlay, wait_taps
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.ovs, pytest.mark.asyncio(loop_scope="module")]
@@ -56,17 +55,9 @@ def goal_for(node_id: str, *, without: tuple[str, ...] = ()) -> GoalState:
     return g.goal()
 
 
-@dataclass
-class Cloud:
-    a: Host
-    b: Host
-
+class Cloud(HostPair):
     async def apply(self, **kw: tuple[str, ...]) -> None:
-        for h in (self.a, self.b):
-            assert h.agent is not None
-            statuses = await h.agent.apply(goal_for(h.name, **kw))
-            bad = {p: s for p, s in statuses.items() if s[0] != "ACTIVE"}
-            assert not bad, f"{h.name}: {bad}"
+        await self.apply_each(lambda name: goal_for(name, **kw))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
