@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alcor.agent.model import AgentModel, parse_message
+from alcor.db.changelog import Change
 from alcor.southbound.encode import encode_snapshot
 from alcor.southbound.goalstate import (
     WIRE_TYPE,
@@ -35,6 +36,17 @@ def apply_ops(held: Held, ops_by_node: dict[str, list[dict[str, Any]]]) -> None:
             else:
                 assert key in model, f"delete of {key} that {node} does not hold"
                 del model[key]
+
+
+def two_nodes_one_subnet() -> tuple[World, Topology, Held, tuple[Change, Change], Change]:
+    """Nodes ha and hb, one network with one subnet, placed and applied: what most cases start from."""
+    w, t, held = World(), Topology(), {}
+    a, b = w.add_node("ha"), w.add_node("hb")
+    net = w.add_network()
+    sub = w.add_subnet(net.id)
+    for ch in (a, b, net, sub):
+        apply_ops(held, place(t, ch))
+    return w, t, held, (a, b), sub
 
 
 def as_goal(node: str, model: dict[tuple[str, str], Any]) -> dict[str, Any]:
@@ -128,12 +140,7 @@ def test_status_update_costs_no_message() -> None:
 
 
 def test_a_subnets_dhcp_settings_reach_its_members() -> None:
-    w, t, held = World(), Topology(), {}
-    a, b = w.add_node("ha"), w.add_node("hb")
-    net = w.add_network()
-    sub = w.add_subnet(net.id)
-    for ch in (a, b, net, sub):
-        apply_ops(held, place(t, ch))
+    w, t, held, (a, b), sub = two_nodes_one_subnet()
     apply_ops(held, place(t, w.add_port(w.res["subnet"][sub.id], "ha", [])))
     body = held[a.id][("subnet", sub.id)]
     assert (body["enable_dhcp"], body["dns_nameservers"], body["host_routes"]) == (True, [], [])
@@ -156,12 +163,7 @@ def test_a_subnets_dhcp_settings_reach_its_members() -> None:
 
 
 def test_a_ports_dhcp_options_reach_its_host_only() -> None:
-    w, t, held = World(), Topology(), {}
-    a, b = w.add_node("ha"), w.add_node("hb")
-    net = w.add_network()
-    sub = w.add_subnet(net.id)
-    for ch in (a, b, net, sub):
-        apply_ops(held, place(t, ch))
+    w, t, held, (a, b), sub = two_nodes_one_subnet()
     p = w.add_port(w.res["subnet"][sub.id], "ha", [])
     apply_ops(held, place(t, p))
     apply_ops(held, place(t, w.add_port(w.res["subnet"][sub.id], "hb", [])))
@@ -178,12 +180,7 @@ def test_a_ports_dhcp_options_reach_its_host_only() -> None:
 
 
 def test_rebind_moves_port_and_leaving_node_gets_deletes() -> None:
-    w, t, held = World(), Topology(), {}
-    a, b = w.add_node("ha"), w.add_node("hb")
-    net = w.add_network()
-    sub = w.add_subnet(net.id)
-    for ch in (a, b, net, sub):
-        apply_ops(held, place(t, ch))
+    w, t, held, (a, b), sub = two_nodes_one_subnet()
     p = w.add_port(w.res["subnet"][sub.id], "ha", [])
     apply_ops(held, place(t, p))
     ops = place(t, w.update("port", w.res["port"][p.id], **{"binding:host_id": "hb"}))
