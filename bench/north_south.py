@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import statistics
@@ -39,10 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import structlog  # noqa: E402
 
-from alcor.agent.datapath import Datapath  # noqa: E402
-from alcor.agent.stream import AgentStream  # noqa: E402
 from alcor.southbound import SouthboundModule  # noqa: E402
-from alcor.transport import Address  # noqa: E402
 from tests.support.northsouth import (  # noqa: E402
     OUTSIDE,
     Cloud,
@@ -50,6 +46,7 @@ from tests.support.northsouth import (  # noqa: E402
     longest_silence,
     north_south,
     open_group,
+    start_agent,
 )
 from tests.support.topology import learn_tunnel_neighbours  # noqa: E402
 from tests.support.wait import eventually  # noqa: E402
@@ -136,20 +133,8 @@ async def revive(cloud: Cloud, name: str) -> None:
     # The underlay bridge's address and the tunnel neighbours lived in the old ovs-vswitchd.
     await asyncio.to_thread(host.configure_underlay_ip)
     await asyncio.to_thread(learn_tunnel_neighbours, cloud.compute, host)
-    node = cloud.nodes[name]
-    cfg = dataclasses.replace(host.config(), node_id=node["node_id"],
-                              bridge_mappings=(("physnet1", "br-ex"),))
-    host.agent = dp = Datapath(cfg)
-    await dp.start()
-    await dp.wait_connected(10)
     sb = cloud.api.kernel.get(SouthboundModule)  # type: ignore[attr-defined]  # set by north_south
-    addr = Address(node["mq_url"], node["mq_vhost"], node["mq_exchange"], node["mq_queue"])
-    stream = AgentStream(sb.transport, node["node_id"], addr, addr.with_queue("alcor.controller"),
-                         apply=dp.apply, resync_interval=0.5, status_delay=0.01,
-                         status_quiet=0.1, report_interval=0.5)
-    dp.on_status = stream.datapath_status
-    await stream.start()
-    cloud.streams[name] = stream
+    cloud.streams[name] = await start_agent(sb, host, cloud.nodes[name], (("physnet1", "br-ex"),))
 
 
 async def failover_gap(cloud: Cloud) -> tuple[float, float]:

@@ -51,7 +51,10 @@ class Cloud:
     tenants: list[dict[str, Any]]  # {"router", "vm", "port"}
 
 
-async def _agent(sb: SouthboundModule, host: Host, node: dict[str, Any], mappings=()) -> AgentStream:
+async def start_agent(
+    sb: SouthboundModule, host: Host, node: dict[str, Any], mappings: tuple[tuple[str, str], ...] = ()
+) -> AgentStream:
+    """`host`'s datapath as the registered `node`, and its stream to the controller `sb` runs."""
     cfg = dataclasses.replace(host.config(), node_id=node["node_id"], bridge_mappings=mappings)
     host.agent = dp = Datapath(cfg)
     await dp.start()
@@ -133,9 +136,9 @@ async def north_south(root: Path, agent_down_time: float = 3.0) -> AsyncIterator
                 nodes[name] = await api.create("node", "/v2.0/alcor/nodes", node_name=name,
                                                local_ip=gw.underlay_ip,
                                                bridge_mappings={"physnet1": "br-ex"})
-            streams["nsa"] = await _agent(sb, compute, nodes["nsa"])
+            streams["nsa"] = await start_agent(sb, compute, nodes["nsa"])
             for name, gw in (("nsg1", gw1), ("nsg2", gw2)):
-                streams[name] = await _agent(sb, gw, nodes[name], (("physnet1", "br-ex"),))
+                streams[name] = await start_agent(sb, gw, nodes[name], (("physnet1", "br-ex"),))
             ext = await api.create("network", "/v2.0/networks", name="public", **{
                 "router:external": True, "provider:network_type": "flat",
                 "provider:physical_network": "physnet1"})
