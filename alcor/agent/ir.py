@@ -27,6 +27,7 @@ T_EGRESS_RULES = 3  # the sending port's egress rules
 T_EGRESS_REMOTE = 4  # the destination's remote groups into REMOTE_REGS, then RULES
 T_RESPOND = 10
 T_ND_REPLY = 11  # the second step of a neighbour advertisement built from a solicitation
+T_ARP_PROXY = 12  # a port's ARP reply, to an asker in a subnet routed to its own: the gateway's MAC
 T_L3 = 20
 T_L2 = 30
 T_FLOOD = 31  # a flood too long for one flow goes on here, a part per flow
@@ -46,6 +47,7 @@ TABLES = (
     T_EGRESS_REMOTE,
     T_RESPOND,
     T_ND_REPLY,
+    T_ARP_PROXY,
     T_L3,
     T_L2,
     T_FLOOD,
@@ -63,7 +65,7 @@ P_FLOOD = 10
 P_HOST = 100  # exact MAC / exact IP
 P_OWN_IP = 200  # beats the responder: a port asking for its own IP gets no answer
 P_ND_NO_ANSWER = 250  # solicitations never answered by the datapath (DAD, no link-layer option)
-P_PROXY_ARP = 150  # L3 neighbour, asked from another subnet: answered with the gateway MAC
+P_PROXY_ARP = 150  # L3 neighbour, asked from another VPC's subnet: answered with the gateway MAC
 P_ROUTE_BASE = 20  # + prefix length, so longer prefixes win; stays below P_HOST
 P_GATEWAY_DROP = 1
 P_DHCP = 300  # table 0: a local port's DHCP requests go to the agent, before classification
@@ -292,8 +294,14 @@ _MOVE_SPA = Move("arp_spa", "arp_tpa", 32)
 _TO_IN_PORT = Output(OFPP_IN_PORT)
 
 
-def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
-    """Turn an ARP request into the reply for (ip is-at mac), in place (docs/architecture.md, "The agent's datapath")."""
+_TO_ARP_PROXY = Resubmit(T_ARP_PROXY)
+
+
+def arp_reply_actions(mac: str, ip: str, proxied: bool = False) -> tuple[Action, ...]:
+    """Turn an ARP request into the reply for (ip is-at mac), in place (docs/architecture.md, "The agent's datapath").
+
+    `proxied`: the reply goes through ARP_PROXY rather than straight back, which gives the
+    gateway's MAC instead of `mac` to an asker in a subnet routed to ip's (pipeline.py)."""
     return (
         _MOVE_ETH,
         SetField("eth_src", mac),
@@ -302,7 +310,7 @@ def arp_reply_actions(mac: str, ip: str) -> tuple[Action, ...]:
         _MOVE_SPA,
         SetField("arp_sha", mac),
         SetField("arp_spa", ip),
-        _TO_IN_PORT,
+        _TO_ARP_PROXY if proxied else _TO_IN_PORT,
     )
 
 

@@ -25,6 +25,9 @@ Pipeline (OpenFlow 1.3 tables):
                   flooding); so do duplicate address detection and solicitations without a
                   source link-layer option.
     11 ND_REPLY   the last step of a neighbour advertisement (alcor/agent/ipv6.py)
+    12 ARP_PROXY  a port's ARP reply for an address in subnet B, to an asker in A (a subnet of the
+                  same VPC routed to B): eth_src and arp_sha are A's gateway MAC (proxy ARP),
+                  one flow per pair; anything else goes back out IN_PORT as built
     20 L3         dl_dst=<gateway MAC of subnet A>, ip_dst=<port in subnet B on A's router>
                   -> eth_src=gateway MAC of B, eth_dst=port MAC, dec_ttl (IPv4 TTL or IPv6
                   hop limit), metadata=VNI of B, goto L2. Distributed: done on the sending host,
@@ -43,7 +46,9 @@ Pipeline (OpenFlow 1.3 tables):
 
 An IPv4 address of another subnet on the asker's router (an L3 neighbour) is answered with the
 asker's gateway MAC (proxy ARP), so that traffic is routed (TTL decremented) like all routed
-traffic; IPv6 hosts take their on-link prefixes from their subnet, so there is no proxy ND. An
+traffic: in ARP_PROXY when both subnets are in one VPC, by a flow per such address in RESPOND
+when they are not (the asker's VPC holds no responder flow for it); IPv6 hosts take their
+on-link prefixes from their subnet, so there is no proxy ND. An
 IPv6 gateway also answers on its link-local address (fe80:: + EUI-64 of its MAC).
 `metadata` holds the VPC's VNI, which isolates VPCs with overlapping CIDRs: every flow after
 classification matches it. Zeta redirection (alcor/agent/zeta.py): a VPC with a ready Zeta
@@ -68,6 +73,7 @@ from alcor.agent.ir import (
     IPPROTO_UDP,
     METADATA_MASK,
     OFPP_CONTROLLER,
+    OFPP_IN_PORT,
     P_DEFAULT,
     P_DHCP,
     P_FLOOD,
@@ -79,6 +85,7 @@ from alcor.agent.ir import (
     REG_FLOOD,
     REG_PORT,
     REG_ZONE,
+    T_ARP_PROXY,
     T_CLASSIFY,
     T_FLOOD,
     T_INGRESS_CT,
@@ -221,6 +228,9 @@ class Context:
     # router id -> its gateway (alcor/agent/gateway.py), and its conntrack zone when this node
     # is its gateway node (else None)
     gateways: dict[str, tuple[gateway.Gateway, int | None]] = field(default_factory=dict)
+    # IPv4 subnets B with a subnet A of the same VPC routed to them: their ports' ARP replies go
+    # through ARP_PROXY, which answers an asker in A with A's gateway MAC (proxy_arp_flows)
+    arp_proxied: frozenset[str] = frozenset()
 
 
 def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
@@ -289,6 +299,11 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         for b in routers[rid][1]:
             if b.net.version == 4:
                 routed_to.setdefault(b.id, []).append((outside, b))
+    proxied = frozenset(
+        sid
+        for sid, pairs in routed_to.items()
+        if any(a.vni == b.vni and b.net.version == 4 for a, b in pairs)
+    )
     return Context(
         me=str(goal.get("node_id", "")),
         tun_ofport=tun_ofport,
@@ -300,6 +315,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         redirect=_zeta_redirects(goal),
         dhcp_nets=leases.dhcp_nets(goal),
         gateways=nat,
+        arp_proxied=proxied,
     )
 
 
@@ -413,14 +429,18 @@ def port_flows(
         if _v6(ep.ip):
             flows.extend(_ipv6_endpoint_flows(ctx, ep, c, own_ips))
             continue
+        sids = (ep.subnet_id,) if ep.subnet_id else _containing(ctx.subnets, ep)
+        # asked from a routed subnet of its own VPC, the reply is rewritten in ARP_PROXY
+        proxied = any(sid in ctx.arp_proxied for sid in sids)
         arp = match(metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
-        flows.append(Flow(T_RESPOND, P_HOST, arp, arp_reply_actions(ep.mac, ep.ip), cookie=c))
+        reply = arp_reply_actions(ep.mac, ep.ip, proxied)
+        flows.append(Flow(T_RESPOND, P_HOST, arp, reply, cookie=c))
         if ofport is not None and ep.ip not in own_ips:
             own_ips.add(ep.ip)
             own = match(in_port=ofport, metadata=vni, eth_type=ETH_ARP, arp_op=1, arp_tpa=ep.ip)
             flows.append(Flow(T_RESPOND, P_OWN_IP, own, goto_table=T_L2, cookie=c))
         # distributed routing towards this endpoint from every subnet routed to its own
-        for sid in (ep.subnet_id,) if ep.subnet_id else _containing(ctx.subnets, ep):
+        for sid in sids:
             for a, b in ctx.routed_to.get(sid, ()):
                 a_mac, b_mac = a.gateway_mac, b.gateway_mac
                 assert a_mac is not None and b_mac is not None
@@ -435,8 +455,11 @@ def port_flows(
                         cookie=c,
                     )
                 )
+                if a.vni == b.vni:
+                    continue  # proxied by the pair's flow in ARP_PROXY (proxy_arp_flows)
                 # A VM that treats another subnet as on-link gets the router's MAC, so its
-                # traffic is routed (TTL decremented) like everyone else's.
+                # traffic is routed (TTL decremented) like everyone else's: asked from
+                # another VPC's subnet, the answer is this flow of its own.
                 flows.append(
                     Flow(
                         T_RESPOND,
@@ -588,10 +611,11 @@ def subnet_flows(s: Subnet) -> list[Flow]:
 
 
 def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | None]) -> list[Flow]:
-    """A router's extra routes: destination CIDR via a next hop that is a port on a joined subnet."""
+    """A router's extra routes: destination CIDR via a next hop that is a port on a joined
+    subnet; and its proxy ARP between the joined subnets of one VPC (proxy_arp_flows)."""
     router, joined = ctx.routers[rid]
     c = cookie_for("router", rid)
-    flows: list[Flow] = []
+    flows: list[Flow] = proxy_arp_flows(joined, c)
     for route in router.get("routes") or ():
         try:
             dest = ipaddress.ip_network(str(route.get("destination")), strict=False)
@@ -629,11 +653,40 @@ def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | No
     return flows
 
 
+def proxy_arp_flows(joined: list[Subnet], cookie: int) -> list[Flow]:
+    """One flow per pair (A, B) of a router's IPv4 subnets in one VPC: a port's ARP reply
+    (built in RESPOND, sent on through here) for an address in B, to an asker in A, gives A's
+    gateway MAC, so a VM that treats B as on-link still has its traffic routed (TTL
+    decremented) like everyone else's. Only addresses a port holds are answered (the reply
+    comes from its responder flow), at one flow per pair of subnets rather than one per port."""
+    flows: list[Flow] = []
+    for a in joined:
+        for b in joined:
+            if b.id == a.id or a.vni != b.vni or a.net.version != 4 or b.net.version != 4:
+                continue
+            if b.net.overlaps(a.net):
+                continue
+            assert a.gateway_mac is not None
+            m = match(
+                metadata=a.vni,
+                eth_type=ETH_ARP,
+                **prefix_match("arp_spa", b.net),  # the reply's: the address asked for
+                **prefix_match("arp_tpa", a.net),  # the asker's
+            )
+            rewrite = (SetField("eth_src", a.gateway_mac), SetField("arp_sha", a.gateway_mac))
+            flows.append(Flow(T_ARP_PROXY, P_HOST, m, (*rewrite, _TO_IN_PORT), cookie=cookie))
+    return flows
+
+
+_TO_IN_PORT = Output(OFPP_IN_PORT)
+
+
 def base_flows() -> list[Flow]:
     return [
         Flow(T_CLASSIFY, P_DEFAULT, ()),  # drop: unknown in_port or tun_id
         Flow(T_RESPOND, P_DEFAULT, (), goto_table=T_L3),
         Flow(T_ND_REPLY, P_DEFAULT, ()),  # drop: only the NS responder sends packets here
+        Flow(T_ARP_PROXY, P_DEFAULT, (), (_TO_IN_PORT,)),  # a reply to an asker not routed
         Flow(T_L3, P_DEFAULT, (), goto_table=T_L2),
         Flow(T_L2, P_DEFAULT, ()),  # drop: metadata of no VPC
         Flow(T_FLOOD, P_DEFAULT, ()),

@@ -10,6 +10,8 @@ from alcor.agent.compiler import FlowSet, compile_flows
 from alcor.agent.ir import (
     COOKIE_TAG,
     COOKIE_TAG_MASK,
+    OFPP_IN_PORT,
+    T_ARP_PROXY,
     T_CLASSIFY,
     T_EGRESS_CT,
     T_EGRESS_REMOTE,
@@ -76,6 +78,28 @@ def test_arp_for_l3_neighbour_is_answered_with_the_gateway_mac(fs: FlowSet) -> N
     assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.0.6") == GW2
     # while a same-subnet asker gets the port's own MAC
     assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.1.6") == MAC[PB2]
+
+
+def test_proxy_arp_answers_only_addresses_a_port_holds(fs: FlowSet) -> None:
+    # one flow per pair of routed subnets rewrites the port's reply; an address of s2 that no
+    # port holds gets no answer from it (flooded, as in s2 itself), s2's gateway its own MAC
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.1.99") is None
+    assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.1.99") is None
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.1.1") == GW2
+    pairs = [f for f in fs.flows if f.table == T_ARP_PROXY and f.match]
+    assert len(pairs) == 2  # s1 -> s2 and s2 -> s1, whatever the number of ports
+
+
+def test_proxy_arp_between_vpcs_joined_by_a_router() -> None:
+    # r2 joins s2 (VPC1) and t1 (VPC2): the asker's VPC holds no responder flow for the other
+    # VPC's ports, so each such address has a proxy flow of its own in RESPOND
+    g = two_vpcs().router("r2", ["s2", "t1"])
+    fs = compile_flows(g.goal(), OFPORTS)
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.1.6") == GW3
+    assert ask(fs, 2, MAC[PA2], "10.0.1.5", "10.0.0.6") == GW2
+    assert ask(fs, 3, MAC[QA1], "10.0.0.5", "10.0.1.99") is None
+    # and within VPC1 the pair flows still answer for r1's subnets
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.1.6") == GW1
 
 
 def test_port_asking_for_its_own_ip_is_not_answered_but_flooded(fs: FlowSet) -> None:
@@ -241,9 +265,11 @@ def test_every_flow_past_classification_is_scoped_to_a_vpc(
     fs = compile_flows(g.goal(), ofports)
     assert fs.conflicts == ()
     for f in fs.flows:
-        if f.table in (T_RESPOND, T_L3, T_L2) and f.match:
+        if f.table == T_ARP_PROXY:  # a reply built in RESPOND goes back where it came from
+            assert [a for a in f.actions if isinstance(a, Output)] == [Output(OFPP_IN_PORT)]
+        if f.table in (T_RESPOND, T_ARP_PROXY, T_L3, T_L2) and f.match:
             assert dict(f.match)["metadata"] in (100, 200)
-        elif f.table not in (T_CLASSIFY, T_RESPOND, T_L3, T_L2):
+        elif f.table not in (T_CLASSIFY, T_RESPOND, T_ARP_PROXY, T_L3, T_L2):
             # The filter tables judge one port's packets: they go on to RESPOND (egress) or
             # out to the port L2 chose (REG_PORT, ingress), never anywhere a VPC could not.
             assert f.goto_table in (
