@@ -136,6 +136,7 @@ class FlowCompiler:
         self.zones: dict[str, int] = {}  # local port -> conntrack zone, as last compiled with
         self._in_group: dict[str, set[str]] = {}  # security group -> ports naming it
         self._stream: list[Flow] | None = None  # a streamed compile's flows not yet yielded
+        self._scratch = False  # in a recompute: what it touched is not kept (all is diffed)
 
     # --- public ---
 
@@ -275,6 +276,7 @@ class FlowCompiler:
         self._reset()
         made: list[Flow] | None = [] if stream else None
         self._stream = made
+        self._scratch = True
         self.recomputes += 1
         ctx = self._ctx = context(goal, ofports.get(self.tunnel_port))
         self._ofports_seen = dict(ofports)
@@ -299,6 +301,7 @@ class FlowCompiler:
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
         self._set_gateways(goal, ofports, ctx, touched)
+        self._scratch = False
         if made:
             yield made
         self._stream = None
@@ -473,6 +476,10 @@ class FlowCompiler:
                 self._set_group(("vpc", vpc_id), flows, touched)
 
     def _set_group(self, ref: Ref, flows: list[Flow], touched: dict[Key, Flow | None]) -> None:
+        if self._scratch and ref not in self._groups:
+            if flows:
+                self._add_group(ref, flows, touched)
+            return
         if len(flows) > 1 and len({f.key for f in flows}) != len(flows):  # two flows, one key
             first: dict[Key, Flow] = {}
             for f in flows:
@@ -530,6 +537,34 @@ class FlowCompiler:
         """_set_group of a resource that had no flows (every one in a compile from scratch):
         each key looked up once or twice, not five times."""
         desired, all_refs, shared, made = self.desired, self._refs, self._shared, self._stream
+        if self._scratch:
+            # a recompute diffs the whole desired set, not what it touched; and a group's two
+            # flows of one key (the first is kept) are found here rather than by a set of keys
+            dup = False
+            for f in flows:
+                k = (f.table, f.priority, f.match)
+                refs = all_refs.get(k)
+                if refs is None:
+                    all_refs[k] = {ref: f}
+                    desired[k] = f
+                    if made is not None:
+                        made.append(f)
+                elif ref in refs:
+                    dup = True
+                    continue
+                else:
+                    refs[ref] = f
+                    shared.add(k)
+                if f.meter is not None:
+                    _count(self.meters, f.meter, +1)
+            if dup:
+                first: dict[Key, Flow] = {}
+                for f in flows:
+                    first.setdefault(f.key, f)
+                flows = list(first.values())
+            self._groups[ref] = flows
+            self.owners[cookie_for(*ref)] = ref
+            return
         for f in flows:
             k = f.key
             if f.meter is not None:
