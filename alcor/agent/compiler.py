@@ -10,7 +10,7 @@ membership flows it changes. `compile_flows` is the same from scratch.
 
     >>> fs = compile_flows({"node_id": "n1"}, {})
     >>> sorted({f.table for f in fs.flows})
-    [0, 1, 2, 3, 4, 10, 11, 20, 30, 31, 40, 41, 42, 50, 51, 52, 53]
+    [0, 1, 2, 3, 4, 10, 11, 12, 20, 30, 31, 40, 41, 42, 50, 51, 52, 53]
 """
 
 from __future__ import annotations
