@@ -155,7 +155,13 @@ _first = operator.itemgetter(0)
 
 @functools.lru_cache(maxsize=1 << 17)
 def _oxm_tlv(item: tuple[str, MatchValue]) -> bytes:
-    return _oxm_bytes(*item)[1]
+    # a plain value packed here, not through _oxm_bytes' cache as well: most of a compile's
+    # values are one flow's own (an address, a MAC), so a second cache is only a second miss
+    name, value = item
+    field = _FIELDS.get(name)
+    if field is not None and not isinstance(value, tuple):
+        return field.pack(value)
+    return _oxm_bytes(name, value)[1]
 
 
 def _match_from_tlvs(tlvs: list[bytes]) -> bytes:
