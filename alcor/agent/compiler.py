@@ -31,6 +31,7 @@ from alcor.agent.pipeline import (
     base_flows,
     context,
     port_flows,
+    proxy_arp_flows,
     router_flows,
     subnet_flows,
     vpc_flows,
@@ -297,7 +298,8 @@ class FlowCompiler:
                 made = self._stream = []
         self._refresh_vpcs(set(ctx.vni.values()), touched)
         for sid in ctx.subnets:
-            self._set_group(("subnet", sid), subnet_flows(ctx.subnets[sid]), touched)
+            flows = subnet_flows(ctx.subnets[sid]) + proxy_arp_flows(ctx, ctx.subnets[sid])
+            self._set_group(("subnet", sid), flows, touched)
         for rid in ctx.routers:
             self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
         self._set_gateways(goal, ofports, ctx, touched)

@@ -228,8 +228,10 @@ class Context:
     # router id -> its gateway (alcor/agent/gateway.py), and its conntrack zone when this node
     # is its gateway node (else None)
     gateways: dict[str, tuple[gateway.Gateway, int | None]] = field(default_factory=dict)
-    # IPv4 subnets B with a subnet A of the same VPC routed to them: their ports' ARP replies go
-    # through ARP_PROXY, which answers an asker in A with A's gateway MAC (proxy_arp_flows)
+    # IPv4 subnet A -> the subnets B of its VPC routed to it (a router joins both): ARP_PROXY
+    # gives an asker in A A's gateway MAC in the replies of B's ports (proxy_arp_flows)
+    proxy_arp: dict[str, list[Subnet]] = field(default_factory=dict)
+    # those subnets B: their ports' ARP replies go through ARP_PROXY
     arp_proxied: frozenset[str] = frozenset()
 
 
@@ -299,11 +301,12 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         for b in routers[rid][1]:
             if b.net.version == 4:
                 routed_to.setdefault(b.id, []).append((outside, b))
-    proxied = frozenset(
-        sid
-        for sid, pairs in routed_to.items()
-        if any(a.vni == b.vni and b.net.version == 4 for a, b in pairs)
-    )
+    proxy_arp: dict[str, dict[str, Subnet]] = {}  # two routers may join the same pair
+    for pairs in routed_to.values():
+        for a, b in pairs:
+            if a.vni == b.vni and b.net.version == 4:
+                proxy_arp.setdefault(a.id, {})[b.id] = b
+    proxied = frozenset(b for bs in proxy_arp.values() for b in bs)
     return Context(
         me=str(goal.get("node_id", "")),
         tun_ofport=tun_ofport,
@@ -315,6 +318,7 @@ def context(goal: Mapping[str, Any], tun_ofport: int | None) -> Context:
         redirect=_zeta_redirects(goal),
         dhcp_nets=leases.dhcp_nets(goal),
         gateways=nat,
+        proxy_arp={a: [bs[b] for b in sorted(bs)] for a, bs in sorted(proxy_arp.items())},
         arp_proxied=proxied,
     )
 
@@ -611,11 +615,10 @@ def subnet_flows(s: Subnet) -> list[Flow]:
 
 
 def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | None]) -> list[Flow]:
-    """A router's extra routes: destination CIDR via a next hop that is a port on a joined
-    subnet; and its proxy ARP between the joined subnets of one VPC (proxy_arp_flows)."""
+    """A router's extra routes: destination CIDR via a next hop that is a port on a joined subnet."""
     router, joined = ctx.routers[rid]
     c = cookie_for("router", rid)
-    flows: list[Flow] = proxy_arp_flows(joined, c)
+    flows: list[Flow] = []
     for route in router.get("routes") or ():
         try:
             dest = ipaddress.ip_network(str(route.get("destination")), strict=False)
@@ -653,28 +656,24 @@ def router_flows(ctx: Context, rid: str, hop: Callable[[str, str], Endpoint | No
     return flows
 
 
-def proxy_arp_flows(joined: list[Subnet], cookie: int) -> list[Flow]:
-    """One flow per pair (A, B) of a router's IPv4 subnets in one VPC: a port's ARP reply
-    (built in RESPOND, sent on through here) for an address in B, to an asker in A, gives A's
-    gateway MAC, so a VM that treats B as on-link still has its traffic routed (TTL
-    decremented) like everyone else's. Only addresses a port holds are answered (the reply
+def proxy_arp_flows(ctx: Context, a: Subnet) -> list[Flow]:
+    """One flow per subnet B of A's VPC routed to A (cookie of A, whose gateway answers): a
+    port's ARP reply (built in RESPOND, sent on through here) for an address in B, to an asker
+    in A, gives A's gateway MAC, so a VM that treats B as on-link still has its traffic routed
+    (TTL decremented) like everyone else's. Only addresses a port holds are answered (the reply
     comes from its responder flow), at one flow per pair of subnets rather than one per port."""
+    c = cookie_for("subnet", a.id)
     flows: list[Flow] = []
-    for a in joined:
-        for b in joined:
-            if b.id == a.id or a.vni != b.vni or a.net.version != 4 or b.net.version != 4:
-                continue
-            if b.net.overlaps(a.net):
-                continue
-            assert a.gateway_mac is not None
-            m = match(
-                metadata=a.vni,
-                eth_type=ETH_ARP,
-                **prefix_match("arp_spa", b.net),  # the reply's: the address asked for
-                **prefix_match("arp_tpa", a.net),  # the asker's
-            )
-            rewrite = (SetField("eth_src", a.gateway_mac), SetField("arp_sha", a.gateway_mac))
-            flows.append(Flow(T_ARP_PROXY, P_HOST, m, (*rewrite, _TO_IN_PORT), cookie=cookie))
+    for b in ctx.proxy_arp.get(a.id, ()):
+        assert a.gateway_mac is not None
+        m = match(
+            metadata=a.vni,
+            eth_type=ETH_ARP,
+            **prefix_match("arp_spa", b.net),  # the reply's: the address asked for
+            **prefix_match("arp_tpa", a.net),  # the asker's
+        )
+        rewrite = (SetField("eth_src", a.gateway_mac), SetField("arp_sha", a.gateway_mac))
+        flows.append(Flow(T_ARP_PROXY, P_HOST, m, (*rewrite, _TO_IN_PORT), cookie=c))
     return flows
 
 

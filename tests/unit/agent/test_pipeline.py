@@ -90,6 +90,16 @@ def test_proxy_arp_answers_only_addresses_a_port_holds(fs: FlowSet) -> None:
     assert len(pairs) == 2  # s1 -> s2 and s2 -> s1, whatever the number of ports
 
 
+def test_proxy_arp_of_two_routers_on_the_same_subnets_is_one_flow_per_pair() -> None:
+    # the pair's flow is subnet A's (its gateway answers), not a router's: a second router
+    # joining the same subnets wants the same flow, no conflict
+    fs = compile_flows(two_vpcs().router("r2", ["s1", "s2"]).goal(), OFPORTS)
+    assert fs.conflicts == ()
+    pairs = [f for f in fs.flows if f.table == T_ARP_PROXY and f.match]
+    assert sorted(fs.owners[f.cookie] for f in pairs) == [("subnet", "s1"), ("subnet", "s2")]
+    assert ask(fs, 1, MAC[PA1], "10.0.0.5", "10.0.1.6") == GW1
+
+
 def test_proxy_arp_between_vpcs_joined_by_a_router() -> None:
     # r2 joins s2 (VPC1) and t1 (VPC2): the asker's VPC holds no responder flow for the other
     # VPC's ports, so each such address has a proxy flow of its own in RESPOND
