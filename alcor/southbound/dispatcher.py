@@ -68,6 +68,12 @@ class Settings:
     max_changes: int = 2000  # change-log rows per batch
     max_ops: int = 200_000  # node-ops per batch (bounds message sizes and memory)
     linger: float = 0.003  # seconds to wait for more changes before sending a small batch
+    # While changes keep arriving, a batch lingers on (linger by linger) until it holds
+    # min_batch changes or has waited linger_max: a steady stream is sent in fewer, larger
+    # batches (each batch costs a plan, messages and a watermark commit), while a lone change,
+    # or the end of a burst, still goes after one linger. linger_max <= linger: never.
+    min_batch: int = 32
+    linger_max: float = 0.015
     publish_timeout: float = 5.0
     retry_deadline: float = 15.0  # after this, a node whose publishes fail is owed a snapshot
     # Batches published and awaiting confirms at once. 1 is best when batches fan out to most
@@ -404,9 +410,25 @@ class Dispatcher:
         if not self._buffer:
             last = self.store.changes.last_rev
             if 0 < last - self.placed < s.max_changes and s.linger > 0:
-                await asyncio.sleep(s.linger)
+                await self._linger(last)
             self._buffer = await self.store.changes.read(self.placed, s.max_changes)
         return self._buffer
+
+    async def _linger(self, last: int) -> None:
+        """Wait for more changes before a batch: one linger, then more while changes keep
+        arriving, until the batch would hold min_batch (or max_changes) changes or linger_max
+        has passed. Nothing new within a linger means no stream to wait for."""
+        s = self.settings
+        changes = self.store.changes
+        want = min(s.min_batch, s.max_changes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.linger_max
+        while True:
+            await asyncio.sleep(s.linger)
+            now = changes.last_rev
+            if now == last or now - self.placed >= want or loop.time() + s.linger > deadline:
+                return
+            last = now
 
     async def prepare(self) -> Batch | None:
         """Read and plan the next changes, build one message per node; None if nothing to send.

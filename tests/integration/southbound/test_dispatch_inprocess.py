@@ -477,3 +477,38 @@ async def test_a_vpc_switches_chains_and_nodes_join_and_leave_while_it_changes(h
         assert not d.state.vpcs, f"round {rnd}: back on the node chains"
     assert all(a.counters.gaps == 0 for a in h.agents.values())
     assert sum(a.model.applied_rev > 0 for a in h.agents.values()) == 3
+
+
+async def test_a_stream_goes_in_fewer_batches_and_a_lone_change_after_one_linger(
+        tmp_path: Path) -> None:
+    """While changes keep arriving the batch lingers on, up to min_batch changes; a change
+    with nothing after it goes after one linger, not linger_max."""
+    broker = InProcessBroker()
+    settings = Settings(linger=0.005, min_batch=10, linger_max=2.0)
+    h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
+    await h.start()
+    try:
+        await all_agents_converged(h, 2)
+        d = h.dispatcher
+        store = h.store
+        assert d is not None and store is not None
+        w = h.world
+        sub = next(iter(w.res["subnet"].values()))
+        before = d.metrics.batches
+        for _ in range(30):  # one change every 2 ms: a new one within every linger
+            await h.commit([w.add_port(sub, "host-0", [])])
+            await asyncio.sleep(0.002)
+        await eventually(lambda: d.watermark == store.changes.last_rev)
+        # Without lingering on: a batch per 5 ms linger, 12 or more over the stream's 60 ms.
+        assert d.metrics.batches - before <= 6, d.metrics.batches - before
+        await h.converge()
+
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        rev = await h.commit([w.add_port(sub, "host-1", [])])
+        await eventually(lambda: d.watermark >= rev)
+        assert loop.time() - t0 < 1.0  # one linger (5 ms) and the batch, not linger_max (2 s)
+        await h.converge()
+    finally:
+        await h.stop()
