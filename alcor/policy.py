@@ -241,8 +241,11 @@ class Policy:
         self._memo: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 
     def check(self, action: str, target: Mapping[str, Any], ctx: Context) -> bool:
-        key = (action, ctx.project_id, ctx.user_id, ctx.roles, ctx.service_roles,
-               tuple(sorted((k, str(v)) for k, v in target.items())))
+        # The key is the caller (a Context compares by project, user and roles) and the target
+        # as given: its values are strings and booleans, each builder lists the same fields in
+        # the same order, so this is as exact as the sorted text and ~3x cheaper (a create asks
+        # about ten times).
+        key = (action, ctx, tuple(target.items()))
         hit = self._memo.get(key)
         if hit is not None:
             return hit

@@ -7,9 +7,10 @@ entry commit together and `revision_number`/`updated_at` move as Neutron's do.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from alcor.context import Context
@@ -41,7 +42,13 @@ OTHER = "\x00another-project"
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _stamp(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _stamp(second: int) -> str:
+    """A second's timestamp as Neutron writes it (formatted once per second, not per write)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 def new_id() -> str:
