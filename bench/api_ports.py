@@ -241,6 +241,17 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
                 for _ in range(k):
                     await create_one(conc, send)
 
+            async def dispatched() -> tuple[int, int]:
+                """Changes and batches the dispatchers sent so far (the leader's count)."""
+                out = [0, 0]
+                for p in progs:
+                    async with s.get(p.url + "/v2.0/alcor/southbound") as r:
+                        sb = (await r.json()).get("southbound", {})
+                    if sb.get("role", "leader") == "leader":
+                        out = [max(out[0], sb.get("changes", 0)), max(out[1], sb.get("batches", 0))]
+                return out[0], out[1]
+
+            sent0 = await dispatched()
             cpu = Cpu(pids, db)
             await cpu.start()
             spies = [spy(pid, Path(args.profile) / f"{store}-{n}-{i}.txt")
@@ -252,6 +263,11 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
             conc_cpu = cpu.per(len(conc))
             for sampler in spies:
                 stop_spy(sampler)
+            await asyncio.sleep(0.1)  # the last batch
+            sent1 = await dispatched()
+            batches = max(sent1[1] - sent0[1], 1)
+            conc_cpu += (f"; dispatched in {batches} batches, "
+                         f"{(sent1[0] - sent0[0]) / batches:.1f} changes each")
 
             print(
                 f"sequential creates: {args.ports / seq_s:8.1f} ports/s  p50 {pct(seq, 0.5) * 1e3:6.2f} ms"
