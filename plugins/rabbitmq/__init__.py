@@ -12,7 +12,7 @@ connection loss aio-pika reconnects and restores channels, queues and consumers;
 are redelivered by the broker, and the ordering rule drops what was already applied.
 
 Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000),
-persistent (true).
+persistent (true), queue_version (2: classic queues v2; an existing queue is kept as it is).
 Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rabbitmq"`.
 """
 
@@ -50,6 +50,12 @@ class RabbitConfig:
     # confirm. Transient ones are confirmed from memory; a broker restart then loses queued
     # messages, which agents see as a gap and repair with a snapshot (docs/architecture.md, "Revisions").
     persistent: bool = True
+    # Node queues are declared as classic queues of this version (`x-queue-version`; 0: the
+    # broker's default, no argument). A queue that exists already is kept as it was declared:
+    # the broker refuses a redeclare with another version (PRECONDITION_FAILED), so the
+    # transport then takes the queue as it is (`declare_queue`); an operator converts old queues
+    # in place with a `queue-version` policy.
+    queue_version: int = 2
 
 
 SECTIONS = (RabbitConfig,)  # found by alcor/sections.py
@@ -61,6 +67,22 @@ def broker_url(url: str, vhost: str, reconnect_interval: float) -> URL:
     """The node's broker URL with its vhost as the path (aio-pika reads the vhost from there)."""
     u = URL(url).with_path("/" if vhost in ("", "/") else "/" + vhost)
     return u.update_query(reconnect_interval=str(reconnect_interval), name="alcor")
+
+
+async def declare_queue(channel: AbstractChannel, name: str, version: int) -> AbstractQueue:
+    """A node's durable queue, declared as a classic queue of `version` if it is new. An
+    existing queue declared otherwise (a v1 queue from before, or a v2 queue for a transport
+    configured back to 0: the broker compares the argument both ways) is used as it is: the broker answers PRECONDITION_FAILED and closes
+    the channel, which is reopened and the queue declared passively. Refusing it instead would
+    stop every agent, and the dispatcher, at an upgrade."""
+    try:
+        return await channel.declare_queue(
+            name, durable=True, arguments={"x-queue-version": version} if version else None
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed as e:
+        log.info("mq.queue_kept", queue=name, reason=str(e))
+    await channel.reopen()
+    return await channel.declare_queue(name, passive=True)
 
 
 def _redact(url: str) -> str:
@@ -113,7 +135,7 @@ class _Broker:
         if address.key:
             return ex  # a multicast routing key: the queues bound under it are the receivers
         if (address.exchange, address.queue) not in self.queues:
-            q = await self.channel.declare_queue(address.queue, durable=True)
+            q = await declare_queue(self.channel, address.queue, self.settings.queue_version)
             await q.bind(ex, routing_key=address.queue)
             self.queues.add((address.exchange, address.queue))
         return ex
@@ -126,8 +148,8 @@ class _Broker:
         ex = await self.ensure(address)
         q = self.queue_objects.get(address.queue)
         if q is None:
-            q = self.queue_objects[address.queue] = await self.channel.declare_queue(
-                address.queue, durable=True
+            q = self.queue_objects[address.queue] = await declare_queue(
+                self.channel, address.queue, self.settings.queue_version
             )
         if bound:
             await q.bind(ex, routing_key=key)
@@ -305,7 +327,7 @@ class RabbitTransport:
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         ex = await b.exchange(channel, address.exchange)
-        queue = await channel.declare_queue(address.queue, durable=True)
+        queue = await declare_queue(channel, address.queue, self.settings.queue_version)
         await queue.bind(ex, routing_key=address.queue)
         sub = _Subscription(channel, queue, handler)
         await sub.start()

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -265,4 +266,49 @@ async def test_persistent_from_the_environment_sets_the_delivery_mode(
         await queue.delete()
     finally:
         await transport.stop()
+        await conn.close()
+
+
+@pytest.mark.parametrize("before, after", [(0, 2), (2, 0), (None, 2)],
+                         ids=["v1-queue-v2-transport", "v2-queue-v1-transport", "new-queue"])
+async def test_a_queue_declared_with_another_version_is_used_as_it_is(
+    before: int | None, after: int
+) -> None:
+    """An upgrade must not stop the agents: a node queue that exists as a classic v1 queue (or
+    v2, for a transport configured back to 0) is refused by the broker on a redeclare with the
+    other `x-queue-version` (PRECONDITION_FAILED); the transport takes it as it is, and
+    publishing, binding and consuming on it work, its queued message kept. A new queue gets the
+    configured version."""
+    require_broker()
+    name = f"alcor-test-version-{uuid.uuid4().hex[:6]}"
+    address = Address(URL, "/", "alcor", name)
+    conn = await aio_pika.connect(URL)
+    transport = RabbitTransport(RabbitConfig(queue_version=after))
+    try:
+        if before is not None:
+            old = RabbitTransport(RabbitConfig(queue_version=before))
+            assert await old.publish([(address, b'{"n":0}')], 5.0) == [True]  # queued, unread
+            await old.stop()
+        got: list[bytes] = []
+
+        async def handler(d: Any) -> None:
+            got.append(d.body)
+            await d.ack()
+
+        # Bind first (the dispatcher's join), then publish on the key and on the queue, then
+        # consume (the agent): three declares on two channels, each after the other.
+        await transport.bind(address, "vpc-key")
+        key = Address(URL, "/", "alcor", name, key="vpc-key")
+        assert await transport.publish([(address, b'{"n":1}'), (key, b'{"n":2}')], 5.0) == [
+            True, True]
+        await transport.consume(address, handler, 10)
+        expect = [b'{"n":1}', b'{"n":2}'] if before is None else [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+        await eventually(lambda: got == expect, 10, f"got {got}")
+        out = await asyncio.to_thread(ctl, "list_queues", "-p", "/", "name", "arguments")
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        version = before if before is not None else after
+        assert ("x-queue-version" in line) == bool(version), line
+    finally:
+        await transport.stop()
+        await _delete_queues("/", [name])
         await conn.close()
