@@ -105,8 +105,10 @@ class Fleet:
     """The simulated agents, in this process (--agents-inline) or in a child process, so that
     consuming 1,000 queues does not steal the dispatcher's event loop."""
 
-    def __init__(self, queues: dict[str, str], inline: bool, transport: Any) -> None:
+    def __init__(self, queues: dict[str, str], inline: bool, transport: Any,
+                 queue_version: int = RabbitConfig.queue_version) -> None:
         self.queues, self.inline, self.transport = queues, inline, transport
+        self.queue_version = queue_version
         self.agents: dict[str, LightAgent] = {}
         self.subs: list[Any] = []
         self.conn: Any = None
@@ -121,7 +123,8 @@ class Fleet:
             return
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_fleet_child, args=(child, self.queues), daemon=True)
+        self.proc = ctx.Process(target=_fleet_child, args=(child, self.queues, self.queue_version),
+                                daemon=True)
         self.proc.start()
         await asyncio.to_thread(self.conn.recv)  # subscribed
 
@@ -145,9 +148,10 @@ class Fleet:
             await asyncio.to_thread(self.proc.join, 30)
 
 
-def _fleet_child(conn: Any, queues: dict[str, str]) -> None:
+def _fleet_child(conn: Any, queues: dict[str, str], queue_version: int) -> None:
     async def run() -> None:
-        fleet = Fleet(queues, True, RabbitTransport(RabbitConfig(reconnect_interval=1.0)))
+        fleet = Fleet(queues, True, RabbitTransport(
+            RabbitConfig(reconnect_interval=1.0, queue_version=queue_version)))
         await fleet.start()
         conn.send("ready")
         while True:
@@ -175,14 +179,17 @@ async def main(args: argparse.Namespace) -> None:
     transport: Any = (
         InProcessTransport()
         if args.transport == "inprocess"
-        else RabbitTransport(RabbitConfig(reconnect_interval=1.0, persistent=not args.transient))
+        else RabbitTransport(RabbitConfig(reconnect_interval=1.0, persistent=not args.transient,
+                                          queue_version=args.queue_version))
     )
     settings = Settings(
         controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight,
         multicast_nodes=args.multicast_nodes, unicast_nodes=args.multicast_nodes // 2,
     )
     print(f"load average {os.getloadavg()}; {args.transport}, multicast from "
-          f"{args.multicast_nodes or 'never'} member nodes")
+          f"{args.multicast_nodes or 'never'} member nodes, classic queues "
+          f"{args.queue_version or 'v1 (the broker default)'}, "
+          f"{'transient' if args.transient else 'persistent'}, {args.inflight} batch(es) in flight")
     d = Dispatcher(store, transport, settings)
     await d.open()
     w = World(uuids=True)
@@ -206,6 +213,7 @@ async def main(args: argparse.Namespace) -> None:
         {n.id: w.res["node"][n.id]["mq_queue"] for n in nodes},
         args.agents_inline or args.transport == "inprocess",
         transport,
+        args.queue_version,
     )
     await fleet.start()
     print(
@@ -389,6 +397,8 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--log", default="warning")
     ap.add_argument("--transient", action="store_true", help="[rabbitmq] persistent = false")
+    ap.add_argument("--queue-version", type=int, default=RabbitConfig.queue_version,
+                    help="[rabbitmq] queue_version (0: the broker's default, v1 on 3.10)")
     ap.add_argument("--inflight", type=int, default=Settings.max_inflight)
     ap.add_argument(
         "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
