@@ -259,7 +259,7 @@ async def test_persistent_from_the_environment_sets_the_delivery_mode(
     try:
         assert await transport.publish([(address, b"{}")], 5.0) == [True]  # declares the queue
         channel = await conn.channel()
-        queue = await channel.declare_queue(address.queue, durable=True)
+        queue = await channel.declare_queue(address.queue, passive=True)
         message = await queue.get(timeout=5)
         assert message is not None and message.delivery_mode == mode  # 1 transient, 2 persistent
         await message.ack()
