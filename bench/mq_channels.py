@@ -50,8 +50,8 @@ class Counter:
 
 async def run(way: str, args: argparse.Namespace) -> dict[str, Any]:
     tag = f"bench.mq.{way}.{uuid.uuid4().hex[:6]}"
-    conn = await aio_pika.connect_robust(URL)
-    pub = await aio_pika.connect_robust(URL)
+    conn = await aio_pika.connect_robust(args.url)
+    pub = await aio_pika.connect_robust(args.url)
     ch = await conn.channel()
     await ch.set_qos(prefetch_count=200)
     pch = await pub.channel(publisher_confirms=True)
@@ -156,6 +156,7 @@ if __name__ == "__main__":
     ap.add_argument("--members", type=int, default=50)
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--size", type=int, default=2000)
+    ap.add_argument("--url", default=URL, help="the broker (a private node for config experiments)")
     ap.add_argument("--vpcs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--ways", default="unicast,binding,cc,stream")

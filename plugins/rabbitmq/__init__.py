@@ -12,7 +12,7 @@ connection loss aio-pika reconnects and restores channels, queues and consumers;
 are redelivered by the broker, and the ordering rule drops what was already applied.
 
 Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000),
-persistent (true), queue_version (2: classic queues v2; an existing queue is kept as it is).
+persistent (true), queue_version (0: the broker's default; an existing queue is kept as it is).
 Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rabbitmq"`.
 """
 
@@ -51,11 +51,13 @@ class RabbitConfig:
     # messages, which agents see as a gap and repair with a snapshot (docs/architecture.md, "Revisions").
     persistent: bool = True
     # Node queues are declared as classic queues of this version (`x-queue-version`; 0: the
-    # broker's default, no argument). A queue that exists already is kept as it was declared:
-    # the broker refuses a redeclare with another version (PRECONDITION_FAILED), so the
-    # transport then takes the queue as it is (`declare_queue`); an operator converts old queues
-    # in place with a `queue-version` policy.
-    queue_version: int = 2
+    # broker's default, v1 on 3.10, no argument). Not 2 by default: on RabbitMQ 3.10 a v2 queue
+    # keeps its own files open outside the broker's file-handle cache, and 1,000 of them
+    # exhausted a broker's 1,024 descriptors (queues crashed with emfile, docs/performance.md).
+    # A queue that exists already is kept as it was declared: the broker refuses a redeclare
+    # with another version (PRECONDITION_FAILED), so the transport takes the queue as it is
+    # (`declare_queue`); an operator converts queues in place with a `queue-version` policy.
+    queue_version: int = 0
 
 
 SECTIONS = (RabbitConfig,)  # found by alcor/sections.py
