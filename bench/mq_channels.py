@@ -15,7 +15,10 @@ One VPC of `members` nodes, each with its own durable queue and a consumer (manu
 
 `--batch` messages are published, and their confirms awaited, at a time (the dispatcher publishes
 a batch of one message per VPC, then waits for its confirms); `--vpcs` VPCs of `members` queues
-each, a batch carrying one message for every VPC.
+each, a batch carrying one message for every VPC. Mind the broker's file descriptors: on
+RabbitMQ 3.10 each v2 queue and each stream reader opens files outside the broker's handle
+cache, and 1,000 of either (20 VPCs of 50) ran a broker with 1,024 descriptors out of them
+(queues crashed with emfile); try those on a private node (`--url`).
 
 For each: publishes/s, time until every member consumed everything (deliveries/s), and whether
 each member saw every message in order.
