@@ -316,7 +316,8 @@ class AgentStream:
                 # status_quiet seconds, unless a port changes meanwhile. At 10 nodes per VPC
                 # that is 9 reports in 10.
                 try:
-                    await asyncio.wait_for(self._ports_due.wait(), quiet)
+                    async with asyncio.timeout(quiet):
+                        await self._ports_due.wait()
                 except TimeoutError:
                     pass
                 self._status_due.clear()

@@ -120,7 +120,8 @@ class ChangeLog:
             if remaining is not None and remaining <= 0:
                 break
             try:
-                await asyncio.wait_for(self._new_rev.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._new_rev.wait()
             except TimeoutError:
                 break
         return self.last_rev

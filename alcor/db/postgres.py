@@ -381,13 +381,15 @@ class PgStore(Store):
             self._follower = None
         if self._writer is not None:
             try:
-                await asyncio.wait_for(self._writer.close(), 2)
+                async with asyncio.timeout(2):
+                    await self._writer.close()
             except Exception:
                 self._writer.terminate()
             self._writer = None
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), 2)
+                async with asyncio.timeout(2):
+                    await self._pool.close()
             except Exception:
                 self._pool.terminate()
             self._pool = None

@@ -39,7 +39,8 @@ class Check:
 async def _store(kernel: Kernel) -> Check:
     store = kernel.get(StoreModule).store
     try:
-        ok = await asyncio.wait_for(store.writable(), STORE_TIMEOUT)
+        async with asyncio.timeout(STORE_TIMEOUT):
+            ok = await store.writable()
     except TimeoutError:
         return Check(False, f"no write transaction within {STORE_TIMEOUT:g}s")
     return Check(ok, "writable" if ok else "not writable")

@@ -196,7 +196,8 @@ class Feedback:
         `status_flush_reports` reports wait), then acknowledge the reports that carried them."""
         while True:
             try:
-                await asyncio.wait_for(self._flush_now.wait(), self.p.settings.status_flush)
+                async with asyncio.timeout(self.p.settings.status_flush):
+                    await self._flush_now.wait()
             except TimeoutError:
                 pass
             self._flush_now.clear()

@@ -286,7 +286,8 @@ class RabbitTransport:
         first = messages[idx[0]][0]
         b = self.broker(first)
         try:
-            await asyncio.wait_for(b.connect(), timeout)
+            async with asyncio.timeout(timeout):
+                await b.connect()
             targets = {}
             for i in idx:
                 addr = messages[i][0]

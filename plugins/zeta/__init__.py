@@ -264,7 +264,8 @@ class ZetaModule:
         follower = [t for t in self._tasks if t.get_name() == "zeta.follow"]
         if follower:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(follower[0]), FOLLOW_POLL * 4)
+                async with asyncio.timeout(FOLLOW_POLL * 4):
+                    await asyncio.shield(follower[0])
         for t in [*self._tasks, *self._workers.values()]:
             t.cancel()
         for t in [*self._tasks, *self._workers.values()]:
