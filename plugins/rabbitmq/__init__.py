@@ -34,7 +34,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from alcor.config import Config
+from alcor.config import Config, ConfigError
 from alcor.transport import Address, Handler
 
 
@@ -58,6 +58,10 @@ class RabbitConfig:
     # with another version (PRECONDITION_FAILED), so the transport takes the queue as it is
     # (`declare_queue`); an operator converts queues in place with a `queue-version` policy.
     queue_version: int = 0
+
+    def check(self) -> None:
+        if self.queue_version not in (0, 1, 2):
+            raise ConfigError(f"rabbitmq.queue_version must be 0, 1 or 2, got {self.queue_version}")
 
 
 SECTIONS = (RabbitConfig,)  # found by alcor/sections.py

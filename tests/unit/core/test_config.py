@@ -131,6 +131,7 @@ def test_rabbitmq_persistent_false_from_the_environment_publishes_transient_mess
             {},
             "southbound.unicast_nodes must be 0 or more and below multicast_nodes",
         ),
+        ("", {"ALCOR_RABBITMQ__QUEUE_VERSION": "3"}, "rabbitmq.queue_version must be 0, 1 or 2"),
         ("[dhcp]\nlease_time = 5\n", {}, "dhcp.lease_time must be 10..4294967294"),
         ('[dhcp]\ndomain = "bad domain"\n', {}, "dhcp.domain must be a DNS domain name"),
         ('[dhcp]\ndns_servers = ["2001:db8::53"]\n', {}, "'2001:db8::53' is not an IPv4"),
