@@ -216,8 +216,7 @@ class Datapath:
         return self._compiler.desired
 
     async def wait_connected(self, timeout: float = 10.0) -> Switch:
-        async with asyncio.timeout(timeout):
-            await self.connected.wait()
+        await asyncio.wait_for(self.connected.wait(), timeout)
         assert self.switch is not None
         return self.switch
 
@@ -229,12 +228,8 @@ class Datapath:
         self._last_apply = time.monotonic()
         if self._first_apply:
             self._first_apply = False
-            # asyncio.timeout, never asyncio.wait_for (here and everywhere): on Python 3.11 the
-            # latter returns normally when a cancel meets an inner wait that has just ended, so a
-            # stream stopped as its switch connected ran on and its shutdown waited forever
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.connect_wait):
-                    await self.connected.wait()
+                await asyncio.wait_for(self.connected.wait(), self.config.connect_wait)
         async with self._lock:
             return await self._reconcile("apply")
 

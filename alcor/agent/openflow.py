@@ -381,8 +381,7 @@ class Switch:
         """Hello, features and (unless `ports` is false: a connection that only sends
         flow-mods and packet-outs needs no port map) the port descriptions."""
         await self.send(parser.OFPHello(codec.DP))
-        async with asyncio.timeout(timeout):
-            version, mtype, _, _, _ = await self._read()
+        version, mtype, _, _, _ = await asyncio.wait_for(self._read(), timeout)
         if mtype != ofp.OFPT_HELLO or version < OFP13:
             raise ConnectionError(f"switch speaks OpenFlow version {version}, need 1.3 (0x04)")
         self._reader_task = asyncio.create_task(self._read_loop())
@@ -520,8 +519,7 @@ async def connect(path: str, timeout: float = 5.0) -> Switch:
     OVS's run directory, as ovs-ofctl makes one): flow-mods sent on it are the switch's like
     any others. OVS sends such a service connection no asynchronous messages (packet-ins,
     port-status) unless it asks for them, and it does not: its port map stays empty."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path)
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
     sw = Switch(reader, writer)
     try:
         await sw.handshake(timeout, ports=False)
@@ -630,8 +628,7 @@ class OpenFlowServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._server.wait_closed()
+                await asyncio.wait_for(self._server.wait_closed(), 2)
         self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -191,8 +191,7 @@ class RouterAdvertiser:
             wait = min((when for when, _ in self._due.values()), default=None)
             timeout = None if wait is None else max(0.0, wait - self.clock())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _send_due(self) -> None:
         switch = self._switch

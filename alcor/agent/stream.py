@@ -316,8 +316,7 @@ class AgentStream:
                 # status_quiet seconds, unless a port changes meanwhile. At 10 nodes per VPC
                 # that is 9 reports in 10.
                 try:
-                    async with asyncio.timeout(quiet):
-                        await self._ports_due.wait()
+                    await asyncio.wait_for(self._ports_due.wait(), quiet)
                 except TimeoutError:
                     pass
                 self._status_due.clear()

@@ -120,8 +120,7 @@ class ChangeLog:
             if remaining is not None and remaining <= 0:
                 break
             try:
-                async with asyncio.timeout(remaining):
-                    await self._new_rev.wait()
+                await asyncio.wait_for(self._new_rev.wait(), remaining)
             except TimeoutError:
                 break
         return self.last_rev

@@ -381,15 +381,13 @@ class PgStore(Store):
             self._follower = None
         if self._writer is not None:
             try:
-                async with asyncio.timeout(2):
-                    await self._writer.close()
+                await asyncio.wait_for(self._writer.close(), 2)
             except Exception:
                 self._writer.terminate()
             self._writer = None
         if self._pool is not None:
             try:
-                async with asyncio.timeout(2):
-                    await self._pool.close()
+                await asyncio.wait_for(self._pool.close(), 2)
             except Exception:
                 self._pool.terminate()
             self._pool = None

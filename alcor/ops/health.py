@@ -39,8 +39,7 @@ class Check:
 async def _store(kernel: Kernel) -> Check:
     store = kernel.get(StoreModule).store
     try:
-        async with asyncio.timeout(STORE_TIMEOUT):
-            ok = await store.writable()
+        ok = await asyncio.wait_for(store.writable(), STORE_TIMEOUT)
     except TimeoutError:
         return Check(False, f"no write transaction within {STORE_TIMEOUT:g}s")
     return Check(ok, "writable" if ok else "not writable")

@@ -196,8 +196,7 @@ class Feedback:
         `status_flush_reports` reports wait), then acknowledge the reports that carried them."""
         while True:
             try:
-                async with asyncio.timeout(self.p.settings.status_flush):
-                    await self._flush_now.wait()
+                await asyncio.wait_for(self._flush_now.wait(), self.p.settings.status_flush)
             except TimeoutError:
                 pass
             self._flush_now.clear()

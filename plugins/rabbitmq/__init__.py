@@ -290,8 +290,7 @@ class RabbitTransport:
         first = messages[idx[0]][0]
         b = self.broker(first)
         try:
-            async with asyncio.timeout(timeout):
-                await b.connect()
+            await asyncio.wait_for(b.connect(), timeout)
             targets = {}
             for i in idx:
                 addr = messages[i][0]

@@ -264,8 +264,7 @@ class ZetaModule:
         follower = [t for t in self._tasks if t.get_name() == "zeta.follow"]
         if follower:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                async with asyncio.timeout(FOLLOW_POLL * 4):
-                    await asyncio.shield(follower[0])
+                await asyncio.wait_for(asyncio.shield(follower[0]), FOLLOW_POLL * 4)
         for t in [*self._tasks, *self._workers.values()]:
             t.cancel()
         for t in [*self._tasks, *self._workers.values()]:
