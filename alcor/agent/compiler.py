@@ -278,32 +278,42 @@ class FlowCompiler:
         made: list[Flow] | None = [] if stream else None
         self._stream = made
         self._scratch = True
-        self.recomputes += 1
-        ctx = self._ctx = context(goal, ofports.get(self.tunnel_port))
-        self._ofports_seen = dict(ofports)
-        self._ctx_inputs = ctx_inputs
-        self.zones = dict(zones)
-        touched: dict[Key, Flow | None] = {}
-        self._set_group(("pipeline", "base"), base_flows(), touched)
-        self.security.update(goal.get("security_group") or {})
-        for sid in sorted(self.security.groups):
-            flows = secgroups.group_flows(self.security, sid)
-            self._set_group(("security_group", sid), flows, touched)
-        ports: Mapping[str, Body] = goal.get("port") or {}
-        self._ports = ports
-        for pid in sorted(ports):
-            self._set_port(pid, ports[pid], ofports, touched)
-            if made is not None and len(made) >= STREAM_FLOWS:
-                yield made
-                made = self._stream = []
-        self._refresh_vpcs(set(ctx.vni.values()), touched)
-        for sid in ctx.subnets:
-            flows = subnet_flows(ctx.subnets[sid]) + proxy_arp_flows(ctx, ctx.subnets[sid])
-            self._set_group(("subnet", sid), flows, touched)
-        for rid in ctx.routers:
-            self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
-        self._set_gateways(goal, ofports, ctx, touched)
-        self._scratch = False
+        # However the recompute ends (an error, the generator closed at a yield), an incremental
+        # compile after it must record what it touches; and one that did not finish leaves no
+        # half-built state to diff against: the next compile starts from nothing.
+        finished = False
+        try:
+            self.recomputes += 1
+            ctx = self._ctx = context(goal, ofports.get(self.tunnel_port))
+            self._ofports_seen = dict(ofports)
+            self._ctx_inputs = ctx_inputs
+            self.zones = dict(zones)
+            touched: dict[Key, Flow | None] = {}
+            self._set_group(("pipeline", "base"), base_flows(), touched)
+            self.security.update(goal.get("security_group") or {})
+            for sid in sorted(self.security.groups):
+                flows = secgroups.group_flows(self.security, sid)
+                self._set_group(("security_group", sid), flows, touched)
+            ports: Mapping[str, Body] = goal.get("port") or {}
+            self._ports = ports
+            for pid in sorted(ports):
+                self._set_port(pid, ports[pid], ofports, touched)
+                if made is not None and len(made) >= STREAM_FLOWS:
+                    yield made
+                    made = self._stream = []
+            self._refresh_vpcs(set(ctx.vni.values()), touched)
+            for sid in ctx.subnets:
+                flows = subnet_flows(ctx.subnets[sid]) + proxy_arp_flows(ctx, ctx.subnets[sid])
+                self._set_group(("subnet", sid), flows, touched)
+            for rid in ctx.routers:
+                self._set_group(("router", rid), router_flows(ctx, rid, self._hop), touched)
+            self._set_gateways(goal, ofports, ctx, touched)
+            finished = True
+        finally:
+            self._scratch = False
+            if not finished:
+                self._reset()
+                self._stream = None
         if made:
             yield made
         self._stream = None

@@ -138,3 +138,26 @@ def test_a_streamed_compile_ends_with_the_flows_of_a_compile() -> None:
         assert compiler.desired == compile_flows(goal, ofports).by_key()
     # the second goal has keys several resources want: some flows went late
     assert sent > len(switch)
+
+
+def test_a_compile_left_half_way_leaves_nothing_to_diff_against(monkeypatch) -> None:
+    """A streamed compile closed at a chunk (or one that raised) leaves the compiler as if new:
+    the next compile is whole, from nothing, and agrees with a full compile."""
+    import alcor.agent.compiler as compiler_module
+
+    monkeypatch.setattr(compiler_module, "STREAM_FLOWS", 5)  # several chunks from a small goal
+    goal = dict(two_vpcs().goal())
+    compiler = FlowCompiler()
+    steps = compiler.stream(goal, dict(OFPORTS))
+    assert next(steps)  # the first chunk, then the switch went away and the compile was dropped
+    steps.close()
+    assert not compiler.desired
+    step(goal, ofports := dict(OFPORTS), "add", 1)
+    changes = compiler.compile(goal, ofports)
+    full = compile_flows(goal, ofports).by_key()
+    assert compiler.desired == full
+    assert changes.recomputed and {k: new for k, (_, new) in changes.flows.items()} == full
+    # and the state is whole again: incremental compiles agree from here on
+    step(goal, ofports, "readdress", 1)
+    assert not compiler.compile(goal, ofports).recomputed
+    assert compiler.desired == compile_flows(goal, ofports).by_key()
