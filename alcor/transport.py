@@ -5,13 +5,18 @@ broker confirmed, `consume` a queue with manual acknowledgements and a prefetch 
 The in-process transport (the dev run, most tests) keeps RabbitMQ's semantics that the protocol
 relies on: durable FIFO queues that outlive their consumers, at-least-once delivery (unacked
 messages are redelivered, flagged, when a consumer goes away), reject without requeue.
-The RabbitMQ implementation is plugins/rabbitmq.
+It also has streams (RabbitMQ's x-queue-type=stream, the VPC chains' channel with
+`[southbound] vpc_channel = "stream"`): an append-only log per name, trimmed by size and age, read
+from a point in time by any number of readers, each with its own position; nothing is removed by
+reading. The RabbitMQ implementation is plugins/rabbitmq.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -44,6 +49,8 @@ class Address:
     # A routing key other than the queue's name: publishing to it reaches every queue bound
     # under it (`Transport.bind`), and declares no queue. The VPC channels (docs/wire.md).
     key: str = ""
+    # `queue` names a stream (`Transport.declare_stream`), not a queue: a publish appends to it.
+    stream: bool = False
 
     @property
     def broker(self) -> tuple[str, str]:
@@ -59,6 +66,10 @@ class Address:
     def with_key(self, key: str) -> Address:
         """The same broker and exchange, to a routing key (a multicast channel)."""
         return Address(self.url, self.vhost, self.exchange, "", key)
+
+    def with_stream(self, name: str) -> Address:
+        """The same broker, to the stream `name` (published on the broker's default exchange)."""
+        return Address(self.url, self.vhost, "", name, stream=True)
 
     @classmethod
     def of_node(cls, node_id: str, body: Mapping[str, Any], mq: MqConfig) -> Address:
@@ -115,6 +126,19 @@ class Transport(Protocol):
         """Undo `bind`: once this returns, messages published to `key` no longer reach the queue."""
         ...
 
+    async def declare_stream(self, address: Address, max_bytes: int, max_age: float) -> None:
+        """Make sure the stream `address.queue` exists (kept: at most max_bytes, at most max_age
+        seconds old; a stream that exists keeps its own). Publishing to `address` then appends."""
+        ...
+
+    async def consume_stream(
+        self, address: Address, handler: Handler, prefetch: int, since: float
+    ) -> Subscription:
+        """Deliver the stream's messages from the first appended at `since` (wall clock,
+        seconds) or later, or from its oldest retained one if that is younger, in order, to
+        `handler` one at a time; acks only open the prefetch window. The stream must exist."""
+        ...
+
 
 # -- in-process ---------------------------------------------------------------------------------
 
@@ -148,6 +172,51 @@ MAX_QUEUE_DEPTH = 1000
 MAX_QUEUE_BYTES = 1 << 20
 
 
+@dataclass
+class _Stream:
+    """An append-only log: offsets rise by one per message; retention drops from the head."""
+
+    max_bytes: int
+    max_age: float
+    first: int = 0  # offset of entries[0]
+    times: list[float] = field(default_factory=list)  # append time per retained entry
+    entries: list[bytes] = field(default_factory=list)
+    size: int = 0
+    readers: set[_InProcessStreamReader] = field(default_factory=set)
+
+    @property
+    def end(self) -> int:
+        return self.first + len(self.entries)
+
+    def append(self, body: bytes, now: float) -> None:
+        self.entries.append(body)
+        self.times.append(now)
+        self.size += len(body)
+        self.trim(now)
+        for r in self.readers:
+            r.wake.set()
+
+    def trim(self, now: float) -> None:
+        """Drop from the head what is beyond either bound (a reader behind it skips ahead:
+        what it missed shows up at the agent as a gap on the chain, never silently)."""
+        drop = 0
+        size = self.size
+        while drop < len(self.entries) - 1 and (
+            size > self.max_bytes or now - self.times[drop] > self.max_age
+        ):
+            size -= len(self.entries[drop])
+            drop += 1
+        if drop:
+            del self.entries[:drop], self.times[:drop]
+            self.first += drop
+            self.size = size
+
+    def offset_at(self, since: float) -> int:
+        """The offset of the first retained message appended at `since` or later (the end if
+        none): where a reader attached by time starts, as RabbitMQ's x-stream-offset does."""
+        return self.first + bisect.bisect_left(self.times, since)
+
+
 class InProcessBroker:
     """Queues shared by every in-process transport of one program (controller and agents)."""
 
@@ -159,6 +228,8 @@ class InProcessBroker:
         self.bindings: dict[tuple[str, str, str, str], set[tuple[str, str, str]]] = {}
         self.max_depth = max_depth
         self.max_bytes = max_bytes
+        self.streams: dict[tuple[str, str, str], _Stream] = {}
+        self.clock: Callable[[], float] = time.time  # streams' append times (tests move it)
         # Tests flip this to make publishes fail as if the broker were unreachable.
         self.down = False
 
@@ -171,6 +242,9 @@ class InProcessBroker:
 
     def depth(self, a: Address) -> int:
         return len(self.queue(a).ready)
+
+    def stream(self, a: Address) -> _Stream | None:
+        return self.streams.get((a.url, a.vhost, a.queue))
 
     def routed(self, a: Address) -> list[_Queue]:
         """The queues a message published to `a` lands in."""
@@ -243,6 +317,63 @@ class _InProcessSubscription:
             self.q.consumer = None
 
 
+class _InProcessStreamDelivery:
+    def __init__(self, reader: _InProcessStreamReader, body: bytes, offset: int) -> None:
+        self.body = body
+        self.redelivered = False
+        self.offset = offset
+        self._reader = reader
+        self._done = False
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            self._reader.unacked -= 1
+            self._reader.wake.set()
+
+    async def reject(self) -> None:
+        await self.ack()  # a stream keeps its messages; rejecting only moves the window on
+
+
+class _InProcessStreamReader:
+    """One reader of a stream, at its own offset; reading removes nothing."""
+
+    def __init__(self, stream: _Stream, handler: Handler, prefetch: int, offset: int) -> None:
+        self.stream = stream
+        self.handler = handler
+        self.prefetch = max(1, prefetch)
+        self.offset = offset
+        self.unacked = 0
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        s = self.stream
+        while True:
+            while self.offset >= s.end or self.unacked >= self.prefetch:
+                self.wake.clear()
+                await self.wake.wait()
+            # Trimmed under the reader: it goes on from the oldest retained message.
+            self.offset = max(self.offset, s.first)
+            body = s.entries[self.offset - s.first]
+            d = _InProcessStreamDelivery(self, body, self.offset)
+            self.offset += 1
+            self.unacked += 1
+            try:
+                await self.handler(d)
+            except Exception:
+                log.exception("transport.handler_failed", stream="in-process")
+
+    async def cancel(self) -> None:
+        self.stream.readers.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+
 class InProcessTransport:
     """A Transport over an InProcessBroker; publishes are confirmed at once unless the broker is down."""
 
@@ -250,7 +381,7 @@ class InProcessTransport:
 
     def __init__(self, broker: InProcessBroker | None = None) -> None:
         self.broker = broker or InProcessBroker()
-        self._subs: list[_InProcessSubscription] = []
+        self._subs: list[_InProcessSubscription | _InProcessStreamReader] = []
 
     async def start(self) -> None:
         return None
@@ -267,6 +398,12 @@ class InProcessTransport:
             return [False] * len(messages)
         ok = []
         for address, body in messages:
+            if address.stream:
+                st = self.broker.stream(address)
+                if st is not None:
+                    st.append(body, self.broker.clock())
+                ok.append(st is not None)  # no such stream: unroutable
+                continue
             queues = self.broker.routed(address)
             ok.append(bool(queues))  # unroutable: a failure, as `mandatory` makes it
             for q in queues:
@@ -307,3 +444,21 @@ class InProcessTransport:
         sub.wake.set()
         self._subs.append(sub)
         return sub
+
+    async def declare_stream(self, address: Address, max_bytes: int, max_age: float) -> None:
+        key = (address.url, address.vhost, address.queue)
+        if key not in self.broker.streams:
+            self.broker.streams[key] = _Stream(max_bytes, max_age)
+
+    async def consume_stream(
+        self, address: Address, handler: Handler, prefetch: int, since: float
+    ) -> Subscription:
+        st = self.broker.stream(address)
+        if st is None:
+            raise LookupError(f"no stream {address.queue}")
+        st.trim(self.broker.clock())
+        reader = _InProcessStreamReader(st, handler, prefetch, st.offset_at(since))
+        st.readers.add(reader)
+        reader.task = asyncio.get_running_loop().create_task(reader.run())
+        self._subs.append(reader)
+        return reader

@@ -71,3 +71,87 @@ async def test_a_queue_without_consumer_keeps_only_its_newest_messages() -> None
     oq = broker.queue(other)
     assert len(held) + len(oq.ready) == 6 and oq.dropped == 0
     await t.stop()
+
+
+S = Address("amqp://x/", "/", "", "alcor.vpc.v1", stream=True)
+
+
+async def test_a_stream_keeps_its_log_for_every_reader_from_a_point_in_time() -> None:
+    """Append-only, read by any number of readers from where they attach (by time), each at its
+    own offset; reading removes nothing; a prefetch window; no such stream: unroutable."""
+    broker = InProcessBroker()
+    now = [1000.0]
+    broker.clock = lambda: now[0]
+    t = InProcessTransport(broker)
+    assert await t.publish([(S, b"0")], 1.0) == [False]  # not declared yet
+    await t.declare_stream(S, 1 << 20, 3600)
+    for i in range(4):
+        now[0] = 1000.0 + i
+        await t.publish([(S, b"%d" % i)], 1.0)
+    seen: dict[str, list[bytes]] = {"a": [], "b": []}
+    held = []
+
+    def handler(who: str, ack: bool):  # type: ignore[no-untyped-def]
+        async def h(d) -> None:  # type: ignore[no-untyped-def]
+            seen[who].append(d.body)
+            if ack:
+                await d.ack()
+            else:
+                held.append(d)
+        return h
+
+    a = await t.consume_stream(S, handler("a", True), 10, since=0)
+    b = await t.consume_stream(S, handler("b", False), 2, since=1002.0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert seen["a"] == [b"0", b"1", b"2", b"3"]
+    assert seen["b"] == [b"2", b"3"]  # from the first appended at 1002 or later
+    now[0] = 1010.0
+    await t.publish([(S, b"4")], 1.0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert seen["a"][-1] == b"4" and seen["b"] == [b"2", b"3"]  # b's window (2) is full
+    await held.pop(0).ack()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert seen["b"] == [b"2", b"3", b"4"]
+    late = await t.consume_stream(S, handler("a", True), 10, since=2000.0)  # the end: new only
+    await a.cancel()
+    await b.cancel()
+    await late.cancel()
+    try:
+        await t.consume_stream(Address("amqp://x/", "/", "", "nope", stream=True),
+                               handler("a", True), 1, 0)
+    except LookupError:
+        pass
+    else:
+        raise AssertionError("a stream that does not exist was read")
+    await t.stop()
+
+
+async def test_a_stream_is_trimmed_by_size_and_age_and_readers_skip_ahead() -> None:
+    broker = InProcessBroker()
+    now = [0.0]
+    broker.clock = lambda: now[0]
+    t = InProcessTransport(broker)
+    await t.declare_stream(S, 10, 60)
+    await t.declare_stream(S, 1 << 20, 3600)  # an existing stream keeps its retention
+    for i in range(6):
+        await t.publish([(S, b"%03d" % i)], 1.0)  # 3 bytes each: 3 fit in 10
+    st = broker.stream(S)
+    assert st is not None and (st.first, st.entries) == (3, [b"003", b"004", b"005"])
+    now[0] = 100.0
+    await t.publish([(S, b"006")], 1.0)  # older than 60 s: the rest goes
+    assert (st.first, st.entries) == (6, [b"006"])
+    seen: list[bytes] = []
+
+    async def h(d) -> None:  # type: ignore[no-untyped-def]
+        seen.append(d.body)
+        await d.ack()
+
+    r = await t.consume_stream(S, h, 1, since=0)  # before the oldest kept: from there
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert seen == [b"006"]
+    await r.cancel()
+    await t.stop()
