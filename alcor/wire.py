@@ -48,6 +48,17 @@ def vpc_key(vpc_id: str) -> str:
     """
     return "alcor.vpc." + vpc_id
 
+
+def vpc_stream(vpc_id: str) -> str:
+    """The stream a VPC's chain is appended to on each broker its members use, with
+    `[southbound] vpc_channel = "stream"` (a stream is a queue of its own: the same name as
+    the routing key, which names no queue).
+
+    >>> vpc_stream("4e1a")
+    'alcor.vpc.4e1a'
+    """
+    return "alcor.vpc." + vpc_id
+
 # Wire types, in the order a snapshot lists them (peers and VPCs before what refers to them).
 WIRE_TYPES = (
     "node", "vpc", "subnet", "router", "security_group", "gateway", "floating_ip", "port",

@@ -55,12 +55,17 @@ class AgentConfig:
     # seconds between status reports when nothing changed: the controller's liveness check
     # ([gateway] agent_down_time) counts on them (Neutron's report_interval)
     report_interval: float = 5.0
+    # With the VPC chains on streams: seconds a stream is read from before the point its join
+    # names (the controller's clock against the broker's; what is re-read is dropped)
+    stream_rewind: float = 5.0
     # physical networks this host reaches, "physnet:bridge" (Neutron's bridge_mappings)
     bridge_mappings: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if not 0.1 <= self.report_interval <= 3600:
             raise ConfigError(f"agent.report_interval must be 0.1..3600 s, got {self.report_interval}")
+        if not 0 <= self.stream_rewind <= 3600:
+            raise ConfigError(f"agent.stream_rewind must be 0..3600 s, got {self.stream_rewind}")
         seen: set[str] = set()
         for item in self.bridge_mappings:
             physnet, sep, bridge = item.partition(":")

@@ -71,6 +71,12 @@ class Message:
     # On the node's chain: VPCs whose shared state this delta carries whole (a VPC snapshot,
     # the answer to a gap on that VPC's chain): what the node held of them is replaced.
     replace_vpcs: tuple[str, ...] = ()
+    # On the node's chain, with the VPC chains on streams (`[southbound] vpc_channel =
+    # "stream"`): the dispatcher's wall clock (ms) before this message was built. Every message
+    # of the chains it starts with a rev above their start rev was appended to its stream at
+    # this time or later: the agent reads each of them from there (docs/wire.md). 0: the
+    # chains it starts travel on the node's queue (bound routing key).
+    since: int = 0
 
 
 def _int(v: Any, what: str) -> int:
@@ -165,8 +171,11 @@ def parse_message(raw: bytes) -> Message:
             raise MalformedMessage("local: fields a bound port's host adds, on a VPC's chain")
         ops.append(WireOp(op_rev, t, i, verb, rn, body if verb == "upsert" else None, local))
     epoch = _int(d.get("epoch", 0), "epoch")
+    since = _int(d.get("since", 0), "since")
+    if since and vpc_id is not None:
+        raise MalformedMessage("since is for a node's chain")
     return Message(node_id, kind, prev_rev, rev, tuple(ops), epoch, vpc_id or "", tuple(vpcs),
-                   tuple(replace))
+                   tuple(replace), since)
 
 
 class Outcome(enum.Enum):
@@ -197,6 +206,11 @@ class AgentModel:
     broken: set[str] = field(default_factory=set)
     revisions: dict[tuple[str, str], int] = field(default_factory=dict)
     tombstones: dict[tuple[str, str], int] = field(default_factory=dict)
+    # The change-log rev of the op each resource (or tombstone) was last written by. With the
+    # VPC chains on streams, a node's chain and a VPC's chain arrive from two sources, in no
+    # order between them; an op older (by revision_number, then by rev) than the one held is
+    # stale whichever source it came from (docs/wire.md, "Two sources").
+    op_revs: dict[tuple[str, str], int] = field(default_factory=dict)
     stale_ops: int = 0
     _hashes: dict[tuple[str, str], int] = field(default_factory=dict)
     _total: int = 0
@@ -237,7 +251,15 @@ class AgentModel:
         for v, r in msg.vpcs:
             self.broken.discard(v)
             if r is None:
-                self.chains.pop(v, None)
+                held = self.chains.pop(v, None)
+                if held is not None and held >= msg.rev:
+                    # The VPC's chain ran ahead of this one (a stream read faster than the
+                    # node's queue): the node applied that VPC's changes of the batch it left
+                    # in, or later ones, which its leave's deletes do not cover. A node that
+                    # stops following a chain this way is no longer a member (a switch to
+                    # unicast ends the chain, so it never runs past the switch): it holds
+                    # nothing of the VPC's shared state.
+                    self._drop_vpc(v)
             else:
                 self.chains[v] = r
         return Outcome.APPLIED
@@ -273,9 +295,12 @@ class AgentModel:
     def _apply(self, op: WireOp) -> None:
         key = (op.type, op.id)
         held = self.revisions.get(key, self.tombstones.get(key, -1))
-        if op.revision_number < held:
+        if op.revision_number < held or (
+            op.revision_number == held and op.rev < self.op_revs.get(key, -1)
+        ):
             self.stale_ops += 1
             return
+        self.op_revs[key] = op.rev
         if op.op == "upsert":
             assert op.body is not None
             self.tombstones.pop(key, None)
@@ -314,11 +339,13 @@ class AgentModel:
         self.resources = {t: {} for t in WIRE_TYPES}
         self.revisions.clear()
         self.tombstones.clear()
+        self.op_revs.clear()
         self._hashes.clear()
         self._total = 0
         for op in msg.ops:
             assert op.body is not None
             self._set((op.type, op.id), op.body, op.revision_number)
+            self.op_revs[(op.type, op.id)] = op.rev
         self.applied_rev = msg.rev
         self.chains = {v: r for v, r in msg.vpcs if r is not None}
         self.broken.clear()

@@ -5,7 +5,11 @@ to the model's ordering rule (alcor/agent/model.py), lets the datapath apply the
 acknowledges, then reports `status` (applied_rev, digest, and the port states that changed since
 the last report, so a report's size follows the churn, not the host's port count; coalesced
 under load), and likewise the states of the floating IPs it NATs. The queue carries the node's own chain and the chains of the multicast VPCs it
-follows (the broker copies those in). A message that is not a valid message for this node is rejected (never requeued) and counted.
+follows (the broker copies those in), or, with `[southbound] vpc_channel = "stream"`, each
+followed VPC's chain comes from that VPC's stream, read from the point in time its join names
+(`since`). Both sources go through one handler, one message at a time (a lock), into the same
+ordering rule; a stream is read only from after the node's chain started following it, so no VPC
+op is applied before the join. A message that is not a valid message for this node is rejected (never requeued) and counted.
 While a snapshot is owed (start, gap), `hello`/`resync` is repeated until one arrives.
 
     stream = AgentStream(transport, node_id, node_address, controller_address, apply=datapath.apply)
@@ -30,7 +34,7 @@ from alcor.agent.config import AgentConfig, NodeConfig
 from alcor.agent.model import AgentModel, MalformedMessage, Outcome, parse_message
 from alcor.config import Config, ConfigError
 from alcor.transport import Address, Delivery, MqConfig, Subscription, Transport
-from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION
+from alcor.wire import CONTROLLER_QUEUE, WIRE_VERSION, vpc_stream
 
 if TYPE_CHECKING:
     from alcor.kernel import Kernel
@@ -71,6 +75,7 @@ class AgentStream:
         status_quiet: float = 1.0,
         publish_timeout: float = 5.0,
         report_interval: float = 5.0,
+        stream_rewind: float = 5.0,
     ) -> None:
         self.transport = transport
         self.node_id = node_id
@@ -83,6 +88,10 @@ class AgentStream:
         self.status_quiet = status_quiet
         self.report_interval = report_interval
         self.publish_timeout = publish_timeout
+        # Seconds a stream is read from before its join's `since`: the dispatcher's clock
+        # against the broker's (a stream's times are the broker's), and RabbitMQ attaches by
+        # whole seconds. What this re-reads is dropped as duplicates.
+        self.stream_rewind = stream_rewind
         self.model = AgentModel(node_id)
         self.boot_id = uuid.uuid4().hex
         self.counters = StreamCounters()
@@ -103,6 +112,11 @@ class AgentStream:
         self._last_status = 0.0
         self._asked_at = 0.0
         self._vpc_asked_at: dict[str, float] = {}  # broken VPC chains → when last asked
+        # One message at a time, from the queue and every stream: the model's rule is one
+        # sequence, and a stream's message must not slip in while a join is half done.
+        self._lock = asyncio.Lock()
+        self._streams: dict[str, Subscription] = {}  # VPC chains read from their stream
+        self._unopened: dict[str, float] = {}  # streams to (re)open → since (s), retried
 
     async def start(self) -> None:
         self._sub = await self.transport.consume(self.address, self._on_delivery, self.prefetch)
@@ -115,6 +129,8 @@ class AgentStream:
         log.info("agent.stream_started", node=self.node_id, queue=self.address.queue)
 
     async def stop(self) -> None:
+        for v in list(self._streams):
+            await self._close_stream(v)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -130,6 +146,17 @@ class AgentStream:
     # -- controller → agent --------------------------------------------------------------------
 
     async def _on_delivery(self, d: Delivery) -> None:
+        async with self._lock:
+            await self._handle(d)
+
+    def _on_stream(self, vpc: str) -> Callable[[Delivery], Any]:
+        async def handler(d: Delivery) -> None:
+            async with self._lock:
+                await self._handle(d, vpc)
+
+        return handler
+
+    async def _handle(self, d: Delivery, stream: str = "") -> None:
         c = self.counters
         c.received += 1
         try:
@@ -137,6 +164,11 @@ class AgentStream:
         except MalformedMessage as e:
             c.rejected += 1
             log.warning("stream.rejected", node=self.node_id, error=str(e), size=len(d.body))
+            await d.reject()
+            return
+        if stream and msg.vpc_id != stream:
+            c.rejected += 1
+            log.warning("stream.misrouted", node=self.node_id, stream=stream, vpc=msg.vpc_id)
             await d.reject()
             return
         if not msg.vpc_id and msg.node_id != self.node_id:
@@ -183,12 +215,58 @@ class AgentStream:
                 self._ports_due.set()
             else:
                 c.applied += 1
+            if not msg.vpc_id:
+                await self._follow(msg, outcome is Outcome.SNAPSHOT)
             await self._apply()
             self._status_due.set()
         # Acknowledge only once applied: a crash before this redelivers, and the rule drops it.
         await d.ack()
         if was_awaiting and not self.model.awaiting_snapshot:
             self._asked_at = 0.0
+
+    # -- the VPC chains' streams -------------------------------------------------------------
+
+    async def _follow(self, msg: Any, snapshot: bool) -> None:
+        """After the node's chain started or stopped VPC chains: read each started one from its
+        stream (from `since` on), stop reading the stopped ones. A chain (re)started is read
+        again from the message's `since` whatever was read before: a join, a snapshot, a VPC
+        snapshot all say "from rev r", and the stream may have run ahead of r meanwhile (its
+        messages dropped while a snapshot was awaited)."""
+        if snapshot:
+            for v in [v for v in [*self._streams, *self._unopened] if v not in self.model.chains]:
+                await self._close_stream(v)
+        for v, r in msg.vpcs:
+            await self._close_stream(v)
+            if r is not None and msg.since:
+                self._unopened[v] = msg.since / 1000 - self.stream_rewind
+                await self._open_stream(v)
+
+    async def _open_stream(self, vpc: str) -> None:
+        since = self._unopened[vpc]
+        try:
+            sub = await self.transport.consume_stream(
+                self.address.with_stream(vpc_stream(vpc)), self._on_stream(vpc), self.prefetch,
+                since,
+            )
+        except Exception as e:
+            # Retried by _ask_loop; meanwhile the chain gets nothing, and when it opens it is
+            # read from `since` all the same (or, truncated by retention, it shows a gap).
+            log.warning("stream.open_failed", node=self.node_id, vpc=vpc, error=str(e))
+            return
+        del self._unopened[vpc]
+        self._streams[vpc] = sub
+        log.info("stream.following", node=self.node_id, vpc=vpc, since=round(since, 3))
+
+    async def _close_stream(self, vpc: str) -> None:
+        self._unopened.pop(vpc, None)
+        sub = self._streams.pop(vpc, None)
+        if sub is not None:
+            await sub.cancel()
+
+    @property
+    def streams(self) -> list[str]:
+        """The VPC chains read from their stream now (tests, ops views)."""
+        return sorted(self._streams)
 
     async def _apply(self) -> None:
         local = self.model.local_ports()
@@ -267,6 +345,10 @@ class AgentStream:
         while True:
             await asyncio.sleep(min(1.0, self.resync_interval))
             now = time.monotonic()
+            for vpc in list(self._unopened):
+                async with self._lock:
+                    if vpc in self._unopened:
+                        await self._open_stream(vpc)
             for vpc in list(self._vpc_asked_at):
                 if vpc not in self.model.broken or self.model.awaiting_snapshot:
                     del self._vpc_asked_at[vpc]
@@ -421,6 +503,7 @@ class StreamModule:
             resync_interval=agent.resync_interval,
             status_quiet=agent.status_quiet,
             report_interval=agent.report_interval,
+            stream_rewind=agent.stream_rewind,
         )
         if datapath is not None:
             datapath.datapath.on_status = self.stream.datapath_status

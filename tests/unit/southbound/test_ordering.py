@@ -265,3 +265,72 @@ def test_a_broken_vpc_chain_is_never_forgotten() -> None:
     assert m.receive(parse_message(node_msg(4, 9, {"v1": 9}, ["v1"]))) is Outcome.APPLIED
     assert not m.broken and m.chains == {"v1": 9}
     assert m.receive(parse_message(vpc_msg(7, 10))) is Outcome.APPLIED
+
+
+def _vpc(prev: int, rev: int, ops: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"v": 2, "vpc_id": "v1", "kind": "delta", "prev_rev": prev, "rev": rev,
+                       "ops": ops}).encode()
+
+
+def _node(prev: int, rev: int, ops: list[dict[str, Any]], vpcs: dict[str, Any],
+          since: int = 0) -> bytes:
+    d = {"v": 2, "node_id": NODE, "kind": "delta", "prev_rev": prev, "rev": rev, "ops": ops,
+         "vpcs": vpcs}
+    if since:
+        d["since"] = since
+    return json.dumps(d).encode()
+
+
+def _port(rev: int, pid: str, rn: int, op: str = "upsert", **body: Any) -> dict[str, Any]:
+    return {"rev": rev, "type": "port", "id": pid, "op": op, "revision_number": rn,
+            "body": None if op == "delete" else {"id": pid, "network_id": "v1", **body}}
+
+
+def test_since_is_read_on_a_nodes_chain_only() -> None:
+    assert parse_message(_node(0, 1, [], {"v1": 1}, since=1764580323112)).since == 1764580323112
+    bad = json.dumps({"v": 2, "vpc_id": "v1", "kind": "delta", "prev_rev": 0, "rev": 1,
+                      "ops": [], "since": 5}).encode()
+    for raw in (bad, _node(0, 1, [], {}, since=-1)):
+        try:
+            parse_message(raw)
+        except MalformedMessage:
+            continue
+        raise AssertionError(f"accepted {raw!r}")
+
+
+def test_two_sources_an_older_op_is_stale_whichever_chain_brings_it() -> None:
+    """With the VPC chain on a stream, the node's chain and the VPC's arrive in no order
+    between them: of two ops of one resource at the same revision_number, the one of the later
+    change-log rev stays, in either order of arrival."""
+    for order in ("node first", "vpc first"):
+        m = AgentModel(NODE)
+        m.receive(parse_message(message("snapshot", 0, 3, [])))
+        m.receive(parse_message(_node(3, 4, [], {"v1": 4})))
+        node_op = _node(4, 10, [_port(10, "p1", 2, mac="old")], {})
+        vpc_op = _vpc(4, 12, [_port(12, "p1", 2, mac="new")])
+        for raw in ((node_op, vpc_op) if order == "node first" else (vpc_op, node_op)):
+            assert m.receive(parse_message(raw)) is Outcome.APPLIED
+        assert m.resources["port"]["p1"]["mac"] == "new", order
+
+
+def test_a_leave_behind_its_vpc_stream_drops_what_the_stream_ran_ahead_with() -> None:
+    """The VPC's stream delivered the batch the node leaves in (and a later one) before the
+    node's chain brought the leave: the leave's deletes do not cover what was created there,
+    so the node drops the VPC's shared state, which a node that is no longer a member holds
+    none of. A leave the stream did not run ahead of keeps the node's state as the deletes
+    leave it."""
+    m = AgentModel(NODE)
+    m.receive(parse_message(message("snapshot", 0, 3, [])))
+    m.receive(parse_message(_node(3, 4, [_port(4, "p1", 1)], {"v1": 4})))
+    assert m.receive(parse_message(_vpc(4, 9, [_port(9, "p2", 1)]))) is Outcome.APPLIED
+    assert m.receive(parse_message(_vpc(9, 11, [_port(11, "p3", 1)]))) is Outcome.APPLIED
+    leave = _node(4, 9, [_port(9, "p1", 1, "delete")], {"v1": None})
+    assert m.receive(parse_message(leave)) is Outcome.APPLIED
+    assert m.resources["port"] == {} and m.chains == {}
+    assert m.receive(parse_message(_vpc(11, 12, [_port(12, "p4", 1)]))) is Outcome.DUPLICATE
+    # In step: the leave's deletes alone; what else the node holds stays.
+    m = AgentModel(NODE)
+    m.receive(parse_message(message("snapshot", 0, 3, [])))
+    m.receive(parse_message(_node(3, 4, [_port(4, "p1", 1), _port(4, "p2", 1)], {"v1": 4})))
+    m.receive(parse_message(_node(4, 9, [_port(9, "p1", 1, "delete")], {"v1": None})))
+    assert set(m.resources["port"]) == {"p2"}
