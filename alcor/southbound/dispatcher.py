@@ -47,7 +47,7 @@ from alcor.southbound.placement import Op
 from alcor.southbound.plan import BatchPlan, Channels, plan
 from alcor.southbound.state import MIGRATIONS, Deposed, DispatchState, NodeState, VpcState
 from alcor.transport import Address, MqConfig, Transport
-from alcor.wire import CONTROLLER_QUEUE, vpc_key
+from alcor.wire import CONTROLLER_QUEUE, vpc_key, vpc_stream
 
 __all__ = ["MIGRATIONS", "Batch", "Deposed", "Dispatcher", "Metrics", "NodeState", "Settings",
            "encode_snapshot"]
@@ -104,6 +104,17 @@ class Settings:
     # unicast_nodes or fewer (hysteresis). 0: never multicast.
     multicast_nodes: int = 16
     unicast_nodes: int = 8
+    # How a multicast VPC's chain reaches its members: "queue", published once under the VPC's
+    # routing key, which every member's queue is bound to (the broker copies it into each); or
+    # "stream", appended once to a stream per VPC (x-queue-type=stream) that every member reads
+    # by offset (one append and one confirm per message, not one write per member queue; each
+    # reader holds files open on the broker: docs/operations.md). A change takes effect at the
+    # controller's start: every follower then gets a snapshot (it says how to follow).
+    vpc_channel: Literal["queue", "stream"] = "queue"
+    # What each VPC's stream keeps (x-max-length-bytes, x-max-age): an agent that falls further
+    # behind, or is away longer, sees a gap on the chain and gets the VPC's state instead.
+    stream_max_bytes: int = 100 << 20
+    stream_max_age: float = 3600.0  # seconds
     # Several controllers on PostgreSQL: seconds a stalled leader keeps the lead before
     # PostgreSQL ends its quiet session and another controller takes over (election.py).
     leader_timeout: float = 3.0
@@ -113,6 +124,15 @@ class Settings:
     mq_exchange: str = field(default=MqConfig.exchange, metadata=_NOT_A_KEY)
 
     def check(self) -> None:
+        if self.vpc_channel not in ("queue", "stream"):
+            raise ConfigError(
+                f'southbound.vpc_channel must be "queue" or "stream", got {self.vpc_channel!r}'
+            )
+        if self.stream_max_bytes < 1 << 20 or self.stream_max_age < 60:
+            raise ConfigError(
+                "southbound.stream_max_bytes must be at least 1 MiB and stream_max_age at least "
+                f"60 s, got {self.stream_max_bytes} and {self.stream_max_age}"
+            )
         if self.multicast_nodes > 0 and not 0 <= self.unicast_nodes < self.multicast_nodes:
             raise ConfigError(
                 "southbound.unicast_nodes must be 0 or more and below multicast_nodes, got "
@@ -212,6 +232,8 @@ class Dispatcher:
         self._rebind = False
         self._last_publish: asyncio.Future[set[int]] | None = None
         self._last_subscribed: asyncio.Future[None] | None = None
+        self.streams = self.settings.vpc_channel == "stream"
+        self._declared: set[Address] = set()  # VPC streams known to exist
 
     # The state's parts, by the names the operator views and tests read.
     @property
@@ -263,6 +285,37 @@ class Dispatcher:
         log.info("dispatch.loaded", watermark=state.watermark, nodes=len(state.nodes),
                  multicast_vpcs=len(state.vpcs))
         self._rebind = True
+        self._declared.clear()
+        await self._channel_changed()
+
+    async def _channel_changed(self) -> None:
+        """If the VPC chains travel another way than under the last leader (`vpc_channel`
+        changed), every follower gets a snapshot: it says how to follow them from here (a
+        stream with `since`, or the node's queue). Recorded with the snapshots owed, in one
+        transaction, so a crash in between cannot forget them."""
+        channel = self.settings.vpc_channel
+        row = await self.store.fetchone("SELECT value FROM sb_state WHERE key = 'vpc_channel'")
+        was = row[0] if row is not None else "queue"
+        if was == channel and row is not None:
+            return
+        followers = sorted({n for v in self.state.vpcs
+                            for n in self.topology.members.get(v, ())} if was != channel else ())
+        async with self.store.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO sb_nodes(node_id, sent_rev, need_snapshot) VALUES (?, ?, 1) "
+                "ON CONFLICT(node_id) DO UPDATE SET need_snapshot = 1",
+                [(n, self.state.node(n).sent_rev) for n in followers],
+            )
+            await tx.execute(
+                "INSERT INTO sb_state(key, value) VALUES ('vpc_channel', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (channel,),
+            )
+        for n in followers:
+            self.state.request_snapshot(n, f"vpc channel {was} → {channel}")
+            self.state.node(n).persisted_need = True
+        if followers:
+            log.warning("vpc.channel_changed", was=was, now=channel, snapshots=len(followers))
 
     async def _rebuild(self, reason: str) -> None:
         """Start over from the resources table: the model at the current rev, and a snapshot
@@ -273,6 +326,9 @@ class Dispatcher:
             self.deposed = True
             raise
         self._buffer = []
+        self._declared.clear()
+        # Every node is owed a snapshot (recorded by the rebuild): it says how to follow.
+        await self._channel_changed()
         log.warning("dispatch.rebuilt", reason=reason, rev=self.state.watermark,
                     nodes=len(self.state.nodes))
 
@@ -463,6 +519,9 @@ class Dispatcher:
     def _prepare(self, changes: list[Change]) -> Batch | None:
         s = self.settings
         state = self.state
+        # With the chains on streams, a message that starts a node following some says from
+        # when to read them: every later batch's VPC messages are appended after this instant.
+        since = int(time.time() * 1000) if self.streams else 0
         p = plan(self.topology, changes, self.placed, s.max_ops, state.vpcs.keys(), self.channels)
         del self._buffer[: p.used]
         rev = p.rev
@@ -499,6 +558,8 @@ class Dispatcher:
                     continue
             raw = encode_delta(node, "delta", ns.next_prev, rev, bucket.values(), cache,
                                self.topology, self.epoch, follow, replace=replace)
+            if since and follow and any(r is not None for r in follow.values()):
+                raw = with_since(raw, since)
             messages.append((node, "delta", pack(raw, s.compress_over)))
             ns.next_prev = rev
         # Snapshots owed, a few per batch (count and ops), so deltas to others never wait long.
@@ -514,6 +575,8 @@ class Dispatcher:
             follows = state.followed(node)
             raw, n = encode_snapshot(self.topology, node, st.next_prev, rev, self.epoch,
                                      dict.fromkeys(follows, rev))
+            if since and follows:
+                raw = with_since(raw, since)
             # Bound again (idempotent): the snapshot says it follows these chains from here.
             p.binds.extend((node, v) for v in follows)
             snap_ops += n
@@ -576,20 +639,52 @@ class Dispatcher:
         return ops, fresh, replace
 
     def _vpc_addresses(self, vpc: str) -> list[Address]:
-        """Where a VPC's chain is published: its key on each exchange its members' queues use
-        (one, unless nodes are spread over brokers)."""
+        """Where a VPC's chain is published: its key on each exchange its members' queues use,
+        or its stream on each broker they use (one, unless nodes are spread over brokers)."""
         out: dict[tuple[str, str, str], Address] = {}
         key = vpc_key(vpc)
         for n in self.topology.members.get(vpc, ()):
             a = self.address(n)
             if a is not None:
-                out.setdefault((a.url, a.vhost, a.exchange), a.with_key(key))
+                if self.streams:
+                    out.setdefault((a.url, a.vhost, ""), a.with_stream(vpc_stream(vpc)))
+                else:
+                    out.setdefault((a.url, a.vhost, a.exchange), a.with_key(key))
         return list(out.values())
+
+    async def _declare_streams(self, batch: Batch) -> None:
+        """The streams of the chains this batch publishes on or starts nodes on, before it is
+        published: an agent opens a VPC's stream as soon as its join is applied."""
+        vpcs = {v for v, r in batch.vpcs.items() if r is not None}
+        vpcs |= {v for _, v in batch.binds}
+        vpcs |= {t for t, kind, _ in batch.messages if kind == "vpc"}
+        if self._rebind:
+            vpcs |= set(self.state.vpcs)
+        todo = [a for v in sorted(vpcs) for a in self._vpc_addresses(v) if a not in self._declared]
+        deadline = time.monotonic() + self.settings.retry_deadline
+        delay = 0.1
+        s = self.settings
+        for a in todo:
+            while True:
+                try:
+                    await self.transport.declare_stream(a, s.stream_max_bytes, s.stream_max_age)
+                    self._declared.add(a)
+                    break
+                except Exception as e:
+                    if time.monotonic() >= deadline:
+                        raise
+                    log.warning("vpc.declare_retry", stream=a.queue, error=str(e))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        self._rebind = False
 
     async def _subscribe(self, batch: Batch) -> None:
         """Unbind the queues of nodes that stop following a VPC's chain, bind those that start:
         before the batch is published, so the broker copies its VPC messages to exactly the
         followers. Errors are retried until the deadline, then fail the batch (replayed)."""
+        if self.streams:
+            await self._declare_streams(batch)
+            return
         todo: list[tuple[bool, Address, str]] = []
         if self._rebind:
             todo += [(True, a, vpc_key(v)) for v in self.state.vpcs
@@ -634,7 +729,9 @@ class Dispatcher:
         s = self.settings
         try:
             await self._fenced()
-            if previous is not None and (batch.binds or batch.unbinds or self._rebind):
+            if previous is not None and not self.streams and (
+                batch.binds or batch.unbinds or self._rebind
+            ):
                 await asyncio.wait([previous])
             elif previous_subscribed is not None:
                 await asyncio.wait([previous_subscribed])
@@ -661,6 +758,16 @@ class Dispatcher:
                     sent.add(item[0])
                 else:
                     failed.append(item)
+                    if item[1].stream and item[1] in self._declared:
+                        # Gone from the broker (deleted, or a fresh broker): declared again.
+                        self._declared.discard(item[1])
+                        try:
+                            s_ = self.settings
+                            await self.transport.declare_stream(
+                                item[1], s_.stream_max_bytes, s_.stream_max_age)
+                            self._declared.add(item[1])
+                        except Exception as e:
+                            log.warning("vpc.declare_failed", stream=item[1].queue, error=str(e))
             if not failed:
                 break
             self.metrics.publish_failures += len(failed)
@@ -801,3 +908,11 @@ class Dispatcher:
             if last is None
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
         }
+
+
+def with_since(raw: bytes, since: int) -> bytes:
+    """A node-chain message (encoded JSON, before compression) with `since` (wire.md): from
+    when to read the VPC streams it starts the node on. Added here, on the publishing side,
+    so the encoder stays the same for both channels."""
+    assert raw[:1] == b"{"
+    return b'{"since":%d,' % since + raw[1:]

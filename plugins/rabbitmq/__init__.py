@@ -11,6 +11,14 @@ a prefetch window; messages are handed to the handler one at a time, in queue or
 connection loss aio-pika reconnects and restores channels, queues and consumers; unacked messages
 are redelivered by the broker, and the ordering rule drops what was already applied.
 
+Streams (`[southbound] vpc_channel = "stream"`): a VPC's chain is appended to a durable stream
+queue per VPC (x-queue-type=stream, retention x-max-length-bytes / x-max-age), published on the
+default exchange under its name; each member's agent reads it with its own consumer
+(x-stream-offset: a point in time, then, after a reconnection, the offset after the last one it
+was handed), on one channel per broker with a prefetch window per consumer. Every reader of a
+stream holds the stream's segment and index files open on the broker: a broker serving 1,000
+readers needs a descriptor limit well above 1,024 (docs/operations.md).
+
 Config [rabbitmq]: reconnect_interval (s, 1.0), connect_timeout (s, 5.0), publish_window (1000),
 persistent (true), queue_version (0: the broker's default; an existing queue is kept as it is).
 Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rabbitmq"`.
@@ -19,6 +27,7 @@ Enable with `[kernel] plugins = ["rabbitmq"]` and `[southbound] transport = "rab
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -107,6 +116,8 @@ class _Broker:
         self.queue_objects: dict[str, AbstractQueue] = {}
         self.lock = asyncio.Lock()
         self.reconnects = 0
+        self.stream_channel: AbstractChannel | None = None  # every stream reader's, here
+        self.streams: set[str] = set()  # streams declared by this process
 
     async def connect(self) -> AbstractRobustConnection:
         async with self.lock:
@@ -133,6 +144,9 @@ class _Broker:
     async def ensure(self, address: Address) -> AbstractExchange:
         """The address's exchange on the publish channel, with its queue declared and bound."""
         assert self.channel is not None
+        if address.stream:
+            # A stream is its own queue, addressed by name on the default exchange.
+            return self.channel.default_exchange
         ex = self.exchanges.get(address.exchange)
         if ex is None:
             ex = self.exchanges[address.exchange] = await self.exchange(
@@ -162,9 +176,42 @@ class _Broker:
         else:
             await q.unbind(ex, routing_key=key)
 
+    async def declare_stream(self, name: str, max_bytes: int, max_age: float) -> None:
+        """A durable stream queue, on a channel of its own: a stream that exists with other
+        retention arguments (PRECONDITION_FAILED closes the channel) is kept as it is."""
+        connection = await self.connect()
+        if name in self.streams:
+            return
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(name, durable=True, arguments={
+                "x-queue-type": "stream",
+                "x-max-length-bytes": max_bytes,
+                "x-max-age": f"{max(1, int(max_age))}s",
+                # Retention drops whole segments: several per stream, so it trims in steps.
+                "x-stream-max-segment-size-bytes": max(1 << 20, min(max_bytes // 4, 500 << 20)),
+            })
+        except aio_pika.exceptions.ChannelPreconditionFailed as e:
+            log.info("mq.stream_kept", stream=name, reason=str(e))
+        finally:
+            try:
+                await channel.close()
+            except Exception as e:
+                log.info("mq.channel_close_failed", error=str(e))
+        self.streams.add(name)
+
+    async def stream_reader_channel(self) -> AbstractChannel:
+        connection = await self.connect()
+        async with self.lock:
+            if self.stream_channel is None or self.stream_channel.is_closed:
+                self.stream_channel = await connection.channel(publisher_confirms=False)
+            return self.stream_channel
+
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
+        self.stream_channel = None
+        self.streams.clear()
         self.connection = self.channel = None
         self.exchanges.clear()
         self.queues.clear()
@@ -228,6 +275,59 @@ class _Subscription:
             log.info("mq.channel_close_failed", error=str(e))
 
 
+class _StreamSubscription:
+    """One consumer of a stream. The offset it asks for is kept current in the consume
+    arguments aio-pika restores the consumer with after a reconnection: it goes on after the
+    last message handed to the handler, not from its first point again."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler,
+                 since: float) -> None:
+        self.channel, self.queue, self.handler = channel, queue, handler
+        start = datetime.datetime.fromtimestamp(max(0, int(since)), tz=datetime.UTC)
+        self.arguments: dict[str, Any] = {"x-stream-offset": start}
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.tag: str | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.offset: int | None = None  # the last one handled
+
+    async def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+        self.tag = await self.queue.consume(self._on_message, no_ack=False,
+                                            arguments=self.arguments)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.inbox.put_nowait(message)
+
+    async def _work(self) -> None:
+        while True:
+            message = await self.inbox.get()
+            offset = (message.headers or {}).get("x-stream-offset")
+            if isinstance(offset, int) and self.offset is not None and offset <= self.offset:
+                # Re-read after a reconnection that restored the consumer from an older point.
+                await _Delivery(message).ack()
+                continue
+            try:
+                await self.handler(_Delivery(message))
+            except Exception:
+                log.exception("mq.handler_failed", stream=self.queue.name)
+            if isinstance(offset, int):
+                self.offset = offset
+                self.arguments["x-stream-offset"] = offset + 1
+
+    async def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            try:
+                await self.worker
+            except asyncio.CancelledError:
+                pass
+        if self.tag is not None:
+            try:
+                await self.queue.cancel(self.tag)
+            except Exception as e:
+                log.info("mq.cancel_failed", stream=self.queue.name, error=str(e))
+
+
 class RabbitTransport:
     name = "rabbitmq"
     requires: tuple[str, ...] = ()
@@ -240,7 +340,7 @@ class RabbitTransport:
             else aio_pika.DeliveryMode.NOT_PERSISTENT
         )
         self.brokers: dict[tuple[str, str], _Broker] = {}
-        self.subscriptions: list[_Subscription] = []
+        self.subscriptions: list[_Subscription | _StreamSubscription] = []
         self.published = 0
         self.failed = 0
 
@@ -336,6 +436,30 @@ class RabbitTransport:
         queue = await declare_queue(channel, address.queue, self.settings.queue_version)
         await queue.bind(ex, routing_key=address.queue)
         sub = _Subscription(channel, queue, handler)
+        await sub.start()
+        self.subscriptions.append(sub)
+        return sub
+
+    async def declare_stream(self, address: Address, max_bytes: int, max_age: float) -> None:
+        await self.broker(address).declare_stream(address.queue, max_bytes, max_age)
+
+    async def consume_stream(
+        self, address: Address, handler: Handler, prefetch: int, since: float
+    ) -> _StreamSubscription:
+        b = self.broker(address)
+        connection = await b.connect()
+        # Whether it exists, on a channel of its own: a missing one (NOT_FOUND) closes it.
+        probe = await connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(address.queue, passive=True)
+        finally:
+            if not probe.is_closed:
+                await probe.close()
+        channel = await b.stream_reader_channel()
+        # Per consumer (global off): each new consumer on the channel gets this window.
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(address.queue, passive=True)
+        sub = _StreamSubscription(channel, queue, handler, since)
         await sub.start()
         self.subscriptions.append(sub)
         return sub

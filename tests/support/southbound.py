@@ -29,6 +29,7 @@ class Harness:
         path: Path,
         transport_factory: Callable[[], Transport],
         settings: Settings | None = None,
+        vpc_channel: str = "queue",
     ) -> None:
         self.path = path
         self.make_transport = transport_factory
@@ -36,7 +37,7 @@ class Harness:
         # exercise both kinds of chain; the program's default (16) keeps small VPCs unicast.
         self.settings = settings or Settings(
             linger=0.001, retry_deadline=3.0, repair_interval=0.5, multicast_nodes=2,
-            unicast_nodes=1,
+            unicast_nodes=1, vpc_channel=vpc_channel,  # type: ignore[arg-type]
         )
         self.world = World()
         self.store: Store | None = None
