@@ -229,7 +229,7 @@ class _Delivery:
             await self.message.ack()
         except Exception as e:
             # The channel died under us: the broker redelivers, the agent drops the duplicate.
-            log.info("mq.ack_lost", error=str(e))
+            log.info("mq.ack_lost", error=repr(e))
 
     async def reject(self) -> None:
         try:

@@ -1,6 +1,9 @@
 """A broker restart, on a private RabbitMQ node (stopped and started again on its own data; the
 shared broker is never touched): an agent that comes back never applies a gap silently.
 
+With the VPC chains on streams (`vpc_channel = "stream"`), a stream keeps its messages across
+the restart and every reader is restored after the last offset it was handed.
+
 Persistent messages (the default): what the broker confirmed survives, and the agent carries on
 from its queue, in order, without a snapshot. Transient: the queues come back empty; the next
 message on each chain shows the agent the gap, and that chain's state repairs it (a snapshot
@@ -26,9 +29,13 @@ from tests.support.wait import eventually
 pytestmark = pytest.mark.rabbitmq
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "transient"])
+@pytest.mark.parametrize(
+    "persistent, channel",
+    [(True, "queue"), (False, "queue"), (True, "stream")],
+    ids=["persistent", "transient", "stream"],
+)
 async def test_an_agent_after_a_broker_restart_never_applies_a_gap(
-    tmp_path: Path, persistent: bool
+    tmp_path: Path, persistent: bool, channel: str
 ) -> None:
     broker = PrivateBroker(tmp_path / "rabbitmq")
     await broker.start()
@@ -40,7 +47,7 @@ async def test_an_agent_after_a_broker_restart_never_applies_a_gap(
         # nodes on its multicast chain, so both kinds of chain cross the restart.
         Settings(linger=0.001, retry_deadline=120.0, repair_interval=0.5,
                  controller_queue=tag + "controller", multicast_nodes=2, unicast_nodes=1,
-                 mq_url=broker.url),
+                 mq_url=broker.url, vpc_channel=channel),  # type: ignore[arg-type]
     )
     h.world.queue_prefix = tag
     h.world.mq_url = broker.url
@@ -66,6 +73,10 @@ async def test_an_agent_after_a_broker_restart_never_applies_a_gap(
         d = h.dispatcher
         assert d is not None and d.state.vpcs, "the VPC should be on its multicast chain"
         agent = h.agents[slow]
+        # Each agent done with its snapshot (applied, reported, acknowledged, its VPC's stream
+        # open), not only holding it: an unacknowledged one would come back after the restart.
+        await eventually(lambda: all(a.counters.statuses >= 1 and (channel == "queue" or a.streams)
+                                     for a in h.agents.values()), 30)
         before = (agent.counters.gaps, agent.counters.snapshots)
         vpc_gaps = agent.counters.vpc_gaps
 
@@ -82,7 +93,11 @@ async def test_an_agent_after_a_broker_restart_never_applies_a_gap(
         await h.converge(timeout=120)
 
         gaps, snapshots = agent.counters.gaps, agent.counters.snapshots
-        if persistent:
+        if channel == "stream":
+            # The stream kept every message; each reader came back after the last offset it
+            # had been handed (the unhandled one again), its queue likewise: no gap.
+            assert agent.streams and (gaps, snapshots) == before, vars(agent.counters)
+        elif persistent:
             # Nothing the broker confirmed was lost: the agent carried on from its queue.
             assert (gaps, snapshots) == before, vars(agent.counters)
             assert agent.counters.duplicates >= 1  # the message unacknowledged at the restart

@@ -312,3 +312,61 @@ async def test_a_queue_declared_with_another_version_is_used_as_it_is(
         await transport.stop()
         await _delete_queues("/", [name])
         await conn.close()
+
+
+async def test_vpc_chains_on_rabbitmq_streams(tmp_path: Path) -> None:
+    """The VPC chains on a stream per VPC on the shared broker: agents converge, a node joins
+    and leaves the VPC while it changes, an agent restarts; every one ends at its goal, no gap."""
+    require_broker()
+    tag = f"test.{uuid.uuid4().hex[:8]}."
+    h = Harness(
+        tmp_path / "alcor.db",
+        lambda: RabbitTransport(RabbitConfig(reconnect_interval=0.3)),
+        Settings(linger=0.001, retry_deadline=20.0, repair_interval=0.5,
+                 controller_queue=tag + "controller", multicast_nodes=2, unicast_nodes=1,
+                 vpc_channel="stream", stream_max_bytes=4 << 20),
+    )
+    h.world.queue_prefix = tag
+    h.world.uuids = True  # VPC ids, hence stream names, of this test's own
+    await h.start()
+    try:
+        await all_agents_converged(h, 3)
+        d = h.dispatcher
+        assert d is not None and d.state.vpcs
+        # (a reader opens once the snapshot is in the model: just after it may look in sync)
+        await eventually(lambda: all(a.streams == sorted(d.state.vpcs) for a in h.agents.values()))
+        w = h.world
+        sub = next(iter(w.res["subnet"].values()))
+
+        async def churn(n: int) -> None:
+            for i in range(n):
+                await h.commit([w.add_port(sub, f"host-{i % 2}", [])])
+                await asyncio.sleep(0.005)
+
+        third = next(n for n, b in w.res["node"].items() if b["node_name"] == "host-2")
+        mine = [p for p, b in w.res["port"].items() if b["binding:host_id"] == "host-2"]
+        changing = asyncio.create_task(churn(30))
+        await h.commit([w.delete("port", p) for p in mine])  # host-2 leaves
+        await changing
+        await h.converge()
+        await eventually(lambda: h.agents[third].streams == [])
+        changing = asyncio.create_task(churn(30))
+        await h.commit([w.add_port(sub, "host-2", [])])  # ...and joins again
+        await changing
+        await h.converge()
+        await eventually(lambda: h.agents[third].streams == sorted(d.state.vpcs))
+        await h.agents.pop(third).stop()
+        changing = asyncio.create_task(churn(30))
+        a = await h.add_agent(third)
+        await changing
+        await h.converge()
+        await eventually(lambda: bool(a.streams))
+        assert a.counters.snapshots == 1
+        assert all(x.counters.gaps == 0 for x in h.agents.values())
+        assert d.metrics.vpc_messages > 30
+    finally:
+        streams = list(h.dispatcher.state.vpcs) if h.dispatcher is not None else []
+        await h.stop()
+        queues = [b["mq_queue"] for b in h.world.res["node"].values()]
+        await _delete_queues("/", [*queues, tag + "controller",
+                                   *(f"alcor.vpc.{v}" for v in streams)])
