@@ -1,6 +1,13 @@
 """Southbound dispatch benchmark over the real RabbitMQ: prints its figures, asserts nothing.
 
     .venv/bin/python bench/southbound_dispatch.py [--agents 1000] [--vpcs 20] [--ports 10000]
+        [--vpc-channel queue|stream|both] [--private-broker [--nofile 65536]]
+
+With `--vpc-channel both` the whole bench runs once per channel, on the same broker, one after
+the other, and a side-by-side summary ends the output. `--private-broker` starts a RabbitMQ
+node of the bench's own (tests/support/broker.py) with `ulimit -n` raised in its environment
+(a stream reader holds files open on the broker: 1,000 of them do not fit the 1,024 descriptors
+the shared broker here was started with), and stops it at the end.
 
 1. Throughput: N simulated agents (light consumers in this process: parse, check the prev_rev
    chain, ack with a prefetch window), V VPCs, each node hosting ports in one VPC; P port creates
@@ -34,12 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aio_pika  # noqa: E402
 
 from alcor import log as alcor_log  # noqa: E402
+from alcor.agent.config import AgentConfig  # noqa: E402
 from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import SqliteStore  # noqa: E402
 from alcor.southbound.dispatcher import Dispatcher, Settings  # noqa: E402
 from alcor.southbound.encode import encode_snapshot, pack  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
+from alcor.wire import vpc_stream  # noqa: E402
 from alcor_plugins.rabbitmq import RabbitConfig, RabbitTransport  # noqa: E402
+from tests.support.broker import PrivateBroker  # noqa: E402
 from tests.support.wait import eventually  # noqa: E402
 from tests.support.world import (
     World,  # noqa: E402
@@ -63,14 +73,30 @@ def head(raw: bytes) -> dict[str, Any]:
 
 class LightAgent:
     """Just enough of an agent to prove delivery: the ordering rule's rev bookkeeping per chain
-    (the node's own, and the VPC chains it follows), acks. It reads each message's head only."""
+    (the node's own, and the VPC chains it follows), acks. It reads each message's head only.
+    With the VPC chains on streams it reads each followed VPC's stream from the `since` of the
+    message that started it (less AgentConfig's stream_rewind), as the agent does."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: Any = None, url: str = URL) -> None:
         self.applied = 0
         self.chains: dict[str, int] = {}
         self.messages = 0
         self.gaps = 0
         self.snapshot_at: float | None = None
+        self.transport, self.url = transport, url
+        self.streams: dict[str, Any] = {}
+
+    async def _follow(self, m: dict[str, Any], snapshot: bool) -> None:
+        vpcs = m.get("vpcs", {})
+        for v in [v for v in self.streams if snapshot and v not in vpcs]:
+            await self.streams.pop(v).cancel()
+        for v, r in vpcs.items():
+            if v in self.streams:
+                await self.streams.pop(v).cancel()
+            if r is not None and m.get("since"):
+                addr = Address(self.url, "/", "", "").with_stream(vpc_stream(v))
+                self.streams[v] = await self.transport.consume_stream(
+                    addr, self.on_delivery, 200, m["since"] / 1000 - AgentConfig.stream_rewind)
 
     async def on_delivery(self, d: Any) -> None:
         m = head(d.body)
@@ -86,6 +112,7 @@ class LightAgent:
             self.applied = max(self.applied, m["rev"])
             self.chains = dict(m.get("vpcs", {}))
             self.snapshot_at = time.time()
+            await self._follow(m, True)
         elif m["rev"] > self.applied:
             if m["prev_rev"] > self.applied:
                 self.gaps += 1
@@ -95,6 +122,7 @@ class LightAgent:
                     self.chains.pop(v, None)
                 else:
                     self.chains[v] = r
+            await self._follow(m, False)
         await d.ack()
 
 
@@ -106,9 +134,12 @@ class Fleet:
     consuming 1,000 queues does not steal the dispatcher's event loop."""
 
     def __init__(self, queues: dict[str, str], inline: bool, transport: Any,
-                 queue_version: int = RabbitConfig.queue_version) -> None:
+                 queue_version: int = RabbitConfig.queue_version, url: str = URL,
+                 nice: int = 0) -> None:
         self.queues, self.inline, self.transport = queues, inline, transport
         self.queue_version = queue_version
+        self.url = url
+        self.nice = nice
         self.agents: dict[str, LightAgent] = {}
         self.subs: list[Any] = []
         self.conn: Any = None
@@ -117,13 +148,15 @@ class Fleet:
     async def start(self) -> None:
         if self.inline:
             for n, q in self.queues.items():
-                a = self.agents[n] = LightAgent()
-                addr = Address(URL, "/", "alcor", q)
+                a = self.agents[n] = LightAgent(self.transport, self.url)
+                addr = Address(self.url, "/", "alcor", q)
                 self.subs.append(await self.transport.consume(addr, a.on_delivery, 200))
             return
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_fleet_child, args=(child, self.queues, self.queue_version),
+        self.proc = ctx.Process(target=_fleet_child,
+                                args=(child, self.queues, self.queue_version, self.url,
+                                      self.nice),
                                 daemon=True)
         self.proc.start()
         await asyncio.to_thread(self.conn.recv)  # subscribed
@@ -143,15 +176,25 @@ class Fleet:
     async def stop(self) -> None:
         for sub in self.subs:
             await sub.cancel()
+        for a in self.agents.values():
+            for sub in a.streams.values():
+                await sub.cancel()
         if self.conn is not None:
             self.conn.send("stop")
             await asyncio.to_thread(self.proc.join, 30)
 
 
-def _fleet_child(conn: Any, queues: dict[str, str], queue_version: int) -> None:
+def _fleet_child(conn: Any, queues: dict[str, str], queue_version: int, url: str,
+                 nice: int = 0) -> None:
+    if nice:
+        # The simulated fleet (1,000 agents in one Python process) after the broker and the
+        # dispatcher for the CPU: on two shared cores it otherwise takes a whole core while the
+        # broker confirms, where real agents each run on their own host.
+        os.nice(nice)
+
     async def run() -> None:
         fleet = Fleet(queues, True, RabbitTransport(
-            RabbitConfig(reconnect_interval=1.0, queue_version=queue_version)))
+            RabbitConfig(reconnect_interval=1.0, queue_version=queue_version)), url=url)
         await fleet.start()
         conn.send("ready")
         while True:
@@ -172,6 +215,32 @@ def pct(xs: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     alcor_log.setup(args.log, "console")
+    broker = None
+    url = URL
+    if args.private_broker:
+        broker = PrivateBroker(Path(tempfile.mkdtemp(prefix="alcor-bench-rmq-")), args.nofile)
+        await broker.start()
+        url = broker.url
+        print(f"private RabbitMQ node on port {broker.port}, open files limit "
+              f"{broker.open_files_limit()} (asked for {args.nofile})")
+    channels = ["queue", "stream"] if args.vpc_channel == "both" else [args.vpc_channel]
+    summary = {}
+    try:
+        for channel in channels:
+            print(f"\n== vpc_channel = {channel!r} ==")
+            summary[channel] = await run(args, channel, url)
+    finally:
+        if broker is not None:
+            await broker.stop()
+    if len(summary) > 1:
+        print("\nside by side (same broker, one after the other):")
+        keys = list(next(iter(summary.values())))
+        print(f"  {'':<40}" + "".join(f"{c:>22}" for c in summary))
+        for k in keys:
+            print(f"  {k:<40}" + "".join(f"{summary[c][k]:>22}" for c in summary))
+
+
+async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str]:
     tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
     tag = f"bench.{uuid.uuid4().hex[:6]}."
     store = SqliteStore(tmp / "alcor.db", "NORMAL")
@@ -185,8 +254,12 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings(
         controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight,
         multicast_nodes=args.multicast_nodes, unicast_nodes=args.multicast_nodes // 2,
+        vpc_channel=channel,  # type: ignore[arg-type]
+        mq_url=url,
     )
-    print(f"load average {os.getloadavg()}; {args.transport}, multicast from "
+    print(f"load average {os.getloadavg()}; fleet at nice {args.fleet_nice}; {args.transport}, "
+          f"VPC chains on "
+          f"{'a stream per VPC' if channel == 'stream' else 'bound routing keys'}, multicast from "
           f"{args.multicast_nodes or 'never'} member nodes, classic queues "
           f"{args.queue_version or 'v1 (the broker default)'}, "
           f"{'transient' if args.transient else 'persistent'}, {args.inflight} batch(es) in flight")
@@ -194,6 +267,7 @@ async def main(args: argparse.Namespace) -> None:
     await d.open()
     w = World(uuids=True)
     w.queue_prefix = tag
+    w.mq_url = url
 
     # Topology: nodes, VPCs with a /16 subnet each, the default security group.
     nodes = [w.add_node(f"host-{i}", ip=i) for i in range(args.agents)]
@@ -214,6 +288,8 @@ async def main(args: argparse.Namespace) -> None:
         args.agents_inline or args.transport == "inprocess",
         transport,
         args.queue_version,
+        url,
+        args.fleet_nice,
     )
     await fleet.start()
     print(
@@ -312,6 +388,16 @@ async def main(args: argparse.Namespace) -> None:
         f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
         f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms"
     )
+    summary = {
+        "throughput: changes/s, node-ops/s": f"{changes / elapsed:,.0f}, {ops / elapsed:,.0f}",
+        "publishes/s, broker deliveries/s": f"{msgs / elapsed:,.0f}, {deliveries / elapsed:,.0f}",
+        "messages (on VPC chains)": f"{msgs:,} ({vpc_msgs:,})",
+        "agents at goal, gaps": f"{done}, {sum(r[2] for r in rep.values())}",
+        "latency batches (changes)": f"{m.batches - b2} ({len(lat)})",
+        "latency p50 / p99 (ms)": f"{pct(lat, 0.5):.0f} / {pct(lat, 0.99):.0f}",
+        "confirm wait in latency run (s)": f"{m.confirm_seconds - wait2:.2f}",
+        "load average (1 min) after": f"{os.getloadavg()[0]:.2f}",
+    }
 
     # 3. Snapshot of 10,000 neighbours.
     big_net = w.add_network(9000)
@@ -364,20 +450,23 @@ async def main(args: argparse.Namespace) -> None:
         f"{(got_at - t0) * 1000:.0f} ms"
     )
 
+    summary["snapshot end to end (ms)"] = f"{(got_at - t0) * 1000:.0f}"
     await d.stop()
     await fleet.stop()
     await transport.stop()
     await store.close()
     if args.transport != "inprocess":
         names = [b["mq_queue"] for b in w.res["node"].values()] + [tag + "controller"]
-        await delete_queues(names)
+        names += [vpc_stream(b["id"]) for b in w.res["network"].values()]
+        await delete_queues(names, url)
+    return summary
 
 
-async def delete_queues(names: list[str]) -> None:
+async def delete_queues(names: list[str], url: str = URL) -> None:
     """Remove the bench's queues, even if the broker dropped our connections meanwhile."""
     for _attempt in range(3):
         try:
-            conn = await aio_pika.connect(URL)
+            conn = await aio_pika.connect(url)
             async with conn:
                 ch = await conn.channel()
                 while names:
@@ -411,4 +500,12 @@ if __name__ == "__main__":
         help="[southbound] multicast_nodes (unicast_nodes: half of it); 0: unicast only",
     )
     ap.add_argument("--transport", choices=["rabbitmq", "inprocess"], default="rabbitmq")
+    ap.add_argument("--vpc-channel", choices=["queue", "stream", "both"], default="queue",
+                    help="[southbound] vpc_channel; both: one run each, side by side")
+    ap.add_argument("--private-broker", action="store_true",
+                    help="start a RabbitMQ node of the bench's own (and stop it after)")
+    ap.add_argument("--fleet-nice", type=int, default=0,
+                    help="run the simulated agents' process at this nice value (e.g. 19)")
+    ap.add_argument("--nofile", type=int, default=65536,
+                    help="the private node's `ulimit -n` (up to the hard limit granted here)")
     asyncio.run(main(ap.parse_args()))

@@ -73,6 +73,10 @@ class RabbitConfig:
             raise ConfigError(f"rabbitmq.queue_version must be 0, 1 or 2, got {self.queue_version}")
 
 
+# Stream readers per channel: few enough that no channel process (the broker's reader for all
+# its consumers) is what a fleet sharing one connection (a bench, a test) waits on.
+STREAM_READERS_PER_CHANNEL = 8
+
 SECTIONS = (RabbitConfig,)  # found by alcor/sections.py
 
 log = structlog.get_logger("alcor.rabbitmq")
@@ -116,7 +120,9 @@ class _Broker:
         self.queue_objects: dict[str, AbstractQueue] = {}
         self.lock = asyncio.Lock()
         self.reconnects = 0
-        self.stream_channel: AbstractChannel | None = None  # every stream reader's, here
+        # Stream readers' channels, a few readers each (channel → readers on it): a broker
+        # channel is one Erlang process, which reads the stream for every consumer on it.
+        self.stream_channels: dict[AbstractChannel, int] = {}
         self.streams: set[str] = set()  # streams declared by this process
 
     async def connect(self) -> AbstractRobustConnection:
@@ -201,16 +207,27 @@ class _Broker:
         self.streams.add(name)
 
     async def stream_reader_channel(self) -> AbstractChannel:
+        """A channel for one more stream reader: one with room, or a new one."""
         connection = await self.connect()
         async with self.lock:
-            if self.stream_channel is None or self.stream_channel.is_closed:
-                self.stream_channel = await connection.channel(publisher_confirms=False)
-            return self.stream_channel
+            for ch, readers in list(self.stream_channels.items()):
+                if ch.is_closed:
+                    del self.stream_channels[ch]
+                elif readers < STREAM_READERS_PER_CHANNEL:
+                    self.stream_channels[ch] = readers + 1
+                    return ch
+            ch = await connection.channel(publisher_confirms=False)
+            self.stream_channels[ch] = 1
+            return ch
+
+    def stream_reader_gone(self, channel: AbstractChannel) -> None:
+        if channel in self.stream_channels:
+            self.stream_channels[channel] -= 1
 
     async def close(self) -> None:
         if self.connection is not None:
             await self.connection.close()
-        self.stream_channel = None
+        self.stream_channels.clear()
         self.streams.clear()
         self.connection = self.channel = None
         self.exchanges.clear()
@@ -280,9 +297,9 @@ class _StreamSubscription:
     arguments aio-pika restores the consumer with after a reconnection: it goes on after the
     last message handed to the handler, not from its first point again."""
 
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, handler: Handler,
-                 since: float) -> None:
-        self.channel, self.queue, self.handler = channel, queue, handler
+    def __init__(self, broker: _Broker, channel: AbstractChannel, queue: AbstractQueue,
+                 handler: Handler, since: float) -> None:
+        self.broker, self.channel, self.queue, self.handler = broker, channel, queue, handler
         start = datetime.datetime.fromtimestamp(max(0, int(since)), tz=datetime.UTC)
         self.arguments: dict[str, Any] = {"x-stream-offset": start}
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -322,8 +339,10 @@ class _StreamSubscription:
             except asyncio.CancelledError:
                 pass
         if self.tag is not None:
+            tag, self.tag = self.tag, None
+            self.broker.stream_reader_gone(self.channel)
             try:
-                await self.queue.cancel(self.tag)
+                await self.queue.cancel(tag)
             except Exception as e:
                 log.info("mq.cancel_failed", stream=self.queue.name, error=str(e))
 
@@ -459,7 +478,7 @@ class RabbitTransport:
         # Per consumer (global off): each new consumer on the channel gets this window.
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.declare_queue(address.queue, passive=True)
-        sub = _StreamSubscription(channel, queue, handler, since)
+        sub = _StreamSubscription(b, channel, queue, handler, since)
         await sub.start()
         self.subscriptions.append(sub)
         return sub

@@ -53,9 +53,12 @@ class PrivateBroker:
     `stop`/`start`, as a restarted broker's would (durable queues, bindings, persistent
     messages)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, nofile: int = 0) -> None:
         require(os.access(RABBITMQ_SERVER, os.X_OK), f"{RABBITMQ_SERVER} is not installed")
         self.base = base
+        # The node's descriptor limit (`ulimit -n`, as a systemd unit's LimitNOFILE sets it;
+        # 0: inherited). Raised up to the hard limit this process may grant.
+        self.nofile = nofile
         self.port = _free_port(20000, 40000)
         self.node = f"alcor-test-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
@@ -91,10 +94,26 @@ class PrivateBroker:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with open(self.base / "server.out", "ab") as out:
+            cmd = [RABBITMQ_SERVER]
+            if self.nofile:
+                cmd = ["bash", "-c", f'ulimit -n {self.nofile} 2>/dev/null || ulimit -n hard; '
+                       f'exec "{RABBITMQ_SERVER}"']
             return subprocess.Popen(
-                [RABBITMQ_SERVER], env=self._env(), stdout=out, stderr=subprocess.STDOUT,
+                cmd, env=self._env(), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def open_files_limit(self) -> int | None:
+        """The running node's soft descriptor limit (its Erlang VM's, from /proc)."""
+        if self.proc is None:
+            return None
+        out = subprocess.run(["pgrep", "-s", str(self.proc.pid), "beam.smp"],
+                             capture_output=True, text=True).stdout.split()
+        for pid in out:
+            for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+        return None
 
     async def start(self, timeout: float = 120.0) -> None:
         proc = self.proc = await asyncio.to_thread(self._spawn)
