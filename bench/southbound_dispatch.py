@@ -7,7 +7,9 @@ With `--vpc-channel both` the whole bench runs once per channel, on the same bro
 the other, and a side-by-side summary ends the output. `--private-broker` starts a RabbitMQ
 node of the bench's own (tests/support/broker.py) with `ulimit -n` raised in its environment
 (a stream reader holds files open on the broker: 1,000 of them do not fit the 1,024 descriptors
-the shared broker here was started with), and stops it at the end.
+the shared broker here was started with), and stops it at the end. BENCH_NO_STREAM_READERS=1
+(a diagnostic): the light agents do not read the VPC streams, to see what the readers cost the
+broker's confirms.
 
 1. Throughput: N simulated agents (light consumers in this process: parse, check the prev_rev
    chain, ack with a prefetch window), V VPCs, each node hosting ports in one VPC; P port creates
@@ -93,7 +95,7 @@ class LightAgent:
         for v, r in vpcs.items():
             if v in self.streams:
                 await self.streams.pop(v).cancel()
-            if r is not None and m.get("since"):
+            if r is not None and m.get("since") and not os.environ.get("BENCH_NO_STREAM_READERS"):
                 addr = Address(self.url, "/", "", "").with_stream(vpc_stream(v))
                 self.streams[v] = await self.transport.consume_stream(
                     addr, self.on_delivery, 200, m["since"] / 1000 - AgentConfig.stream_rewind)
@@ -349,9 +351,10 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
     deadline = time.perf_counter() + 120
     while True:
         rep = await fleet.report()
-        done = all(rep[n][0] >= d.nodes[n].sent_rev for n in rep) and all(
-            r >= d.state.vpcs[v].sent_rev
-            for n in rep for v, r in rep[n][4].items() if v in d.state.vpcs)
+        done = all(rep[n][0] >= d.nodes[n].sent_rev for n in rep) and (
+            bool(os.environ.get("BENCH_NO_STREAM_READERS")) or all(
+                r >= d.state.vpcs[v].sent_rev
+                for n in rep for v, r in rep[n][4].items() if v in d.state.vpcs))
         if done or time.perf_counter() > deadline:
             break
         await asyncio.sleep(0.2)

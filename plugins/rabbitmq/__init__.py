@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -387,6 +388,7 @@ class RabbitTransport:
     async def publish(
         self, messages: Sequence[tuple[Address, bytes]], timeout: float
     ) -> list[bool]:
+        t0 = time.perf_counter()
         results = [False] * len(messages)
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (addr, _) in enumerate(messages):
@@ -397,6 +399,8 @@ class RabbitTransport:
         ok = sum(results)
         self.published += ok
         self.failed += len(results) - ok
+        log.debug("mq.published", messages=len(results), confirmed=ok,
+                  ms=round((time.perf_counter() - t0) * 1000, 1))
         return results
 
     async def _publish_to(
