@@ -346,6 +346,7 @@ class _InProcessStreamReader:
         self.unacked = 0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.forget: Callable[[_InProcessStreamReader], None] | None = None
 
     async def run(self) -> None:
         s = self.stream
@@ -366,6 +367,9 @@ class _InProcessStreamReader:
 
     async def cancel(self) -> None:
         self.stream.readers.discard(self)
+        if self.forget is not None:
+            self.forget(self)
+            self.forget = None
         if self.task is not None:
             self.task.cancel()
             try:
@@ -460,5 +464,6 @@ class InProcessTransport:
         reader = _InProcessStreamReader(st, handler, prefetch, st.offset_at(since))
         st.readers.add(reader)
         reader.task = asyncio.get_running_loop().create_task(reader.run())
+        reader.forget = self._subs.remove
         self._subs.append(reader)
         return reader

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -307,6 +307,8 @@ class _StreamSubscription:
         self.tag: str | None = None
         self.worker: asyncio.Task[None] | None = None
         self.offset: int | None = None  # the last one handled
+        # The transport forgets a reader once cancelled (an agent opens one per join).
+        self.on_cancel: Callable[[_StreamSubscription], None] | None = None
 
     async def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -339,6 +341,9 @@ class _StreamSubscription:
                 await self.worker
             except asyncio.CancelledError:
                 pass
+        if self.on_cancel is not None:
+            self.on_cancel(self)
+            self.on_cancel = None
         if self.tag is not None:
             tag, self.tag = self.tag, None
             self.broker.stream_reader_gone(self.channel)
@@ -369,7 +374,7 @@ class RabbitTransport:
         return None
 
     async def stop(self) -> None:
-        for s in self.subscriptions:
+        for s in list(self.subscriptions):
             await s.cancel()
         self.subscriptions.clear()
         for b in self.brokers.values():
@@ -483,6 +488,7 @@ class RabbitTransport:
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.declare_queue(address.queue, passive=True)
         sub = _StreamSubscription(b, channel, queue, handler, since)
+        sub.on_cancel = self.subscriptions.remove
         await sub.start()
         self.subscriptions.append(sub)
         return sub

@@ -119,6 +119,7 @@ async def test_a_stream_keeps_its_log_for_every_reader_from_a_point_in_time() ->
     await a.cancel()
     await b.cancel()
     await late.cancel()
+    assert t._subs == []  # a cancelled reader is forgotten (an agent opens one per join)
     try:
         await t.consume_stream(Address("amqp://x/", "/", "", "nope", stream=True),
                                handler("a", True), 1, 0)
