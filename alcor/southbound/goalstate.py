@@ -146,6 +146,10 @@ class Topology:
         self._member_sets: dict[str, frozenset[str]] = {}
         self._sg_sets: dict[str, frozenset[str]] = {}
         self._sg_bodies: dict[str, tuple[Body, Body]] = {}  # sg → (source body, wire body)
+        # node → (source body, wire body): every member of a node's VPCs holds its record, and a
+        # node joining a VPC gets all of its members' records; one object per source body lets
+        # the plan see them as the same op and the encoder serialise each once.
+        self._node_bodies: dict[str, tuple[Body, Body]] = {}
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -245,6 +249,8 @@ class Topology:
             self._ports.pop((id, False), None)
         if type == "security_group":
             self._sg_bodies.pop(id, None)
+        elif type == "node":
+            self._node_bodies.pop(id, None)
         if body is None:
             self.res[type].pop(id, None)
         else:
@@ -352,6 +358,15 @@ class Topology:
             return c[1]
         body = security_group_body(id, src)
         self._sg_bodies[id] = (src, body)
+        return body
+
+    def node_view(self, id: str, src: Body) -> Body:
+        """`node_body`, one object per source body (callers never change it)."""
+        c = self._node_bodies.get(id)
+        if c is not None and c[0] is src:
+            return c[1]
+        body = node_body(id, src)
+        self._node_bodies[id] = (src, body)
         return body
 
     def node_named(self, name: str) -> str | None:
@@ -620,7 +635,7 @@ class Info:
         return self.neighbour
 
 
-_NOBODY = Info(None, None, None, frozenset(), 0)
+NOBODY = Info(None, None, None, frozenset(), 0)
 
 
 def info(t: Topology, key: Key) -> Info:
@@ -628,7 +643,7 @@ def info(t: Topology, key: Key) -> Info:
     wtype, id = key
     src = t.res[SOURCE_TYPE[wtype]].get(id)
     if src is None:
-        return _NOBODY
+        return NOBODY
     rn = int(src.get("revision_number") or 0)
     if wtype == "port":
         vpc = str(src.get("network_id"))
@@ -637,7 +652,7 @@ def info(t: Topology, key: Key) -> Info:
         local = t.port_view(id, src, node, True) if node else None
         return Info(t.port_view(id, src, node, False), local, node, audience, rn)
     if wtype == "node":
-        return Info(node_body(id, src), None, None, frozenset(t.peers(id)), rn)
+        return Info(t.node_view(id, src), None, None, frozenset(t.peers(id)), rn)
     if wtype == "vpc":
         body = vpc_body(t, id, src)
         return Info(body, None, None, t.member_set(id), rn)
@@ -692,11 +707,45 @@ def view_of(t: Topology, node: str, key: Key) -> tuple[Body | None, int]:
         return (t.sg_body(id, src) if ok else None), rn
     if wtype == "node":
         ok = id == node or any(v in vpcs for v in t.vpcs_of.get(id, ()))
-        return (node_body(id, src) if ok else None), rn
+        return (t.node_view(id, src) if ok else None), rn
     if wtype == "floating_ip":
         ok = _associated(src) and node in t.gateway_nodes(str(src["router_id"]))
         return (floating_ip_body(id, src) if ok else None), rn
     raise ValueError(f"unknown wire type {wtype!r}")
+
+
+def views_of(t: Topology, node: str, keys: Iterable[Key]) -> dict[Key, tuple[Body | None, int]]:
+    """`view_of` for many keys of one node (a node joining a VPC: every port and member record
+    of it, before and after), with the lookups they share done once: ports and node records,
+    nearly all of such keys, are answered inline."""
+    vpcs = t.vpcs_of.get(node, {})
+    ports, nodes, vpcs_of, links = t.res["port"], t.res["node"], t.vpcs_of, t._links
+    out: dict[Key, tuple[Body | None, int]] = {}
+    for key in keys:
+        wtype, id = key
+        if wtype == "port":
+            src = ports.get(id)
+            if src is None:
+                out[key] = (None, 0)
+                continue
+            rn = int(src.get("revision_number") or 0)
+            if str(src.get("network_id")) not in vpcs:
+                out[key] = (None, rn)
+                continue
+            lk = links.get(id)
+            host = lk.node if lk else None
+            out[key] = (t.port_view(id, src, host, host == node), rn)
+        elif wtype == "node":
+            src = nodes.get(id)
+            if src is None:
+                out[key] = (None, 0)
+                continue
+            rn = int(src.get("revision_number") or 0)
+            ok = id == node or any(v in vpcs for v in vpcs_of.get(id, ()))
+            out[key] = ((t.node_view(id, src) if ok else None), rn)
+        else:
+            out[key] = view_of(t, node, key)
+    return out
 
 
 # -- a node's whole goal state -----------------------------------------------------------------
@@ -734,7 +783,7 @@ def goal_entries(t: Topology, node: str) -> Iterator[tuple[str, str, Body, int]]
             yield wtype, id, t.port_view(id, src, host, host == node), rn
         elif wtype == "node":
             if id in nodes:
-                yield wtype, id, node_body(id, src), rn
+                yield wtype, id, t.node_view(id, src), rn
         elif wtype == "router":
             if any(v in vpcs for v in t.router_held_in(id)):
                 yield wtype, id, router_body(t, id, src), rn
