@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from alcor.southbound.goalstate import (
+    NOBODY,
     WIRE_TYPE,
     Body,
     Info,
@@ -30,7 +31,7 @@ from alcor.southbound.goalstate import (
     Topology,
     info,
     slim_port,
-    view_of,
+    views_of,
 )
 from alcor.wire import ROUTER_GATEWAY, ROUTER_INTERFACE
 
@@ -128,6 +129,10 @@ class Grant:
 
 Placed = dict[Key, list[Grant]]  # per key, grants to disjoint sets of nodes
 
+# Keys a port's scope holds only because the port can move its host (or a gateway node) into or
+# out of a VPC or a security group's audience: a node's record (its peers) and a security group.
+_MEMBERSHIP_ONLY = frozenset(("node", "security_group"))
+
 
 def placements(
     t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
@@ -147,6 +152,10 @@ def placements(
     old = t.get(change.type, change.id)
     if old is None and new is None:
         return {}
+    if change.type == "port" and old is None and new is not None:
+        added = _port_added(t, change.rev, change.id, new)
+        if added is not None:
+            return added
 
     # Evaluate "before" and "after" by flipping the one resource in place: cheaper than copying
     # the topology, and every index stays exact in both states.
@@ -157,16 +166,17 @@ def placements(
     keys = keys_b | keys_a
     movers = movers_b | movers_a
     mem_a = {n: _memberships(t, n) for n in movers}
-    after = {k: info(t, k) for k in keys}
     # A mover that joined or left a VPC, or started or stopped using a security group, must also
     # get (or drop) everything that comes with it; those keys concern that node alone.
     extra: dict[str, set[Key]] = {}
     t.put(change.type, change.id, old)
+    still = True  # no mover's VPCs or security groups changed
     for n in movers:
         mem_b.setdefault(n, _memberships(t, n))
         (vb, sb), (va, sa) = mem_b[n], mem_a[n]
         if vb == va and sb == sa:
             continue
+        still = False
         ek: set[Key] = set()
         for vpc in vb ^ va:
             ek |= t.vpc_keys(vpc)
@@ -176,10 +186,17 @@ def placements(
         ek -= keys
         if ek:
             extra[n] = ek
+    if still and change.type == "port":
+        # A port's host records and security groups are in its scope only for the memberships
+        # it can change: their bodies never depend on a port, so with every mover's memberships
+        # as they were (a port added to a VPC its host is in already: nearly every port create)
+        # their audiences are too, and nobody gets anything for them.
+        keys = {k for k in keys if k[0] not in _MEMBERSHIP_ONLY}
     before = {k: info(t, k) for k in keys}
-    extra_b = {n: {k: view_of(t, n, k) for k in ek} for n, ek in extra.items()}
+    extra_b = {n: views_of(t, n, ek) for n, ek in extra.items()}
     t.put(change.type, change.id, new)
-    extra_a = {n: {k: view_of(t, n, k) for k in ek} for n, ek in extra.items()}
+    after = {k: info(t, k) for k in keys}
+    extra_a = {n: views_of(t, n, ek) for n, ek in extra.items()}
 
     out: Placed = {}
     rev = change.rev
@@ -192,11 +209,34 @@ def placements(
         for key in sorted(extra[n]):
             va_n, rn_a = extra_a[n][key]
             vb_n, rn_b = extra_b[n][key]
-            if va_n is not None and va_n != vb_n:
+            if va_n is not None and va_n is not vb_n and va_n != vb_n:
                 out.setdefault(key, []).append(Grant(_op(rev, key, va_n, rn_a), only))
             elif va_n is None and vb_n is not None:
                 out.setdefault(key, []).append(Grant(_op(rev, key, None, rn_b), only))
     return out
+
+
+def _port_added(t: Topology, rev: int, id: str, new: Body) -> Placed | None:
+    """`placements` of the commonest change, a port created in a VPC its host is in already
+    with security groups its host uses already: no node joins or leaves anything, so only the
+    port's own key changes (to its host in full, to the other members as a neighbour) and the
+    topology needs no flipping back and forth. None (nothing done) for any other port create."""
+    if new.get("device_owner") in (ROUTER_INTERFACE, ROUTER_GATEWAY):
+        return None
+    t.put("port", id, new)
+    node = t.port_node(id)
+    if node is not None:
+        # Counts after the put: at least 2 means the host was in before, by another port (or as
+        # a gateway node of the VPC).
+        vpcs, sgs = t.vpcs_of.get(node, {}), t.sgs_of.get(node, {})
+        if vpcs.get(str(new.get("network_id")), 0) < 2 or any(
+            sgs.get(g, 0) < 2 for g in new.get("security_groups") or ()
+        ):
+            t.put("port", id, None)
+            return None
+    key: Key = ("port", id)
+    grants = _diff_key(rev, key, NOBODY, info(t, key))
+    return {key: grants} if grants else {}
 
 
 def place(

@@ -18,8 +18,9 @@ from alcor.southbound.goalstate import (
     info,
     node_digest,
     view_of,
+    views_of,
 )
-from alcor.southbound.placement import place
+from alcor.southbound.placement import place, placements
 from alcor.wire import digest
 from tests.support.world import KINDS, World
 
@@ -69,6 +70,8 @@ def check_converged(t: Topology, held: Held, nodes: set[str]) -> None:
         assert node_digest(t, n) == digest(goal)
         for key in every:
             assert view_of(t, n, key)[0] == info(t, key).view(n), (n, key)
+        # ... and many keys at once, as a joining node's are looked at.
+        assert views_of(t, n, every) == {k: view_of(t, n, k) for k in every}, n
 
 
 actions = st.lists(
@@ -224,3 +227,40 @@ def test_a_change_no_node_can_see_keeps_the_cached_views() -> None:
     assert t.port_hash(port.id, before) == share
     moved = w.update("port", w.res["port"][port.id], **{"binding:host_id": "h2"})
     assert place(t, moved)  # a change the nodes see still goes through placement
+
+
+def test_a_port_beside_its_hosts_others_changes_its_own_key_only() -> None:
+    """The commonest change (a port created on a host already in its VPC, with security groups
+    the host uses already) is placed without looking at the host's record or its groups: they
+    change for nobody. The result is the one the diff of goal states gives."""
+    w, t, held, (a, b), sub = two_nodes_one_subnet()
+    s = w.res["subnet"][sub.id]
+    sg = w.add_sg()
+    apply_ops(held, place(t, sg))
+    for ch in (w.add_port(s, "ha", [sg.id]), w.add_port(s, "hb", [sg.id])):
+        apply_ops(held, place(t, ch))  # both join: records and the group come with it
+    before = {n: goal_state(t, n) for n in (a.id, b.id)}
+    c = w.add_port(s, "ha", [sg.id])
+    out = placements(t, c)
+    assert list(out) == [("port", c.id)]
+    grants = {g.nodes: g.op for g in out[("port", c.id)]}
+    assert grants[frozenset((a.id,))]["body"]["admin_state_up"] is True  # its host: in full
+    assert "admin_state_up" not in grants[frozenset((b.id,))]["body"]  # the other: a neighbour
+    for n in (a.id, b.id):
+        after = goal_state(t, n)
+        assert {k for k in after["port"] if k not in before[n]["port"]} == {c.id}
+        assert {w_: v for w_, v in after.items() if w_ != "port"} == {
+            w_: v for w_, v in before[n].items() if w_ != "port"}
+    # A port with a group new to its host is not that case: the group comes with it.
+    sg2 = w.add_sg()
+    apply_ops(held, place(t, sg2))
+    c2 = w.add_port(s, "hb", [sg2.id])
+    assert ("security_group", sg2.id) in placements(t, c2)
+
+
+def test_a_nodes_record_is_one_object_while_its_body_is() -> None:
+    w, t, held, (a, b), sub = two_nodes_one_subnet()
+    src = t.res["node"][a.id]
+    assert t.node_view(a.id, src) is t.node_view(a.id, src)
+    place(t, w.update("node", w.res["node"][a.id], local_ip="172.16.9.9"))
+    assert t.node_view(a.id, t.res["node"][a.id])["local_ip"] == "172.16.9.9"
