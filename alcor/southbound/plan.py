@@ -152,7 +152,8 @@ def plan(
 
 
 def _last(grants: list[Grant]) -> list[Grant]:
-    """Each node's last op of a key in the batch (a message carries a resource at most once)."""
+    """Each node's last op of a key in the batch (a message carries a resource at most once),
+    with the grants that leave their nodes holding the same thing made one (`_same`)."""
     if len(grants) == 1:
         return grants
     seen: set[str] = set()
@@ -163,6 +164,37 @@ def _last(grants: list[Grant]) -> list[Grant]:
             out.append(Grant(g.op, nodes))
         seen |= g.nodes
     out.reverse()
+    return _same(out) if len(out) > 1 else out
+
+
+def _same(grants: list[Grant]) -> list[Grant]:
+    """Merge the grants of one key whose ops leave a node holding the same (verb, revision and
+    body): nodes joining a VPC in a batch each get its resources from their join's change, as
+    ops of their own, which are the members' op but for `rev`. One op for all of them is then
+    serialised once (and can move onto the VPC's chain). Its `rev` is the op of the largest
+    grant's: every op of the batch is newer than any of its messages' `prev_rev`, so it is a
+    valid `rev` for each of those nodes (docs/wire.md)."""
+    groups: list[list[Grant]] = []
+    for g in grants:
+        op = g.op
+        for group in groups:
+            o = group[0].op
+            if (o["op"] == op["op"] and o["revision_number"] == op["revision_number"]
+                    and (o["body"] is op["body"] or o["body"] == op["body"])
+                    and o.get("local") == op.get("local")):
+                group.append(g)
+                break
+        else:
+            groups.append([g])
+    if len(groups) == len(grants):
+        return grants
+    out = []
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        main = max(group, key=lambda g: len(g.nodes))
+        out.append(Grant(main.op, frozenset().union(*(g.nodes for g in group))))
     return out
 
 

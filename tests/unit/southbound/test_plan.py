@@ -110,6 +110,39 @@ def test_planned_ops_applied_per_node_equal_the_goal_state() -> None:
         assert {"node_id": node, **got} == goal
 
 
+def test_nodes_joining_a_vpc_in_one_batch_share_its_ops() -> None:
+    """Each joiner gets the VPC's resources from its own join's change; the ops that leave them
+    holding the same thing are one op (serialised once), whose rev is valid for every one."""
+    w, t, nodes, sub = scene(2)
+    for i in (2, 3, 4):
+        place(t, w.add_node(f"host-{i}", ip=i))
+    start = w.rev
+    changes = [w.add_port(sub, f"host-{i}", []) for i in (2, 3, 4)]
+    p = plan(t, changes, start)
+    joiners = [n for n in t.res["node"] if t.res["node"][n]["node_name"] in ("host-2", "host-3",
+                                                                          "host-4")]
+    old_port = next(i for i in t.res["port"] if i not in {c.id for c in changes}
+                    and t.port_node(i) == nodes["host-0"])
+    ops = [p.per_node[n][("port", old_port)] for n in joiners]
+    assert all(op is ops[0] for op in ops)
+    # a member's record too, to every other member (one body object per record)
+    rec = [p.per_node[n][("node", nodes["host-1"])] for n in joiners]
+    assert all(op is rec[0] for op in rec)
+    for bucket in p.per_node.values():
+        assert all(start < op["rev"] <= p.rev for op in bucket.values())
+    cache: dict[int, bytes] = {}
+    for n, bucket in p.per_node.items():
+        encode_delta(n, "delta", start, p.rev, bucket.values(), cache, t)
+    assert len(cache) == len({id(op) for b in p.per_node.values() for op in b.values()})
+    for n in t.res["node"]:
+        model = AgentModel(n, awaiting_snapshot=False)
+        assert model.receive(parse_message(encode_delta(
+            n, "delta", 0, p.rev, p.per_node.get(n, {}).values(), {}, t))) in (
+            Outcome.APPLIED, Outcome.DUPLICATE)
+        if n in joiners:
+            assert model.goal()["port"] == goal_state(t, n)["port"]
+
+
 # -- the VPC chains -----------------------------------------------------------------------------
 
 
