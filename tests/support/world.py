@@ -361,6 +361,7 @@ async def write(store: Store, changes: Iterable[Change]) -> int:
                 await tx.execute("DELETE FROM resources WHERE type = ? AND id = ?", (c.type, c.id))
             else:
                 assert c.body is not None
+                text = json.dumps(c.body)
                 await tx.execute(
                     "INSERT INTO resources(type, id, project_id, parent_id, body) VALUES (?,?,?,?,?) "
                     "ON CONFLICT(type, id) DO UPDATE SET body = excluded.body",
@@ -369,9 +370,10 @@ async def write(store: Store, changes: Iterable[Change]) -> int:
                         c.id,
                         c.project_id,
                         (c.body or {}).get(PARENT.get(c.type, ""), None),
-                        json.dumps(c.body),
+                        text,
                     ),
                 )
+            # The row's JSON is the change's too, as the core's managers pass it.
             tx.record(
                 c.type,
                 c.id,
@@ -380,5 +382,6 @@ async def write(store: Store, changes: Iterable[Change]) -> int:
                 project_id=c.project_id,
                 vpc_id=c.vpc_id,
                 revision_number=c.revision_number,
+                text=None if c.op == "delete" else text,
             )
     return store.changes.last_rev
