@@ -109,7 +109,11 @@ def plan(
     moved: dict[str, set[str]] = {}
     gone: dict[Key, str] = {}  # deleted keys → their VPC
     followers = {v: set(t.members.get(v, ())) for v in multicast}
+    joiners: dict[str, set[str]] = {}  # VPC → nodes whose first port in it is in this batch
     for c in changes:
+        if joiners and out.used and channels is not None and _after_joins(
+                t, c, joiners, multicast, channels):
+            break
         if c.type in WIRE_TYPE:
             if c.op == "delete" and WIRE_TYPE[c.type] in _SHARED:
                 old = t.get(c.type, c.id)
@@ -129,6 +133,10 @@ def plan(
                 host = t.port_node(c.id)  # it got the port in its own variant, if anything
                 if host is not None and any(host in g.nodes for gs in placed.values() for g in gs):
                     out.hosts.add(host)
+                if host is not None and c.body is not None:
+                    v = str(c.body.get("network_id"))
+                    if v in moved.get(host, ()) and v in t.vpcs_of.get(host, {}):
+                        joiners.setdefault(v, set()).add(host)
             touched[(c.type, c.id)] = None
         out.used += 1
         out.rev = c.rev
@@ -149,6 +157,25 @@ def plan(
     out.per_node = {n: per_node[n] for n in order}
     out.touched = list(touched)
     return out
+
+
+def _after_joins(t: Topology, c: TimedChange, joiners: dict[str, set[str]], multicast: Set[str],
+                 channels: Channels) -> bool:
+    """Should the batch end before `c`: a port of a multicast VPC on a host that is a member
+    already, after at least `multicast_nodes` nodes joined that VPC in this batch (a fleet's
+    first ports)? Each joiner gets the VPC's resources on its own chain, so in this batch the
+    port would go to every joiner in a message of its own; in the next one, it goes once, on the
+    VPC's chain."""
+    if c.type != "port" or c.body is None or c.op == "delete" or channels.multicast_nodes <= 0:
+        return False
+    v = str(c.body.get("network_id"))
+    js = joiners.get(v)
+    if js is None or len(js) < channels.multicast_nodes:
+        return False
+    if not channels.multicast(v in multicast, len(t.members.get(v, ()))):
+        return False
+    node = t.node_named(str(c.body.get("binding:host_id") or ""))
+    return node is not None and v in t.vpcs_of.get(node, {})
 
 
 def _last(grants: list[Grant]) -> list[Grant]:

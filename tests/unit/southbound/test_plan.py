@@ -143,6 +143,48 @@ def test_nodes_joining_a_vpc_in_one_batch_share_its_ops() -> None:
             assert model.goal()["port"] == goal_state(t, n)["port"]
 
 
+def test_a_batch_ends_after_a_vpcs_joins_before_its_next_port() -> None:
+    """A fleet's first ports make every host join its VPC, each with the VPC's resources on its
+    own chain: the batch ends before the first port that is not a join, which then goes once,
+    on the VPC's chain, instead of once to every joiner."""
+    w, t = World(), Topology()
+    channels = Channels(3, 1)
+    hosts = [w.add_node(f"host-{i}", ip=i) for i in range(4)]
+    net = w.add_network()
+    sub = w.add_subnet(net.id)
+    plan(t, [*hosts, net, sub], 0, channels=channels)
+    s = w.res["subnet"][sub.id]
+    start = w.rev
+    joins = [w.add_port(s, f"host-{i}", []) for i in range(4)]
+    more = [w.add_port(s, f"host-{i}", []) for i in range(4)]
+    p = plan(t, [*joins, *more], start, channels=channels)
+    assert p.used == 4 and p.multicast == {net.id} and set(p.follow) == {h.id for h in hosts}
+    q = plan(t, more, p.rev, multicast=p.multicast, channels=channels)
+    assert q.used == 4 and set(q.per_vpc[net.id]) == {("port", c.id) for c in more}
+    # Through the agents' models, batch after batch: every node at its goal.
+    w, t, fleet = World(), Topology(), Fleet()
+    history = [*(w.add_node(f"host-{i}", ip=i) for i in range(4)), net := w.add_network()]
+    history.append(sub := w.add_subnet(net.id))
+    s = w.res["subnet"][sub.id]
+    history += [w.add_port(s, f"host-{i % 4}", []) for i in range(10)]
+    rev, i, batches = 0, 0, 0
+    while i < len(history):
+        rev, used = fleet.batch(t, history[i:], rev, channels)
+        i, batches = i + used, batches + 1
+    assert batches == 2
+    for n in t.res["node"]:
+        assert fleet.model(n).goal() == goal_state(t, n), n
+    # Fewer joiners than make a VPC multicast: one batch, as before.
+    w2, t2 = World(), Topology()
+    h2 = [w2.add_node(f"host-{i}", ip=i) for i in range(2)]
+    n2 = w2.add_network()
+    s2 = w2.add_subnet(n2.id)
+    plan(t2, [*h2, n2, s2], 0, channels=channels)
+    sub2 = w2.res["subnet"][s2.id]
+    batch = [w2.add_port(sub2, f"host-{i % 2}", []) for i in range(4)]
+    assert plan(t2, batch, batch[0].rev - 1, channels=channels).used == 4
+
+
 # -- the VPC chains -----------------------------------------------------------------------------
 
 
@@ -166,7 +208,7 @@ class Fleet:
         return m
 
     def batch(self, t: Topology, changes: list[Change], rev: int, channels: Channels,
-              lose: frozenset[str] = frozenset()) -> int:
+              lose: frozenset[str] = frozenset()) -> tuple[int, int]:
         """One batch through plan, encode and the agents' models; `lose`: nodes whose copy of
         the batch's VPC messages the broker loses. A node whose VPC chain has a gap gets that
         VPC's state on its own chain, as the dispatcher sends it."""
@@ -212,7 +254,14 @@ class Fleet:
             assert self.bound.get(v, set()) == set(t.members.get(v, ())), v
             for n in t.members.get(v, ()):
                 assert v in self.model(n).chains
-        return p.rev
+        return p.rev, p.used
+
+    def whole(self, t: Topology, changes: list[Change], rev: int, channels: Channels,
+              lose: frozenset[str] = frozenset()) -> int:
+        """`batch`, for changes that make one batch."""
+        rev, used = self.batch(t, changes, rev, channels, lose)
+        assert used == len(changes)
+        return rev
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -242,9 +291,10 @@ def test_node_and_vpc_chains_bring_every_node_to_its_goal(
         # Two nodes claiming one name: placement's known blind spot (their node records),
         # with or without VPC chains; tests/unit/southbound/test_placement.py covers it.
         assume(len(names) == len(set(names)))
-    rev = 0
-    for i in range(0, len(history), per_batch):
-        rev = fleet.batch(t, history[i : i + per_batch], rev, channels)
+    rev, i = 0, 0
+    while i < len(history):  # a batch may end early (after a VPC's joins), the next go on
+        rev, used = fleet.batch(t, history[i : i + per_batch], rev, channels)
+        i += used
     for node in set(t.res["node"]) | set(fleet.models):
         goal = goal_state(t, node)
         assert fleet.model(node).goal() == goal, node
@@ -300,27 +350,27 @@ def test_a_gap_on_a_vpc_chain_costs_that_vpcs_state_only() -> None:
     nets = [w.add_network(), w.add_network(3001)]
     subs = [w.add_subnet(n.id) for n in nets]
     ports = [w.add_port(w.res["subnet"][s.id], f"host-{i}", []) for s in subs for i in range(3)]
-    rev = fleet.batch(t, [*hosts, *nets, *subs, *ports], 0, channels)
+    rev = fleet.whole(t, [*hosts, *nets, *subs, *ports], 0, channels)
     assert fleet.multicast == {n.id for n in nets}
     victim = hosts[2].id
     s0, s1 = (w.res["subnet"][s.id] for s in subs)
     # Both VPCs change; the victim's copies of this batch's VPC messages are lost.
-    rev = fleet.batch(t, [w.add_port(s0, "host-0", []), w.add_port(s1, "host-1", [])], rev,
+    rev = fleet.whole(t, [w.add_port(s0, "host-0", []), w.add_port(s1, "host-1", [])], rev,
                       channels, lose=frozenset({victim}))
     m = fleet.model(victim)
     assert not m.broken  # nothing shows yet: a gap shows on the chain's next message
     # One VPC changes again: its next message shows the gap on that chain only.
-    rev = fleet.batch(t, [w.add_port(s0, "host-0", [])], rev, channels)
+    rev = fleet.whole(t, [w.add_port(s0, "host-0", [])], rev, channels)
     assert m.broken == {nets[0].id} and not m.awaiting_snapshot
     assert m.goal() != goal_state(t, victim)
     # The next batch carries that VPC's state on the victim's own chain; no snapshot.
-    rev = fleet.batch(t, [w.add_port(s0, "host-1", [])], rev, channels)
+    rev = fleet.whole(t, [w.add_port(s0, "host-1", [])], rev, channels)
     assert not m.broken and not m.awaiting_snapshot
     assert m.resources["port"].keys() >= set(w.res["port"]) - set(t.ports_by_vpc[nets[1].id])
     # The other VPC's chain shows its gap at its next message, and is repaired the same way.
-    rev = fleet.batch(t, [w.add_port(s1, "host-0", [])], rev, channels)
+    rev = fleet.whole(t, [w.add_port(s1, "host-0", [])], rev, channels)
     assert m.broken == {nets[1].id}
-    fleet.batch(t, [w.add_port(s0, "host-0", [])], rev, channels)
+    fleet.whole(t, [w.add_port(s0, "host-0", [])], rev, channels)
     assert not m.broken and not m.awaiting_snapshot
     assert m.goal() == goal_state(t, victim)
     for n in fleet.models:
