@@ -102,7 +102,7 @@ def scope(t: Topology, type: str, id: str, other: Body | None) -> tuple[set[Key]
     return keys, movers
 
 
-def _op(rev: int, key: Key, body: Body | None, revision_number: int) -> Op:
+def make_op(rev: int, key: Key, body: Body | None, revision_number: int) -> Op:
     return {
         "rev": rev,
         "type": key[0],
@@ -134,13 +134,26 @@ Placed = dict[Key, list[Grant]]  # per key, grants to disjoint sets of nodes
 _MEMBERSHIP_ONLY = frozenset(("node", "security_group"))
 
 
+@dataclass
+class Joins:
+    """Joins left to the caller (`placements(..., joins=)`): node → the VPCs it joined, and the
+    node-ops placement would have placed for them (the VPCs' keys each joiner lacked)."""
+
+    nodes: dict[str, set[str]]
+    ops: int = 0
+
+
 def placements(
-    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None
+    t: Topology, change: ChangeLike, moved: dict[str, set[str]] | None = None,
+    joins: Joins | None = None,
 ) -> Placed:
     """Apply `change` to `t` and return, per key it changes for anyone, who gets which op.
 
     An op is shared by every node of its grant (an encoder serialises it once). `moved`, if
-    given, collects the VPCs each node joined or left (node → VPC ids).
+    given, collects the VPCs each node joined or left (node → VPC ids). `joins`, if given,
+    takes the VPCs a node joins instead of their keys: the caller gives each joiner the VPC's
+    state as it is at the end of its batch (plan.py), once for all the batch's joiners, where
+    placement would give each the state at its join.
     """
     if change.type not in WIRE_TYPE:
         return {}
@@ -179,6 +192,10 @@ def placements(
         still = False
         ek: set[Key] = set()
         for vpc in vb ^ va:
+            if joins is not None and vpc in va:
+                joins.nodes.setdefault(n, set()).add(vpc)
+                joins.ops += len(t.vpc_keys(vpc) - keys)
+                continue
             ek |= t.vpc_keys(vpc)
         if moved is not None and vb != va:
             moved.setdefault(n, set()).update(vb ^ va)
@@ -210,9 +227,9 @@ def placements(
             va_n, rn_a = extra_a[n][key]
             vb_n, rn_b = extra_b[n][key]
             if va_n is not None and va_n is not vb_n and va_n != vb_n:
-                out.setdefault(key, []).append(Grant(_op(rev, key, va_n, rn_a), only))
+                out.setdefault(key, []).append(Grant(make_op(rev, key, va_n, rn_a), only))
             elif va_n is None and vb_n is not None:
-                out.setdefault(key, []).append(Grant(_op(rev, key, None, rn_b), only))
+                out.setdefault(key, []).append(Grant(make_op(rev, key, None, rn_b), only))
     return out
 
 
@@ -290,8 +307,8 @@ def _diff_key(rev: int, key: Key, b: Info, a: Info) -> list[Grant]:
                 upserts[id(va)] = (va, set(slot[1]) | {n})
         elif vb is not None:
             dels.add(n)
-    out = [Grant(_op(rev, key, body, a.revision_number), frozenset(ns))
+    out = [Grant(make_op(rev, key, body, a.revision_number), frozenset(ns))
            for body, ns in upserts.values()]
     if dels:
-        out.append(Grant(_op(rev, key, None, b.revision_number), frozenset(dels)))
+        out.append(Grant(make_op(rev, key, None, b.revision_number), frozenset(dels)))
     return out

@@ -39,8 +39,8 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from alcor.southbound.goalstate import WIRE_TYPE, Key, Topology
-from alcor.southbound.placement import ChangeLike, Grant, Op, placements
+from alcor.southbound.goalstate import WIRE_TYPE, Key, Topology, info
+from alcor.southbound.placement import ChangeLike, Grant, Joins, Op, make_op, placements
 
 
 class TimedChange(ChangeLike, Protocol):
@@ -110,6 +110,7 @@ def plan(
     gone: dict[Key, str] = {}  # deleted keys → their VPC
     followers = {v: set(t.members.get(v, ())) for v in multicast}
     joiners: dict[str, set[str]] = {}  # VPC → nodes whose first port in it is in this batch
+    joins = Joins({})  # the VPCs each node joined: their state at the batch's end, below
     for c in changes:
         if joiners and out.used and channels is not None and _after_joins(
                 t, c, joiners, multicast, channels):
@@ -119,7 +120,7 @@ def plan(
                 old = t.get(c.type, c.id)
                 if old is not None:
                     gone[(WIRE_TYPE[c.type], c.id)] = _vpc_of(WIRE_TYPE[c.type], c.id, old) or ""
-            placed = placements(t, c, moved)
+            placed = placements(t, c, moved, joins)
             for key, grants in placed.items():
                 held = by_key.get(key)
                 if held is None:
@@ -141,8 +142,16 @@ def plan(
         out.used += 1
         out.rev = c.rev
         out.first_ts.append(c.ts)
-        if out.ops >= max_ops:
+        if out.ops + joins.ops >= max_ops:
             break
+    out.ops += joins.ops
+    for key, grants in _joined(t, joins, out.rev).items():
+        held = by_key.get(key)
+        if held is None:
+            by_key[key] = grants
+        else:
+            held.extend(grants)
+            again.add(key)
     final = {key: _last(grants) if key in again else grants for key, grants in by_key.items()}
     if channels is not None:
         _split(t, out, final, followers, moved, gone, channels)
@@ -156,6 +165,40 @@ def plan(
     order = sorted(per_node, key=lambda n: (n not in out.hosts, n))
     out.per_node = {n: per_node[n] for n in order}
     out.touched = list(touched)
+    return out
+
+
+def _joined(t: Topology, joins: Joins, rev: int) -> dict[Key, list[Grant]]:
+    """What the nodes that joined a VPC in the batch (and are still in it) lack of it: its keys
+    as they are at the batch's end, one op per key and variant for all of its joiners (the
+    host of a port its local variant, a node's own record left out: it holds it). Placed after
+    everything else, so it is each joiner's last state of those keys; `rev` (the batch's) is a
+    valid op rev in each joiner's message."""
+    by_vpc: dict[str, set[str]] = {}
+    for n, vpcs in joins.nodes.items():
+        held = t.vpcs_of.get(n, {})
+        for v in vpcs:
+            if v in held:
+                by_vpc.setdefault(v, set()).add(n)
+    out: dict[Key, list[Grant]] = {}
+    for v in sorted(by_vpc):
+        nodes = frozenset(by_vpc[v])
+        for key in sorted(t.vpc_keys(v)):
+            i = info(t, key)
+            if i.neighbour is None:
+                continue
+            js = nodes & i.audience
+            if key[0] == "node":
+                js -= {key[1]}
+            if not js:
+                continue
+            grants = out.setdefault(key, [])
+            if i.host is not None and i.host in js:
+                grants.append(Grant(make_op(rev, key, i.local, i.revision_number),
+                                    frozenset((i.host,))))
+                js -= {i.host}
+            if js:
+                grants.append(Grant(make_op(rev, key, i.neighbour, i.revision_number), js))
     return out
 
 

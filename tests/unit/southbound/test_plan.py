@@ -143,6 +143,40 @@ def test_nodes_joining_a_vpc_in_one_batch_share_its_ops() -> None:
             assert model.goal()["port"] == goal_state(t, n)["port"]
 
 
+def test_joiners_get_the_vpcs_state_at_the_batchs_end() -> None:
+    """Joins in a batch are resolved at its end (the VPC's state then, one op per key for all
+    its joiners): with the VPC's resources changing around the joins, a node that joins and
+    one that joins and leaves again each end at their goal state."""
+    w, t, nodes, sub = scene(2)
+    for i in (2, 3):
+        place(t, w.add_node(f"host-{i}", ip=i))
+    held: dict[str, dict[tuple[str, str], object]] = {}
+    for n in t.res["node"]:
+        held[n] = {(ty, i): b for ty in WIRE_TYPES for i, b in goal_state(t, n)[ty].items()}
+    ports = list(t.res["port"])
+    first = w.add_port(sub, "host-2", [])
+    visit = w.add_port(sub, "host-3", [])
+    batch = [first, w.delete("port", ports[0]), visit,
+             w.update("port", w.res["port"][ports[1]], allowed_address_pairs=[
+                 {"ip_address": "10.9.9.9", "mac_address": "fa:16:3e:00:00:99"}]),
+             w.delete("port", visit.id), w.add_port(sub, "host-0", [])]
+    p = plan(t, batch, batch[0].rev - 1)
+    assert p.used == len(batch)
+    for n, bucket in p.per_node.items():
+        assert all(batch[0].rev <= op["rev"] <= p.rev for op in bucket.values())
+        model = held.setdefault(n, {})
+        for key, op in bucket.items():
+            if op["op"] == "upsert":
+                model[key] = op["body"]
+            else:
+                model.pop(key, None)
+    for n in t.res["node"]:
+        got = {ty: {} for ty in WIRE_TYPES}  # type: dict[str, dict[str, object]]
+        for (ty, i), body in held[n].items():
+            got[ty][i] = body
+        assert {"node_id": n, **got} == goal_state(t, n), n
+
+
 def test_a_batch_ends_after_a_vpcs_joins_before_its_next_port() -> None:
     """A fleet's first ports make every host join its VPC, each with the VPC's resources on its
     own chain: the batch ends before the first port that is not a join, which then goes once,
