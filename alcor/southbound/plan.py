@@ -7,6 +7,15 @@ come out **host first**: those that get a port of their own in this batch lead, 
 hands the host its port (and the agent reports it ACTIVE) before the neighbour fan-out of the
 same batch.
 
+**Joins.** A node whose first port in a VPC is in the batch needs the VPC's whole state. Placement
+leaves that to the plan (`placements(..., joins=)`), which gives all of a VPC's joiners its state
+as it is at the batch's end, one op per key and variant (ops of the batch's rev), instead of each
+joiner the state at its own join as ops of its own (a fleet's first ports: O(members²) ops made
+and serialised per VPC). Ops that leave their nodes holding the same thing are one op (`_same`),
+serialised once. A batch with `multicast_nodes` joins of a multicast VPC ends before that VPC's
+next port on a host already in it: that port then goes once on the chain in the next batch,
+not once to every joiner in its own message (`_after_joins`).
+
 **Channels.** A VPC whose member nodes reach `Channels.multicast_nodes` is served on its
 multicast chain (one message per batch, copied by the broker to every member's queue) until
 they fall to `unicast_nodes` or fewer (hysteresis: a VPC at the threshold does not flap). On a
