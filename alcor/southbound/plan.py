@@ -193,12 +193,20 @@ def _joined(t: Topology, joins: Joins, rev: int) -> dict[Key, list[Grant]]:
     for v in sorted(by_vpc):
         nodes = frozenset(by_vpc[v])
         for key in sorted(t.vpc_keys(v)):
+            if key[0] == "node":
+                # A member's record: every other member of the VPC holds it (the audience of a
+                # record, its node's peers, is not built here: O(members) per record).
+                src = t.res["node"].get(key[1])
+                js = nodes - {key[1]}
+                if src is not None and js:
+                    rn = int(src.get("revision_number") or 0)
+                    out.setdefault(key, []).append(
+                        Grant(make_op(rev, key, t.node_view(key[1], src), rn), js))
+                continue
             i = info(t, key)
             if i.neighbour is None:
                 continue
             js = nodes & i.audience
-            if key[0] == "node":
-                js -= {key[1]}
             if not js:
                 continue
             grants = out.setdefault(key, [])
