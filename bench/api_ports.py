@@ -42,6 +42,58 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine() -> list[int]:
+    """The machine's CPU time so far (/proc/stat's first line: user, nice, system, idle, iowait,
+    irq, softirq, steal, ...), in ticks."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal(before: list[int], after: list[int], ours: float) -> str:
+    """How busy the machine was between two samples, the share of that the bench's own
+    processes account for (`ours`, CPU seconds), so the rest is everything else running, and
+    the hypervisor's steal: a run whose rate is low while others or steal took the cores is
+    not a slower code."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    busy = total - d[3] - d[4] - d[7]
+    mine = ours * os.sysconf("SC_CLK_TCK") / total
+    return (f"machine busy {busy / total:.0%} (this bench {mine:.0%}, others "
+            f"{max(busy / total - mine, 0):.0%}), steal {d[7] / total:.1%}")
+
+
+def load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def pg_counts(db: str) -> dict[str, int]:
+    """What the database did so far: its commits, the write transactions (updates of the rev
+    counter, one per batch of requests), the group commit's flushes, the dispatcher's
+    watermark commits, and the WAL the server wrote (all databases: nothing else should run),
+    full-page images in it (each page's first change after a checkpoint) and the checkpoints."""
+    conn = await asyncpg.connect(db)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),"
+            " (SELECT wal_bytes FROM pg_stat_wal), (SELECT wal_fpi FROM pg_stat_wal),"
+            " (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),"
+            " (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'rev_counter'),"
+            " (SELECT n_tup_upd + n_tup_ins FROM pg_stat_user_tables WHERE relname = 'store_flushes'),"
+            # Each watermark commit sets two rows of sb_state (watermark, epoch).
+            " (SELECT n_tup_upd / 2 FROM pg_stat_user_tables WHERE relname = 'sb_state')")
+    finally:
+        await conn.close()
+    return dict(zip(["commits", "wal", "fpi", "checkpoints", "batches", "flushes", "watermarks"],
+                    [int(x or 0) for x in row], strict=True))
+
+
+def pg_per(before: dict[str, int], after: dict[str, int], n: int) -> str:
+    d = {k: after[k] - before[k] for k in before}
+    return (f"; PostgreSQL per create: {d['commits'] / n:.2f} commits, "
+            f"{d['batches'] / n:.2f} write batches, {d['flushes'] / n:.2f} flushes, "
+            f"{d['watermarks'] / n:.2f} watermark commits, {d['wal'] / n / 1024:.1f} kB WAL "
+            f"({d['fpi'] / n:.2f} full pages; {d['checkpoints']} checkpoints meanwhile)")
+
+
 class Cpu:
     """CPU spent by the controllers, this client and the database's backends over a phase."""
 
@@ -60,6 +112,7 @@ class Cpu:
             finally:
                 await conn.close()
         self.t0 = self.sample()
+        self.m0 = machine()
 
     def sample(self) -> tuple[float, float, float, list[float]]:
         def total(pids: list[int]) -> float:
@@ -83,7 +136,7 @@ class Cpu:
         out += f", client {b / n * 1e3:.2f} ms"
         if self.db:
             out += f", PostgreSQL backends {d / n * 1e3:.2f} ms"
-        return out
+        return out + f"; {steal(self.m0, machine(), c + b + d)}"
 
 
 def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -91,6 +144,17 @@ def spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["py-spy", "record", "--format", "raw", "--nonblocking", "--rate",
                              "250", "--pid", str(pid), "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf(pids: list[int], out: Path) -> subprocess.Popen[bytes] | None:
+    """perf (if on PATH and allowed) sampling processes until stop_spy; read with
+    `perf report -i <out> --no-children --sort symbol`."""
+    try:
+        return subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", str(out), "-p",
+                                 ",".join(str(p) for p in pids)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
 
 
 def stop_spy(sampler: subprocess.Popen[bytes]) -> None:
@@ -143,13 +207,20 @@ async def main(args: argparse.Namespace) -> None:
         for n in [int(x) for x in args.controllers.split(",")]:
             if store == "sqlite" and n > 1:
                 continue  # one controller per SQLite file
-            print(f"== {store}, {n} controller{'s' if n > 1 else ''}", flush=True)
+            print(f"== {store}, {n} controller{'s' if n > 1 else ''} "
+                  f"({time.strftime('%H:%M:%S', time.gmtime())} UTC, {load()})", flush=True)
             await run(args, store, n)
+    print(f"== end ({time.strftime('%H:%M:%S', time.gmtime())} UTC, {load()})")
 
 
 async def run(args: argparse.Namespace, store: str, n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="alcor-bench-"))
-    env = {"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous}
+    env = {"ALCOR_LOG__LEVEL": "warning", "ALCOR_STORE__SYNCHRONOUS": args.synchronous,
+           # The 50 nodes have no agents: after agent_down_time the leader declares them all
+           # down at once and reads every port bound to them (one transaction per node) to set
+           # them DOWN, a one-off sweep that lands inside whichever phase is running 15 s
+           # after start (the 8 clients' one in slow runs). Not what this bench measures.
+           "ALCOR_GATEWAY__AGENT_DOWN_TIME": str(args.agent_down_time)}
     db = await create_database() if store == "postgresql" else None
     if db:
         env["ALCOR_STORE__URL"] = db
@@ -219,12 +290,17 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
             seq: list[float] = []
             cpu = Cpu(pids, db)
             await cpu.start()
+            pg0 = await pg_counts(db) if db else {}
             t0 = time.perf_counter()
             one = client(base)
             for _ in range(args.ports):
                 await create_one(seq, one)
             seq_s = time.perf_counter() - t0
             seq_cpu = cpu.per(args.ports)
+            if db:
+                # The backends report their statistics once idle, at most once a second.
+                await asyncio.sleep(1.2)
+                seq_cpu += pg_per(pg0, await pg_counts(db), args.ports)
 
             list_times = []
             for _ in range(5):
@@ -254,13 +330,24 @@ async def run(args: argparse.Namespace, store: str, n: int) -> None:
             sent0 = await dispatched()
             cpu = Cpu(pids, db)
             await cpu.start()
+            pg0 = await pg_counts(db) if db else {}
             spies = [spy(pid, Path(args.profile) / f"{store}-{n}-{i}.txt")
                      for i, pid in enumerate(pids)] if args.profile else []
+            if args.profile:
+                # CPU cycles, where py-spy's wall-clock samples also count a process waiting
+                # for its core (e.g. preempted in a send by the process it woke).
+                for what, of in (("controllers", pids), ("postgres", cpu.backends)):
+                    sampler = perf(of, Path(args.profile) / f"{store}-{n}-{what}.perf") if of \
+                        else None
+                    spies += [sampler] if sampler else []
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(args.ports // 8, progs[i % n].url) for i in range(8)))
             conc_s = time.perf_counter() - t0
 
             conc_cpu = cpu.per(len(conc))
+            if db:
+                await asyncio.sleep(1.2)
+                conc_cpu += pg_per(pg0, await pg_counts(db), len(conc))
             for sampler in spies:
                 stop_spy(sampler)
             await asyncio.sleep(0.1)  # the last batch
@@ -332,10 +419,14 @@ if __name__ == "__main__":
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     ap.add_argument("--store", default="sqlite", help="sqlite, postgresql, or both: sqlite,postgresql")
     ap.add_argument("--controllers", default="1", help="controllers on a PostgreSQL store: 1,2,3")
+    ap.add_argument("--agent-down-time", type=float, default=3600.0,
+                    help="[gateway] agent_down_time of the controllers (s): the absent agents' "
+                         "nodes are declared down after it (Neutron's default is 15)")
     ap.add_argument("--client", default="lean", choices=["lean", "aiohttp"],
                     help="the creates' HTTP client: one kept-alive connection per worker "
                          "(lean), or aiohttp's")
     ap.add_argument("--profile", default="",
                     help="a directory: py-spy (on PATH) samples each controller during the 8 "
-                         "clients' creates, raw stacks there")
+                         "clients' creates, raw stacks there (and perf, if there, PostgreSQL's "
+                         "backends)")
     asyncio.run(main(ap.parse_args()))
