@@ -94,6 +94,16 @@ FINISH_PARAMS = 10
 # lock is held, sees every commit before it.
 OPEN = ("BEGIN; SELECT 1 FROM rev_counter WHERE id = 1 FOR UPDATE; "
         "SELECT 1 FROM rev_counter WHERE id = 1 AND rev = %d")
+# The same start when a transaction is open already (BEGIN went with the last COMMIT, see
+# PgStore._commit): the counter locked and, whether it moved or not, where it is and the first
+# page of the rows since the indexes' rev, in one round trip (store migration 3). It saves the
+# MOVED round trip below, made with the counter row held, so the other controllers wait
+# through it too.
+OPEN_LOCKED = "SELECT * FROM alcor_open($1, $2)"
+# A transaction begun that way and not used within this long (s) is ended: the server ends a
+# session idle in a transaction after IDLE_IN_TRANSACTION_MS, and a lost writer means the
+# indexes are rebuilt.
+BEGUN_FOR = 1.0
 # After OPEN said the counter moved: where it is, and the first page of the rows since the
 # indexes' rev (the counter is locked, so it cannot move meanwhile).
 MOVED = (f"SELECT c.rev, x.* FROM rev_counter c LEFT JOIN LATERAL (SELECT {CHANGE_COLUMNS} "
@@ -196,17 +206,28 @@ class PgTx(Tx):
 def _inserts(pending: list[tuple[str, list[tuple[Any, ...]]]], first: int
              ) -> tuple[list[str], list[Any]]:
     """Inserts as CTEs numbering their parameters from `first` + 1."""
-    parts: list[str] = []
     params: list[Any] = []
-    n = first
-    for i, (into, rows) in enumerate(pending):
-        values = []
+    for _, rows in pending:
         for r in rows:
-            values.append("(" + ",".join(f"${n + k + 1}" for k in range(len(r))) + ")")
-            n += len(r)
             params.extend(r)
+    shape = tuple((into, tuple(len(r) for r in rows)) for into, rows in pending)
+    return list(_insert_text(shape, first)), params
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_text(shape: tuple[tuple[str, tuple[int, ...]], ...], first: int) -> tuple[str, ...]:
+    """The CTEs' text for inserts of this shape (table, and each row's width): a batch of N
+    port creates always has the same one, so it is built once, not once per batch (building
+    the placeholders was ~5 % of a controller's CPU)."""
+    parts: list[str] = []
+    n = first
+    for i, (into, widths) in enumerate(shape):
+        values = []
+        for width in widths:
+            values.append("(" + ",".join(f"${n + k + 1}" for k in range(width)) + ")")
+            n += width
         parts.append(f"w{i} AS (INSERT INTO {into} VALUES {','.join(values)})")
-    return parts, params
+    return tuple(parts)
 
 
 async def _send_inserts(conn: Any, pending: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
@@ -288,6 +309,12 @@ class PgStore(Store):
         # Requests sharing the writer's open transaction, and how many wait for the writer.
         self._batch: _Batch | None = None
         self._queued = 0
+        # The writer's transaction begun with the last COMMIT, for the next batch (its
+        # connection and loop time), and the timer that ends it if no batch comes.
+        self._begun: tuple[asyncpg.Connection, float] | None = None
+        self._begun_timer: asyncio.TimerHandle | None = None
+        self._ending: asyncio.Task[None] | None = None
+        self._locked_opens = 0  # batches started that way (the tests look)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -360,6 +387,9 @@ class PgStore(Store):
                         await self._settle()
             except TimeoutError:
                 pass
+        self._begun = None  # the writer closes below, and its transaction with it
+        if self._begun_timer is not None:
+            self._begun_timer.cancel()
         if self._syncer is not None:
             if self._unsynced:
                 # The last commits' flush: their clients are still waiting for it.
@@ -409,6 +439,7 @@ class PgStore(Store):
         async with self._lock:
             await self._settle()
             conn = await self._writer_conn()
+            await self._end_begun(conn)  # conn.transaction() below begins its own
             for version in range(1, len(migrations) + 1):
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
@@ -681,10 +712,11 @@ class PgStore(Store):
             self._stale = True
         return self._writer
 
-    async def _begin(self) -> tuple[asyncpg.Connection, bool]:
+    async def _begin(self) -> tuple[asyncpg.Connection, bool, list[Any] | None]:
         """The writer connection with a transaction open on it and the counter row locked, in
-        one round trip (OPEN); and whether the counter has moved past the indexes' rev (another
-        controller committed since this one last looked).
+        one round trip (OPEN, or OPEN_LOCKED when the last COMMIT began it); whether the
+        counter has moved past the indexes' rev (another controller committed since this one
+        last looked); and, from OPEN_LOCKED, the first page of MOVED already.
 
         A connection that died while idle (the server restarted, an operator ended the session)
         may not look closed until it is used: nothing of this transaction has run yet, so one
@@ -692,9 +724,19 @@ class PgStore(Store):
         """
         for attempt in (1, 2):
             conn = await self._writer_conn()
+            begun, self._begun = self._begun, None
             try:
-                status = await conn.execute(OPEN % int(self._index_rev))
-                return conn, _rowcount(status) == 0
+                if begun is not None and begun[0] is conn:
+                    if asyncio.get_running_loop().time() - begun[1] < BEGUN_FOR:
+                        page = await conn.fetch(OPEN_LOCKED, int(self._index_rev),
+                                                CATCH_UP_ROWS)
+                        self._locked_opens += 1
+                        return conn, page[0][0] > self._index_rev, page
+                    # Begun too long ago (its end is on its way): start afresh.
+                    status = await conn.execute("ROLLBACK; " + OPEN % int(self._index_rev))
+                else:
+                    status = await conn.execute(OPEN % int(self._index_rev))
+                return conn, _rowcount(status) == 0, None
             except BaseException as e:
                 if attempt == 2 or not isinstance(e, _LOST):
                     # Cancelled while waiting for the row (its client went away), or failed
@@ -782,7 +824,7 @@ class PgStore(Store):
         await asyncio.shield(durable)
 
     async def _open_batch(self) -> _Batch:
-        conn, moved = await self._begin()
+        conn, moved, page = await self._begin()
         rev = self._index_rev
         try:
             if self._stale:
@@ -791,8 +833,10 @@ class PgStore(Store):
             elif moved:
                 # Committed by others, maybe not flushed yet: the indexes need them now,
                 # readers only once they are durable (the follower hands them over). The
-                # counter and the first page of rows in one round trip.
-                page = await conn.fetch(MOVED, self._index_rev)
+                # counter and the first page of rows in one round trip (or none: OPEN_LOCKED
+                # read them already).
+                if page is None:
+                    page = await conn.fetch(MOVED, self._index_rev)
                 rev = page[0][0]
                 rows = [tuple(r)[1:] for r in page if r[1] is not None]
                 await self._catch_up(conn, rev, durable=False, first=rows,
@@ -828,6 +872,7 @@ class PgStore(Store):
         conn = batch.conn
         if self._batch is batch:
             self._batch = None
+        self._begun = None  # the ROLLBACK below ends any transaction on the writer
         if isinstance(e, asyncio.CancelledError) and not conn.is_closed():
             # Cancelled mid-statement (the client went away): the connection may still be busy
             # with it, and a ROLLBACK would queue behind it; ending the session rolls back.
@@ -869,7 +914,13 @@ class PgStore(Store):
                                     *cols, rows[-1][0], *params)
             elif batch.pending:
                 await _send_inserts(conn, batch.pending)
-            await conn.execute("COMMIT")
+            if self._queued:
+                # Requests wait for the writer: the next batch starts at once, and its BEGIN
+                # goes with this COMMIT (its start is then one round trip, OPEN_LOCKED).
+                await conn.execute("COMMIT; BEGIN")
+                self._begun_since(conn)
+            else:
+                await conn.execute("COMMIT")
         except BaseException as e:
             self._batch = batch  # so that _fail_batch sees it as the open one
             await self._fail_batch(batch, e)
@@ -882,6 +933,37 @@ class PgStore(Store):
                 fut.set_result(None)  # nothing for readers: answered at COMMIT, as before
         if self._unsynced:
             self._sync_due.set()
+
+    def _begun_since(self, conn: asyncpg.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        stamp = loop.time()
+        self._begun = (conn, stamp)
+        if self._begun_timer is not None:
+            self._begun_timer.cancel()
+        self._begun_timer = loop.call_later(BEGUN_FOR, self._begun_unused, stamp)
+
+    def _begun_unused(self, stamp: float) -> None:
+        """The transaction begun at `stamp` is still unused (the requests that waited went
+        away, or joined another batch): end it, once the writer is free."""
+        if self._begun is None or self._begun[1] != stamp:
+            return
+
+        async def end() -> None:
+            async with self._lock:
+                if self._begun is not None and self._begun[1] == stamp and self._batch is None:
+                    await self._end_begun(self._begun[0])
+        self._ending = asyncio.get_running_loop().create_task(end(), name="store.end_begun")
+
+    async def _end_begun(self, conn: asyncpg.Connection) -> None:
+        """End the transaction the last COMMIT began, if any (call with the lock held)."""
+        if self._begun is None:
+            return
+        begun, self._begun = self._begun[0], None
+        if begun is conn and not conn.is_closed():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                conn.terminate()  # the next write reconnects and rebuilds the indexes
 
     async def _settle(self) -> None:
         """Commit the open batch, if any (with the lock held: before migrations, at close)."""

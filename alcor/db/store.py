@@ -126,6 +126,30 @@ CORE_MIGRATIONS: list[Migration] = [
     {"sqlite": "", "postgresql": """
     CREATE TABLE store_flushes (controller TEXT PRIMARY KEY, n BIGINT NOT NULL);
     """},
+    # 3: PostgreSQL: a write transaction's start in one statement (alcor/db/postgres.py,
+    # OPEN_LOCKED): the counter row locked, then, in a statement of its own (a fresh snapshot
+    # once the lock is held, as a VOLATILE function's statements each take), where the counter
+    # is and the first page of the rows since `since`; one row of NULLs after the counter when
+    # there are none. (SQLite: nothing.)
+    {"sqlite": "", "postgresql": """
+    CREATE FUNCTION alcor_open(since BIGINT, page INTEGER)
+    RETURNS TABLE (counter BIGINT, rev BIGINT, ts DOUBLE PRECISION, type TEXT, id TEXT, op TEXT,
+                   project_id TEXT, vpc_id TEXT, revision_number BIGINT, body TEXT)
+    LANGUAGE plpgsql VOLATILE AS $$
+    #variable_conflict use_column
+    DECLARE
+        c BIGINT;
+    BEGIN
+        SELECT r.rev INTO c FROM rev_counter r WHERE r.id = 1 FOR UPDATE;
+        RETURN QUERY
+            SELECT c, x.rev, x.ts, x.type, x.id, x.op, x.project_id, x.vpc_id,
+                   x.revision_number, x.body
+            FROM (SELECT 1) one LEFT JOIN LATERAL (
+                SELECT * FROM changes ch WHERE ch.rev > since AND ch.rev <= c
+                ORDER BY ch.rev LIMIT page) x ON true
+            ORDER BY x.rev;
+    END $$;
+    """},
 ]
 
 

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from alcor.db.changelog import Change
-from alcor.db.postgres import PgStore
+from alcor.db.postgres import BEGUN_FOR, MAX_BATCH, PgStore
 from alcor.db.store import CORE_MIGRATIONS, StoreError
 from alcor.errors import Conflict
 from tests.support.postgres import temp_database
@@ -348,3 +348,81 @@ async def test_every_controllers_readers_get_all_rows_in_rev_order_and_nothing_i
             assert s._ahead == {}
     finally:
         await _close(stores)
+
+
+async def test_a_batch_begun_with_the_last_commit_reads_the_others_rows_under_the_lock(url):
+    """Requests still waiting when a batch commits: the next transaction is begun with that
+    COMMIT, and its start (counter locked, the other controllers' rows since) is one round
+    trip; a commit of another controller that got the counter in between is applied first."""
+    a, b = await _open(url, 2)
+    seen: list[str] = []
+    a.follow(lambda c: seen.append(c.id))
+    try:
+        held = asyncio.Event()
+
+        async def request(i: int) -> None:
+            async with a.transaction() as tx:
+                await tx.insert("resources(type, id, project_id, parent_id, body)",
+                                [_node_row(f"a{i}")])
+                tx.record("node", f"a{i}", "create", {"id": f"a{i}"})
+                if i == 0:
+                    held.set()
+                    await asyncio.sleep(0.1)  # the others queue meanwhile
+
+        first = asyncio.ensure_future(request(0))
+        await held.wait()
+        # More than one batch holds: the first commits with requests still waiting. b's
+        # write waits for the counter row meanwhile, and gets it before a's next batch.
+        others = [asyncio.ensure_future(request(i)) for i in range(1, MAX_BATCH + 4)]
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, *others, _write(b, "b"))
+        assert a._locked_opens >= 1
+        total = MAX_BATCH + 5  # a0 to a(MAX_BATCH + 3), and b
+        conn = await asyncpg.connect(url)
+        try:
+            table = [(r[0], r[1]) for r in await conn.fetch("SELECT rev, id FROM changes ORDER BY rev")]
+        finally:
+            await conn.close()
+        assert [r for r, _ in table] == list(range(1, total + 1))
+        assert seen == ["b-0"]  # applied once, before a's own rows that follow it
+        for _ in range(200):
+            if a.changes.last_rev == total:
+                break
+            await asyncio.sleep(0.01)
+        assert [(c.rev, c.id) for c in await a.changes.read(0, limit=1000)] == table
+    finally:
+        await _close([a, b])
+
+
+async def test_a_transaction_begun_for_a_batch_that_never_came_is_ended(url):
+    """The server ends a session idle in a transaction after a few seconds (and a lost writer
+    means rebuilding the indexes): an unused transaction begun with a COMMIT is rolled back
+    well before, and one found too old is replaced."""
+    (s,) = await _open(url)
+    reloads = 0
+
+    async def reloaded() -> None:
+        nonlocal reloads
+        reloads += 1
+
+    s.on_reload(reloaded)
+    q = "SELECT state FROM pg_stat_activity WHERE application_name = 'alcor-writer'"
+    try:
+        async with s._lock:
+            conn = await s._writer_conn()
+            await conn.execute("BEGIN")
+            s._begun_since(conn)
+        assert (await s.fetchone(q))[0] == "idle in transaction"
+        await asyncio.sleep(BEGUN_FOR + 0.5)
+        assert (await s.fetchone(q))[0] == "idle"
+        # Found too old by the next batch (its end not yet run): rolled back, begun afresh.
+        async with s._lock:
+            await conn.execute("BEGIN")
+            s._begun = (conn, asyncio.get_running_loop().time() - BEGUN_FOR - 1)
+        await _write(s, "x")
+        await asyncio.sleep(3.5)  # past the server's idle-in-transaction limit
+        await _write(s, "y")
+        assert reloads == 0 and s._locked_opens == 0
+        assert [c.id for c in await s.changes.read(0)] == ["x-0", "y-0"]
+    finally:
+        await s.close()
