@@ -36,6 +36,13 @@ does not vouch for them (the flush reads pg_postmaster_start_time() and each com
 its own), so they fail with StoreError, as unacknowledged, instead of being answered.
 A controller that stalls inside a transaction would hold the counter row, and with it everyone's
 writes: its writer session ends after IDLE_IN_TRANSACTION_MS idle in a transaction.
+
+Round trips. A batch of requests sharing a transaction costs OPEN (BEGIN, the counter locked),
+MOVED when another controller committed since (with the counter row held, so everyone waits
+through it), the last statement, COMMIT, and the flush beside. When requests are waiting at
+the COMMIT, the next batch's BEGIN goes with it, and the next batch starts with one statement
+that locks the counter and reads the rows since (OPEN_LOCKED); such a transaction left unused
+is rolled back after BEGUN_FOR, before the server would end the session.
 """
 
 from __future__ import annotations
