@@ -39,10 +39,10 @@ writes: its writer session ends after IDLE_IN_TRANSACTION_MS idle in a transacti
 
 Round trips. A batch of requests sharing a transaction costs OPEN (BEGIN, the counter locked),
 MOVED when another controller committed since (with the counter row held, so everyone waits
-through it), the last statement, COMMIT, and the flush beside. When requests are waiting at
-the COMMIT, the next batch's BEGIN goes with it, and the next batch starts with one statement
-that locks the counter and reads the rows since (OPEN_LOCKED); such a transaction left unused
-is rolled back after BEGUN_FOR, before the server would end the session.
+through it), the last statement, COMMIT, and the flush beside. The next batch's BEGIN goes with
+the COMMIT, and a batch that comes within BEGUN_FOR starts with one statement that locks the
+counter and reads the rows since (OPEN_LOCKED); a transaction begun so and left unused is
+rolled back after BEGUN_FOR, before the server would end the session.
 """
 
 from __future__ import annotations
@@ -921,13 +921,11 @@ class PgStore(Store):
                                     *cols, rows[-1][0], *params)
             elif batch.pending:
                 await _send_inserts(conn, batch.pending)
-            if self._queued:
-                # Requests wait for the writer: the next batch starts at once, and its BEGIN
-                # goes with this COMMIT (its start is then one round trip, OPEN_LOCKED).
-                await conn.execute("COMMIT; BEGIN")
-                self._begun_since(conn)
-            else:
-                await conn.execute("COMMIT")
+            # The next batch's BEGIN goes with this COMMIT: its start is then one round trip
+            # (OPEN_LOCKED). A transaction that has run no statement holds no lock, no
+            # snapshot and no xid; unused, it is rolled back after BEGUN_FOR.
+            await conn.execute("COMMIT; BEGIN")
+            self._begun_since(conn)
         except BaseException as e:
             self._batch = batch  # so that _fail_batch sees it as the open one
             await self._fail_batch(batch, e)
