@@ -29,7 +29,6 @@ from tests.support.southbound import (
 )
 from tests.support.wait import eventually
 
-
 # Every scene twice: the VPC chains on the node queues (bound routing key), and on a stream per
 # VPC read by each member beside its queue (two sources into one ordering rule). A scene that
 # acts on the node queues themselves runs on the queue channel only (QUEUE_ONLY); the stream's
