@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import multiprocessing
 import os
@@ -46,7 +47,7 @@ from alcor import log as alcor_log  # noqa: E402
 from alcor.agent.config import AgentConfig  # noqa: E402
 from alcor.agent.model import unpack  # noqa: E402
 from alcor.db.store import SqliteStore  # noqa: E402
-from alcor.southbound.dispatcher import Dispatcher, Settings  # noqa: E402
+from alcor.southbound.dispatcher import Dispatcher, Metrics, Settings  # noqa: E402
 from alcor.southbound.encode import encode_snapshot, pack  # noqa: E402
 from alcor.transport import Address, InProcessTransport  # noqa: E402
 from alcor.wire import vpc_stream  # noqa: E402
@@ -215,6 +216,64 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
+class LoopWatch:
+    """What else holds this process's event loop during the latency run: the cyclic GC's
+    pauses (gc.callbacks, per generation) and how late a 1 ms timer fires (a synchronous
+    plan, encode, write or a fleet of callbacks in the way)."""
+
+    def __init__(self) -> None:
+        self.gc: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.lags: list[float] = []
+        self._t = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.gc[info["generation"]].append(time.perf_counter() - self._t)
+
+    async def _tick(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lags.append(time.perf_counter() - t - 0.001)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+
+    def report(self) -> str:
+        out = ["  the loop: a 1 ms timer late by p50 "
+               f"{pct(self.lags, 0.5):.1f} ms, p99 {pct(self.lags, 0.99):.1f} ms, max "
+               f"{max(self.lags, default=0) * 1000:.1f} ms; GC pauses"]
+        for g, xs in self.gc.items():
+            out.append(f" gen{g} {len(xs)} x, max {max(xs, default=0) * 1000:.1f} ms, total "
+                       f"{sum(xs) * 1000:.0f} ms;")
+        return "".join(out)
+
+
+def stage_table(lat: list[float], stages: list[tuple[float, ...]]) -> list[str]:
+    """Where the latency run's changes waited, per stage (Metrics.STAGES): mean, p50 and p99
+    over all changes, and the mean over the slowest 1 % of them (what p99 is made of)."""
+    if not stages:
+        return []
+    cut = sorted(lat)[min(len(lat) - 1, int(0.99 * len(lat)))]
+    slow = [st for x, st in zip(lat, stages, strict=True) if x >= cut]
+    rows = [f"  {'stage (ms)':<12}{'mean':>8}{'p50':>8}{'p99':>8}{'slowest 1 %':>13}"]
+    for k, name in enumerate(Metrics.STAGES):
+        xs = [st[k] for st in stages]
+        rows.append(f"  {name:<12}{statistics.fmean(xs) * 1000:>8.1f}{pct(xs, 0.5):>8.1f}"
+                    f"{pct(xs, 0.99):>8.1f}"
+                    f"{statistics.fmean(st[k] for st in slow) * 1000:>13.1f}")
+    return rows
+
+
 async def main(args: argparse.Namespace) -> None:
     alcor_log.setup(args.log, "console")
     broker = None
@@ -254,7 +313,8 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
                                           queue_version=args.queue_version))
     )
     settings = Settings(
-        controller_queue=tag + "controller", linger=0.002, max_inflight=args.inflight,
+        controller_queue=tag + "controller", linger=args.linger, min_batch=args.min_batch,
+        linger_max=args.linger_max, max_inflight=args.inflight,
         multicast_nodes=args.multicast_nodes, unicast_nodes=args.multicast_nodes // 2,
         vpc_channel=channel,  # type: ignore[arg-type]
         mq_url=url,
@@ -369,21 +429,29 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
 
     # 2. Latency at ~1,000 changes/s.
     m.latencies.clear()
-    b2, plan2, wait2 = m.batches, m.plan_seconds, m.confirm_seconds
+    m.stages.clear()
+    b2, plan2, wait2, commit2 = m.batches, m.plan_seconds, m.confirm_seconds, m.commit_seconds
     rate, seconds = args.rate, 3.0
+    watch = LoopWatch()
+    watch.start()
     start = time.perf_counter()
     i = args.ports
     cpu0 = time.process_time()
+    writing = 0.0
     while time.perf_counter() - start < seconds:
         due = start + (i - args.ports) / rate
         now = time.perf_counter()
         if due > now:
             await asyncio.sleep(due - now)
+        t0 = time.perf_counter()
         await write(store, [port(i)])
+        writing += time.perf_counter() - t0
         i += 1
     await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     cpu = (time.process_time() - cpu0) / (time.perf_counter() - start)
+    watch.stop()
     lat = list(m.latencies)
+    stages = list(m.stages)
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
@@ -394,6 +462,16 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
         f"latency at {rate}/s ({len(lat)} changes, one per transaction): commit -> confirmed "
         f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {max(lat) * 1000:.1f} ms"
     )
+    print(f"  where a change waited (settings: linger {settings.linger * 1000:g} ms, min_batch "
+          f"{settings.min_batch}, linger_max {settings.linger_max * 1000:g} ms, "
+          f"{settings.max_inflight} in flight):")
+    print("\n".join(stage_table(lat, stages)))
+    batches2 = max(1, m.batches - b2)
+    print(f"  per batch: {(i - args.ports) / batches2:.0f} changes, watermark commit "
+          f"{(m.commit_seconds - commit2) / batches2 * 1000:.1f} ms; the bench's writer "
+          f"(bodies, one transaction per create, on this loop) {writing:.2f} s of the "
+          f"{seconds:g} s")
+    print(watch.report())
     summary = {
         "throughput: changes/s, node-ops/s": f"{changes / elapsed:,.0f}, {ops / elapsed:,.0f}",
         "publishes/s, broker deliveries/s": f"{msgs / elapsed:,.0f}, {deliveries / elapsed:,.0f}",
@@ -495,6 +573,11 @@ if __name__ == "__main__":
     ap.add_argument("--queue-version", type=int, default=RabbitConfig.queue_version,
                     help="[rabbitmq] queue_version (0: the broker's default, v1 on 3.10)")
     ap.add_argument("--inflight", type=int, default=Settings.max_inflight)
+    ap.add_argument("--linger", type=float, default=0.002, help="[southbound] linger (s)")
+    ap.add_argument("--min-batch", type=int, default=Settings.min_batch,
+                    help="[southbound] min_batch")
+    ap.add_argument("--linger-max", type=float, default=Settings.linger_max,
+                    help="[southbound] linger_max (s)")
     ap.add_argument(
         "--agents-inline", action="store_true", help="consume in the dispatcher's own process"
     )

@@ -168,8 +168,15 @@ class Batch:
     unbinds: list[tuple[str, str]] = field(default_factory=list)
     vpcs: dict[str, int | None] = field(default_factory=dict)  # chains started (rev) or ended
     task: asyncio.Future[set[int]] = field(default_factory=lambda: asyncio.Future())
-    published_at: float = 0.0
-    confirmed_at: float = 0.0
+    # Wall-clock instants of the batch's life (time.time(), the clock of a change's ts), for
+    # where a change waits between its commit and its batch's confirm (Metrics.stages).
+    woke_at: float = 0.0  # the producer saw work (or came back to look for it)
+    started_at: float = 0.0  # it had a slot: the batch before it (max_inflight) was committed
+    read_at: float = 0.0  # the changes read, after lingering
+    published_at: float = 0.0  # planned and encoded
+    subscribed_at: float = 0.0  # queues bound (or streams declared): publishing starts
+    sent_at: float = 0.0  # the transport confirmed the last message
+    confirmed_at: float = 0.0  # the committer picked the confirmed batch up
 
 
 @dataclass
@@ -190,6 +197,23 @@ class Metrics:
     # (commit → broker-confirmed) seconds of recent changes, for the benchmark and operators.
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+    # The same changes' latency split into the stages of STAGES (seconds each, summing to it).
+    stages: collections.deque[tuple[float, ...]] = field(
+        default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+    commit_seconds: float = 0.0  # the watermark transactions (the next batch waits for them)
+
+    # Where a change waits, from its commit to its batch's confirm, in order:
+    STAGES: ClassVar[tuple[str, ...]] = (
+        "wake",  # committed → the producer saw it (it was idle, or busy planning the last batch)
+        "previous",  # → a slot: the batch(es) before it confirmed and committed
+        "linger",  # → read: lingering for more changes (linger, min_batch, linger_max)
+        "plan",  # → planned and encoded
+        "subscribe",  # → bound / declared, after the previous batch's (un)binds
+        "publish",  # → the transport confirmed every message
+        "pickup",  # → the committer took it (it was committing the batch before, or the loop
+        #            was busy with others' callbacks)
     )
 
 
@@ -396,11 +420,14 @@ class Dispatcher:
     async def _produce(self) -> None:
         while True:
             await self._wait_for_work()
+            woke = time.time()
             await self._slots.acquire()
+            started = time.time()
             batch = await self.prepare()
             if batch is None:
                 self._slots.release()
                 continue
+            batch.woke_at, batch.started_at = woke, started
             batch.published_at = time.time()
             subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             batch.task = asyncio.ensure_future(
@@ -426,9 +453,11 @@ class Dispatcher:
 
     async def cycle(self) -> None:
         """One whole batch, without pipelining (tests and tools): prepare, publish, commit."""
+        woke = time.time()
         batch = await self.prepare()
         if batch is None:
             return
+        batch.woke_at = batch.started_at = woke
         batch.published_at = time.time()
         confirmed = await self._publish(batch)
         batch.confirmed_at = time.time()
@@ -493,6 +522,7 @@ class Dispatcher:
         """
         t_read = time.perf_counter()
         changes = await self._read()
+        read_at = time.time()
         t_place = time.perf_counter()
         # Planning and encoding make ~10^5 short-lived acyclic objects over a heap holding the
         # whole topology: the cyclic GC, run again and again meanwhile, was 40 % of the time.
@@ -505,6 +535,7 @@ class Dispatcher:
                 gc.enable()
         self.metrics.plan_seconds += time.perf_counter() - t_place
         if batch is not None:
+            batch.read_at = read_at
             log.debug(
                 "batch.prepared",
                 rev=batch.rev,
@@ -739,6 +770,7 @@ class Dispatcher:
         finally:
             if subscribed is not None and not subscribed.done():
                 subscribed.set_result(None)
+        batch.subscribed_at = time.time()
         pending: list[tuple[int, Address, bytes]] = []
         for i, (target, kind, body) in enumerate(batch.messages):
             if kind == "vpc":
@@ -781,6 +813,7 @@ class Dispatcher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
             pending = failed
+        batch.sent_at = time.time()
         return sent - failed_any
 
     async def _fenced(self) -> None:
@@ -828,6 +861,8 @@ class Dispatcher:
         except Deposed:
             self.deposed = True
             raise
+        committed = time.time()
+        m.commit_seconds += committed - batch.confirmed_at
         self.state.watermark = rev
         for v, r in vpcs.items():
             vs = self.state.vpcs.get(v)
@@ -848,8 +883,12 @@ class Dispatcher:
                 self.nodes[node].snapshot_reason = ""
                 self.metrics.snapshots += 1
                 log.info("snapshot.published", node=node, rev=rev)
+        b = batch
+        marks = (b.woke_at, b.started_at, b.read_at, b.published_at, b.subscribed_at, b.sent_at,
+                 b.confirmed_at)
         for ts in batch.first_ts:
-            self.metrics.latencies.append(batch.confirmed_at - ts)
+            m.latencies.append(batch.confirmed_at - ts)
+            m.stages.append(stage_split(ts, marks))
         m.batches += 1
         m.confirm_seconds += batch.confirmed_at - batch.published_at
         m.changes += batch.changes
@@ -863,7 +902,13 @@ class Dispatcher:
             confirmed=len(confirmed),
             ops=batch.ops,
             publish_ms=round((batch.confirmed_at - batch.published_at) * 1000, 1),
-            commit_ms=round((time.time() - batch.confirmed_at) * 1000, 1),
+            commit_ms=round((committed - batch.confirmed_at) * 1000, 1),
+            previous_ms=round((b.started_at - b.woke_at) * 1000, 1),
+            linger_ms=round((b.read_at - b.started_at) * 1000, 1),
+            plan_ms=round((b.published_at - b.read_at) * 1000, 1),
+            subscribe_ms=round((b.subscribed_at - b.published_at) * 1000, 1),
+            send_ms=round((b.sent_at - b.subscribed_at) * 1000, 1),
+            pickup_ms=round((b.confirmed_at - b.sent_at) * 1000, 1),
         )
         for addr in batch.new_brokers:
             await self.feedback.listen(addr)
@@ -908,6 +953,20 @@ class Dispatcher:
             if last is None
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
         }
+
+
+def stage_split(ts: float, marks: tuple[float, ...]) -> tuple[float, ...]:
+    """A change committed at `ts`: the seconds it spent in each stage of Metrics.STAGES, given
+    its batch's instants (woke, started, read, planned, subscribed, sent, confirmed). A stage
+    that ended before the change was committed took none of its time (a change that arrived
+    while the batch lingered waited only for the rest of the linger)."""
+    out = []
+    t = ts
+    for mark in marks:
+        end = max(t, mark)
+        out.append(end - t)
+        t = end
+    return tuple(out)
 
 
 def with_since(raw: bytes, since: int) -> bytes:
