@@ -101,7 +101,16 @@ class LightAgent:
                 self.streams[v] = await self.transport.consume_stream(
                     addr, self.on_delivery, 200, m["since"] / 1000 - AgentConfig.stream_rewind)
 
+    busy = 0.0  # seconds all light agents of this process spent handling deliveries
+
     async def on_delivery(self, d: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            await self._on_delivery(d)
+        finally:
+            LightAgent.busy += time.perf_counter() - t0
+
+    async def _on_delivery(self, d: Any) -> None:
         m = head(d.body)
         self.messages += 1
         vpc = m.get("vpc_id")
@@ -438,6 +447,7 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
     i = args.ports
     cpu0 = time.process_time()
     writing = 0.0
+    fleet0 = LightAgent.busy
     while time.perf_counter() - start < seconds:
         due = start + (i - args.ports) / rate
         now = time.perf_counter()
@@ -470,7 +480,8 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
     print(f"  per batch: {(i - args.ports) / batches2:.0f} changes, watermark commit "
           f"{(m.commit_seconds - commit2) / batches2 * 1000:.1f} ms; the bench's writer "
           f"(bodies, one transaction per create, on this loop) {writing:.2f} s of the "
-          f"{seconds:g} s")
+          f"{seconds:g} s" + (f"; the simulated fleet (on this loop) "
+                              f"{LightAgent.busy - fleet0:.2f} s" if fleet.inline else ""))
     print(watch.report())
     summary = {
         "throughput: changes/s, node-ops/s": f"{changes / elapsed:,.0f}, {ops / elapsed:,.0f}",

@@ -81,7 +81,8 @@ class Settings:
     # While changes keep arriving, a batch lingers on (linger by linger) until it holds
     # min_batch changes or has waited linger_max: a steady stream is sent in fewer, larger
     # batches (each batch costs a plan, messages and a watermark commit), while a lone change,
-    # or the end of a burst, still goes after one linger. linger_max <= linger: never.
+    # or the end of a burst, still goes after one linger; min_batch changes waiting already go
+    # without lingering. linger_max <= linger: never.
     min_batch: int = 32
     linger_max: float = 0.015
     publish_timeout: float = 5.0
@@ -525,7 +526,10 @@ class Dispatcher:
             await self._rebuild(f"watermark {self.watermark} is below the compaction horizon")
         if not self._buffer:
             last = self.store.changes.last_rev
-            if 0 < last - self.placed < s.max_changes and s.linger > 0:
+            # A batch that holds min_batch changes already does not linger: under a steady
+            # stream the previous batch's publish and commit gathered them, and a linger more
+            # was every change's wait (plus the loop's lag on the timer).
+            if 0 < last - self.placed < min(s.min_batch, s.max_changes) and s.linger > 0:
                 await self._linger(last)
             self._buffer = await self.store.changes.read(self.placed, s.max_changes)
         return self._buffer

@@ -538,6 +538,31 @@ async def test_a_stream_goes_in_fewer_batches_and_a_lone_change_after_one_linger
         await h.stop()
 
 
+async def test_a_batch_that_holds_min_batch_changes_already_does_not_linger(
+        tmp_path: Path) -> None:
+    broker = InProcessBroker()
+    settings = Settings(linger=1.0, min_batch=10, linger_max=3.0)
+    h = Harness(tmp_path / "alcor.db", lambda: InProcessTransport(broker), settings)
+    await h.start()
+    try:
+        await all_agents_converged(h, 2)
+        d = h.dispatcher
+        assert d is not None
+        sub = next(iter(h.world.res["subnet"].values()))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        rev = await h.commit([h.world.add_port(sub, "host-1", []) for _ in range(10)])
+        await eventually(lambda: d.watermark >= rev)
+        assert loop.time() - t0 < 0.5  # no linger (1 s) for the 10 changes waiting
+        t0 = loop.time()
+        rev = await h.commit([h.world.add_port(sub, "host-1", []) for _ in range(9)])
+        await eventually(lambda: d.watermark >= rev)
+        assert loop.time() - t0 >= 1.0  # fewer than min_batch: one linger
+        await h.converge()
+    finally:
+        await h.stop()
+
+
 async def test_each_change_latency_is_split_into_stages(h: Harness) -> None:
     await all_agents_converged(h, 2)
     d = h.dispatcher
