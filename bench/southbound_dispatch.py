@@ -447,6 +447,7 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
     i = args.ports
     cpu0 = time.process_time()
     writing = 0.0
+    slow_writes: list[float] = []  # a write that held the loop > 20 ms (a WAL checkpoint?)
     fleet0 = LightAgent.busy
     while time.perf_counter() - start < seconds:
         due = start + (i - args.ports) / rate
@@ -455,7 +456,10 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
             await asyncio.sleep(due - now)
         t0 = time.perf_counter()
         await write(store, [port(i)])
-        writing += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        writing += took
+        if took > 0.02:
+            slow_writes.append(took)
         i += 1
     await eventually(lambda: d.watermark >= store.changes.last_rev, 600.0, interval=0.005)
     cpu = (time.process_time() - cpu0) / (time.perf_counter() - start)
@@ -482,6 +486,8 @@ async def run(args: argparse.Namespace, channel: str, url: str) -> dict[str, str
           f"(bodies, one transaction per create, on this loop) {writing:.2f} s of the "
           f"{seconds:g} s" + (f"; the simulated fleet (on this loop) "
                               f"{LightAgent.busy - fleet0:.2f} s" if fleet.inline else ""))
+    print(f"  writes over 20 ms: {len(slow_writes)}, max "
+          f"{max(slow_writes, default=0) * 1000:.0f} ms")
     print(watch.report())
     summary = {
         "throughput: changes/s, node-ops/s": f"{changes / elapsed:,.0f}, {ops / elapsed:,.0f}",
