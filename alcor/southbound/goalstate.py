@@ -15,7 +15,7 @@ defines, from cached shares).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,21 +353,11 @@ class Topology:
 
     def sg_body(self, id: str, src: Body) -> Body:
         """`security_group_body`, computed once per source body (it sorts the rules)."""
-        c = self._sg_bodies.get(id)
-        if c is not None and c[0] is src:
-            return c[1]
-        body = security_group_body(id, src)
-        self._sg_bodies[id] = (src, body)
-        return body
+        return _per_source(self._sg_bodies, id, src, security_group_body)
 
     def node_view(self, id: str, src: Body) -> Body:
         """`node_body`, one object per source body (callers never change it)."""
-        c = self._node_bodies.get(id)
-        if c is not None and c[0] is src:
-            return c[1]
-        body = node_body(id, src)
-        self._node_bodies[id] = (src, body)
-        return body
+        return _per_source(self._node_bodies, id, src, node_body)
 
     def node_named(self, name: str) -> str | None:
         ids = self.nodes_by_name.get(name)
@@ -832,3 +822,14 @@ def goal_state(t: Topology, node: str) -> dict[str, Any]:
     for wtype, id, body, _ in goal_entries(t, node):
         goal[wtype][id] = body
     return goal
+
+
+def _per_source(memo: dict[str, tuple[Body, Body]], id: str, src: Body,
+                make: Callable[[str, Body], Body]) -> Body:
+    """`make(id, src)`, kept while the source body is the same object (a change replaces it)."""
+    c = memo.get(id)
+    if c is not None and c[0] is src:
+        return c[1]
+    body = make(id, src)
+    memo[id] = (src, body)
+    return body

@@ -93,6 +93,19 @@ class BatchPlan:
     unbinds: list[tuple[str, str]] = field(default_factory=list)  # (node, vpc) to unbind first
 
 
+
+def _gather(by_key: dict[Key, list[Grant]], again: set[Key],
+            placed: Mapping[Key, list[Grant]]) -> None:
+    """Add a change's (or the joins') grants to the batch's, noting the keys placed twice:
+    their grants may overlap, and each node's last state is resolved once at the end."""
+    for key, grants in placed.items():
+        held = by_key.get(key)
+        if held is None:
+            by_key[key] = grants
+        else:
+            held.extend(grants)
+            again.add(key)
+
 def plan(
     t: Topology,
     changes: Sequence[TimedChange],
@@ -130,13 +143,8 @@ def plan(
                 if old is not None:
                     gone[(WIRE_TYPE[c.type], c.id)] = _vpc_of(WIRE_TYPE[c.type], c.id, old) or ""
             placed = placements(t, c, moved, joins)
-            for key, grants in placed.items():
-                held = by_key.get(key)
-                if held is None:
-                    by_key[key] = grants
-                else:
-                    held.extend(grants)
-                    again.add(key)
+            _gather(by_key, again, placed)
+            for grants in placed.values():
                 for g in grants:
                     out.ops += len(g.nodes)
             if c.type == "port":
@@ -154,13 +162,7 @@ def plan(
         if out.ops + joins.ops >= max_ops:
             break
     out.ops += joins.ops
-    for key, grants in _joined(t, joins, out.rev).items():
-        held = by_key.get(key)
-        if held is None:
-            by_key[key] = grants
-        else:
-            held.extend(grants)
-            again.add(key)
+    _gather(by_key, again, _joined(t, joins, out.rev))
     final = {key: _last(grants) if key in again else grants for key, grants in by_key.items()}
     if channels is not None:
         _split(t, out, final, followers, moved, gone, channels)
