@@ -831,9 +831,8 @@ class Dispatcher:
                         # Gone from the broker (deleted, or a fresh broker): declared again.
                         self._declared.discard(item[1])
                         try:
-                            s_ = self.settings
                             await self.transport.declare_stream(
-                                item[1], s_.stream_max_bytes, s_.stream_max_age)
+                                item[1], s.stream_max_bytes, s.stream_max_age)
                             self._declared.add(item[1])
                         except Exception as e:
                             log.warning("vpc.declare_failed", stream=item[1].queue, error=str(e))
